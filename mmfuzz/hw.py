@@ -1,0 +1,102 @@
+"""The x86 hardware the kernel relies on: TLB fill, A/D bit updates, faults, IPI delivery.
+
+Rules (arch/x86/include/asm/tlbflush.h, mm/rmap.c try_to_unmap_one comment, SDM):
+- only present PTEs are cached; a CPU may keep an entry until it is flushed or evicted;
+- a load may use any cached entry;
+- a store through an entry cached writable and dirty never touches the PTE;
+- a store through an entry cached writable but clean re-walks and atomically sets D in the
+  live PTE, and faults if the PTE is now none or read-only ("a clear->dirty transition on a
+  cached TLB entry is written through and traps if the PTE is unmapped");
+- a store without write permission faults, and the faulting translation is dropped, so
+  permission upgrades need no flush.
+"""
+
+from __future__ import annotations
+
+from .model import Folio, Machine, TlbEntry, tlb_key
+from .kernel.tlbflush import flush_cpu_tlb
+
+
+def page_walk(m: Machine, cpu, vpn: int, write: bool):
+    """Hardware page walk with the A/D update as one locked access. Returns the new entry, or
+    None for a page fault."""
+    mm = m.mms[cpu.mm_id]
+    pmd_index, slot = divmod(vpn, m.ptrs_per_pte)
+    if pmd_index >= len(mm.pmd):
+        return None
+    table = mm.pmd[pmd_index]
+    if table is None:
+        return None
+    if table.freed:
+        m.events.append(("walk_freed_table", cpu.cpu_id, table.tid, "hardware walk"))
+        return None
+    pte = table.ptes[slot]
+    if pte is None or (write and not pte.write):
+        return None
+    new = pte._replace(young=True, dirty=pte.dirty or write)
+    if new != pte:
+        table.ptes[slot] = new
+    frame = m.frames[pte.pfn]
+    uid = frame.uid if isinstance(frame, Folio) else 0
+    return TlbEntry(pte.pfn, uid, new.write, new.dirty)
+
+
+def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, str]:
+    """One user load or store by the thread running on ``cpu_id``. Returns (outcome, label)
+    where outcome is "done" or "fault"."""
+    cpu = m.cpus[cpu_id]
+    key = tlb_key(cpu.mm_id, vpn)
+    entry = cpu.tlb.get(key)
+    how = "TLB hit"
+    if entry is not None and write and not (entry.write and entry.dirty):
+        # W=1,D=0: the CPU re-walks to set D; W=0: permission fault drops the entry.
+        del cpu.tlb[key]
+        entry = None
+        how = "TLB re-walk"
+    if entry is None:
+        entry = page_walk(m, cpu, vpn, write)
+        if entry is None:
+            kind = "store" if write else "load"
+            return "fault", f"{kind} va {vpn:#x}: page fault"
+        cpu.tlb[key] = entry
+        if how == "TLB hit":
+            how = "TLB fill"
+    flags = ("W" if entry.write else "-") + ("D" if entry.dirty else "-")
+    frame = m.frames[entry.pfn]
+    if not write:
+        data = frame.data if isinstance(frame, Folio) else 0
+        return "done", f"load va {vpn:#x} -> pfn {entry.pfn} v{data} [{how} {flags}]"
+    version = m.next_version
+    m.next_version += 1
+    if isinstance(frame, Folio) and frame.uid == entry.uid:
+        frame.data = version
+        if frame.mapping is not None:
+            f = m.files[frame.mapping]
+            if f.cache.get(frame.index) is frame:
+                m.expected[(frame.mapping, frame.index)] = version
+                m.events.append(("store", cpu_id, vpn, entry.pfn, version))
+                return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
+        if not frame.anon:
+            m.events.append(("store_lost", cpu_id, vpn, entry.pfn, version, "file folio no longer in the page cache"))
+    else:
+        # the frame was freed or reused: the store corrupts whatever is there now
+        if isinstance(frame, Folio):
+            frame.data = version
+        m.events.append(("store_to_freed", cpu_id, vpn, entry.pfn, version))
+    m.events.append(("store", cpu_id, vpn, entry.pfn, version))
+    return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
+
+
+def deliver_ipi(m: Machine, cpu_id: int) -> str:
+    """The target CPU takes the oldest pending flush IPI (it has IRQs on): flush_tlb_func."""
+    cpu = m.cpus[cpu_id]
+    req = cpu.ipi_queue.pop(0)
+    flush_cpu_tlb(cpu, req.mm_id, req.start, req.end, req.full)
+    what = "all" if req.full else f"[{req.start:#x}-{req.end:#x})"
+    return f"IPI: flush_tlb_func mm{req.mm_id} {what}"
+
+
+def evict(m: Machine, cpu_id: int, key: int) -> str:
+    cpu = m.cpus[cpu_id]
+    del cpu.tlb[key]
+    return f"TLB evicts va {key & 0xffffffff:#x}"

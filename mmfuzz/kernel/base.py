@@ -1,0 +1,129 @@
+"""Step protocol and locking primitives shared by every modelled kernel function.
+
+A kernel operation is a generator. The code between two yields runs atomically; the string it
+yields labels that atomic step (it is what the trace shows). A ``Wait`` yield blocks the task
+until its condition holds; the scheduler never steps a blocked task, so acquiring a contended
+lock costs no step. By convention a Wait is yielded only where no effect has happened since the
+previous label, so "blocked" never hides a half-done step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..model import Folio, Machine, RwSem, SpinLock
+
+
+class Last(str):
+    """A label for an operation's final step: the scheduler completes the task in the same
+    step, running whatever the operation does after this yield (it must not yield again)."""
+
+    __slots__ = ()
+
+
+class Wait:
+    __slots__ = ("cond", "what")
+
+    def __init__(self, cond: Callable[[], bool], what: str):
+        self.cond = cond
+        self.what = what
+
+
+class Task:
+    """A kernel operation in progress on one CPU (a syscall, a fault, a kernel thread)."""
+
+    __slots__ = ("tid", "cpu", "name", "args", "gen", "wait", "mm", "result", "steps",
+                 "observed")
+
+    def __init__(self, tid, cpu, name, args, mm):
+        self.tid = tid
+        self.cpu = cpu
+        self.name = name
+        self.args = args
+        self.gen = None
+        self.wait: Wait | None = None
+        self.mm = mm          # the caller's mm for syscalls and faults; None for kthreads
+        self.result = None
+        self.steps = 0
+        # (mm << 32 | vpn) -> clock when this task last released the PTL it held while it
+        # looked at (or cleared) that PTE; used by no-stale-translation-after-return
+        self.observed = {}
+
+
+class KernelBase:
+    """Holds the machine and the configuration knobs; the subsystems are mixins of this."""
+
+    #: name shown in traces and corpus files; set by the registry
+    name = "mainline"
+    #: flush model: "x86-ipi" is the only one modelled so far
+    flush_model = "x86-ipi"
+
+    def __init__(self, machine: Machine):
+        self.m = machine
+
+    # --- spinlocks (PTL, page_table_lock) -------------------------------------------------
+    def spin_lock(self, t: Task, lock: SpinLock, label: str):
+        if lock.owner is not None:
+            yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
+        assert lock.owner is None, lock.name
+        lock.owner = t.tid
+        yield label
+
+    def spin_unlock(self, t: Task, lock: SpinLock, label: str):
+        assert lock.owner == t.tid, f"{lock.name} released by a task that does not hold it"
+        lock.owner = None
+        yield label
+
+    # --- rw semaphores (mmap_lock, i_mmap_rwsem) -----------------------------------------
+    def down_read(self, t: Task, sem: RwSem, label: str):
+        if sem.writer is not None:
+            yield Wait(lambda: sem.writer is None, f"sleeps on {sem.name} (read)")
+        sem.readers.append(t.tid)
+        yield label
+
+    def up_read(self, t: Task, sem: RwSem, label: str, last: bool = False):
+        sem.readers.remove(t.tid)
+        yield Last(label) if last else label
+
+    def down_write(self, t: Task, sem: RwSem, label: str):
+        if sem.writer is not None or sem.readers:
+            yield Wait(lambda: sem.writer is None and not sem.readers,
+                       f"sleeps on {sem.name} (write)")
+        sem.writer = t.tid
+        yield label
+
+    def up_write(self, t: Task, sem: RwSem, label: str, last: bool = False):
+        assert sem.writer == t.tid
+        sem.writer = None
+        yield Last(label) if last else label
+
+    def downgrade_write(self, t: Task, sem: RwSem, label: str):
+        assert sem.writer == t.tid
+        sem.writer = None
+        sem.readers.append(t.tid)
+        yield label
+
+    # --- folio lock (PG_locked) ----------------------------------------------------------
+    def folio_lock(self, t: Task, folio: Folio, label: str):
+        """include/linux/pagemap.h folio_lock: sleeps until PG_locked is clear, then sets it."""
+        if folio.locked is not None:
+            yield Wait(lambda: folio.locked is None, f"sleeps on PG_locked of pfn {folio.pfn}")
+        folio.locked = t.tid
+        yield label
+
+    def folio_unlock_now(self, t: Task, folio: Folio) -> None:
+        assert folio.locked == t.tid, f"pfn {folio.pfn} unlocked by a non-owner"
+        folio.locked = None
+
+    # --- references ---------------------------------------------------------------------
+    def folio_put_now(self, folio: Folio) -> None:
+        """include/linux/mm.h folio_put: drop a reference; the last one frees the folio."""
+        assert folio.refcount > 0, f"refcount underflow on pfn {folio.pfn}"
+        folio.refcount -= 1
+        if folio.refcount == 0:
+            self.m.free_folio(folio)
+
+    def folio_mark_dirty_now(self, folio: Folio) -> None:
+        """mm/page-writeback.c folio_mark_dirty -> filemap_dirty_folio: set PG_dirty (and the
+        xarray DIRTY tag, which the model folds into PG_dirty). Anon folios: PG_dirty only."""
+        folio.dirty = True

@@ -1,0 +1,89 @@
+"""munmap and mmap: mm/mmap.c __vm_munmap, mm/vma.c do_vmi_munmap / vms_* (v6.12 structure).
+
+munmap: mmap_write_lock, split the edge VMAs, detach the VMAs from the tree, downgrade to a
+read lock, then zap, free_pgtables and tlb_finish_mmu under the read lock (other readers of
+mmap_lock run concurrently from there), and mmap_read_unlock. mmap here is
+MAP_FIXED_NOREPLACE of a range that is free (a MAP_FIXED over an existing mapping would first
+unmap it; not modelled). Left out: accounting, mlock, anon_vma, mmap_region merging.
+"""
+
+from __future__ import annotations
+
+from ..model import Vma
+from .base import KernelBase, Task
+
+
+class VmaOps(KernelBase):
+    def munmap(self, t: Task, start: int, npages: int):
+        """mm/mmap.c __vm_munmap -> do_vmi_munmap -> do_vmi_align_munmap."""
+        m = self.m
+        mm = t.mm
+        end = start + npages
+        yield from self.down_write(t, mm.mmap_lock, f"munmap({start:#x}+{npages}): mmap_write_lock")
+        vmas = [v for v in mm.vmas if v.start < end and start < v.end]
+        if not vmas:
+            yield from self.up_write(t, mm.mmap_lock, "munmap: nothing mapped, mmap_write_unlock", last=True)
+            m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, {}))
+            return
+        # vms_gather_munmap_vmas: split the edge VMAs (__split_vma), then detach
+        for cut in (start, end):
+            for vma in list(mm.vmas):
+                if vma.start < cut < vma.end:
+                    yield from self.split_vma(t, vma, cut)
+        vmas = [v for v in mm.vmas if v.start < end and start < v.end]
+        for vma in vmas:
+            vma.detached = True
+            mm.vmas.remove(vma)
+        yield f"vms_gather_munmap_vmas + vma_iter_clear_gfp: detach {', '.join(v.describe() for v in vmas)}"
+        yield from self.downgrade_write(t, mm.mmap_lock, "vms_complete_munmap_vmas: mmap_write_downgrade")
+        # vms_clear_ptes
+        tlb = yield from self.tlb_gather_mmu(t, mm)
+        yield from self.unmap_vmas(t, tlb, vmas, start, end)
+        yield from self.free_pgtables(t, tlb, vmas)
+        yield from self.tlb_finish_mmu(t, tlb)
+        yield from self.up_read(t, mm.mmap_lock, "munmap: remove_vma, mmap_read_unlock, return", last=True)
+        m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
+
+    def split_vma(self, t: Task, vma: Vma, cut: int):
+        """mm/vma.c __split_vma: the new VMA is inserted into the tree and into i_mmap (under
+        i_mmap_rwsem, write) before the old one is shrunk."""
+        m = self.m
+        mm = t.mm
+        new = Vma(m.next_vid, mm.mm_id, cut, vma.end, vma.file,
+                  vma.pgoff + (cut - vma.start) if vma.file is not None else 0,
+                  vma.shared, vma.writable)
+        m.next_vid += 1
+        if vma.file is not None:
+            f = m.files[vma.file]
+            yield from self.down_write(t, f.i_mmap_rwsem, f"__split_vma: i_mmap_lock_write(file{f.file_id})")
+            vma.end = cut
+            f.i_mmap.append(new)
+            mm.vmas.insert(mm.vmas.index(vma) + 1, new)
+            yield from self.up_write(t, f.i_mmap_rwsem, f"__split_vma: {vma.describe()} + {new.describe()}, unlock")
+        else:
+            vma.end = cut
+            mm.vmas.insert(mm.vmas.index(vma) + 1, new)
+            yield f"__split_vma: {vma.describe()} + {new.describe()}"
+
+    def mmap(self, t: Task, template: int):
+        """mm/mmap.c do_mmap -> mmap_region (MAP_FIXED_NOREPLACE): under mmap_write_lock, fail
+        with EEXIST if the range is in use, else vma_link: into the mm's tree and, for a file,
+        into i_mmap under i_mmap_rwsem (write)."""
+        m = self.m
+        mm = t.mm
+        spec = m.world["vmas"][template]
+        start, end = spec["start"], spec["end"]
+        yield from self.down_write(t, mm.mmap_lock, f"mmap({start:#x}-{end:#x}): mmap_write_lock")
+        if any(v.start < end and start < v.end for v in mm.vmas):
+            t.result = "EEXIST"
+            yield from self.up_write(t, mm.mmap_lock, "mmap: EEXIST, mmap_write_unlock", last=True)
+            return
+        vma = m.make_vma(mm, spec)
+        if vma.file is not None:
+            f = m.files[vma.file]
+            yield from self.down_write(t, f.i_mmap_rwsem, f"vma_link: i_mmap_lock_write(file{f.file_id})")
+            f.i_mmap.append(vma)
+            yield from self.up_write(t, f.i_mmap_rwsem, "vma_link: into i_mmap, unlock")
+        mm.vmas.append(vma)
+        mm.vmas.sort(key=lambda v: v.start)
+        yield from self.up_write(t, mm.mmap_lock, f"mmap: {vma.describe()}, mmap_write_unlock", last=True)

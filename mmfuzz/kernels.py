@@ -1,0 +1,102 @@
+"""The registry of kernel variants: ``mainline``, ``bug:SLUG`` (mainline with exactly one
+historic fix reverted) and ``package.module:Name`` (a user's own subclass of Mainline)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from .kernel import Mainline
+from .kernel.memory import Memory
+
+
+class KernelNameError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Bug:
+    slug: str
+    fix: str
+    title: str
+    prop: str
+    kernel: type
+    diagram_steps: int  # steps in the published / catalogued race diagram
+
+
+class ZapRmapBeforeFlush(Mainline):
+    """Mainline with 5df397dec7c4 ("mm: delay page_remove_rmap() until after the TLB has been
+    flushed") reverted: zap_present_folio_ptes as before the fix. A dirty file PTE still forces
+    the flush under the PTL (1cf35d47712d), but its rmap is removed at once, before that flush,
+    so folio_mkclean can see the folio unmapped while a stale writable TLB entry exists."""
+
+    name = "bug:zap-rmap-before-flush"
+
+    def zap_present_folio_ptes(self, t, tlb, vma, folio, table, slot, vpn, force_flush):
+        """mm/memory.c zap_pte_range's per-page body before 5df397dec7c4: "if (pte_dirty(ptent))
+        { force_flush = 1; set_page_dirty(page); } ... page_remove_rmap(page, vma, false);"."""
+        m = self.m
+        old = table.ptes[slot]
+        table.ptes[slot] = None
+        m.revoke(t.mm.mm_id, vpn)
+        dirty_note = ""
+        if not folio.anon and old.dirty:
+            force_flush = True
+            self.folio_mark_dirty_now(folio)
+            dirty_note = " dirty -> set_page_dirty"
+            m.stats["bug_path_hits"] = m.stats.get("bug_path_hits", 0) + 1
+        self.tlb_remove_tlb_entry(tlb, vpn)
+        kind = "anon" if folio.anon else "file"
+        yield (f"zap_pte_range: ptep_get_and_clear_full va {vpn:#x} pfn {folio.pfn} "
+               f"({kind}){dirty_note}")
+        yield from self.folio_remove_rmap_ptes(t, folio, vma, "page_remove_rmap [before flush]: ")
+        force_break = False
+        if self.tlb_remove_folio_pages_size(tlb, folio, False):
+            force_flush = force_break = True
+        return force_flush, force_break
+
+
+BUGS: list[Bug] = [
+    Bug("zap-rmap-before-flush", "5df397dec7c4",
+        "mm: delay page_remove_rmap() until after the TLB has been flushed",
+        "dirty-data-preserved", ZapRmapBeforeFlush, 8),
+]
+
+_BY_NAME = {"mainline": Mainline}
+_BY_NAME.update({f"bug:{b.slug}": b.kernel for b in BUGS})
+
+
+def kernel_names() -> list[str]:
+    return list(_BY_NAME)
+
+
+def bug_by_slug(slug: str) -> Bug:
+    for b in BUGS:
+        if b.slug == slug:
+            return b
+    raise KernelNameError(
+        f"unknown bug {slug!r}; `mmfuzz bugs` lists them: {', '.join(b.slug for b in BUGS)}")
+
+
+def resolve_kernel(name: str) -> type:
+    """Map a kernel name to its class; raise KernelNameError with the fix in the message."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if name.startswith("bug:"):
+        bug_by_slug(name[4:])
+    if ":" in name and not name.startswith("bug:"):
+        mod_name, _, attr = name.partition(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise KernelNameError(f"kernel {name!r}: cannot import module {mod_name!r} ({e}); "
+                                  "use package.module:ClassName on the Python path") from None
+        cls = getattr(mod, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, Mainline)):
+            raise KernelNameError(f"kernel {name!r}: {attr!r} in {mod_name} is not a subclass "
+                                  "of mmfuzz.kernel.Mainline")
+        if cls.name == Mainline.name:
+            cls.name = name
+        return cls
+    raise KernelNameError(f"unknown kernel {name!r}; use one of {', '.join(kernel_names())} "
+                          "or package.module:ClassName")

@@ -1,0 +1,275 @@
+"""The state of the modelled machine: plain objects, no behaviour beyond bookkeeping.
+
+Everything the kernel operations (mmfuzz.kernel) and the hardware (mmfuzz.hw) act on lives
+here: CPUs with TLBs, processes (mm) with VMAs and a two-level page table whose PTE-table
+pages are objects with their own lifetime and PTL, folios, the page cache and the disk.
+
+Determinism: every container is a list or an int-keyed dict filled in program order, so
+iteration order never depends on hashing or memory addresses.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+
+class Pte(NamedTuple):
+    """A present x86 PTE (a none PTE is ``None``).
+
+    ``dirty`` is the one logical dirty bit (hardware D plus SavedDirty,
+    arch/x86/include/asm/pgtable.h); ``special`` marks the shared zero page (no rmap, no ref).
+    """
+
+    pfn: int
+    write: bool
+    dirty: bool
+    young: bool
+    special: bool = False
+
+
+class TlbEntry(NamedTuple):
+    """A cached translation: it keeps W and D as they were when it was filled.
+
+    ``uid`` names the folio (or None for the zero page) the frame held at fill time, so a
+    later check can tell "the frame was freed or reused since" without trusting the pfn.
+    """
+
+    pfn: int
+    uid: int
+    write: bool
+    dirty: bool
+
+
+class SpinLock:
+    __slots__ = ("name", "owner")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.owner: Optional[int] = None  # task id
+
+
+class RwSem:
+    """A reader/writer semaphore (mmap_lock, i_mmap_rwsem). Fairness is not modelled."""
+
+    __slots__ = ("name", "readers", "writer")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.readers: list[int] = []  # task ids, in acquisition order
+        self.writer: Optional[int] = None
+
+
+class Folio:
+    """An order-0 folio (large folios are left out). ``data`` is the version of the last
+    store that landed in the frame, 0 for a zeroed or never-written page."""
+
+    __slots__ = (
+        "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
+        "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
+        "freed", "uptodate",
+    )
+
+    def __init__(self, uid: int, pfn: int):
+        self.uid = uid
+        self.pfn = pfn
+        self.refcount = 1
+        self.mapcount = 0          # folio_mapcount(); folio_mapped() is mapcount >= 1
+        self.pincount = 0
+        self.dirty = False         # PG_dirty
+        self.locked: Optional[int] = None  # PG_locked, owner task id
+        self.writeback = False     # PG_writeback
+        self.wb_pending = False    # writeback started and the device has not read it yet
+        self.anon = False
+        self.anon_exclusive = False  # PG_anon_exclusive
+        self.lazyfree = False
+        self.mapping: Optional[int] = None  # file id for page-cache folios
+        self.index = 0
+        self.data = 0
+        self.freed = False
+        self.uptodate = True       # PG_uptodate: false while a read from disk is pending
+
+
+class PteTable:
+    """A PTE-table page: PTRS_PER_PTE entries and its own split PTL."""
+
+    __slots__ = ("tid", "pfn", "ptes", "ptl", "freed", "mm_id", "pmd_index")
+
+    def __init__(self, tid: int, pfn: int, nptes: int, mm_id: int, pmd_index: int):
+        self.tid = tid
+        self.pfn = pfn
+        self.ptes: list[Optional[Pte]] = [None] * nptes
+        self.ptl = SpinLock(f"PTL(table {tid})")
+        self.freed = False
+        self.mm_id = mm_id
+        self.pmd_index = pmd_index
+
+
+class Vma:
+    __slots__ = ("vid", "mm_id", "start", "end", "file", "pgoff", "shared", "writable",
+                 "detached")
+
+    def __init__(self, vid, mm_id, start, end, file, pgoff, shared, writable):
+        self.vid = vid
+        self.mm_id = mm_id
+        self.start = start   # first virtual page number
+        self.end = end       # one past the last
+        self.file = file     # file id, or None for anonymous memory
+        self.pgoff = pgoff
+        self.shared = shared
+        self.writable = writable
+        self.detached = False
+
+    def contains(self, vpn: int) -> bool:
+        return self.start <= vpn < self.end
+
+    def file_index(self, vpn: int) -> int:
+        return self.pgoff + (vpn - self.start)
+
+    def describe(self) -> str:
+        kind = f"file{self.file} {'shared' if self.shared else 'private'}" if self.file is not None else "anon"
+        return f"vma{self.vid}[{self.start:#x}-{self.end:#x}) {kind}"
+
+
+class Mm:
+    __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
+                 "tlb_gen", "cpumask")
+
+    def __init__(self, mm_id: int, npmds: int):
+        self.mm_id = mm_id
+        self.vmas: list[Vma] = []           # sorted by start; the mm's VMA tree
+        self.pmd: list[Optional[PteTable]] = [None] * npmds
+        self.mmap_lock = RwSem(f"mmap_lock(mm{mm_id})")
+        self.page_table_lock = SpinLock(f"page_table_lock(mm{mm_id})")  # PMD-level lock
+        self.tlb_flush_pending = 0
+        self.tlb_gen = 0
+        self.cpumask: list[int] = []
+
+    def find_vma(self, vpn: int) -> Optional[Vma]:
+        for vma in self.vmas:
+            if vma.contains(vpn):
+                return vma
+        return None
+
+
+class FileObj:
+    """An inode: its page cache (index -> folio), i_mmap (VMAs that map it) and its disk."""
+
+    __slots__ = ("file_id", "npages", "cache", "i_mmap", "i_mmap_rwsem", "disk")
+
+    def __init__(self, file_id: int, npages: int):
+        self.file_id = file_id
+        self.npages = npages
+        self.cache: dict[int, Folio] = {}
+        self.i_mmap: list[Vma] = []
+        self.i_mmap_rwsem = RwSem(f"i_mmap_rwsem(file{file_id})")
+        self.disk = [0] * npages
+
+
+class FlushRequest:
+    """An x86 TLB-shootdown request queued on one target CPU (flush_tlb_func's info)."""
+
+    __slots__ = ("mm_id", "start", "end", "full", "initiator")
+
+    def __init__(self, mm_id, start, end, full, initiator):
+        self.mm_id = mm_id
+        self.start = start
+        self.end = end
+        self.full = full
+        self.initiator = initiator  # task id that waits for the ack
+
+
+class Cpu:
+    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "ipi_queue")
+
+    def __init__(self, cpu_id: int, mm_id: int):
+        self.cpu_id = cpu_id
+        self.mm_id = mm_id                    # the mm of the user thread running here
+        self.tlb: dict[int, TlbEntry] = {}    # (mm_id << 32 | vpn) -> entry
+        self.task = None                      # the kernel operation in progress, if any
+        self.irqs_off = False
+        self.ipi_queue: list[FlushRequest] = []
+
+
+def tlb_key(mm_id: int, vpn: int) -> int:
+    return (mm_id << 32) | vpn
+
+
+class Machine:
+    """The whole modelled system. ``world`` is the plain-data description it was built from."""
+
+    def __init__(self, world: dict):
+        self.world = world
+        self.ptrs_per_pte: int = world["ptrs_per_pte"]
+        self.npmds: int = world["npmds"]
+        self.cpus = [Cpu(i, mm_id) for i, mm_id in enumerate(world["cpu_mm"])]
+        self.mms: dict[int, Mm] = {}
+        self.files: dict[int, FileObj] = {}
+        self.frames: list[Optional[object]] = [None] * world["nframes"]  # pfn -> Folio | PteTable
+        self.free_pfns: list[int] = list(range(world["nframes"] - 1, 0, -1))  # pfn 0: zero page
+        self.zero_pfn = 0
+        self.next_uid = 1
+        self.next_tid = 1
+        self.next_vid = 1
+        self.next_version = 1
+        self.clock = 0
+        # Ground truth for dirty-data-preserved: (file, index) -> version of the last store
+        # that landed in that file page's page-cache folio.
+        self.expected: dict[tuple[int, int], int] = {}
+        # (mm, vpn) -> clock of the last change that revoked a translation (PTE cleared or
+        # write-protected); used by no-stale-translation-after-return.
+        self.revoked_at: dict[int, int] = {}
+        self.events: list[tuple] = []  # facts emitted by the current step, for properties
+        self.stats: dict[str, int] = {}
+
+    # --- allocation ------------------------------------------------------------------
+    def alloc_pfn(self) -> int:
+        if not self.free_pfns:
+            raise OutOfFrames("the world ran out of page frames; raise world['nframes']")
+        return self.free_pfns.pop()
+
+    def alloc_folio(self) -> Folio:
+        pfn = self.alloc_pfn()
+        folio = Folio(self.next_uid, pfn)
+        self.next_uid += 1
+        self.frames[pfn] = folio
+        return folio
+
+    def free_folio(self, folio: Folio) -> None:
+        folio.freed = True
+        self.frames[folio.pfn] = None
+        self.free_pfns.append(folio.pfn)  # LIFO: a freed frame is the next one reused
+        cached = (folio.mapping is not None
+                  and self.files[folio.mapping].cache.get(folio.index) is folio)
+        self.events.append(("free", folio.pfn, folio.uid, folio.mapcount, cached))
+
+    def alloc_pte_table(self, mm_id: int, pmd_index: int) -> PteTable:
+        pfn = self.alloc_pfn()
+        table = PteTable(self.next_tid, pfn, self.ptrs_per_pte, mm_id, pmd_index)
+        self.next_tid += 1
+        self.frames[pfn] = table
+        return table
+
+    def free_pte_table(self, table: PteTable) -> None:
+        table.freed = True
+        self.frames[table.pfn] = None
+        self.free_pfns.append(table.pfn)
+        self.events.append(("free_table", table.pfn, table.tid))
+
+    # --- page-table helpers (no locking: callers model the locks) ----------------------
+    def pte_lookup(self, mm: Mm, vpn: int) -> tuple[Optional[PteTable], int]:
+        pmd_index, slot = divmod(vpn, self.ptrs_per_pte)
+        return mm.pmd[pmd_index], slot
+
+    def make_vma(self, mm: Mm, spec: dict) -> Vma:
+        vma = Vma(self.next_vid, mm.mm_id, spec["start"], spec["end"], spec.get("file"),
+                  spec.get("pgoff", 0), spec.get("shared", False), spec.get("writable", True))
+        self.next_vid += 1
+        return vma
+
+    def revoke(self, mm_id: int, vpn: int) -> None:
+        self.revoked_at[tlb_key(mm_id, vpn)] = self.clock
+
+
+class OutOfFrames(Exception):
+    pass
+

@@ -1,0 +1,34 @@
+"""The named properties mmfuzz checks. Each is a pure function of the machine state and the
+events of the last step, returning a Violation or None; each names the kernel text it encodes.
+
+``STEP_PROPERTIES`` run after every step; ``QUIESCENT_PROPERTIES`` after the run is drained,
+synced and dropped (the "eventually" half of the same properties).
+"""
+
+from ._core import Violation
+from .accounting import accounting, accounting_quiescent
+from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
+from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
+                  no_use_after_free_via_tlb)
+
+STEP_PROPERTIES = (
+    no_use_after_free_via_tlb,
+    dirty_data_preserved,
+    no_stale_translation_after_return,
+    accounting,
+)
+
+QUIESCENT_PROPERTIES = (
+    dirty_data_preserved_quiescent,
+    no_stale_translation_quiescent,
+    accounting_quiescent,
+)
+
+PROPERTY_NAMES = (
+    "no-use-after-free-via-TLB",
+    "dirty-data-preserved",
+    "no-stale-translation-after-return",
+    "accounting",
+)
+
+__all__ = ["Violation", "STEP_PROPERTIES", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

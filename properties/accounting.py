@@ -1,0 +1,70 @@
+"""accounting: mapcount, refcount and frame lifetime.
+
+mm/rmap.c: mapcount counts the page-table entries that map a folio; a PTE that maps a
+page-cache folio holds one reference ("finish_fault ... consumes a reference"); mm/vmscan.c
+__remove_mapping freezes the refcount at 1 + nr_pages to prove that nothing else holds it.
+"""
+
+from __future__ import annotations
+
+from mmfuzz.model import Folio, PteTable
+
+from ._core import Violation, mapped_ptes
+
+NAME = "accounting"
+
+
+def accounting(m, events) -> Violation | None:
+    """At every step: nothing is freed while mapped or cached, and no present PTE maps a freed
+    frame or lives in a freed table."""
+    for ev in events:
+        if ev[0] == "free" and (ev[3] or ev[4]):
+            _, pfn, uid, mapcount, cached = ev
+            return Violation(NAME, f"pfn {pfn} was freed while "
+                             f"{'mapped (mapcount %d)' % mapcount if mapcount else 'in the page cache'}",
+                             {"pfn": pfn, "mapcount": mapcount, "cached": cached})
+    for mm in m.mms.values():
+        for table in mm.pmd:
+            if table is None:
+                continue
+            if table.freed:
+                return Violation(NAME, f"mm{mm.mm_id}'s PMD points at freed PTE table {table.tid}",
+                                 {"mm": mm.mm_id, "table": table.tid})
+            base = table.pmd_index * m.ptrs_per_pte
+            for slot, pte in enumerate(table.ptes):
+                if pte is None or pte.special:
+                    continue
+                frame = m.frames[pte.pfn]
+                if not isinstance(frame, Folio):
+                    return Violation(NAME, f"mm{mm.mm_id} va {base + slot:#x} maps pfn {pte.pfn}, "
+                                     "which is free", {"mm": mm.mm_id, "va": base + slot,
+                                                       "pfn": pte.pfn})
+    for f in m.files.values():
+        for index, folio in f.cache.items():
+            if folio.freed:
+                return Violation(NAME, f"file{f.file_id}[{index}] caches freed pfn {folio.pfn}",
+                                 {"file": f.file_id, "index": index, "pfn": folio.pfn})
+    return None
+
+
+def accounting_quiescent(m) -> Violation | None:
+    """With no operation in flight: every live folio's mapcount equals the PTEs that map it and
+    its refcount equals those PTEs plus the page cache's reference; nothing is leaked."""
+    for frame in m.frames:
+        if isinstance(frame, Folio):
+            ptes = mapped_ptes(m, frame)
+            cached = frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame
+            want_ref = len(ptes) + (1 if cached else 0) + frame.pincount
+            if frame.mapcount != len(ptes) or frame.refcount != want_ref:
+                return Violation(NAME, f"pfn {frame.pfn}: mapcount {frame.mapcount}, refcount "
+                                 f"{frame.refcount}, but {len(ptes)} PTEs map it"
+                                 f"{' and the page cache holds it' if cached else ''}",
+                                 {"pfn": frame.pfn, "mapcount": frame.mapcount,
+                                  "refcount": frame.refcount, "ptes": len(ptes),
+                                  "cached": cached})
+        elif isinstance(frame, PteTable):
+            mm = m.mms[frame.mm_id]
+            if mm.pmd[frame.pmd_index] is not frame:
+                return Violation(NAME, f"PTE table {frame.tid} is allocated but unreachable",
+                                 {"table": frame.tid})
+    return None
