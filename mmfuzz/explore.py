@@ -142,14 +142,22 @@ def random_run(kernel_cls, rng: random.Random, actions_max: int = 60):
 
 def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int | None = None,
             actions_max: int = 60, progress=None) -> tuple[Found | None, dict]:
-    """Random runs until a violation, the time budget or the run budget. Deterministic for a
-    given seed and run count (the budget only decides where to stop)."""
+    """Random runs 0, 1, 2, ... until a violation, the time budget or the run budget.
+    Deterministic for a given seed and run count (the budget only decides where to stop)."""
+    return explore_strided(kernel_cls, seed, budget_s, runs_max, 0, 1, actions_max, progress)
+
+
+def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int | None,
+                    start: int, stride: int, actions_max: int = 60,
+                    progress=None) -> tuple[Found | None, dict]:
+    """Runs start, start + stride, ...: worker w of n takes (w, n), so n workers together run
+    exactly the runs one worker would, and run i is the same wherever it runs."""
     t0 = time.perf_counter()
     stats = {"runs": 0, "steps": 0}
-    i = 0
+    i = start
     last = t0
     while True:
-        if runs_max is not None and i >= runs_max:
+        if runs_max is not None and stats["runs"] >= runs_max:
             break
         now = time.perf_counter()
         if budget_s is not None and now - t0 >= budget_s:
@@ -164,7 +172,7 @@ def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int 
         if v is not None:
             return Found(world, run.actions, v.prop, i, stats["runs"], stats["steps"],
                          time.perf_counter() - t0), stats
-        i += 1
+        i += stride
     stats["seconds"] = time.perf_counter() - t0
     return None, stats
 
@@ -206,6 +214,22 @@ def shrink(kernel_cls, world: dict, actions: list, prop: str,
                 else:
                     i += chunk
             chunk //= 2
+        # per CPU: delete runs of that CPU's actions, which the interleaving keeps apart
+        for cpu in range(world["ncpus"]):
+            idx = [i for i, a in enumerate(actions) if a[1] == cpu]
+            k = len(idx)
+            while k >= 1 and attempts < attempts_max:
+                j = 0
+                while j + k <= len(idx) and attempts < attempts_max:
+                    drop = set(idx[j:j + k])
+                    cand = [a for i, a in enumerate(actions) if i not in drop]
+                    if ok(world, cand):
+                        actions = cand
+                        changed = True
+                        idx = [i for i, a in enumerate(actions) if a[1] == cpu]
+                    else:
+                        j += 1
+                k //= 2
         for j in range(len(world["prefault"]) - 1, -1, -1):
             w2 = dict(world, prefault=world["prefault"][:j] + world["prefault"][j + 1:])
             if ok(w2, actions):

@@ -109,6 +109,7 @@ class Run:
         self.violation: Violation | None = None
         self.violation_step: int | None = None
         self.schedule_len = 0
+        self.skipped = 0
         self._build()
         self._prefault()
 
@@ -329,6 +330,7 @@ def execute(kernel_cls, world: dict, actions: list[list], strict: bool = False,
         if step is None:
             if strict:
                 raise Divergence(_divergence_message(run, i, action))
+            run.skipped += 1
             continue
         if run.violation is not None:
             return run, Outcome(run.violation, run.violation_step, "step")

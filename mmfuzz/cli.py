@@ -1,0 +1,307 @@
+"""The `mmfuzz` command. Exit status: 0 no violation, 1 a violation found or reproduced (shrunk,
+saved, printed), 2 bad input or usage (one line naming the problem and the fix)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+from . import __version__
+from .corpus import (Counterexample, CorpusError, found_info, load, render_cx, replay, save)
+from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
+from .run import ModelError, execute
+
+EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return v
+
+
+def _pos_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mmfuzz", description=__doc__)
+    p.add_argument("--version", action="version", version=f"mmfuzz {__version__}")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sub.required = True
+
+    b = sub.add_parser("bugs", help="list the catalogued bugs")
+    b.add_argument("--json", action="store_true")
+
+    def fuzz_opts(q, kernel=True):
+        if kernel:
+            q.add_argument("--kernel", default="mainline",
+                           help="mainline, bug:SLUG or package.module:Class (default mainline)")
+        lim = q.add_mutually_exclusive_group()
+        lim.add_argument("--budget", type=_pos_float, help="seconds to fuzz (default 30)")
+        lim.add_argument("--examples", type=_nonneg_int, help="number of runs instead of a time budget")
+        q.add_argument("--seed", type=_nonneg_int, default=0)
+        q.add_argument("--workers", type=_nonneg_int, default=1, help="processes (0: one per core)")
+        q.add_argument("--save", metavar="DIR", help="save a counterexample under DIR")
+        eng = q.add_mutually_exclusive_group()
+        eng.add_argument("--fast", action="store_true",
+                         help="the plain-Python random explorer instead of Hypothesis")
+        eng.add_argument("--hypothesis", action="store_true",
+                         help="Hypothesis's stateful engine (hunt's default is --fast)")
+        q.add_argument("--quiet", action="store_true", help="no progress line")
+
+    f = sub.add_parser("fuzz", help="fuzz a kernel variant")
+    fuzz_opts(f)
+    h = sub.add_parser("hunt", help="fuzz bug:SLUG from scratch (no corpus, no database)")
+    h.add_argument("slug")
+    fuzz_opts(h, kernel=False)
+    r = sub.add_parser("replay", help="re-run saved counterexamples")
+    r.add_argument("files", nargs="+")
+    r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
+    s = sub.add_parser("show", help="render a counterexample as CPU columns")
+    s.add_argument("file")
+    return p
+
+
+class Progress:
+    """One live line on stderr (rewritten in place on a terminal, every 5 s otherwise)."""
+
+    def __init__(self, label: str, quiet: bool):
+        self.label = label
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, runs: int, steps: int, force: bool = False):
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        period = 0.25 if self.tty else 5.0
+        if not force and now - self.last < period:
+            return
+        self.last = now
+        el = now - self.t0
+        line = (f"[mmfuzz] {self.label}  {el:6.1f}s  runs {runs}  steps {steps}  "
+                f"{steps / el if el > 0 else 0:,.0f} steps/s")
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(100))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self):
+        if not self.quiet and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- engines -------------
+def _explore_worker(args):
+    kname, seed, budget, runs_max, start, stride = args
+    from .explore import explore_strided
+    return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride)
+
+
+def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress):
+    from .explore import explore_strided
+    if workers <= 1:
+        found, stats = explore_strided(kcls, seed, budget, examples, 0, 1,
+                                       progress=lambda st, el: progress.update(st["runs"], st["steps"]))
+        return found, stats
+    jobs = [(kname, seed, budget, None if examples is None else -(-examples // workers), w, workers)
+            for w in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    total = {"runs": 0, "steps": 0}
+    best = None
+    with ctx.Pool(workers) as pool:
+        for found, stats in pool.imap_unordered(_explore_worker, jobs):
+            total["runs"] += stats["runs"]
+            total["steps"] += stats["steps"]
+            if found is not None and (best is None or found.run_index < best.run_index):
+                best = found
+                pool.terminate()
+                break
+    return best, total
+
+
+def _fuzz_hypothesis(kcls, seed, budget, examples, progress):
+    from strategies import run_hypothesis
+    chunk = 200
+    t0 = time.perf_counter()
+    runs = steps = 0
+    i = 0
+    while True:
+        if examples is not None and runs >= examples:
+            break
+        if examples is None and time.perf_counter() - t0 >= budget:
+            break
+        n = chunk if examples is None else min(chunk, examples - runs)
+        base_runs, base_steps = runs, steps
+        failure, cls = run_hypothesis(
+            kcls, seed * 1_000_003 + i, n,
+            on_progress=lambda c: progress.update(base_runs + c.runs_total,
+                                                  base_steps + c.steps_total))
+        runs += cls.runs_total
+        steps += cls.steps_total
+        progress.update(runs, steps, force=True)
+        if failure is not None:
+            return failure, {"runs": runs, "steps": steps, "chunk": i}
+        i += 1
+    return None, {"runs": runs, "steps": steps}
+
+
+def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, out_stream):
+    """Shrink (fast mode) already done by the caller; replay once, render, save, print."""
+    run, outcome = execute(kcls, world, schedule)
+    if outcome.violation is None:
+        raise ModelError("the found schedule did not reproduce on replay")
+    cx = Counterexample(kname, world, schedule, outcome.violation.prop, outcome.violation.why,
+                        outcome.violation.facts, outcome.step, outcome.phase,
+                        found_info(seed, engine, **extra))
+    path = None
+    if save_dir:
+        rendered = render_cx(run, outcome, cx)
+        path = save(cx, save_dir, rendered)
+    print(render_cx(run, outcome, cx, path), file=out_stream)
+    return path
+
+
+def cmd_fuzz(kname: str, a, hunting: bool) -> int:
+    kcls = resolve_kernel(kname)
+    fast = a.fast or (hunting and not a.hypothesis)
+    engine = "explore" if fast else "hypothesis"
+    budget = a.budget if a.budget is not None else (120.0 if hunting else 30.0)
+    workers = a.workers or os.cpu_count() or 1
+    if a.save:
+        try:
+            os.makedirs(a.save, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--save {a.save}: cannot create the directory ({e.strerror})") from None
+    limit = f"{a.examples} runs" if a.examples is not None else f"{budget:g}s"
+    print(f"mmfuzz {__version__}: kernel={kname} engine={engine} seed={a.seed} budget={limit} "
+          f"workers={workers}", file=sys.stderr)
+    progress = Progress(f"{kname} {engine}", a.quiet)
+    t0 = time.perf_counter()
+    if fast:
+        found, stats = _fuzz_fast(kname, kcls, a.seed, None if a.examples is not None else budget,
+                                  a.examples, workers, progress)
+    else:
+        failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress)
+        found = failure
+    progress.update(stats["runs"], stats["steps"], force=True)
+    progress.done()
+    elapsed = time.perf_counter() - t0
+    rate = stats["steps"] / elapsed if elapsed > 0 else 0
+    if found is None:
+        print(f"summary: kernel={kname} engine={engine} seed={a.seed}: no violation in "
+              f"{stats['runs']} runs, {stats['steps']} steps, {elapsed:.1f}s ({rate:,.0f} steps/s)")
+        return EXIT_CLEAN
+    if fast:
+        from .explore import shrink
+        t1 = time.perf_counter()
+        world, schedule = shrink(kcls, found.world, found.actions, found.prop)
+        extra = {"run": found.run_index, "found_after_s": round(found.seconds, 2),
+                 "found_after_runs": found.runs, "shrink_s": round(time.perf_counter() - t1, 2),
+                 "schedule_len_before_shrink": len(found.actions)}
+        prop = found.prop
+    else:
+        world, schedule = found["world"], found["schedule"]
+        extra = {"chunk": stats.get("chunk")}
+        prop = found["violation"].prop
+    path = _report_found(kname, kcls, world, schedule, a.seed, engine, a.save, extra, sys.stdout)
+    print(f"summary: kernel={kname} engine={engine} seed={a.seed}: {prop} after "
+          f"{stats['runs']} runs, {elapsed:.1f}s; shrunk to {len(schedule)} actions"
+          + (f"; saved {path}" if path else ""))
+    return EXIT_VIOLATION
+
+
+def cmd_replay(a) -> int:
+    status = EXIT_CLEAN
+    cxs = [(path, load(path)) for path in a.files]   # validate every file before running any
+    if a.kernel:
+        resolve_kernel(a.kernel)
+    for path, cx in cxs:
+        run, out, skipped = replay(cx, a.kernel)
+        kname = a.kernel or cx.kernel
+        note = f" ({skipped} actions not enabled on {kname}, skipped)" if skipped else ""
+        if out.violation is None:
+            print(f"{path}: clean on {kname}{note}")
+            continue
+        status = EXIT_VIOLATION
+        same = out.violation.prop == cx.prop
+        print(render_cx(run, out, cx, path))
+        print(f"{path}: {'reproduced' if same else 'a different violation'} "
+              f"({out.violation.prop}) on {kname}{note}")
+    return status
+
+
+def cmd_show(a) -> int:
+    cx = load(a.file)
+    run, out, _ = replay(cx)
+    if out.violation is None:
+        print(f"{a.file}: the schedule runs clean on {cx.kernel} now")
+        return EXIT_CLEAN
+    print(render_cx(run, out, cx, a.file))
+    return EXIT_VIOLATION
+
+
+def cmd_bugs(a) -> int:
+    rows = [{"slug": b.slug, "kernel": f"bug:{b.slug}", "fix": b.fix, "property": b.prop,
+             "title": b.title} for b in BUGS]
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['slug']:28} {r['fix']:14} {r['property']:32} {r['title']}")
+    return EXIT_CLEAN
+
+
+def main(argv=None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        if a.cmd == "bugs":
+            return cmd_bugs(a)
+        if a.cmd == "fuzz":
+            return cmd_fuzz(a.kernel, a, hunting=False)
+        if a.cmd == "hunt":
+            bug = bug_by_slug(a.slug)
+            return cmd_fuzz(f"bug:{bug.slug}", a, hunting=True)
+        if a.cmd == "replay":
+            return cmd_replay(a)
+        if a.cmd == "show":
+            return cmd_show(a)
+    except (UsageError, KernelNameError, CorpusError) as e:
+        print(f"mmfuzz: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("mmfuzz: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
