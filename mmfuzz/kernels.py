@@ -7,7 +7,6 @@ import importlib
 from dataclasses import dataclass
 
 from .kernel import Mainline
-from .kernel.memory import Memory
 
 
 class KernelNameError(ValueError):
@@ -56,10 +55,34 @@ class ZapRmapBeforeFlush(Mainline):
         return force_flush, force_break
 
 
+class MadvParallelFlushMiss(Mainline):
+    """Mainline with 99baac21e458 ("mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem",
+    Minchan Kim, 2017) reverted: tlb_finish_mmu no longer widens the flush when another gather
+    is pending on the mm. Two threads zap the same range under mmap_lock for read; the second
+    sees pte_none for a PTE the first cleared and has not flushed yet, finds nothing to flush,
+    and returns while a CPU still holds the stale translation ("a thread has stable TLB entry
+    can fail to flush the TLB by observing pte_none|!pte_dirty", from the patch). The pending
+    counter itself is kept: today it has other readers."""
+
+    name = "bug:madv-parallel-flush-miss"
+
+    def tlb_finish_mmu(self, t, tlb):
+        """mm/mmu_gather.c tlb_finish_mmu without the mm_tlb_flush_nested() widening."""
+        mm = tlb.mm
+        if mm.tlb_flush_pending > 1:
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        yield from self.tlb_flush_mmu(t, tlb)
+        mm.tlb_flush_pending -= 1
+        yield f"tlb_finish_mmu: dec_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"
+
+
 BUGS: list[Bug] = [
     Bug("zap-rmap-before-flush", "5df397dec7c4",
         "mm: delay page_remove_rmap() until after the TLB has been flushed",
         "dirty-data-preserved", ZapRmapBeforeFlush, 8),
+    Bug("madv-parallel-flush-miss", "99baac21e458",
+        "mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem",
+        "no-stale-translation-after-return", MadvParallelFlushMiss, 7),
 ]
 
 _BY_NAME = {"mainline": Mainline}

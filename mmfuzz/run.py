@@ -178,7 +178,9 @@ class Run:
         c.task = t
         return t
 
-    def _step_task(self, cpu: int) -> str:
+    def _step_task(self, cpu: int) -> str | None:
+        """Advance the CPU's task by one step; None if it turned out to be blocked (a probe:
+        nothing changed but the task's known wait, so the action does not count)."""
         c = self.m.cpus[cpu]
         t = c.task
         t.wait = None
@@ -193,7 +195,7 @@ class Run:
                 if y.cond():
                     continue
                 t.wait = y
-                return f"{y.what}"
+                return None
             t.steps += 1
             if isinstance(y, Last):
                 try:
@@ -235,6 +237,9 @@ class Run:
         if kind == "step":
             op = m.cpus[cpu].task.name
             text = self._step_task(cpu)
+            if text is None:
+                m.clock -= 1
+                return None
         elif kind == "start":
             name, args = action[2], tuple(action[3:])
             self._start_task(cpu, name, args)

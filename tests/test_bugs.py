@@ -12,7 +12,9 @@ from mmfuzz.run import execute
 
 # (slug, seed, runs that seed needs today, run budget given)
 HUNTS = [("zap-rmap-before-flush", 3, 3010, 6000),
-         ("zap-rmap-before-flush", 9, 1190, 6000)]
+         ("zap-rmap-before-flush", 9, 1190, 6000),
+         ("madv-parallel-flush-miss", 1, 246, 2000),
+         ("madv-parallel-flush-miss", 4, 650, 2000)]
 
 
 @pytest.mark.parametrize("slug,seed,needed,budget", HUNTS)
@@ -40,6 +42,21 @@ def test_buggy_path_runs_and_shrunk_trace_shows_rmap_before_flush():
     clean = next(i for i, t in enumerate(texts) if "folio_mapped() = 0" in t)
     assert removal < clean < out.step
     # the same schedule on mainline: no violation
+    _, out_main = execute(Mainline, world, schedule)
+    assert out_main.violation is None
+
+
+def test_nested_flush_miss_trace_shows_second_zapper_returning_early():
+    bug = resolve_kernel("bug:madv-parallel-flush-miss")
+    found, _ = explore(bug, 4, runs_max=2000)
+    world, schedule = shrink(bug, found.world, found.actions, found.prop)
+    run, out = execute(bug, world, schedule, strict=True)
+    assert out.violation.prop == "no-stale-translation-after-return"
+    assert run.m.stats["bug_path_hits"] >= 1
+    returned = run.trace[out.step]
+    assert "madvise: mmap_read_unlock, return" in returned.text
+    # two gathers were pending at once: the nested case the fix handles
+    assert any("inc_tlb_flush_pending(mm1) -> 2" in s.text for s in run.trace)
     _, out_main = execute(Mainline, world, schedule)
     assert out_main.violation is None
 

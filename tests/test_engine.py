@@ -6,7 +6,9 @@ from mmfuzz.run import execute
 from strategies import run_hypothesis
 from strategies.machine import settings_for
 
-from .variants import FreeBeforeFlush, LeakRmap, NoNestedFlush
+from mmfuzz.kernels import MadvParallelFlushMiss
+
+from .variants import FreeBeforeFlush, LeakRmap
 
 
 def _hyp(kernel, seed, n):
@@ -34,9 +36,9 @@ def test_explicit_settings_ignore_ci_profile(monkeypatch):
     assert "explain" not in [p.name for p in s.phases]
 
 
-def test_no_nested_flush_trips_stale_translation():
+def test_catalogued_nested_flush_miss_trips_stale_translation():
     from mmfuzz.explore import explore
-    found, _ = explore(NoNestedFlush, 1, runs_max=20000)
+    found, _ = explore(MadvParallelFlushMiss, 1, runs_max=20000)
     assert found is not None and found.prop == "no-stale-translation-after-return"
 
 

@@ -18,15 +18,6 @@ class FreeBeforeFlush(Mainline):
         return False
 
 
-class NoNestedFlush(Mainline):
-    """tlb_finish_mmu without the mm_tlb_flush_nested() widening: a thread that saw a PTE
-    already cleared by a concurrent zapper returns before that zapper's deferred flush (trips
-    no-stale-translation-after-return)."""
-
-    def mm_tlb_flush_nested(self, mm):
-        return False
-
-
 class LeakRmap(Mainline):
     """zap never removes the rmap of anon folios (trips accounting at quiescence)."""
 
