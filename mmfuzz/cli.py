@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the plain-Python random explorer instead of Hypothesis")
         eng.add_argument("--hypothesis", action="store_true",
                          help="Hypothesis's stateful engine (hunt's default is --fast)")
+        q.add_argument("--strategy", choices=("swarm", "pct", "uniform"), default="swarm",
+                       help="the fast explorer's scheduling strategy (default swarm)")
         q.add_argument("--quiet", action="store_true", help="no progress line")
 
     f = sub.add_parser("fuzz", help="fuzz a kernel variant")
@@ -121,19 +123,20 @@ class Progress:
 
 # ---------------------------------------------------------------- engines -------------
 def _explore_worker(args):
-    kname, seed, budget, runs_max, start, stride = args
+    kname, seed, budget, runs_max, start, stride, strategy = args
     from .explore import explore_strided
-    return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride)
+    return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
+                           policy=strategy)
 
 
-def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress):
+def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy):
     from .explore import explore_strided
     if workers <= 1:
-        found, stats = explore_strided(kcls, seed, budget, examples, 0, 1,
+        found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, policy=strategy,
                                        progress=lambda st, el: progress.update(st["runs"], st["steps"]))
         return found, stats
-    jobs = [(kname, seed, budget, None if examples is None else -(-examples // workers), w, workers)
-            for w in range(workers)]
+    jobs = [(kname, seed, budget, None if examples is None else -(-examples // workers), w, workers,
+             strategy) for w in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     total = {"runs": 0, "steps": 0}
     best = None
@@ -193,7 +196,7 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
     fast = a.fast or (hunting and not a.hypothesis)
-    engine = "explore" if fast else "hypothesis"
+    engine = f"explore/{a.strategy}" if fast else "hypothesis"
     budget = a.budget if a.budget is not None else (120.0 if hunting else 30.0)
     workers = a.workers or os.cpu_count() or 1
     if a.save:
@@ -208,7 +211,7 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     t0 = time.perf_counter()
     if fast:
         found, stats = _fuzz_fast(kname, kcls, a.seed, None if a.examples is not None else budget,
-                                  a.examples, workers, progress)
+                                  a.examples, workers, progress, a.strategy)
     else:
         failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress)
         found = failure

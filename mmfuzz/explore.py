@@ -47,60 +47,15 @@ def random_world(rng: random.Random) -> dict:
             "gather": gather, "prefault": prefault}
 
 
-@dataclass
-class Swarm:
-    """Per-run weights (swarm testing): some kinds and operations are switched off."""
-
-    kind_weight: dict
-    ops: tuple
-    store_bias: float
-
-    @classmethod
-    def draw(cls, rng: random.Random) -> "Swarm":
-        kw = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
-              "access": rng.choice((1, 2, 4)), "start": rng.choice((0.5, 1, 2)),
-              "evict": rng.choice((0, 0, 0.2))}
-        ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
-        return cls(kw, ops, rng.choice((0.5, 0.8)))
-
-
-def _pick(rng: random.Random, run: Run, world: dict, swarm: Swarm):
-    m = run.m
-    choices = []
-    for cpu in run.runnable_cpus():
-        choices.append((swarm.kind_weight["step"], ("step", cpu)))
-    for cpu in run.ipi_cpus():
-        choices.append((swarm.kind_weight["ipi"], ("ipi", cpu)))
-    idle = run.idle_cpus()
-    if idle:
-        choices.append((swarm.kind_weight["access"] * len(idle), ("access",)))
-        choices.append((swarm.kind_weight["start"] * len(idle), ("start",)))
-    if swarm.kind_weight["evict"]:
-        cached = [c.cpu_id for c in m.cpus if c.tlb]
-        if cached:
-            choices.append((swarm.kind_weight["evict"], ("evict",)))
-    if not choices:
-        return None
-    total = sum(w for w, _ in choices)
-    r = rng.random() * total
-    for w, c in choices:
-        r -= w
-        if r <= 0:
-            break
-    kind = c[0]
-    if kind in ("step", "ipi"):
-        return [kind, c[1]]
-    if kind == "evict":
-        cpu = rng.choice([x.cpu_id for x in m.cpus if x.tlb])
-        key = rng.choice(list(m.cpus[cpu].tlb))
-        return ["evict", cpu, key & 0xffffffff]
-    cpu = rng.choice(idle)
-    mm_id = m.cpus[cpu].mm_id
+def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
+                           store_bias: float):
+    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs."""
+    mm_id = run.m.cpus[cpu].mm_id
     spans = [(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id]
-    if kind == "access":
+    if ops is None:
         lo, hi = rng.choice(spans)
-        return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < swarm.store_bias)]
-    op = rng.choice(swarm.ops)
+        return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < store_bias)]
+    op = rng.choice(ops)
     if op in ("madvise_dontneed", "munmap"):
         lo, hi = rng.choice(spans)
         start = rng.randrange(lo, hi)
@@ -111,6 +66,177 @@ def _pick(rng: random.Random, run: Run, world: dict, swarm: Swarm):
     if op == "writeback":
         return ["start", cpu, op, 1]
     return ["start", cpu, op, 1, rng.randrange(world["files"][0]["npages"])]
+
+
+class SwarmPolicy:
+    """Swarm testing: per run, some operations are switched off and each kind of action
+    (step, IPI, access, syscall, eviction) gets its own weight; BUGGIFY-style scheduling knobs
+    make a CPU that holds a lock run less often (a lock held longer) and IPIs arrive late.
+    Every knob only biases the choice among legal interleavings; none changes the kernel."""
+
+    name = "swarm"
+
+    def __init__(self, rng: random.Random, world: dict):
+        self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
+                            "access": rng.choice((1, 2, 4)), "start": rng.choice((0.5, 1, 2)),
+                            "evict": rng.choice((0, 0, 0.2))}
+        self.ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+        self.store_bias = rng.choice((0.5, 0.8))
+        self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
+        self.world = world
+
+    def pick(self, rng: random.Random, run: Run):
+        m = run.m
+        kw = self.kind_weight
+        choices = []
+        for cpu in run.runnable_cpus():
+            w = kw["step"]
+            if self.lock_hold != 1.0 and m.cpus[cpu].task.locks:
+                w *= self.lock_hold
+            choices.append((w, ("step", cpu)))
+        for cpu in run.ipi_cpus():
+            choices.append((kw["ipi"], ("ipi", cpu)))
+        idle = run.idle_cpus()
+        if idle:
+            choices.append((kw["access"] * len(idle), ("access",)))
+            choices.append((kw["start"] * len(idle), ("start",)))
+        if kw["evict"] and any(c.tlb for c in m.cpus):
+            choices.append((kw["evict"], ("evict",)))
+        if not choices:
+            return None
+        r = rng.random() * sum(w for w, _ in choices)
+        for w, c in choices:
+            r -= w
+            if r <= 0:
+                break
+        kind = c[0]
+        if kind in ("step", "ipi"):
+            return [kind, c[1]]
+        if kind == "evict":
+            cpu = rng.choice([x.cpu_id for x in m.cpus if x.tlb])
+            return ["evict", cpu, rng.choice(list(m.cpus[cpu].tlb)) & 0xffffffff]
+        cpu = rng.choice(idle)
+        return _random_program_action(rng, run, self.world, cpu,
+                                      None if kind == "access" else self.ops, self.store_bias)
+
+
+class UniformPolicy:
+    """Uniform choice among every concrete enabled action (the baseline)."""
+
+    name = "uniform"
+
+    def __init__(self, rng: random.Random, world: dict):
+        self.world = world
+        self.npages = world["files"][0]["npages"]
+
+    def pick(self, rng: random.Random, run: Run):
+        m = run.m
+        acts = [["step", c] for c in run.runnable_cpus()] + [["ipi", c] for c in run.ipi_cpus()]
+        for cpu in run.idle_cpus():
+            mm_id = m.cpus[cpu].mm_id
+            mine = [(i, v) for i, v in enumerate(self.world["vmas"]) if v["mm"] == mm_id]
+            for i, v in mine:
+                for vpn in range(v["start"], v["end"]):
+                    acts += [["access", cpu, vpn, 0], ["access", cpu, vpn, 1]]
+                    for n in range(1, v["end"] - vpn + 1):
+                        acts += [["start", cpu, "madvise_dontneed", vpn, n],
+                                 ["start", cpu, "munmap", vpn, n]]
+                acts.append(["start", cpu, "mmap", i])
+            acts.append(["start", cpu, "writeback", 1])
+            acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
+        for c in m.cpus:
+            acts += [["evict", c.cpu_id, k & 0xffffffff] for k in c.tlb]
+        return rng.choice(acts) if acts else None
+
+
+class PctPolicy:
+    """PCT (Burckhardt et al., "A randomized scheduler with probabilistic guarantees of finding
+    bugs"): every CPU gets a distinct random priority and a short random program (syscalls and
+    user accesses; a faulting access is retried after its fault, as the CPU re-executes the
+    instruction); the highest-priority CPU that can act does so; at d - 1 random change points
+    the acting CPU drops below every other. A CPU with a pending IPI takes it when it runs,
+    unless the run's IPI-delay knob holds it back."""
+
+    name = "pct"
+
+    def __init__(self, rng: random.Random, world: dict, steps_max: int = 60):
+        ncpus = world["ncpus"]
+        order = list(range(ncpus))
+        rng.shuffle(order)
+        self.prio = {cpu: ncpus + rank for rank, cpu in enumerate(order)}
+        depth = rng.choice((1, 2, 3, 3, 4))
+        self.change_points = sorted(rng.randrange(steps_max) for _ in range(depth - 1))
+        self.low = 0
+        self.ipi_take = rng.choice((1.0, 0.5, 0.1))
+        ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+        store_bias = rng.choice((0.5, 0.8))
+        self.world = world
+        self.programs = {}
+        self._rng_args = (ops, store_bias)
+        self._draft = [rng.randint(0, 3) for _ in range(ncpus)]
+        self.tick = 0
+        self.last = None
+        self.retry = {}
+
+    def _program(self, rng, run, cpu):
+        if cpu not in self.programs:
+            ops, store_bias = self._rng_args
+            prog = []
+            for _ in range(self._draft[cpu]):
+                kind_ops = None if rng.random() < 0.5 else ops
+                prog.append(_random_program_action(rng, run, self.world, cpu, kind_ops, store_bias))
+            self.programs[cpu] = prog
+        return self.programs[cpu]
+
+    def pick(self, rng: random.Random, run: Run):
+        m = run.m
+        if self.change_points and self.tick >= self.change_points[0] and self.last is not None:
+            self.change_points.pop(0)
+            self.low -= 1
+            self.prio[self.last] = self.low
+        self.tick += 1
+        runnable = set(run.runnable_cpus())
+        for cpu in sorted(self.prio, key=lambda c: -self.prio[c]):
+            c = m.cpus[cpu]
+            if c.ipi_queue and not c.irqs_off and (rng.random() < self.ipi_take
+                                                    or (cpu not in runnable and c.task is not None)):
+                self.last = cpu
+                return ["ipi", cpu]
+            if cpu in runnable:
+                self.last = cpu
+                return ["step", cpu]
+            if c.task is None:
+                prog = self._program(rng, run, cpu)
+                if prog:
+                    self.last = cpu
+                    action = prog[0]
+                    if action[0] == "access" and self.retry.get(cpu, 0) < 2:
+                        self.retry[cpu] = self.retry.get(cpu, 0) + 1
+                        self._pending_access = (cpu, action)
+                    else:
+                        prog.pop(0)
+                        self.retry[cpu] = 0
+                    return action
+            elif c.ipi_queue and not c.irqs_off:
+                self.last = cpu
+                return ["ipi", cpu]
+        return None
+
+    def after(self, run: Run, step) -> None:
+        """A completed (not faulting) access leaves the program."""
+        pend = getattr(self, "_pending_access", None)
+        if pend is None:
+            return
+        cpu, action = pend
+        self._pending_access = None
+        if step is not None and run.m.cpus[cpu].task is None:
+            prog = self.programs.get(cpu)
+            if prog and prog[0] is action:
+                prog.pop(0)
+                self.retry[cpu] = 0
+
+
+POLICIES = {"swarm": SwarmPolicy, "uniform": UniformPolicy, "pct": PctPolicy}
 
 
 @dataclass
@@ -124,16 +250,20 @@ class Found:
     seconds: float
 
 
-def random_run(kernel_cls, rng: random.Random, actions_max: int = 60):
-    """One random run: returns (world, run, outcome). Quiescence included."""
+def random_run(kernel_cls, rng: random.Random, actions_max: int = 60, policy: str = "swarm"):
+    """One random run under ``policy``: returns (world, run, violation or None), quiescence
+    included."""
     world = random_world(rng)
-    swarm = Swarm.draw(rng)
+    pol = POLICIES[policy](rng, world)
+    after = getattr(pol, "after", None)
     run = Run(kernel_cls, world)
     for _ in range(actions_max):
-        action = _pick(rng, run, world, swarm)
+        action = pol.pick(rng, run)
         if action is None:
             break
-        run.apply(action)
+        step = run.apply(action)
+        if after is not None:
+            after(run, step)
         if run.violation is not None:
             return world, run, run.violation
     v = run.quiesce()
@@ -141,15 +271,16 @@ def random_run(kernel_cls, rng: random.Random, actions_max: int = 60):
 
 
 def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int | None = None,
-            actions_max: int = 60, progress=None) -> tuple[Found | None, dict]:
+            actions_max: int = 60, progress=None, policy: str = "swarm") -> tuple[Found | None, dict]:
     """Random runs 0, 1, 2, ... until a violation, the time budget or the run budget.
     Deterministic for a given seed and run count (the budget only decides where to stop)."""
-    return explore_strided(kernel_cls, seed, budget_s, runs_max, 0, 1, actions_max, progress)
+    return explore_strided(kernel_cls, seed, budget_s, runs_max, 0, 1, actions_max, progress,
+                           policy)
 
 
 def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int | None,
                     start: int, stride: int, actions_max: int = 60,
-                    progress=None) -> tuple[Found | None, dict]:
+                    progress=None, policy: str = "swarm") -> tuple[Found | None, dict]:
     """Runs start, start + stride, ...: worker w of n takes (w, n), so n workers together run
     exactly the runs one worker would, and run i is the same wherever it runs."""
     t0 = time.perf_counter()
@@ -163,7 +294,7 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
         if budget_s is not None and now - t0 >= budget_s:
             break
         rng = random.Random(f"mmfuzz:{seed}:{i}")
-        world, run, v = random_run(kernel_cls, rng, actions_max)
+        world, run, v = random_run(kernel_cls, rng, actions_max, policy)
         stats["runs"] += 1
         stats["steps"] += len(run.trace)
         if progress is not None and now - last > 0.5:

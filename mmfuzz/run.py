@@ -190,6 +190,7 @@ class Run:
                 y = next(gen)
             except StopIteration:
                 c.task = None
+                self._check_released(t)
                 return f"{t.name} returns"
             if isinstance(y, Wait):
                 if y.cond():
@@ -202,9 +203,15 @@ class Run:
                     next(gen)
                 except StopIteration:
                     c.task = None
+                    self._check_released(t)
                     return str(y)
                 raise ModelError(f"{t.name} yielded after its Last step {y!r}")
             return y
+
+    @staticmethod
+    def _check_released(t: Task) -> None:
+        if t.locks != 0:
+            raise ModelError(f"{t.name}{t.args} returned holding {t.locks} lock(s)")
 
     def enabled(self, action: list) -> bool:
         kind = action[0]

@@ -16,6 +16,10 @@ class PropertyViolated(AssertionError):
     pass
 
 
+BURSTS = st.integers(1, 8)
+SYSCALLS = ("madvise_dontneed", "writeback", "munmap", "drop_cache", "mmap")
+
+
 @st.composite
 def worlds(draw):
     """A small world drawn by Hypothesis; it shrinks toward 2 CPUs of one process, a 2-page
@@ -90,7 +94,7 @@ class MmStateMachine(RuleBasedStateMachine):
         return [(v["start"], v["end"]) for v in self.run.world["vmas"] if v["mm"] == mm_id]
 
     def _range(self, data, cpu):
-        lo, hi = data.draw(st.sampled_from(self._spans(cpu)), label="vma")
+        lo, hi = data.draw(st.sampled_from(tuple(self._spans(cpu))), label="vma")
         start = data.draw(st.integers(lo, hi - 1), label="start")
         npages = data.draw(st.integers(1, hi - start), label="npages")
         return start, npages
@@ -103,62 +107,54 @@ class MmStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.run is not None and bool(self.run.runnable_cpus()))
     @rule(data=st.data())
     def schedule_cpu(self, data):
-        """The CPU's kernel operation advances one atomic step."""
-        cpu = data.draw(st.sampled_from(self.run.runnable_cpus()), label="cpu")
-        self._apply(["step", cpu])
+        """The CPU's kernel operation runs for a drawn number of atomic steps (it stops early
+        if it blocks or returns). One step is always expressible, and the count shrinks toward
+        it; longer runs let one decision carry a whole writeback, and amortise Hypothesis's
+        per-rule cost over several model steps."""
+        cpu = data.draw(st.sampled_from(tuple(self.run.runnable_cpus())), label="cpu")
+        burst = data.draw(BURSTS, label="steps")
+        for _ in range(burst):
+            if cpu not in self.run.runnable_cpus():
+                break
+            self._apply(["step", cpu])
 
     @precondition(lambda self: self.run is not None and bool(self.run.ipi_cpus()))
     @rule(data=st.data())
     def flush_ipi(self, data):
         """A CPU takes a pending TLB-flush IPI (flush_tlb_func)."""
-        cpu = data.draw(st.sampled_from(self.run.ipi_cpus()), label="cpu")
+        cpu = data.draw(st.sampled_from(tuple(self.run.ipi_cpus())), label="cpu")
         self._apply(["ipi", cpu])
 
     @precondition(_idle)
     @rule(data=st.data())
     def user_access(self, data):
         """The user thread on an idle CPU loads or stores; a fault enters handle_mm_fault."""
-        cpu = data.draw(st.sampled_from(self.run.idle_cpus()), label="cpu")
-        lo, hi = data.draw(st.sampled_from(self._spans(cpu)), label="vma")
+        cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
+        lo, hi = data.draw(st.sampled_from(tuple(self._spans(cpu))), label="vma")
         vpn = data.draw(st.integers(lo, hi - 1), label="va")
         write = data.draw(st.sampled_from((1, 0)), label="write")
         self._apply(["access", cpu, vpn, write])
 
     @precondition(_idle)
     @rule(data=st.data())
-    def madvise_dontneed(self, data):
-        cpu = data.draw(st.sampled_from(self.run.idle_cpus()), label="cpu")
-        start, npages = self._range(data, cpu)
-        self._apply(["start", cpu, "madvise_dontneed", start, npages])
-
-    @precondition(_idle)
-    @rule(data=st.data())
-    def munmap(self, data):
-        cpu = data.draw(st.sampled_from(self.run.idle_cpus()), label="cpu")
-        start, npages = self._range(data, cpu)
-        self._apply(["start", cpu, "munmap", start, npages])
-
-    @precondition(_idle)
-    @rule(data=st.data())
-    def mmap(self, data):
-        cpu = data.draw(st.sampled_from(self.run.idle_cpus()), label="cpu")
-        mm_id = self.run.m.cpus[cpu].mm_id
-        mine = [i for i, v in enumerate(self.run.world["vmas"]) if v["mm"] == mm_id]
-        self._apply(["start", cpu, "mmap", data.draw(st.sampled_from(mine), label="vma")])
-
-    @precondition(_idle)
-    @rule(data=st.data())
-    def writeback(self, data):
-        cpu = data.draw(st.sampled_from(self.run.idle_cpus()), label="cpu")
-        self._apply(["start", cpu, "writeback", 1])
-
-    @precondition(_idle)
-    @rule(data=st.data())
-    def drop_cache(self, data):
-        cpu = data.draw(st.sampled_from(self.run.idle_cpus()), label="cpu")
-        npages = self.run.world["files"][0]["npages"]
-        index = data.draw(st.integers(0, npages - 1), label="index")
-        self._apply(["start", cpu, "drop_cache", 1, index])
+    def syscall(self, data):
+        """An idle CPU enters the kernel: the entry point (madvise_dontneed, munmap, mmap,
+        writeback, drop_cache) is itself a drawn choice, so one rule serves them all and
+        Hypothesis does not reject rules whose CPUs are busy."""
+        cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
+        op = data.draw(st.sampled_from(SYSCALLS), label="entry")
+        if op in ("madvise_dontneed", "munmap"):
+            self._apply(["start", cpu, op, *self._range(data, cpu)])
+        elif op == "mmap":
+            mm_id = self.run.m.cpus[cpu].mm_id
+            mine = tuple(i for i, v in enumerate(self.run.world["vmas"]) if v["mm"] == mm_id)
+            self._apply(["start", cpu, op, data.draw(st.sampled_from(mine), label="vma")])
+        elif op == "writeback":
+            self._apply(["start", cpu, op, 1])
+        else:
+            npages = self.run.world["files"][0]["npages"]
+            index = data.draw(st.integers(0, npages - 1), label="index")
+            self._apply(["start", cpu, op, 1, index])
 
     @precondition(lambda self: self.run is not None and any(c.tlb for c in self.run.m.cpus))
     @rule(data=st.data())

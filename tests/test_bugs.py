@@ -12,11 +12,12 @@ from mmfuzz.run import execute
 
 # (slug, seed, runs that seed needs today, run budget given)
 HUNTS = [("zap-rmap-before-flush", 3, 3010, 6000),
-         ("zap-rmap-before-flush", 9, 1190, 6000),
-         ("madv-parallel-flush-miss", 1, 246, 2000),
-         ("madv-parallel-flush-miss", 4, 650, 2000)]
+         ("zap-rmap-before-flush", 4, 700, 6000),
+         ("madv-parallel-flush-miss", 1, 366, 2000),
+         ("madv-parallel-flush-miss", 4, 475, 2000)]
 
 
+@pytest.mark.fuzz
 @pytest.mark.parametrize("slug,seed,needed,budget", HUNTS)
 def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget):
     bug = next(b for b in BUGS if b.slug == slug)
@@ -29,9 +30,10 @@ def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget)
     assert stats["runs"] == found.runs
 
 
+@pytest.mark.fuzz
 def test_buggy_path_runs_and_shrunk_trace_shows_rmap_before_flush():
     bug = resolve_kernel("bug:zap-rmap-before-flush")
-    found, _ = explore(bug, 9, runs_max=6000)
+    found, _ = explore(bug, 4, runs_max=6000)
     world, schedule = shrink(bug, found.world, found.actions, found.prop)
     assert len(schedule) <= 24
     run, out = execute(bug, world, schedule, strict=True)
@@ -46,6 +48,7 @@ def test_buggy_path_runs_and_shrunk_trace_shows_rmap_before_flush():
     assert out_main.violation is None
 
 
+@pytest.mark.fuzz
 def test_nested_flush_miss_trace_shows_second_zapper_returning_early():
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
     found, _ = explore(bug, 4, runs_max=2000)

@@ -1,6 +1,8 @@
 """The Hypothesis engine: its rules reach the model, it finds a broken kernel under a fixed
 seed, shrinks it to a replayable schedule, and leaves mainline clean on the same budget."""
 
+import pytest
+
 from mmfuzz.kernel import Mainline
 from mmfuzz.run import execute
 from strategies import run_hypothesis
@@ -16,15 +18,16 @@ def _hyp(kernel, seed, n):
     return failure, cls
 
 
+@pytest.mark.fuzz
 def test_hypothesis_finds_free_before_flush_and_mainline_is_clean():
-    failure, cls = _hyp(FreeBeforeFlush, 1, 300)
+    failure, cls = _hyp(FreeBeforeFlush, 2, 300)
     assert failure is not None, "Hypothesis did not find FreeBeforeFlush in 300 examples"
     assert failure["violation"].prop == "no-use-after-free-via-TLB"
     # the shrunk schedule is plain data and replays without Hypothesis
     _, out = execute(FreeBeforeFlush, failure["world"], failure["schedule"], strict=True)
     assert out.violation is not None and out.violation.prop == "no-use-after-free-via-TLB"
     assert len(failure["schedule"]) <= 12
-    clean, cls2 = _hyp(Mainline, 1, cls.runs_total)
+    clean, cls2 = _hyp(Mainline, 2, cls.runs_total)
     assert clean is None
     assert cls2.steps_total > 0
 
@@ -36,12 +39,14 @@ def test_explicit_settings_ignore_ci_profile(monkeypatch):
     assert "explain" not in [p.name for p in s.phases]
 
 
+@pytest.mark.fuzz
 def test_catalogued_nested_flush_miss_trips_stale_translation():
     from mmfuzz.explore import explore
     found, _ = explore(MadvParallelFlushMiss, 1, runs_max=20000)
     assert found is not None and found.prop == "no-stale-translation-after-return"
 
 
+@pytest.mark.fuzz
 def test_leak_rmap_trips_accounting():
     from mmfuzz.explore import explore
     found, _ = explore(LeakRmap, 1, runs_max=2000)

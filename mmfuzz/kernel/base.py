@@ -33,7 +33,7 @@ class Task:
     """A kernel operation in progress on one CPU (a syscall, a fault, a kernel thread)."""
 
     __slots__ = ("tid", "cpu", "name", "args", "gen", "wait", "mm", "result", "steps",
-                 "observed")
+                 "observed", "locks")
 
     def __init__(self, tid, cpu, name, args, mm):
         self.tid = tid
@@ -48,6 +48,8 @@ class Task:
         # (mm << 32 | vpn) -> clock when this task last released the PTL it held while it
         # looked at (or cleared) that PTE; used by no-stale-translation-after-return
         self.observed = {}
+        self.locks = 0           # exclusive locks held now (spinlocks, rwsems for write,
+                                 # folio locks); a downgrade to read drops it
 
 
 class KernelBase:
@@ -67,11 +69,13 @@ class KernelBase:
             yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
         assert lock.owner is None, lock.name
         lock.owner = t.tid
+        t.locks += 1
         yield label
 
     def spin_unlock(self, t: Task, lock: SpinLock, label: str):
         assert lock.owner == t.tid, f"{lock.name} released by a task that does not hold it"
         lock.owner = None
+        t.locks -= 1
         yield label
 
     # --- rw semaphores (mmap_lock, i_mmap_rwsem) -----------------------------------------
@@ -90,17 +94,20 @@ class KernelBase:
             yield Wait(lambda: sem.writer is None and not sem.readers,
                        f"sleeps on {sem.name} (write)")
         sem.writer = t.tid
+        t.locks += 1
         yield label
 
     def up_write(self, t: Task, sem: RwSem, label: str, last: bool = False):
         assert sem.writer == t.tid
         sem.writer = None
+        t.locks -= 1
         yield Last(label) if last else label
 
     def downgrade_write(self, t: Task, sem: RwSem, label: str):
         assert sem.writer == t.tid
         sem.writer = None
         sem.readers.append(t.tid)
+        t.locks -= 1
         yield label
 
     # --- folio lock (PG_locked) ----------------------------------------------------------
@@ -109,11 +116,13 @@ class KernelBase:
         if folio.locked is not None:
             yield Wait(lambda: folio.locked is None, f"sleeps on PG_locked of pfn {folio.pfn}")
         folio.locked = t.tid
+        t.locks += 1
         yield label
 
     def folio_unlock_now(self, t: Task, folio: Folio) -> None:
         assert folio.locked == t.tid, f"pfn {folio.pfn} unlocked by a non-owner"
         folio.locked = None
+        t.locks -= 1
 
     # --- references ---------------------------------------------------------------------
     def folio_put_now(self, folio: Folio) -> None:

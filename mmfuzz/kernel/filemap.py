@@ -27,6 +27,7 @@ class Filemap(KernelBase):
                 folio.mapping = f.file_id
                 folio.index = index
                 folio.locked = t.tid
+                t.locks += 1
                 folio.uptodate = False
                 folio.refcount += 1  # the page cache's reference
                 f.cache[index] = folio
@@ -103,6 +104,7 @@ class Filemap(KernelBase):
             yield Last(f"mapping_try_invalidate: folio_trylock(pfn {folio.pfn}) failed, put")
             return
         folio.locked = t.tid
+        t.locks += 1
         yield f"mapping_try_invalidate: folio_trylock(pfn {folio.pfn})"
         evicted = yield from self.mapping_evict_folio(t, folio)
         self.folio_unlock_now(t, folio)
