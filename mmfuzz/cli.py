@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
+    e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
+                       "up to a preemption bound (does a fix close them all?)")
+    e.add_argument("file")
+    e.add_argument("--kernel", help="explore on this kernel instead of the file's own")
+    e.add_argument("--preemptions", type=_nonneg_int, default=2)
+    e.add_argument("--states-max", type=_nonneg_int, default=200_000)
     return p
 
 
@@ -272,6 +278,30 @@ def cmd_show(a) -> int:
     return EXIT_VIOLATION
 
 
+def cmd_exhaust(a) -> int:
+    from .exhaust import exhaust_cx
+    cx = load(a.file)
+    kname = a.kernel or cx.kernel
+    resolve_kernel(kname)
+    res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
+            f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
+    if res.violation is not None:
+        run, out = execute(resolve_kernel(kname), cx.world, res.schedule)
+        shown = Counterexample(kname, cx.world, res.schedule, res.violation.prop,
+                               res.violation.why, res.violation.facts, out.step, out.phase,
+                               found_info(None, "exhaust", preemptions=a.preemptions))
+        print(render_cx(run, out, shown))
+        print(f"{head}: {res.violation.prop} found")
+        return EXIT_VIOLATION
+    if res.truncated:
+        print(f"{head}: no violation, but NOT exhaustive: stopped at --states-max "
+              f"{a.states_max}; raise it or lower --preemptions")
+    else:
+        print(f"{head}: every interleaving is clean")
+    return EXIT_CLEAN
+
+
 def cmd_bugs(a) -> int:
     rows = [{"slug": b.slug, "kernel": f"bug:{b.slug}", "fix": b.fix, "property": b.prop,
              "title": b.title} for b in BUGS]
@@ -297,6 +327,8 @@ def main(argv=None) -> int:
             return cmd_replay(a)
         if a.cmd == "show":
             return cmd_show(a)
+        if a.cmd == "exhaust":
+            return cmd_exhaust(a)
     except (UsageError, KernelNameError, CorpusError) as e:
         print(f"mmfuzz: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -366,7 +366,29 @@ def shrink(kernel_cls, world: dict, actions: list, prop: str,
             if ok(w2, actions):
                 world = w2
                 changed = True
+                continue
+            # Without that page an operation does fewer steps (a writeback or zap skips it):
+            # drop the prefault together with a run of one CPU's steps.
+            cand = _drop_prefault_with_steps(actions, world["ncpus"], lambda acts: ok(w2, acts),
+                                             lambda: attempts < attempts_max)
+            if cand is not None:
+                world, actions = w2, cand
+                changed = True
     return world, _executed(kernel_cls, world, actions)
+
+
+def _drop_prefault_with_steps(actions, ncpus, ok, budget_left, run_max: int = 12):
+    for cpu in range(ncpus):
+        idx = [i for i, a in enumerate(actions) if a[0] == "step" and a[1] == cpu]
+        for k in range(1, min(run_max, len(idx)) + 1):
+            for j in range(len(idx) - k + 1):
+                if not budget_left():
+                    return None
+                drop = set(idx[j:j + k])
+                cand = [a for i, a in enumerate(actions) if i not in drop]
+                if ok(cand):
+                    return cand
+    return None
 
 
 def _executed(kernel_cls, world, actions):

@@ -118,3 +118,15 @@ def test_user_variant_by_module_path(tmp_path):
                "3000", "--seed", "1", "--quiet", "--save", str(tmp_path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "VIOLATION no-use-after-free-via-TLB" in r.stdout
+
+
+def test_exhaust_finds_bug_and_clears_mainline():
+    f = sorted((p for p in __import__("glob").glob(os.path.join(
+        ROOT, "corpus", "violations", "madv-parallel-flush-miss", "*.json"))))[0]
+    r = mmfuzz("exhaust", f, "--preemptions", "0")
+    assert r.returncode == 1 and "no-stale-translation-after-return found" in r.stdout
+    assert "<-- violation" in r.stdout
+    r = mmfuzz("exhaust", f, "--kernel", "mainline", "--preemptions", "1")
+    assert r.returncode == 0 and "every interleaving is clean" in r.stdout, r.stdout
+    r = mmfuzz("exhaust", f, "--kernel", "mainline", "--preemptions", "1", "--states-max", "50")
+    assert r.returncode == 0 and "NOT exhaustive" in r.stdout
