@@ -157,6 +157,34 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
     return best, total
 
 
+def _hypothesis_worker(args):
+    kname, seed, budget, examples = args
+    quiet = Progress("", True)
+    failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet)
+    if failure is not None:
+        failure = dict(failure, violation=failure["violation"].to_json())
+    return failure, stats
+
+
+def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress):
+    """Worker w runs the campaign of seed * workers + w; the first failure wins."""
+    from properties import Violation
+    jobs = [(kname, seed * workers + w, budget,
+             None if examples is None else -(-examples // workers)) for w in range(workers)]
+    total = {"runs": 0, "steps": 0}
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        for failure, stats in pool.imap_unordered(_hypothesis_worker, jobs):
+            total["runs"] += stats["runs"]
+            total["steps"] += stats["steps"]
+            progress.update(total["runs"], total["steps"], force=True)
+            if failure is not None:
+                pool.terminate()
+                failure["violation"] = Violation.from_json(failure["violation"])
+                return failure, total
+    return None, total
+
+
 def _fuzz_hypothesis(kcls, seed, budget, examples, progress):
     from strategies import run_hypothesis
     chunk = 200
@@ -219,7 +247,11 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
         found, stats = _fuzz_fast(kname, kcls, a.seed, None if a.examples is not None else budget,
                                   a.examples, workers, progress, a.strategy)
     else:
-        failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress)
+        if workers > 1:
+            failure, stats = _fuzz_hypothesis_parallel(kname, a.seed, budget, a.examples,
+                                                       workers, progress)
+        else:
+            failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress)
         found = failure
     progress.update(stats["runs"], stats["steps"], force=True)
     progress.done()

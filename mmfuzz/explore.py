@@ -333,6 +333,24 @@ def shrink(kernel_cls, world: dict, actions: list, prop: str,
     changed = True
     while changed and attempts < attempts_max:
         changed = False
+        # whole operations: a task's start (or faulting access) with every step it took
+        groups = _task_groups(kernel_cls, world, actions)
+        for tid in sorted(groups, key=lambda t: -len(groups[t])):
+            if attempts >= attempts_max:
+                break
+            drop = set(groups[tid])
+            cand = [a for i, a in enumerate(actions) if i not in drop]
+            if len(cand) == len(actions):
+                continue
+            if not ok(world, cand):
+                # without that operation another one may do fewer steps (less to write back)
+                cand = _drop_prefault_with_steps(cand, world["ncpus"],
+                                                 lambda acts: ok(world, acts),
+                                                 lambda: attempts < attempts_max)
+            if cand is not None:
+                actions = _executed(kernel_cls, world, cand)
+                changed = True
+                break
         n = len(actions)
         chunk = max(1, n // 2)
         while chunk >= 1 and attempts < attempts_max:
@@ -377,7 +395,18 @@ def shrink(kernel_cls, world: dict, actions: list, prop: str,
     return world, _executed(kernel_cls, world, actions)
 
 
-def _drop_prefault_with_steps(actions, ncpus, ok, budget_left, run_max: int = 12):
+def _task_groups(kernel_cls, world, actions) -> dict:
+    """tid -> indices of the actions that started or advanced that task."""
+    run = Run(kernel_cls, world)
+    groups: dict = {}
+    for i, a in enumerate(actions):
+        step = run.apply(a)
+        if step is not None and step.tid:
+            groups.setdefault(step.tid, []).append(i)
+    return groups
+
+
+def _drop_prefault_with_steps(actions, ncpus, ok, budget_left, run_max: int = 32):
     for cpu in range(ncpus):
         idx = [i for i, a in enumerate(actions) if a[0] == "step" and a[1] == cpu]
         for k in range(1, min(run_max, len(idx)) + 1):

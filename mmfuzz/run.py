@@ -45,6 +45,7 @@ class Step:
     text: str
     action: list
     op: str = ""
+    tid: int = 0          # the kernel task this action started or advanced (0: none)
 
 
 @dataclass
@@ -241,27 +242,29 @@ class Run:
         m.events.clear()
         kind, cpu = action[0], action[1]
         op = ""
+        tid = 0
         if kind == "step":
             op = m.cpus[cpu].task.name
+            tid = m.cpus[cpu].task.tid
             text = self._step_task(cpu)
             if text is None:
                 m.clock -= 1
                 return None
         elif kind == "start":
             name, args = action[2], tuple(action[3:])
-            self._start_task(cpu, name, args)
+            tid = self._start_task(cpu, name, args).tid
             op = name
             text = f"{name}({', '.join(map(_fmt_arg, args))}) begins"
         elif kind == "access":
             outcome, text = user_access(m, cpu, action[2], bool(action[3]))
             if outcome == "fault":
-                self._start_task(cpu, "fault", (action[2], bool(action[3])))
+                tid = self._start_task(cpu, "fault", (action[2], bool(action[3]))).tid
                 op = "fault"
         elif kind == "ipi":
             text = deliver_ipi(m, cpu)
         else:
             text = evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
-        step = Step(len(self.trace), cpu, text, list(action), op)
+        step = Step(len(self.trace), cpu, text, list(action), op, tid)
         self.trace.append(step)
         self.actions.append(list(action))
         if self.check and self.violation is None:
