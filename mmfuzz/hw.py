@@ -88,7 +88,9 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
 
 
 def deliver_ipi(m: Machine, cpu_id: int) -> str:
-    """The target CPU takes the oldest pending flush IPI (it has IRQs on): flush_tlb_func."""
+    """kernel/smp.c generic_smp_call_function_single_interrupt -> arch/x86/mm/tlb.c
+    flush_tlb_func: the target CPU (IRQs on) runs its oldest queued flush request; the
+    initiator's wait ends once every target has."""
     cpu = m.cpus[cpu_id]
     req = cpu.ipi_queue.pop(0)
     flush_cpu_tlb(cpu, req.mm_id, req.start, req.end, req.full)

@@ -65,6 +65,7 @@ class KernelBase:
 
     # --- spinlocks (PTL, page_table_lock) -------------------------------------------------
     def spin_lock(self, t: Task, lock: SpinLock, label: str):
+        """include/linux/spinlock.h spin_lock (PTL, page_table_lock): spins; IRQs stay on."""
         if lock.owner is not None:
             yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
         assert lock.owner is None, lock.name
@@ -73,6 +74,7 @@ class KernelBase:
         yield label
 
     def spin_unlock(self, t: Task, lock: SpinLock, label: str):
+        """include/linux/spinlock.h spin_unlock."""
         assert lock.owner == t.tid, f"{lock.name} released by a task that does not hold it"
         lock.owner = None
         t.locks -= 1
@@ -80,16 +82,20 @@ class KernelBase:
 
     # --- rw semaphores (mmap_lock, i_mmap_rwsem) -----------------------------------------
     def down_read(self, t: Task, sem: RwSem, label: str):
+        """kernel/locking/rwsem.c down_read (mmap_read_lock, i_mmap_lock_read): sleeps while
+        a writer holds it (writer-preferring fairness is left out)."""
         if sem.writer is not None:
             yield Wait(lambda: sem.writer is None, f"sleeps on {sem.name} (read)")
         sem.readers.append(t.tid)
         yield label
 
     def up_read(self, t: Task, sem: RwSem, label: str, last: bool = False):
+        """kernel/locking/rwsem.c up_read."""
         sem.readers.remove(t.tid)
         yield Last(label) if last else label
 
     def down_write(self, t: Task, sem: RwSem, label: str):
+        """kernel/locking/rwsem.c down_write (mmap_write_lock, i_mmap_lock_write)."""
         if sem.writer is not None or sem.readers:
             yield Wait(lambda: sem.writer is None and not sem.readers,
                        f"sleeps on {sem.name} (write)")
@@ -98,12 +104,15 @@ class KernelBase:
         yield label
 
     def up_write(self, t: Task, sem: RwSem, label: str, last: bool = False):
+        """kernel/locking/rwsem.c up_write."""
         assert sem.writer == t.tid
         sem.writer = None
         t.locks -= 1
         yield Last(label) if last else label
 
     def downgrade_write(self, t: Task, sem: RwSem, label: str):
+        """kernel/locking/rwsem.c downgrade_write (mmap_write_downgrade): the writer becomes a
+        reader without letting another writer in between."""
         assert sem.writer == t.tid
         sem.writer = None
         sem.readers.append(t.tid)
@@ -120,6 +129,7 @@ class KernelBase:
         yield label
 
     def folio_unlock_now(self, t: Task, folio: Folio) -> None:
+        """mm/filemap.c folio_unlock: clear PG_locked (waking waiters is implicit)."""
         assert folio.locked == t.tid, f"pfn {folio.pfn} unlocked by a non-owner"
         folio.locked = None
         t.locks -= 1

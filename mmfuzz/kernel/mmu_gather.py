@@ -34,7 +34,8 @@ class MmuGather:
         self.reset_range()
 
     def reset_range(self) -> None:
-        """__tlb_reset_range: start = TASK_SIZE, end = 0 (~0, ~0 for fullmm)."""
+        """include/asm-generic/tlb.h __tlb_reset_range: start = TASK_SIZE, end = 0 (~0, ~0
+        for fullmm), and the freed_tables / cleared_* flags cleared."""
         self.start = 1 << 40
         self.end = 0
         self.freed_tables = False
@@ -42,7 +43,7 @@ class MmuGather:
         self.cleared_pmds = False
 
     def adjust_range(self, start: int, end: int) -> None:
-        """__tlb_adjust_range."""
+        """include/asm-generic/tlb.h __tlb_adjust_range: widen [start, end)."""
         self.start = min(self.start, start)
         self.end = max(self.end, end)
 

@@ -13,7 +13,8 @@ from .base import KernelBase, Task, Wait
 
 class PageWriteback(KernelBase):
     def writeback(self, t: Task, file_id: int):
-        """fsync/msync/sync_file_range -> filemap_fdatawrite_wbc -> do_writepages ->
+        """mm/filemap.c filemap_fdatawrite_wbc -> mm/page-writeback.c do_writepages (from
+        fsync/msync/sync_file_range) ->
         ->writepages looping writeback_iter (WB_SYNC_ALL): for each folio tagged dirty, in
         index order: filemap_get_folios_tag (folio_try_get), folio_lock, folio_prepare_writeback
         (mapping and PG_dirty checks, wait for PG_writeback, folio_clear_dirty_for_io),

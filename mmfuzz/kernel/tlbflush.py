@@ -12,7 +12,8 @@ from .base import KernelBase, Task, Wait
 
 
 def flush_cpu_tlb(cpu, mm_id: int, start: int, end: int, full: bool) -> None:
-    """flush_tlb_func's effect on one CPU: drop the mm's entries in [start, end) (or all)."""
+    """arch/x86/mm/tlb.c flush_tlb_func's effect on one CPU: drop the mm's entries in
+    [start, end) (or all of them)."""
     tlb = cpu.tlb
     if full:
         lo, hi = tlb_key(mm_id, 0), tlb_key(mm_id + 1, 0)
