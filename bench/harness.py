@@ -29,42 +29,39 @@ from mmfuzz.kernel import Mainline  # noqa: E402
 from mmfuzz.kernels import BUGS  # noqa: E402
 
 
-def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
+def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
+    """Chunks of 500 examples under successive seeds until a failure or the budget; the
+    failure is then polished by the schedule shrinker. ``campaign(seed)`` returns
+    (failure or None, examples run)."""
     t0 = time.perf_counter()
+    runs = chunk = 0
+    while time.perf_counter() - t0 < budget:
+        failure, n = campaign(seed * 1_000_003 + chunk)
+        runs += n
+        if failure is not None:
+            t1 = time.perf_counter()
+            world, schedule = shrink(kernel, failure["world"], failure["schedule"],
+                                     failure["violation"].prop)
+            # Hypothesis shrinks inside the campaign, so "first failure" includes its shrink
+            return {"found": True, "runs": runs, "t_first": t1 - t0,
+                    "t_report": time.perf_counter() - t0, "len": len(schedule),
+                    "len_raw": len(failure["schedule"])}
+        chunk += 1
+    return {"found": False, "runs": runs, "t_first": None, "t_report": None}
+
+
+def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
     if engine == "hypothesis-pct":
         from strategies.schedules import run_pct_hypothesis
-        runs = 0
-        chunk = 0
-        while time.perf_counter() - t0 < budget:
-            failure, n = run_pct_hypothesis(kernel, seed * 1_000_003 + chunk, 500)
-            runs += n
-            if failure is not None:
-                t1 = time.perf_counter()
-                world, schedule = shrink(kernel, failure["world"], failure["schedule"],
-                                         failure["violation"].prop)
-                t2 = time.perf_counter()
-                return {"found": True, "runs": runs, "t_first": t1 - t0, "t_report": t2 - t0,
-                        "len": len(schedule), "len_raw": len(failure["schedule"])}
-            chunk += 1
-        return {"found": False, "runs": runs, "t_first": None, "t_report": None}
+        return _chunked(kernel, seed, budget, lambda s: run_pct_hypothesis(kernel, s, 500))
     if engine == "hypothesis":
         from strategies import run_hypothesis
-        runs = 0
-        chunk = 0
-        while time.perf_counter() - t0 < budget:
-            failure, cls = run_hypothesis(kernel, seed * 1_000_003 + chunk, 500, polish=False)
-            runs += cls.runs_total
-            if failure is not None:
-                t1 = time.perf_counter()
-                world, schedule = shrink(kernel, failure["world"], failure["schedule"],
-                                         failure["violation"].prop)
-                t2 = time.perf_counter()
-                # Hypothesis's own shrink happens inside the campaign: first failure is not
-                # separable from it, so both times are reported as found (shrunk by Hypothesis)
-                return {"found": True, "runs": runs, "t_first": t1 - t0, "t_report": t2 - t0,
-                        "len": len(schedule), "len_raw": len(failure["schedule"])}
-            chunk += 1
-        return {"found": False, "runs": runs, "t_first": None, "t_report": None}
+
+        def campaign(s):
+            failure, cls = run_hypothesis(kernel, s, 500, polish=False)
+            return failure, cls.runs_total
+        return _chunked(kernel, seed, budget, campaign)
+    t0 = time.perf_counter()
     found, stats = explore(kernel, seed, budget_s=budget, policy=engine)
     if found is None:
         return {"found": False, "runs": stats["runs"], "t_first": None, "t_report": None}
