@@ -130,3 +130,11 @@ def test_exhaust_finds_bug_and_clears_mainline():
     assert r.returncode == 0 and "every interleaving is clean" in r.stdout, r.stdout
     r = mmfuzz("exhaust", f, "--kernel", "mainline", "--preemptions", "1", "--states-max", "50")
     assert r.returncode == 0 and "NOT exhaustive" in r.stdout
+
+
+def test_hypothesis_workers_find_a_broken_kernel(tmp_path):
+    r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--examples", "600",
+               "--workers", "2", "--quiet", "--save", str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "VIOLATION no-use-after-free-via-TLB" in r.stdout and "engine=hypothesis" in r.stdout
+    assert list(tmp_path.rglob("*.json"))
