@@ -12,7 +12,7 @@ The same list drives the fast explorer, the Hypothesis state machine, the shrink
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from properties import QUIESCENT_PROPERTIES, STEP_PROPERTIES, Violation
 
@@ -53,7 +53,6 @@ class Outcome:
     violation: Violation | None
     step: int | None              # index of the violating step; None for quiescence
     phase: str = "step"           # "step" or "quiescence"
-    stats: dict = field(default_factory=dict)
 
 
 def default_world() -> dict:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
@@ -9,7 +7,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition
 
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
-from mmfuzz.run import ModelError, Run
+from mmfuzz.run import Run
 
 
 class PropertyViolated(AssertionError):
@@ -169,10 +167,7 @@ class MmStateMachine(RuleBasedStateMachine):
         """The quiescence phase: drain, sync, drop, then the eventual properties."""
         if self.run is None or self.run.violation is not None:
             return
-        try:
-            v = self.run.quiesce()
-        except ModelError:
-            raise
+        v = self.run.quiesce()
         if v is not None:
             step = self.run.violation_step if self.run.violation is not None else None
             self._fail(v, step, "step" if step is not None else "quiescence")

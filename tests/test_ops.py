@@ -400,7 +400,6 @@ def test_writeback_of_clean_file_writes_nothing():
 # ----------------------------------------------------------------------- drop_cache
 def test_drop_cache_refuses_mapped_folio():
     r = new_run()
-    m = r.m
     run_op(r, 0, "writeback", FILE)         # clean, but still mapped
     folio = cached(r, 0)
     assert not folio.dirty and folio.mapcount == 1

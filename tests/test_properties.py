@@ -8,7 +8,7 @@ import pytest
 
 import properties
 from mmfuzz.kernels import BUGS, resolve_kernel
-from mmfuzz.model import Folio, Pte, TlbEntry, tlb_key
+from mmfuzz.model import Folio, TlbEntry, tlb_key
 from mmfuzz.run import Run, default_world, execute
 from properties.accounting import accounting, accounting_quiescent
 from properties.dirty import dirty_data_preserved, dirty_data_preserved_quiescent

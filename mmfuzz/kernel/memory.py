@@ -85,7 +85,7 @@ class Memory(KernelBase):
             yield from self.tlb_flush_rmaps(t, tlb, vma)
         for vpn in range(first, addr):
             t.observed[tlb_key(mm.mm_id, vpn)] = m.clock
-        yield from self.spin_unlock(t, table.ptl, f"zap_pte_range: pte_unmap_unlock")
+        yield from self.spin_unlock(t, table.ptl, "zap_pte_range: pte_unmap_unlock")
         if force_flush:
             yield from self.tlb_flush_mmu(t, tlb)
         return addr
