@@ -178,6 +178,27 @@ class PctPolicy:
         self.last = None
         self.retry = {}
 
+    @classmethod
+    def planned(cls, world: dict, order: list, change_points: list, programs: list,
+                ipi_take: float = 1.0) -> "PctPolicy":
+        """A PCT run given in full: ``order`` lists the CPUs from lowest to highest priority,
+        ``programs[cpu]`` is that CPU's list of starts and accesses (a test writes a known
+        race this way)."""
+        pol = cls.__new__(cls)
+        ncpus = world["ncpus"]
+        pol.prio = {cpu: ncpus + rank for rank, cpu in enumerate(order)}
+        pol.change_points = sorted(change_points)
+        pol.low = 0
+        pol.ipi_take = ipi_take
+        pol.world = world
+        pol.programs = {cpu: [list(a) for a in prog] for cpu, prog in enumerate(programs)}
+        pol._rng_args = ((), 0.5)
+        pol._draft = [0] * ncpus
+        pol.tick = 0
+        pol.last = None
+        pol.retry = {}
+        return pol
+
     def _program(self, rng, run, cpu):
         if cpu not in self.programs:
             ops, store_bias = self._rng_args
@@ -254,7 +275,14 @@ def random_run(kernel_cls, rng: random.Random, actions_max: int = 60, policy: st
     """One random run under ``policy``: returns (world, run, violation or None), quiescence
     included."""
     world = random_world(rng)
-    pol = POLICIES[policy](rng, world)
+    run, v = run_policy(kernel_cls, world, POLICIES[policy](rng, world), rng, actions_max)
+    return world, run, v
+
+
+def run_policy(kernel_cls, world: dict, pol, rng, actions_max: int = 60):
+    """Run ``world`` with actions picked by ``pol`` drawing from ``rng`` (a seeded
+    random.Random in fast mode, Hypothesis's own random in strategies/schedules.py): returns
+    (run, violation or None), quiescence included."""
     after = getattr(pol, "after", None)
     run = Run(kernel_cls, world)
     for _ in range(actions_max):
@@ -265,9 +293,8 @@ def random_run(kernel_cls, rng: random.Random, actions_max: int = 60, policy: st
         if after is not None:
             after(run, step)
         if run.violation is not None:
-            return world, run, run.violation
-    v = run.quiesce()
-    return world, run, v
+            return run, run.violation
+    return run, run.quiesce()
 
 
 def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int | None = None,

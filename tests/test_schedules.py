@@ -1,14 +1,14 @@
-"""The scheduling strategies: the explorer's policies and the Hypothesis PCT strategy."""
+"""The scheduling strategies: the explorer's policies, and the same policies as Hypothesis
+strategies."""
 
 import random
 
 import pytest
 
-from mmfuzz.explore import POLICIES, explore, random_world
+from mmfuzz.explore import POLICIES, PctPolicy, explore, random_world, run_policy
 from mmfuzz.kernel import Mainline
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.run import Run, execute
-from strategies.schedules import execute_pct
 
 
 def test_policies_are_deterministic_per_seed():
@@ -40,18 +40,22 @@ def test_pct_schedule_runs_the_race_by_priorities():
                        "writable": True}],
              "gather": {"local_max": 8, "batch_max": 510, "batch_count_max": 19},
              "prefault": [[0, 2, 1]]}
-    params = {"world": world,
-              "programs": [[["start", 0, "madvise_dontneed", 2, 1]], [],
-                           [["start", 2, "madvise_dontneed", 2, 1]]],
-              "order": [0, 1, 2],           # CPU2 highest, then CPU1, CPU0 lowest
-              "change_points": [6],         # after CPU2 unlocked the PTL, it drops lowest
-              "ipi_late": True}
+    programs = [[["start", 0, "madvise_dontneed", 2, 1]], [],
+                [["start", 2, "madvise_dontneed", 2, 1]]]
+
+    def pct(kernel):
+        # CPU2 highest, then CPU1, CPU0 lowest; after CPU2 unlocked the PTL (tick 6) it
+        # drops lowest; IPIs are taken only when a CPU has nothing else to do
+        pol = PctPolicy.planned(world, order=[0, 1, 2], change_points=[6], programs=programs,
+                                ipi_take=0.0)
+        return run_policy(kernel, world, pol, random.Random(0))
+
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
-    run, v = execute_pct(bug, params)
+    run, v = pct(bug)
     assert v is not None and v.prop == "no-stale-translation-after-return", [s.text for s in run.trace]
     _, out = execute(bug, world, run.actions[: run.violation_step + 1], strict=True)
     assert out.violation.prop == v.prop
-    run_main, v_main = execute_pct(Mainline, params)
+    run_main, v_main = pct(Mainline)
     assert v_main is None
 
 
@@ -61,3 +65,44 @@ def test_random_worlds_are_valid():
         w = random_world(random.Random(i))
         validate_world(w)
         Run(Mainline, w)
+
+
+# Each policy as a Hypothesis strategy: (policy, kernel, seed, examples that seed needs today
+# with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed)
+HYP_HUNTS = [("swarm", "fbf", 1, 117), ("pct", "fbf", 4, 10), ("uniform", "fbf", 2, 56),
+             ("swarm", "bug:madv-parallel-flush-miss", 2, 425)]
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("policy,kname,seed,needed", HYP_HUNTS)
+def test_policies_as_hypothesis_strategies_find_bugs(policy, kname, seed, needed):
+    from strategies.schedules import run_schedules_hypothesis
+
+    from .variants import FreeBeforeFlush
+    kernel = FreeBeforeFlush if kname == "fbf" else resolve_kernel(kname)
+    failure, stats = run_schedules_hypothesis(kernel, seed, 1500, policy)
+    assert failure is not None, f"{policy} did not find {kname} under seed {seed}"
+    assert stats.runs_total <= needed, f"search got worse: {stats.runs_total} examples"
+    assert stats.steps_total > stats.runs_total
+    # what Hypothesis found is a plain schedule that replays without it, on the same kernel
+    _, out = execute(kernel, failure["world"], failure["schedule"], strict=True)
+    assert out.violation is not None and out.violation.prop == failure["violation"].prop
+    clean, _ = run_schedules_hypothesis(Mainline, seed, stats.runs_total, policy)
+    assert clean is None
+
+
+def test_hypothesis_strategy_campaign_is_deterministic():
+    """Same seed, same examples: the same failure, run for run (Principle 3)."""
+    from strategies.schedules import run_schedules_hypothesis
+
+    from .variants import FreeBeforeFlush
+    a, sa = run_schedules_hypothesis(FreeBeforeFlush, 3, 1500)
+    b, sb = run_schedules_hypothesis(FreeBeforeFlush, 3, 1500)
+    assert a is not None and (sa.runs_total, sa.steps_total) == (sb.runs_total, sb.steps_total)
+    assert a["world"] == b["world"] and a["schedule"] == b["schedule"]
+
+
+def test_unknown_strategy_is_refused():
+    from strategies.schedules import schedules
+    with pytest.raises(ValueError, match="unknown scheduling strategy"):
+        schedules("round-robin")
