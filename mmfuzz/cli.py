@@ -70,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         eng.add_argument("--fast", action="store_true",
                          help="the plain-Python random explorer instead of Hypothesis")
         eng.add_argument("--hypothesis", action="store_true",
-                         help="Hypothesis's stateful engine (hunt's default is --fast)")
-        q.add_argument("--strategy", choices=("swarm", "pct", "uniform"), default="swarm",
-                       help="the fast explorer's scheduling strategy (default swarm)")
+                         help="the Hypothesis engine (fuzz's default; hunt's is --fast)")
+        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules"),
+                       default="swarm",
+                       help="scheduling strategy: swarm (default), pct or uniform, with either "
+                       "engine; rules = Hypothesis's rule-based state machine")
         q.add_argument("--quiet", action="store_true", help="no progress line")
 
     f = sub.add_parser("fuzz", help="fuzz a kernel variant")
@@ -158,19 +160,21 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
 
 
 def _hypothesis_worker(args):
-    kname, seed, budget, examples = args
+    kname, seed, budget, examples, strategy = args
     quiet = Progress("", True)
-    failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet)
+    failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet,
+                                      strategy)
     if failure is not None:
         failure = dict(failure, violation=failure["violation"].to_json())
     return failure, stats
 
 
-def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress):
+def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress, strategy):
     """Worker w runs the campaign of seed * workers + w; the first failure wins."""
     from properties import Violation
     jobs = [(kname, seed * workers + w, budget,
-             None if examples is None else -(-examples // workers)) for w in range(workers)]
+             None if examples is None else -(-examples // workers), strategy)
+            for w in range(workers)]
     total = {"runs": 0, "steps": 0}
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
@@ -185,8 +189,13 @@ def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress):
     return None, total
 
 
-def _fuzz_hypothesis(kcls, seed, budget, examples, progress):
+def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
+    """Chunks of at most 200 examples under seeds seed * 1000003 + i, so memory stays flat
+    however long the campaign; the failure is polished by the schedule shrinker."""
     from strategies import run_hypothesis
+    from strategies.schedules import run_schedules_hypothesis
+
+    from .explore import shrink
     chunk = 200
     t0 = time.perf_counter()
     runs = steps = 0
@@ -198,12 +207,21 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress):
             break
         n = chunk if examples is None else min(chunk, examples - runs)
         base_runs, base_steps = runs, steps
-        failure, cls = run_hypothesis(
-            kcls, seed * 1_000_003 + i, n,
-            on_progress=lambda c: progress.update(base_runs + c.runs_total,
-                                                  base_steps + c.steps_total))
-        runs += cls.runs_total
-        steps += cls.steps_total
+
+        def on_progress(c):
+            progress.update(base_runs + c.runs_total, base_steps + c.steps_total)
+        if strategy == "rules":
+            failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n, on_progress=on_progress)
+        else:
+            failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
+                                                   on_progress=on_progress)
+            if failure is not None:
+                world, schedule = shrink(kcls, failure["world"], failure["schedule"],
+                                         failure["violation"].prop)
+                failure.update(world=world, schedule=schedule,
+                               hypothesis_len=len(failure["schedule"]))
+        runs += st.runs_total
+        steps += st.steps_total
         progress.update(runs, steps, force=True)
         if failure is not None:
             return failure, {"runs": runs, "steps": steps, "chunk": i}
@@ -230,7 +248,11 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
     fast = a.fast or (hunting and not a.hypothesis)
-    engine = f"explore/{a.strategy}" if fast else "hypothesis"
+    if fast and a.strategy == "rules":
+        raise UsageError("--strategy rules is Hypothesis's rule-based machine, not a fast-mode "
+                         "strategy; drop --fast (hunt: add --hypothesis) or pick swarm, pct or "
+                         "uniform")
+    engine = f"explore/{a.strategy}" if fast else f"hypothesis/{a.strategy}"
     budget = a.budget if a.budget is not None else (120.0 if hunting else 30.0)
     workers = a.workers or os.cpu_count() or 1
     if a.save:
@@ -249,9 +271,10 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     else:
         if workers > 1:
             failure, stats = _fuzz_hypothesis_parallel(kname, a.seed, budget, a.examples,
-                                                       workers, progress)
+                                                       workers, progress, a.strategy)
         else:
-            failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress)
+            failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress,
+                                              a.strategy)
         found = failure
     progress.update(stats["runs"], stats["steps"], force=True)
     progress.done()

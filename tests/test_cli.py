@@ -92,6 +92,8 @@ def test_old_format_version_exits_2(hunted, tmp_path):
     (["replay", "/nonexistent/cx.json"], "cannot read"),
     (["frobnicate"], "invalid choice"),
     (["fuzz", "--kernel", "tests.variants:NotThere"], "not a subclass"),
+    (["fuzz", "--fast", "--strategy", "rules"], "not a fast-mode strategy"),
+    (["fuzz", "--strategy", "round-robin"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
     line = _one_line_error(mmfuzz(*args))
@@ -110,7 +112,13 @@ def test_bugs_lists_catalogue():
 def test_fuzz_mainline_short_budget_is_clean():
     r = mmfuzz("fuzz", "--kernel", "mainline", "--examples", "150", "--seed", "1", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "summary: kernel=mainline engine=hypothesis seed=1: no violation in" in r.stdout
+    assert "summary: kernel=mainline engine=hypothesis/swarm seed=1: no violation in" in r.stdout
+
+
+def test_fuzz_rule_machine_strategy_runs():
+    r = mmfuzz("fuzz", "--strategy", "rules", "--examples", "60", "--seed", "1", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "engine=hypothesis/rules seed=1: no violation in" in r.stdout
 
 
 def test_user_variant_by_module_path(tmp_path):
@@ -136,5 +144,5 @@ def test_hypothesis_workers_find_a_broken_kernel(tmp_path):
     r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--examples", "600",
                "--workers", "2", "--quiet", "--save", str(tmp_path))
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "VIOLATION no-use-after-free-via-TLB" in r.stdout and "engine=hypothesis" in r.stdout
+    assert "VIOLATION no-use-after-free-via-TLB" in r.stdout and "engine=hypothesis/swarm" in r.stdout
     assert list(tmp_path.rglob("*.json"))
