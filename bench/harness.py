@@ -1,6 +1,6 @@
 """The mmfuzz benchmark: time-to-bug and throughput, written to bench/RESULTS.md.
 
-    python -m bench [--seeds 10] [--budget 60] [--engines swarm,pct,uniform,hypothesis]
+    python -m bench [--seeds 10] [--budget 60] [--engines swarm,pct,uniform,hyp-swarm,...]
 
 For every catalogued bug and every engine: time to first failure, time to the shrunk report,
 examples (runs) to bug, and the shrunk schedule length, as median and max over the seeds, each
@@ -26,6 +26,7 @@ from mmfuzz import __version__  # noqa: E402
 from mmfuzz.explore import explore, shrink  # noqa: E402
 from mmfuzz.kernel import Mainline  # noqa: E402
 from mmfuzz.kernels import BUGS  # noqa: E402
+from mmfuzz.trace import segments  # noqa: E402
 
 
 def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
@@ -44,21 +45,29 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
             # Hypothesis shrinks inside the campaign, so "first failure" includes its shrink
             return {"found": True, "runs": runs, "t_first": t1 - t0,
                     "t_report": time.perf_counter() - t0, "len": len(schedule),
+                    "segs": segments(schedule),
                     "len_raw": len(failure["schedule"])}
         chunk += 1
     return {"found": False, "runs": runs, "t_first": None, "t_report": None}
 
 
 def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
-    if engine == "hypothesis-pct":
-        from strategies.schedules import run_pct_hypothesis
-        return _chunked(kernel, seed, budget, lambda s: run_pct_hypothesis(kernel, s, 500))
-    if engine == "hypothesis":
+    """``engine``: swarm, pct, uniform (the fast explorer), hyp-swarm, hyp-pct, hyp-uniform
+    (the same policies as Hypothesis strategies) or hyp-rules (the rule-based machine)."""
+    if engine == "hyp-rules":
         from strategies import run_hypothesis
 
         def campaign(s):
             failure, cls = run_hypothesis(kernel, s, 500, polish=False)
             return failure, cls.runs_total
+        return _chunked(kernel, seed, budget, campaign)
+    if engine.startswith("hyp-"):
+        from strategies.schedules import run_schedules_hypothesis
+        policy = engine[4:]
+
+        def campaign(s):
+            failure, stats = run_schedules_hypothesis(kernel, s, 500, policy)
+            return failure, stats.runs_total
         return _chunked(kernel, seed, budget, campaign)
     t0 = time.perf_counter()
     found, stats = explore(kernel, seed, budget_s=budget, policy=engine)
@@ -68,7 +77,7 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
     world, schedule = shrink(kernel, found.world, found.actions, found.prop)
     t2 = time.perf_counter()
     return {"found": True, "runs": found.runs, "t_first": t1 - t0, "t_report": t2 - t0,
-            "len": len(schedule), "len_raw": len(found.actions)}
+            "len": len(schedule), "segs": segments(schedule), "len_raw": len(found.actions)}
 
 
 def _worker(args):
@@ -81,7 +90,7 @@ def summarize(rows: list[dict], budget: float) -> dict:
     found = [r for r in rows if r["found"]]
     out = {"found": f"{len(found)}/{len(rows)}"}
     if found:
-        for key in ("t_first", "t_report", "runs", "len"):
+        for key in ("t_first", "t_report", "runs", "len", "segs"):
             vals = [r[key] for r in found]
             out[key] = (statistics.median(vals), max(vals))
     return out
@@ -101,11 +110,16 @@ def throughput_fast(seconds: float) -> float:
     return stats["steps"] / stats["seconds"]
 
 
-def throughput_hypothesis(examples: int) -> float:
-    from strategies import run_hypothesis
+def throughput_hypothesis(examples: int, engine: str) -> float:
+    """Model steps/s of a whole Hypothesis campaign (generation and its bookkeeping included)."""
     t0 = time.perf_counter()
-    _, cls = run_hypothesis(Mainline, 12345, examples)
-    return cls.steps_total / (time.perf_counter() - t0)
+    if engine == "hyp-rules":
+        from strategies import run_hypothesis
+        _, stats = run_hypothesis(Mainline, 12345, examples)
+    else:
+        from strategies.schedules import run_schedules_hypothesis
+        _, stats = run_schedules_hypothesis(Mainline, 12345, examples, engine[4:])
+    return stats.steps_total / (time.perf_counter() - t0)
 
 
 def peak_memory_campaign(seconds: float, engine: str) -> dict:
@@ -119,9 +133,9 @@ rss = []
 t0 = time.perf_counter()
 chunk = 0
 if {engine!r} == "hypothesis":
-    from strategies import run_hypothesis
+    from strategies.schedules import run_schedules_hypothesis
     while time.perf_counter() - t0 < {seconds}:
-        run_hypothesis(Mainline, 777 + chunk, 500)
+        run_schedules_hypothesis(Mainline, 777 + chunk, 500)
         chunk += 1
         rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 else:
@@ -152,7 +166,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per seed and engine")
-    ap.add_argument("--engines", default="swarm,pct,uniform,hypothesis")
+    ap.add_argument("--engines", default="swarm,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules")
     ap.add_argument("--bugs", default=",".join(b.slug for b in BUGS))
     ap.add_argument("--jobs", type=int, default=1,
                     help="seeds run in parallel processes (each still one core)")
@@ -191,25 +205,34 @@ def main(argv=None) -> int:
     lines.append("Each seed runs on one core from scratch (no corpus, no database) with the "
                  f"given budget of {a.budget:g} s. Values are median / max over the seeds that "
                  "found the bug. `runs` = examples to bug; `len` = actions in the shrunk "
-                 "schedule (the catalogue's published diagram has the number of steps in "
-                 "brackets; the model's steps are finer: every lock, PTE write and flush).")
+                 "schedule (the model's steps are finer than a diagram's: every lock, PTE "
+                 "write and flush); `rows` = the shrunk schedule's stretches of one CPU "
+                 "running without another acting in between, the unit of the catalogue's "
+                 "published race diagram (its row count in brackets); the last column counts "
+                 "the seeds, out of all, whose report is at most 2 rows longer.")
     lines.append("")
-    lines.append("| bug (diagram steps) | engine | found | first failure s | shrunk report s | runs | len |")
-    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    lines.append("| bug (diagram rows) | engine | found | first failure s | shrunk report s | runs "
+                 "| len | rows | rows <= diagram + 2 |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for slug in slugs:
         bug = next(b for b in BUGS if b.slug == slug)
         for eng in engines:
-            s = summarize(results[(slug, eng)], a.budget)
+            rows = results[(slug, eng)]
+            s = summarize(rows, a.budget)
+            short = sum(1 for r in rows if r["found"] and r["segs"] <= bug.diagram_steps + 2)
             lines.append(f"| {slug} ({bug.diagram_steps}) | {eng} | {s['found']} | "
                          f"{fmt_pair(s.get('t_first'))} | {fmt_pair(s.get('t_report'))} | "
-                         f"{fmt_pair(s.get('runs'))} | {fmt_pair(s.get('len'))} |")
+                         f"{fmt_pair(s.get('runs'))} | {fmt_pair(s.get('len'))} | "
+                         f"{fmt_pair(s.get('segs'))} | {short}/{len(rows)} |")
     lines.append("")
     raw = {f"{k[0]}/{k[1]}": v for k, v in results.items()}
     if not a.skip_extras:
         fast = throughput_fast(10.0)
-        hyp = throughput_hypothesis(300)
+        hyp = throughput_hypothesis(1000, "hyp-swarm")
+        rules = throughput_hypothesis(300, "hyp-rules")
         lines.append(f"Model steps/s, one core, mainline, every property checked after every "
-                     f"step: fast mode {fast:,.0f}; inside Hypothesis {hyp:,.0f}.")
+                     f"step: fast mode {fast:,.0f}; inside Hypothesis {hyp:,.0f} with the "
+                     f"default swarm strategy, {rules:,.0f} with the rule-based machine.")
         sp = pytest_speedup()
         lines.append(f"`pytest -m fuzz`: -n 0 {sp['n0_s']:.1f} s, -n 2 {sp['n2_s']:.1f} s, "
                      f"speedup {sp['speedup']:.2f}x (includes interpreter start-up).")

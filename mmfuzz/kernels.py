@@ -20,7 +20,7 @@ class Bug:
     title: str
     prop: str
     kernel: type
-    diagram_steps: int  # steps in the published / catalogued race diagram
+    diagram_steps: int  # rows of the published / catalogued race diagram (see trace.segments)
 
 
 class ZapRmapBeforeFlush(Mainline):

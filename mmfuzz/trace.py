@@ -19,6 +19,20 @@ def _cpu_header(run: Run, cpu: int) -> str:
     return f"CPU{cpu} (mm{mm}: {what})"
 
 
+def segments(actions: list) -> int:
+    """Stretches of one CPU running without another CPU acting in between: the rows of a
+    linux-mm race diagram, where one row holds what one CPU does until the next switch
+    ("lock PTL; ptep_get_and_clear"). A shrunk schedule is compared with a published diagram
+    in this unit; its length in actions is finer (every lock, PTE write and flush)."""
+    n = 0
+    last = None
+    for a in actions:
+        if a[1] != last:
+            n += 1
+            last = a[1]
+    return n
+
+
 def initial_state(world: dict) -> list[str]:
     lines = []
     for cpu, vpn, write in world["prefault"]:
