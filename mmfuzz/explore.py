@@ -47,25 +47,33 @@ def random_world(rng: random.Random) -> dict:
             "gather": gather, "prefault": prefault}
 
 
+def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
+    """The start action of syscall ``op`` on ``cpu`` with its arguments chosen by
+    ``pick(options, label)``: a range inside one of the process's VMAs (madvise, munmap),
+    one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache). Fast mode picks
+    with a seeded random, the Hypothesis rule machine with draws, so both build the same
+    syscalls."""
+    if op in ("madvise_dontneed", "munmap"):
+        lo, hi = pick([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id], "vma")
+        start = pick(range(lo, hi), "start")
+        return ["start", cpu, op, start, pick(range(1, hi - start + 1), "npages")]
+    if op == "mmap":
+        return ["start", cpu, op, pick([i for i, v in enumerate(world["vmas"])
+                                        if v["mm"] == mm_id], "vma")]
+    if op == "writeback":
+        return ["start", cpu, op, 1]
+    return ["start", cpu, op, 1, pick(range(world["files"][0]["npages"]), "index")]
+
+
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
                            store_bias: float):
     """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs."""
     mm_id = run.m.cpus[cpu].mm_id
-    spans = [(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id]
     if ops is None:
-        lo, hi = rng.choice(spans)
+        lo, hi = rng.choice([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id])
         return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < store_bias)]
-    op = rng.choice(ops)
-    if op in ("madvise_dontneed", "munmap"):
-        lo, hi = rng.choice(spans)
-        start = rng.randrange(lo, hi)
-        return ["start", cpu, op, start, rng.randint(1, hi - start)]
-    if op == "mmap":
-        mine = [i for i, v in enumerate(world["vmas"]) if v["mm"] == mm_id]
-        return ["start", cpu, op, rng.choice(mine)]
-    if op == "writeback":
-        return ["start", cpu, op, 1]
-    return ["start", cpu, op, 1, rng.randrange(world["files"][0]["npages"])]
+    return syscall_action(lambda options, label: rng.choice(options), world, mm_id, cpu,
+                          rng.choice(ops))
 
 
 class SwarmPolicy:

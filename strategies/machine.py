@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
 
+from mmfuzz.explore import syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
 from mmfuzz.run import Run
@@ -91,12 +92,6 @@ class MmStateMachine(RuleBasedStateMachine):
         mm_id = self.run.m.cpus[cpu].mm_id
         return [(v["start"], v["end"]) for v in self.run.world["vmas"] if v["mm"] == mm_id]
 
-    def _range(self, data, cpu):
-        lo, hi = data.draw(st.sampled_from(tuple(self._spans(cpu))), label="vma")
-        start = data.draw(st.integers(lo, hi - 1), label="start")
-        npages = data.draw(st.integers(1, hi - start), label="npages")
-        return start, npages
-
     # ------------------------------------------------------------------- rules -------
     @initialize(world=worlds())
     def boot(self, world):
@@ -141,18 +136,9 @@ class MmStateMachine(RuleBasedStateMachine):
         Hypothesis does not reject rules whose CPUs are busy."""
         cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
         op = data.draw(st.sampled_from(SYSCALLS), label="entry")
-        if op in ("madvise_dontneed", "munmap"):
-            self._apply(["start", cpu, op, *self._range(data, cpu)])
-        elif op == "mmap":
-            mm_id = self.run.m.cpus[cpu].mm_id
-            mine = tuple(i for i, v in enumerate(self.run.world["vmas"]) if v["mm"] == mm_id)
-            self._apply(["start", cpu, op, data.draw(st.sampled_from(mine), label="vma")])
-        elif op == "writeback":
-            self._apply(["start", cpu, op, 1])
-        else:
-            npages = self.run.world["files"][0]["npages"]
-            index = data.draw(st.integers(0, npages - 1), label="index")
-            self._apply(["start", cpu, op, 1, index])
+        self._apply(syscall_action(lambda options, label: data.draw(st.sampled_from(options),
+                                                                    label=label),
+                                   self.run.world, self.run.m.cpus[cpu].mm_id, cpu, op))
 
     @precondition(lambda self: self.run is not None and any(c.tlb for c in self.run.m.cpus))
     @rule(data=st.data())

@@ -18,8 +18,10 @@ def _hyp(kernel, seed, n):
     return failure, cls
 
 
-# Hypothesis needs 267 examples (including its shrinking) to find FreeBeforeFlush under seed 2
-HYP_SEED, HYP_EXAMPLES = 2, 300
+# Under seed 1 with max_examples=500 the rule machine runs 365 examples (its shrinking
+# included) to find and shrink FreeBeforeFlush. Hypothesis's generation depends on
+# max_examples, so both are pinned.
+HYP_SEED, HYP_EXAMPLES, HYP_NEEDED = 1, 500, 365
 
 
 @pytest.mark.fuzz
@@ -31,7 +33,7 @@ def test_hypothesis_finds_free_before_flush():
     _, out = execute(FreeBeforeFlush, failure["world"], failure["schedule"], strict=True)
     assert out.violation is not None and out.violation.prop == "no-use-after-free-via-TLB"
     assert len(failure["schedule"]) <= 12
-    assert cls.runs_total <= HYP_EXAMPLES
+    assert cls.runs_total <= HYP_NEEDED, f"search got worse: {cls.runs_total} examples"
 
 
 @pytest.mark.fuzz

@@ -70,7 +70,7 @@ def test_random_worlds_are_valid():
 # Each policy as a Hypothesis strategy: (policy, kernel, seed, examples that seed needs today
 # with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed)
 HYP_HUNTS = [("swarm", "fbf", 1, 117), ("pct", "fbf", 4, 10), ("uniform", "fbf", 2, 56),
-             ("swarm", "bug:madv-parallel-flush-miss", 2, 425)]
+             ("swarm", "bug:madv-parallel-flush-miss", 4, 535)]
 
 
 @pytest.mark.fuzz
