@@ -18,6 +18,8 @@ class Pte(NamedTuple):
 
     ``dirty`` is the one logical dirty bit (hardware D plus SavedDirty,
     arch/x86/include/asm/pgtable.h); ``special`` marks the shared zero page (no rmap, no ref).
+    ``soft_dirty`` is _PAGE_SOFT_DIRTY: x86 pte_mkdirty() sets it together with D, the
+    hardware's own D update does not, clear_refs clears it (fs/proc/task_mmu.c).
     """
 
     pfn: int
@@ -25,6 +27,7 @@ class Pte(NamedTuple):
     dirty: bool
     young: bool
     special: bool = False
+    soft_dirty: bool = False
 
 
 class TlbEntry(NamedTuple):

@@ -27,6 +27,7 @@ OPS = {
     "mmap": (("vma",), True),
     "writeback": (("file",), False),
     "drop_cache": (("file", "index"), False),
+    "clear_refs": ((), True),
 }
 
 

@@ -8,6 +8,7 @@ synced and dropped (the "eventually" half of the same properties).
 from ._core import Violation
 from .accounting import accounting, accounting_quiescent
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
+from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
                   no_use_after_free_via_tlb)
 
@@ -15,6 +16,7 @@ STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
     dirty_data_preserved,
     no_stale_translation_after_return,
+    soft_dirty_accurate,
     accounting,
 )
 
@@ -28,6 +30,7 @@ PROPERTY_NAMES = (
     "no-use-after-free-via-TLB",
     "dirty-data-preserved",
     "no-stale-translation-after-return",
+    "soft-dirty-accurate",
     "accounting",
 )
 

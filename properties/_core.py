@@ -32,3 +32,19 @@ def mapped_ptes(m, folio):
                 if pte is not None and not pte.special and pte.pfn == folio.pfn:
                     out.append((mm.mm_id, base + slot, pte))
     return out
+
+
+def pte_at(m, mm_id: int, vpn: int):
+    """The PTE that maps ``vpn`` in ``mm_id`` now (None if none or no table)."""
+    mm = m.mms[mm_id]
+    pmd_index, slot = divmod(vpn, m.ptrs_per_pte)
+    table = mm.pmd[pmd_index] if pmd_index < len(mm.pmd) else None
+    return table.ptes[slot] if table is not None else None
+
+
+def last_changed_by_caller(m, observed: dict, key: int) -> bool:
+    """A returning call owes the flush for ``key`` if it saw that PTE under the PTL and nobody
+    revoked the translation since (a later change belongs to whoever made it, who flushes
+    under its own PTL or owes its own flush)."""
+    seen = observed.get(key)
+    return seen is not None and m.revoked_at.get(key, -1) <= seen

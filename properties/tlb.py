@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mmfuzz.model import Folio, tlb_key
 
-from ._core import Violation
+from ._core import Violation, last_changed_by_caller, pte_at
 
 NAME_UAF = "no-use-after-free-via-TLB"
 NAME_STALE = "no-stale-translation-after-return"
@@ -35,10 +35,7 @@ def no_use_after_free_via_tlb(m, events) -> Violation | None:
 
 
 def _entry_allowed(m, mm_id: int, vpn: int, e) -> bool:
-    mm = m.mms[mm_id]
-    pmd_index, slot = divmod(vpn, m.ptrs_per_pte)
-    table = mm.pmd[pmd_index] if pmd_index < len(mm.pmd) else None
-    pte = table.ptes[slot] if table is not None else None
+    pte = pte_at(m, mm_id, vpn)
     if pte is None or pte.pfn != e.pfn:
         return False
     if e.write and not pte.write:
@@ -65,8 +62,7 @@ def no_stale_translation_after_return(m, events) -> Violation | None:
                 e = cpu.tlb.get(key)
                 if e is None or _entry_allowed(m, mm_id, vpn, e):
                     continue
-                seen = observed.get(key)
-                if seen is None or m.revoked_at.get(key, -1) > seen:
+                if not last_changed_by_caller(m, observed, key):
                     continue
                 return Violation(NAME_STALE,
                                  f"the call on [{start:#x}-{end:#x}) returned while CPU{cpu.cpu_id} "

@@ -16,7 +16,7 @@ class PropertyViolated(AssertionError):
 
 
 BURSTS = st.integers(1, 8)
-SYSCALLS = ("madvise_dontneed", "writeback", "munmap", "drop_cache", "mmap")
+SYSCALLS = ("madvise_dontneed", "writeback", "munmap", "drop_cache", "mmap", "clear_refs")
 
 
 @st.composite
@@ -132,7 +132,7 @@ class MmStateMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def syscall(self, data):
         """An idle CPU enters the kernel: the entry point (madvise_dontneed, munmap, mmap,
-        writeback, drop_cache) is itself a drawn choice, so one rule serves them all and
+        writeback, drop_cache, clear_refs) is itself a drawn choice, so one rule serves them all and
         Hypothesis does not reject rules whose CPUs are busy."""
         cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
         op = data.draw(st.sampled_from(SYSCALLS), label="entry")

@@ -500,6 +500,64 @@ def test_mmap_over_existing_vma_is_eexist(template):
     assert mm.mmap_lock.writer is None
 
 
+# ----------------------------------------------------------------------- clear_refs
+def test_clear_refs_wrprotects_clears_soft_dirty_and_flushes():
+    r = new_run()
+    m = r.m
+    assert pte_of(r, 0).soft_dirty and pte_of(r, 1).soft_dirty     # the prefault stores
+    task, _ = access(r, 2, 2, False)                                # a read fault: not soft-dirty
+    assert task is not None and not pte_of(r, 2).soft_dirty and not pte_of(r, 2).write
+    run_op(r, 1, "clear_refs")
+    for vpn in (0, 1, 2):
+        pte = pte_of(r, vpn)
+        assert not pte.write and not pte.soft_dirty
+    assert pte_of(r, 0).dirty and pte_of(r, 1).dirty                # D (and PG_dirty) kept
+    assert all(not c.tlb for c in m.cpus)                           # flush_tlb_mm: every CPU
+    assert any_text(r, "ptep_modify_prot_start") and any_text(r, "flush_tlb_mm_range(mm1, all)")
+    assert m.mms[MM].tlb_flush_pending == 0 and m.mms[MM].mmap_lock.writer is None
+    # the next store faults (wp_page_shared) and its pte_mkdirty sets soft-dirty again
+    task, st = access(r, 0, 0, True)
+    assert task is not None and pte_of(r, 0).soft_dirty and pte_of(r, 0).write
+    assert not pte_of(r, 1).soft_dirty
+    assert r.quiesce() is None
+
+
+def test_clear_refs_holds_mmap_write_lock_against_faults():
+    r = new_run()
+    assert r.apply(["start", 1, "clear_refs"]) is not None
+    r.apply(["step", 1])                                   # mmap_write_lock taken
+    assert r.m.mms[MM].mmap_lock.writer is not None
+    step = r.apply(["access", 2, 3, 1])                    # va 3 not mapped: a fault
+    assert step.op == "fault"
+    r.apply(["step", 2])
+    assert r.apply(["step", 2]) is None                    # handle_mm_fault waits for the lock
+    r.drain()
+    assert r.violation is None and not r.busy()
+
+
+def test_clear_refs_anon_write_after_clear_reuses_and_marks_soft_dirty():
+    r = new_run()
+    access(r, 0, 4, True)
+    pfn = pte_of(r, 4).pfn
+    run_op(r, 1, "clear_refs")
+    assert not pte_of(r, 4).write and not pte_of(r, 4).soft_dirty
+    task, _ = access(r, 0, 4, True)
+    assert task is not None and any_text(r, "wp_page_reuse")
+    assert pte_of(r, 4).pfn == pfn and pte_of(r, 4).soft_dirty
+
+
+def test_clear_refs_bug_leaves_writable_entry_and_store_skips_soft_dirty():
+    bug = resolve_kernel("bug:clear-refs-softdirty-no-flush")
+    r = Run(bug, default_world(), check=False)
+    r.apply(["start", 1, "clear_refs"])
+    r.drain()
+    assert not pte_of(r, 0).write and not pte_of(r, 0).soft_dirty
+    assert tlb_key(MM, 0) in r.m.cpus[0].tlb                # no flush: CPU0 keeps W+D
+    st = r.apply(["access", 0, 0, 1])
+    assert st.op != "fault" and "TLB hit WD" in st.text      # the store lands without a fault
+    assert not pte_of(r, 0).soft_dirty                      # pagemap would say "not written"
+
+
 # -------------------------------------------------------------------- IPI mechanics
 def test_flush_waits_until_every_target_took_its_ipi():
     r = new_run()
@@ -589,6 +647,8 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
             args = [rng.randrange(2)]
         elif op == "writeback":
             args = [FILE]
+        elif op == "clear_refs":
+            args = []
         else:
             args = [FILE, rng.randrange(4)]
         acts.append(["start", cpu, op, *args])

@@ -12,6 +12,7 @@ from mmfuzz.model import Folio, TlbEntry, tlb_key
 from mmfuzz.run import Run, default_world, execute
 from properties.accounting import accounting, accounting_quiescent
 from properties.dirty import dirty_data_preserved, dirty_data_preserved_quiescent
+from properties.softdirty import soft_dirty_accurate
 from properties.tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
                             no_use_after_free_via_tlb)
 
@@ -298,6 +299,56 @@ def test_stale_quiescent_fires(how):
 
 
 # ======================================================================================
+# soft-dirty-accurate
+# ======================================================================================
+def _clear_refs_after_store(r: Run):
+    """CPU0 stores to va 4 (cached writable and dirty), then clear_refs runs on CPU1 to
+    completion; returns CPU0's old entry and the events of clear_refs' returning step."""
+    fault_in(r, 0, 4, True)
+    entry = r.m.cpus[0].tlb[tlb_key(MM, 4)]
+    run_op(r, 1, "clear_refs")
+    events = list(r.m.events)
+    assert [e[0] for e in events] == ["softdirty_cleared"]
+    return entry, events
+
+
+def test_soft_dirty_good_after_real_clear_refs():
+    r = new_run()
+    _, events = _clear_refs_after_store(r)
+    table, slot = pte_slot(r, 4)
+    pte = table.ptes[slot]
+    assert not pte.write and not pte.soft_dirty and pte.dirty      # wrprotected, D kept
+    assert tlb_key(MM, 4) not in r.m.cpus[0].tlb                    # flush_tlb_mm reached CPU0
+    assert soft_dirty_accurate(r.m, events) is None
+    fault_in(r, 0, 4, True)                    # the next store faults and sets soft-dirty
+    assert table.ptes[slot].soft_dirty and table.ptes[slot].write
+
+
+def test_soft_dirty_fires_on_surviving_writable_dirty_entry():
+    r = new_run()
+    entry, events = _clear_refs_after_store(r)
+    r.m.cpus[2].tlb[tlb_key(MM, 4)] = entry    # bad: the W+D entry outlived the call
+    v = soft_dirty_accurate(r.m, events)
+    assert v is not None and v.prop == "soft-dirty-accurate" and v.facts["cpu"] == 2
+    assert soft_dirty_accurate(r.m, []) is None    # checked only when the call returns
+
+
+def test_soft_dirty_writable_clean_entry_is_harmless():
+    r = new_run()
+    entry, events = _clear_refs_after_store(r)
+    r.m.cpus[2].tlb[tlb_key(MM, 4)] = entry._replace(dirty=False)  # a store re-walks, faults
+    assert soft_dirty_accurate(r.m, events) is None
+
+
+def test_soft_dirty_excuses_later_revocation():
+    r = new_run()
+    entry, events = _clear_refs_after_store(r)
+    r.m.cpus[2].tlb[tlb_key(MM, 4)] = entry
+    r.m.revoked_at[tlb_key(MM, 4)] = r.m.clock + 100   # someone changed the PTE afterwards
+    assert soft_dirty_accurate(r.m, events) is None
+
+
+# ======================================================================================
 # accounting (step)
 # ======================================================================================
 def test_accounting_good():
@@ -405,8 +456,8 @@ def test_accounting_quiescent_pin_with_reference_is_fine():
 # ======================================================================================
 def test_every_property_is_covered():
     tested = {no_use_after_free_via_tlb, dirty_data_preserved, no_stale_translation_after_return,
-              accounting, dirty_data_preserved_quiescent, no_stale_translation_quiescent,
-              accounting_quiescent}
+              soft_dirty_accurate, accounting, dirty_data_preserved_quiescent,
+              no_stale_translation_quiescent, accounting_quiescent}
     assert set(properties.STEP_PROPERTIES) | set(properties.QUIESCENT_PROPERTIES) == tested
     names = {v.prop for v in _one_violation_each()}
     assert names == set(properties.PROPERTY_NAMES)
@@ -421,6 +472,10 @@ def _one_violation_each():
     r.m.cpus[1].tlb[tlb_key(MM, 1)] = TlbEntry(r.m.free_pfns[-1], 77, True, True)
     out.append(no_use_after_free_via_tlb(r.m, []))
     out.append(no_stale_translation_quiescent(r.m))
+    r2 = new_run()
+    entry, events = _clear_refs_after_store(r2)
+    r2.m.cpus[2].tlb[tlb_key(MM, 4)] = entry
+    out.append(soft_dirty_accurate(r2.m, events))
     assert all(v is not None for v in out)
     return out
 

@@ -8,11 +8,12 @@ from .memory import Memory
 from .mmu_gather import MmuGatherOps
 from .page_writeback import PageWriteback
 from .rmap import Rmap
+from .task_mmu import TaskMmu
 from .tlbflush import TlbFlushX86
 from .vma import VmaOps
 
 
-class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps,
+class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
                TlbFlushX86, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 

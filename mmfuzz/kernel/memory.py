@@ -222,7 +222,8 @@ class Memory(KernelBase):
         if write and not orig.write:
             yield from self.do_wp_page(t, vma, table, slot, vpn, orig)
             return
-        entry = orig._replace(young=True, dirty=orig.dirty or write)
+        entry = orig._replace(young=True, dirty=orig.dirty or write,
+                              soft_dirty=orig.soft_dirty or write)
         if entry != orig:
             table.ptes[slot] = entry
         yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: ptep_set_access_flags, unlock")
@@ -296,7 +297,8 @@ class Memory(KernelBase):
             yield from self.spin_unlock(t, table.ptl, "finish_fault: vmf_pte_changed, unlock")
             return NOPAGE
         self.folio_add_file_rmap_ptes_now(folio)
-        pte = Pte(folio.pfn, write=write and vma.writable, dirty=write, young=True)
+        pte = Pte(folio.pfn, write=write and vma.writable, dirty=write, young=True,
+                  soft_dirty=write)
         table.ptes[slot] = pte
         yield f"set_pte_range: folio_add_file_rmap_ptes(pfn {folio.pfn}) + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "finish_fault: pte_unmap_unlock")
@@ -331,7 +333,7 @@ class Memory(KernelBase):
     def wp_page_reuse(self, t: Task, table: PteTable, slot: int, vpn: int, orig: Pte):
         """mm/memory.c wp_page_reuse (PTL held): maybe_mkwrite(pte_mkdirty(pte_mkyoung(orig)))
         via ptep_set_access_flags: a permission upgrade, so no TLB flush. Unlocks the PTL."""
-        table.ptes[slot] = orig._replace(write=True, dirty=True, young=True)
+        table.ptes[slot] = orig._replace(write=True, dirty=True, young=True, soft_dirty=True)
         yield f"wp_page_reuse: va {vpn:#x} -> {fmt_pte(table.ptes[slot])} (no flush)"
         yield from self.spin_unlock(t, table.ptl, "wp_page_reuse: pte_unmap_unlock")
 
@@ -386,7 +388,8 @@ class Memory(KernelBase):
         yield f"wp_page_copy: ptep_clear_flush va {vpn:#x}: clear"
         yield from self.flush_tlb_page(t, t.mm, vpn)
         self.folio_add_new_anon_rmap_now(new, vma, vpn)
-        table.ptes[slot] = Pte(new.pfn, write=vma.writable, dirty=True, young=True)
+        table.ptes[slot] = Pte(new.pfn, write=vma.writable, dirty=True, young=True,
+                               soft_dirty=True)
         yield f"wp_page_copy: folio_add_new_anon_rmap + set_pte_at va {vpn:#x} -> pfn {new.pfn}"
         if old is not None:
             yield from self.folio_remove_rmap_ptes(t, old, vma, "wp_page_copy: ")
@@ -418,7 +421,8 @@ class Memory(KernelBase):
             note = "zero page"
         else:
             self.folio_add_new_anon_rmap_now(folio, vma, vpn)
-            pte = Pte(folio.pfn, write=vma.writable, dirty=vma.writable, young=True)
+            pte = Pte(folio.pfn, write=vma.writable, dirty=vma.writable, young=True,
+                      soft_dirty=vma.writable)
             note = f"folio_add_new_anon_rmap pfn {folio.pfn}"
         table.ptes[slot] = pte
         yield f"do_anonymous_page: {note} + set_ptes va {vpn:#x} {fmt_pte(pte)}"
@@ -428,5 +432,5 @@ class Memory(KernelBase):
 def fmt_pte(pte) -> str:
     if pte is None:
         return "none"
-    flags = ("W" if pte.write else "-") + ("D" if pte.dirty else "-")
+    flags = ("W" if pte.write else "-") + ("D" if pte.dirty else "-") + ("S" if pte.soft_dirty else "")
     return f"pfn {pte.pfn} {flags}" + (" zero" if pte.special else "")
