@@ -76,6 +76,31 @@ class MadvParallelFlushMiss(Mainline):
         yield f"tlb_finish_mmu: dec_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"
 
 
+class ClearRefsSoftDirtyNoFlush(Mainline):
+    """Mainline with 912efa17e512 ("mm: proc: Invalidate TLB after clearing soft-dirty page
+    state", Will Deacon, 2021) reverted: clear_refs_write brackets the walk with
+    tlb_gather_mmu / tlb_finish_mmu again, only for the tlb_flush_pending side effect. The
+    walk records nothing in the gather, so since 0758cd830494 tlb_flush_mmu_tlbonly finds no
+    range and skips the flush, "leaving entries where pte_write() is false, yet a writable
+    mapping remains in the TLB"."""
+
+    name = "bug:clear-refs-softdirty-no-flush"
+
+    def clear_refs(self, t):
+        """fs/proc/task_mmu.c clear_refs_write before 912efa17e512 (on today's structure):
+        tlb_gather_mmu(&tlb, mm) ... walk ... tlb_finish_mmu(&tlb)."""
+        mm = t.mm
+        yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
+        tlb = yield from self.tlb_gather_mmu(t, mm)
+        yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
+        yield from self.clear_refs_walk(t)
+        if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds):
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        yield from self.tlb_finish_mmu(t, tlb)
+        yield from self.up_write(t, mm.mmap_lock, "clear_refs: mmap_write_unlock, return", last=True)
+        self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
+
+
 BUGS: list[Bug] = [
     Bug("zap-rmap-before-flush", "5df397dec7c4",
         "mm: delay page_remove_rmap() until after the TLB has been flushed",
@@ -83,6 +108,9 @@ BUGS: list[Bug] = [
     Bug("madv-parallel-flush-miss", "99baac21e458",
         "mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem",
         "no-stale-translation-after-return", MadvParallelFlushMiss, 7),
+    Bug("clear-refs-softdirty-no-flush", "912efa17e512",
+        "mm: proc: Invalidate TLB after clearing soft-dirty page state",
+        "soft-dirty-accurate", ClearRefsSoftDirtyNoFlush, 3),
 ]
 
 _BY_NAME = {"mainline": Mainline}

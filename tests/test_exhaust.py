@@ -22,6 +22,16 @@ MAINLINE_BOUND = {"madv-parallel-flush-miss": 2, "zap-rmap-before-flush": 1}
 FULL = os.environ.get("MMFUZZ_EXHAUST_FULL") == "1"
 
 
+def _programs(path) -> int:
+    return sum(1 for prog in scenario_from(load(path))[1].values() if prog)
+
+
+#: scenarios where more than one CPU runs a program: only there is there an interleaving to
+#: choose (clear-refs-softdirty-no-flush needs one CPU: its own TLB is never flushed either)
+RACES = [p for p in FILES if _programs(p) >= 2]
+RACE_IDS = [os.path.relpath(p, ROOT) for p in RACES]
+
+
 def _bound(path):
     return 2 if FULL else MAINLINE_BOUND.get(os.path.basename(os.path.dirname(path)), 2)
 
@@ -75,7 +85,7 @@ def test_mainline_closes_every_interleaving(path):
     res = exhaust_cx(cx, "mainline", preemptions_max=bound, states_max=2_000_000)
     assert res.violation is None, (res.violation, res.schedule)
     assert not res.truncated
-    assert res.interleavings > 1
+    assert res.interleavings > 1 if _programs(path) >= 2 else res.interleavings == 1
 
 
 def _madv():
@@ -109,7 +119,7 @@ def test_deterministic():
         (b.schedule, b.interleavings, b.states, b.violations)
 
 
-@pytest.mark.parametrize("path", FILES, ids=IDS)
+@pytest.mark.parametrize("path", RACES, ids=RACE_IDS)
 def test_ipi_reduction_agrees_with_plain_search(path):
     # the forced delivery of unobservable IPIs loses no violation: the plain search (every IPI
     # a choice) finds the same property
