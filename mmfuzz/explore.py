@@ -50,7 +50,8 @@ def random_world(rng: random.Random) -> dict:
 def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
     """The start action of syscall ``op`` on ``cpu`` with its arguments chosen by
     ``pick(options, label)``: a range inside one of the process's VMAs (madvise, munmap),
-    one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache). Fast mode picks
+    one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache); clear_refs
+    takes none (the CPU's own process). Fast mode picks
     with a seeded random, the Hypothesis rule machine with draws, so both build the same
     syscalls."""
     if op in ("madvise_dontneed", "munmap"):
@@ -62,6 +63,8 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
                                         if v["mm"] == mm_id], "vma")]
     if op == "writeback":
         return ["start", cpu, op, 1]
+    if op == "clear_refs":
+        return ["start", cpu, op]
     return ["start", cpu, op, 1, pick(range(world["files"][0]["npages"]), "index")]
 
 
@@ -91,6 +94,7 @@ class SwarmPolicy:
         self.ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
         self.store_bias = rng.choice((0.5, 0.8))
         self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
+        self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
         self.world = world
 
     def pick(self, rng: random.Random, run: Run):
@@ -124,6 +128,12 @@ class SwarmPolicy:
             cpu = rng.choice([x.cpu_id for x in m.cpus if x.tlb])
             return ["evict", cpu, rng.choice(list(m.cpus[cpu].tlb)) & 0xffffffff]
         cpu = rng.choice(idle)
+        if kind == "access" and self.tlb_hit and rng.random() < self.tlb_hit:
+            # an access through a translation the CPU holds: where a stale entry shows
+            cached = list(m.cpus[cpu].tlb)
+            if cached:
+                return ["access", cpu, rng.choice(cached) & 0xffffffff,
+                        int(rng.random() < self.store_bias)]
         return _random_program_action(rng, run, self.world, cpu,
                                       None if kind == "access" else self.ops, self.store_bias)
 
@@ -151,6 +161,7 @@ class UniformPolicy:
                                  ["start", cpu, "munmap", vpn, n]]
                 acts.append(["start", cpu, "mmap", i])
             acts.append(["start", cpu, "writeback", 1])
+            acts.append(["start", cpu, "clear_refs"])
             acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
         for c in m.cpus:
             acts += [["evict", c.cpu_id, k & 0xffffffff] for k in c.tlb]

@@ -11,10 +11,12 @@ from mmfuzz.kernels import BUGS, resolve_kernel
 from mmfuzz.run import execute
 
 # (slug, seed, runs that seed needs today, run budget given)
-HUNTS = [("zap-rmap-before-flush", 3, 3010, 6000),
-         ("zap-rmap-before-flush", 4, 700, 6000),
-         ("madv-parallel-flush-miss", 1, 366, 2000),
-         ("madv-parallel-flush-miss", 4, 475, 2000)]
+HUNTS = [("zap-rmap-before-flush", 3, 752, 6000),
+         ("zap-rmap-before-flush", 2, 1398, 6000),
+         ("madv-parallel-flush-miss", 1, 240, 2000),
+         ("madv-parallel-flush-miss", 4, 149, 2000),
+         ("clear-refs-softdirty-no-flush", 1, 4, 100),
+         ("clear-refs-softdirty-no-flush", 3, 7, 100)]
 
 
 @pytest.mark.fuzz
@@ -33,7 +35,7 @@ def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget)
 @pytest.mark.fuzz
 def test_buggy_path_runs_and_shrunk_trace_shows_rmap_before_flush():
     bug = resolve_kernel("bug:zap-rmap-before-flush")
-    found, _ = explore(bug, 4, runs_max=6000)
+    found, _ = explore(bug, 3, runs_max=2000)
     world, schedule = shrink(bug, found.world, found.actions, found.prop)
     assert len(schedule) <= 24
     run, out = execute(bug, world, schedule, strict=True)

@@ -18,10 +18,10 @@ def _hyp(kernel, seed, n):
     return failure, cls
 
 
-# Under seed 1 with max_examples=500 the rule machine runs 365 examples (its shrinking
+# Under seed 3 with max_examples=500 the rule machine runs 538 examples (its shrinking
 # included) to find and shrink FreeBeforeFlush. Hypothesis's generation depends on
 # max_examples, so both are pinned.
-HYP_SEED, HYP_EXAMPLES, HYP_NEEDED = 1, 500, 365
+HYP_SEED, HYP_EXAMPLES, HYP_NEEDED = 3, 500, 538
 
 
 @pytest.mark.fuzz
