@@ -82,8 +82,10 @@ def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, 
 class SwarmPolicy:
     """Swarm testing: per run, some operations are switched off and each kind of action
     (step, IPI, access, syscall, eviction) gets its own weight; BUGGIFY-style scheduling knobs
-    make a CPU that holds a lock run less often (a lock held longer) and IPIs arrive late.
-    Every knob only biases the choice among legal interleavings; none changes the kernel."""
+    make a CPU that holds a lock run less often (a lock held longer) and IPIs arrive late, and
+    half of the runs aim half of their user accesses at VAs the CPU holds in its TLB (where a
+    stale translation shows). Every knob only biases the choice among legal interleavings;
+    none changes the kernel."""
 
     name = "swarm"
 
