@@ -363,8 +363,10 @@ def cmd_bugs(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
+        ws = max(len(r["slug"]) for r in rows)
+        wp = max(len(r["property"]) for r in rows)
         for r in rows:
-            print(f"{r['slug']:28} {r['fix']:14} {r['property']:32} {r['title']}")
+            print(f"{r['slug']:{ws}}  {r['fix']:12}  {r['property']:{wp}}  {r['title']}")
     return EXIT_CLEAN
 
 
