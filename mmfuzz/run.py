@@ -39,7 +39,7 @@ class Divergence(Exception):
     """A replayed action was not enabled: the saved schedule does not fit this kernel."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     index: int
     cpu: int
@@ -264,9 +264,10 @@ class Run:
             text = deliver_ipi(m, cpu)
         else:
             text = evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
-        step = Step(len(self.trace), cpu, text, list(action), op, tid)
+        action = list(action)
+        step = Step(len(self.trace), cpu, text, action, op, tid)
         self.trace.append(step)
-        self.actions.append(list(action))
+        self.actions.append(action)
         if self.check and self.violation is None:
             for prop in STEP_PROPERTIES:
                 v = prop(m, m.events)
