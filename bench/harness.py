@@ -66,7 +66,7 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
         policy = engine[4:]
 
         def campaign(s):
-            failure, stats = run_schedules_hypothesis(kernel, s, 500, policy)
+            failure, stats = run_schedules_hypothesis(kernel, s, 500, policy, polish=False)
             return failure, stats.runs_total
         return _chunked(kernel, seed, budget, campaign)
     t0 = time.perf_counter()

@@ -194,8 +194,6 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
     however long the campaign; the failure is polished by the schedule shrinker."""
     from strategies import run_hypothesis
     from strategies.schedules import run_schedules_hypothesis
-
-    from .explore import shrink
     chunk = 200
     t0 = time.perf_counter()
     runs = steps = 0
@@ -215,11 +213,6 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
         else:
             failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
                                                    on_progress=on_progress)
-            if failure is not None:
-                world, schedule = shrink(kcls, failure["world"], failure["schedule"],
-                                         failure["violation"].prop)
-                failure.update(world=world, schedule=schedule,
-                               hypothesis_len=len(failure["schedule"]))
         runs += st.runs_total
         steps += st.steps_total
         progress.update(runs, steps, force=True)

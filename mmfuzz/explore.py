@@ -51,9 +51,8 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
     """The start action of syscall ``op`` on ``cpu`` with its arguments chosen by
     ``pick(options, label)``: a range inside one of the process's VMAs (madvise, munmap),
     one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache); clear_refs
-    takes none (the CPU's own process). Fast mode picks
-    with a seeded random, the Hypothesis rule machine with draws, so both build the same
-    syscalls."""
+    takes none (the CPU's own process). Fast mode picks with a seeded random, the Hypothesis
+    rule machine with draws, so both build the same syscalls."""
     if op in ("madvise_dontneed", "munmap"):
         lo, hi = pick([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id], "vma")
         start = pick(range(lo, hi), "start")
@@ -184,17 +183,23 @@ class PctPolicy:
         ncpus = world["ncpus"]
         order = list(range(ncpus))
         rng.shuffle(order)
-        self.prio = {cpu: ncpus + rank for rank, cpu in enumerate(order)}
         depth = rng.choice((1, 2, 3, 3, 4))
-        self.change_points = sorted(rng.randrange(steps_max) for _ in range(depth - 1))
-        self.low = 0
-        self.ipi_take = rng.choice((1.0, 0.5, 0.1))
+        change_points = [rng.randrange(steps_max) for _ in range(depth - 1)]
+        ipi_take = rng.choice((1.0, 0.5, 0.1))
         ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
         store_bias = rng.choice((0.5, 0.8))
+        self._setup(world, order, change_points, ipi_take, {}, (ops, store_bias),
+                    [rng.randint(0, 3) for _ in range(ncpus)])
+
+    def _setup(self, world, order, change_points, ipi_take, programs, rng_args, draft):
+        self.prio = {cpu: world["ncpus"] + rank for rank, cpu in enumerate(order)}
+        self.change_points = sorted(change_points)
+        self.low = 0
+        self.ipi_take = ipi_take
         self.world = world
-        self.programs = {}
-        self._rng_args = (ops, store_bias)
-        self._draft = [rng.randint(0, 3) for _ in range(ncpus)]
+        self.programs = programs
+        self._rng_args = rng_args
+        self._draft = draft
         self.tick = 0
         self.last = None
         self.retry = {}
@@ -206,18 +211,9 @@ class PctPolicy:
         ``programs[cpu]`` is that CPU's list of starts and accesses (a test writes a known
         race this way)."""
         pol = cls.__new__(cls)
-        ncpus = world["ncpus"]
-        pol.prio = {cpu: ncpus + rank for rank, cpu in enumerate(order)}
-        pol.change_points = sorted(change_points)
-        pol.low = 0
-        pol.ipi_take = ipi_take
-        pol.world = world
-        pol.programs = {cpu: [list(a) for a in prog] for cpu, prog in enumerate(programs)}
-        pol._rng_args = ((), 0.5)
-        pol._draft = [0] * ncpus
-        pol.tick = 0
-        pol.last = None
-        pol.retry = {}
+        pol._setup(world, order, change_points, ipi_take,
+                   {cpu: [list(a) for a in prog] for cpu, prog in enumerate(programs)},
+                   ((), 0.5), [0] * world["ncpus"])
         return pol
 
     def _program(self, rng, run, cpu):

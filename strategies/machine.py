@@ -132,8 +132,8 @@ class MmStateMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def syscall(self, data):
         """An idle CPU enters the kernel: the entry point (madvise_dontneed, munmap, mmap,
-        writeback, drop_cache, clear_refs) is itself a drawn choice, so one rule serves them all and
-        Hypothesis does not reject rules whose CPUs are busy."""
+        writeback, drop_cache, clear_refs) is itself a drawn choice, so one rule serves them
+        all and Hypothesis does not reject rules whose CPUs are busy."""
         cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
         op = data.draw(st.sampled_from(SYSCALLS), label="entry")
         self._apply(syscall_action(lambda options, label: data.draw(st.sampled_from(options),
@@ -189,10 +189,15 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
         run_state_machine_as_test(seeded, settings=settings_for(max_examples, stateful_step_count))
     except PropertyViolated:
         failure = dict(cls.last_failure)
-        if polish:
-            from mmfuzz.explore import shrink
-            world, schedule = shrink(kernel_cls, failure["world"], failure["schedule"],
-                                     failure["violation"].prop)
-            failure.update(world=world, schedule=schedule, hypothesis_len=len(failure["schedule"]))
-        return failure, cls
+        return (polish_failure(kernel_cls, failure) if polish else failure), cls
     return None, cls
+
+
+def polish_failure(kernel_cls, failure: dict) -> dict:
+    """The schedule shrinker run on what Hypothesis found: plain actions, shortest it can make
+    them; the length Hypothesis reported is kept as hypothesis_len."""
+    from mmfuzz.explore import shrink
+    world, schedule = shrink(kernel_cls, failure["world"], failure["schedule"],
+                             failure["violation"].prop)
+    failure.update(world=world, schedule=schedule, hypothesis_len=len(failure["schedule"]))
+    return failure

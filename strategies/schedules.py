@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from mmfuzz.explore import POLICIES, run_policy
 
-from .machine import settings_for, worlds
+from .machine import polish_failure, settings_for, worlds
 
 STRATEGIES = tuple(POLICIES)   # swarm, uniform, pct
 ACTIONS_MAX = 60
@@ -56,12 +56,13 @@ class _Stats:
 
 def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
                              policy: str = "swarm", on_progress=None,
-                             hypothesis_shrink: bool = False):
+                             hypothesis_shrink: bool = False, polish: bool = True):
     """One Hypothesis campaign over ``schedules(policy)``. Returns (failure or None, stats with
     runs_total and steps_total). The failure is the run Hypothesis shrank to: its world and the
     schedule of actions up to the violation (or the whole schedule, for a violation found at
-    quiescence). With ``hypothesis_shrink`` off (the default) Hypothesis only generates and
-    the caller polishes the failure with the schedule shrinker: the random's choices are
+    quiescence), polished by the schedule shrinker unless ``polish`` is off. With
+    ``hypothesis_shrink`` off (the default) Hypothesis only generates and the schedule
+    shrinker does all the shrinking: the random's choices are
     consumed in order, so a change to one early choice re-rolls every later one and
     Hypothesis's shrinker spends seconds where explore.shrink, which deletes actions from
     the concrete schedule, needs a fraction of one."""
@@ -91,5 +92,6 @@ def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     try:
         search()
     except AssertionError:
-        return box["failure"], stats
+        failure = box["failure"]
+        return (polish_failure(kernel_cls, failure) if polish else failure), stats
     return None, stats
