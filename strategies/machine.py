@@ -10,6 +10,8 @@ from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
 from mmfuzz.run import Run
 
+from .determinism import no_source_constants
+
 
 class PropertyViolated(AssertionError):
     pass
@@ -55,6 +57,7 @@ class MmStateMachine(RuleBasedStateMachine):
     last_failure: dict | None = None
     steps_total = 0
     runs_total = 0
+    first_failure_run: int | None = None
     on_progress = None
 
     def __init__(self):
@@ -77,6 +80,8 @@ class MmStateMachine(RuleBasedStateMachine):
             self._fail(self.run.violation, self.run.violation_step, "step")
 
     def _fail(self, v, step, phase):
+        if type(self).first_failure_run is None:
+            type(self).first_failure_run = type(self).runs_total
         type(self).last_failure = {
             "world": self.run.world,
             "schedule": [list(a) for a in self.run.actions[: (step + 1) if step is not None
@@ -163,7 +168,7 @@ def machine_for(kernel_cls) -> type:
     """A state-machine class bound to one kernel variant (its own counters and last failure)."""
     return type(f"MmStateMachine_{kernel_cls.__name__}", (MmStateMachine,),
                 {"kernel_cls": kernel_cls, "last_failure": None, "steps_total": 0,
-                 "runs_total": 0})
+                 "runs_total": 0, "first_failure_run": None})
 
 
 def settings_for(max_examples: int, stateful_step_count: int = 60) -> settings:
@@ -186,7 +191,9 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     cls.on_progress = on_progress
     seeded = seed(seed_value)(cls)
     try:
-        run_state_machine_as_test(seeded, settings=settings_for(max_examples, stateful_step_count))
+        with no_source_constants():
+            run_state_machine_as_test(seeded,
+                                      settings=settings_for(max_examples, stateful_step_count))
     except PropertyViolated:
         failure = dict(cls.last_failure)
         return (polish_failure(kernel_cls, failure) if polish else failure), cls

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from mmfuzz.explore import POLICIES, run_policy
 
+from .determinism import no_source_constants
 from .machine import polish_failure, settings_for, worlds
 
 STRATEGIES = tuple(POLICIES)   # swarm, uniform, pct
@@ -90,7 +91,8 @@ def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
             raise AssertionError(v.why)
 
     try:
-        search()
+        with no_source_constants():
+            search()
     except AssertionError:
         failure = box["failure"]
         return (polish_failure(kernel_cls, failure) if polish else failure), stats
