@@ -115,6 +115,7 @@ def test_fuzz_mainline_short_budget_is_clean():
     assert "summary: kernel=mainline engine=hypothesis/swarm seed=1: no violation in" in r.stdout
 
 
+@pytest.mark.cost(2)
 def test_fuzz_rule_machine_strategy_runs():
     r = mmfuzz("fuzz", "--strategy", "rules", "--examples", "60", "--seed", "1", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr

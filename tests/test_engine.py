@@ -26,6 +26,7 @@ HYP_SEED, HYP_EXAMPLES, HYP_FIRST, HYP_NEEDED = 3, 500, 237, 538
 
 
 @pytest.mark.fuzz
+@pytest.mark.cost(5)
 def test_hypothesis_finds_free_before_flush():
     failure, cls = _hyp(FreeBeforeFlush, HYP_SEED, HYP_EXAMPLES)
     assert failure is not None, "Hypothesis did not find FreeBeforeFlush"
@@ -39,6 +40,7 @@ def test_hypothesis_finds_free_before_flush():
 
 
 @pytest.mark.fuzz
+@pytest.mark.cost(6)
 def test_hypothesis_leaves_mainline_clean_on_the_budget_that_found_the_bug():
     """Mainline under the same seed for as many examples as the bug needed to show (plus a
     margin); the full 500 would cost 14 s for no more coverage of the pinned search."""

@@ -77,6 +77,7 @@ def test_schedule_replays_strictly(path):
     assert not any(a[0] == "evict" for a in res.schedule)
 
 
+@pytest.mark.cost(2)
 @pytest.mark.parametrize("path", [p for p in FILES if load(p).kernel.startswith("bug:")],
                          ids=[i for p, i in zip(FILES, IDS) if load(p).kernel.startswith("bug:")])
 def test_mainline_closes_every_interleaving(path):

@@ -20,7 +20,9 @@ def test_policies_are_deterministic_per_seed():
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 262), ("uniform", 4, 600)])
+@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 262),
+                                                 pytest.param("uniform", 4, 600,
+                                                             marks=pytest.mark.cost(1))])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
     found, _ = explore(bug, seed, runs_max=needed, policy=policy)
@@ -71,7 +73,8 @@ def test_random_worlds_are_valid():
 # with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed).
 # The counts are the same in a script and under pytest (strategies/determinism.py).
 HYP_HUNTS = [("swarm", "fbf", 1, 10), ("pct", "fbf", 3, 6), ("uniform", "fbf", 3, 55),
-             ("swarm", "bug:madv-parallel-flush-miss", 1, 466)]
+             pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 466,
+                          marks=pytest.mark.cost(7))]
 
 
 @pytest.mark.fuzz
