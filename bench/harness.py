@@ -27,12 +27,13 @@ from mmfuzz.explore import explore, shrink  # noqa: E402
 from mmfuzz.kernel import Mainline  # noqa: E402
 from mmfuzz.kernels import BUGS  # noqa: E402
 from mmfuzz.trace import segments  # noqa: E402
+from strategies.schedules import CHUNK_EXAMPLES  # noqa: E402
 
 
 def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
-    """Chunks of 500 examples under successive seeds until a failure or the budget; the
-    failure is then polished by the schedule shrinker. ``campaign(seed)`` returns
-    (failure or None, examples run)."""
+    """Chunks of CHUNK_EXAMPLES examples (as ``mmfuzz fuzz``) under successive seeds until a
+    failure or the budget; the failure is then polished by the schedule shrinker.
+    ``campaign(seed)`` returns (failure or None, examples run)."""
     t0 = time.perf_counter()
     runs = chunk = 0
     while time.perf_counter() - t0 < budget:
@@ -58,7 +59,7 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
         from strategies import run_hypothesis
 
         def campaign(s):
-            failure, cls = run_hypothesis(kernel, s, 500, polish=False)
+            failure, cls = run_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False)
             return failure, cls.runs_total
         return _chunked(kernel, seed, budget, campaign)
     if engine.startswith("hyp-"):
@@ -66,7 +67,8 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
         policy = engine[4:]
 
         def campaign(s):
-            failure, stats = run_schedules_hypothesis(kernel, s, 500, policy, polish=False)
+            failure, stats = run_schedules_hypothesis(kernel, s, CHUNK_EXAMPLES, policy,
+                                                      polish=False)
             return failure, stats.runs_total
         return _chunked(kernel, seed, budget, campaign)
     t0 = time.perf_counter()
@@ -133,9 +135,9 @@ rss = []
 t0 = time.perf_counter()
 chunk = 0
 if {engine!r} == "hypothesis":
-    from strategies.schedules import run_schedules_hypothesis
+    from strategies.schedules import CHUNK_EXAMPLES, run_schedules_hypothesis
     while time.perf_counter() - t0 < {seconds}:
-        run_schedules_hypothesis(Mainline, 777 + chunk, 500)
+        run_schedules_hypothesis(Mainline, 777 + chunk, CHUNK_EXAMPLES)
         chunk += 1
         rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 else:

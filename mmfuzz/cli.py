@@ -190,11 +190,11 @@ def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress, 
 
 
 def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
-    """Chunks of at most 200 examples under seeds seed * 1000003 + i, so memory stays flat
-    however long the campaign; the failure is polished by the schedule shrinker."""
+    """Chunks of at most CHUNK_EXAMPLES examples under seeds seed * 1000003 + i, so memory stays
+    flat however long the campaign; the failure is polished by the schedule shrinker."""
     from strategies import run_hypothesis
-    from strategies.schedules import run_schedules_hypothesis
-    chunk = 200
+    from strategies.schedules import CHUNK_EXAMPLES, run_schedules_hypothesis
+    chunk = CHUNK_EXAMPLES
     t0 = time.perf_counter()
     runs = steps = 0
     i = 0
