@@ -8,7 +8,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition
 from mmfuzz.explore import syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
-from mmfuzz.run import Run
+from mmfuzz.run import OPS, Run
 
 from .determinism import no_source_constants
 
@@ -18,7 +18,7 @@ class PropertyViolated(AssertionError):
 
 
 BURSTS = st.integers(1, 8)
-SYSCALLS = ("madvise_dontneed", "writeback", "munmap", "drop_cache", "mmap", "clear_refs")
+SYSCALLS = tuple(OPS)   # every syscall the model has, in mmfuzz.run.OPS order
 
 
 @st.composite

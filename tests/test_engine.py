@@ -18,15 +18,15 @@ def _hyp(kernel, seed, n):
     return failure, cls
 
 
-# Under seed 3 with max_examples=500 the rule machine first fails at example 237 and has run
-# 538 examples (its shrinking included) when the shrunk failure is back. Hypothesis's
+# Under seed 2 with max_examples=500 the rule machine first fails at example 169 and has run
+# 536 examples (its shrinking included) when the shrunk failure is back. Hypothesis's
 # generation depends on max_examples, so both are pinned. The counts are the same in a script,
 # the CLI and any pytest worker (strategies/determinism.py).
-HYP_SEED, HYP_EXAMPLES, HYP_FIRST, HYP_NEEDED = 3, 500, 237, 538
+HYP_SEED, HYP_EXAMPLES, HYP_FIRST, HYP_NEEDED = 2, 500, 169, 536
 
 
 @pytest.mark.fuzz
-@pytest.mark.cost(5)
+@pytest.mark.cost(4)
 def test_hypothesis_finds_free_before_flush():
     failure, cls = _hyp(FreeBeforeFlush, HYP_SEED, HYP_EXAMPLES)
     assert failure is not None, "Hypothesis did not find FreeBeforeFlush"
@@ -40,7 +40,7 @@ def test_hypothesis_finds_free_before_flush():
 
 
 @pytest.mark.fuzz
-@pytest.mark.cost(6)
+@pytest.mark.cost(5)
 def test_hypothesis_leaves_mainline_clean_on_the_budget_that_found_the_bug():
     """Mainline under the same seed for as many examples as the bug needed to show (plus a
     margin); the full 500 would cost 14 s for no more coverage of the pinned search."""
@@ -72,6 +72,7 @@ def test_leak_rmap_trips_accounting():
     assert found is not None and found.prop == "accounting"
 
 
+@pytest.mark.cost(2)
 def test_same_seed_same_search_whatever_modules_are_loaded(tmp_path, monkeypatch):
     """Hypothesis draws some integers from constants in the source of loaded local modules;
     a seeded campaign must not change because another module was imported (Principle 3)."""
