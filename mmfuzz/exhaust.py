@@ -83,6 +83,8 @@ class ExhaustResult:
     pruned: int = 0                   # choices not taken because they exceeded the bound
     elapsed_s: float = 0.0
     props: dict = field(default_factory=dict)   # property -> violating leaves
+    shortest: list | None = None      # the shortest violating interleaving seen (with
+                                      # stop_at_first=False: the shortest within the bound)
 
 
 class _Stop(Exception):
@@ -132,6 +134,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
         res.props[v.prop] = res.props.get(v.prop, 0) + 1
         if res.violation is None:
             res.violation, res.schedule, res.phase = v, [list(a) for a in sched], phase
+        if res.shortest is None or len(sched) < len(res.shortest):
+            res.shortest = [list(a) for a in sched]
         if stop_at_first:
             raise _Stop
 
