@@ -30,6 +30,18 @@ from mmfuzz.trace import segments  # noqa: E402
 from strategies.schedules import CHUNK_EXAMPLES  # noqa: E402
 
 
+def _commit() -> str:
+    """The measured commit, with "+changes" if the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
+
+
 def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
     """Chunks of CHUNK_EXAMPLES examples (as ``mmfuzz fuzz``) under successive seeds until a
     failure or the budget; the failure is then polished by the schedule shrinker.
@@ -202,7 +214,7 @@ def main(argv=None) -> int:
     lines.append(f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
                  f"{platform.system()} {platform.release()}; Python "
                  f"{platform.python_version()}, hypothesis {hypothesis.__version__}, "
-                 f"mmfuzz {__version__}.")
+                 f"mmfuzz {__version__}; commit {_commit()}.")
     lines.append("")
     lines.append("Each seed runs on one core from scratch (no corpus, no database) with the "
                  f"given budget of {a.budget:g} s. Values are median / max over the seeds that "
