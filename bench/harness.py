@@ -71,7 +71,8 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
         from strategies import run_hypothesis
 
         def campaign(s):
-            failure, cls = run_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False)
+            failure, cls = run_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False,
+                                          hypothesis_shrink=False)
             return failure, cls.runs_total
         return _chunked(kernel, seed, budget, campaign)
     if engine.startswith("hyp-"):

@@ -191,7 +191,9 @@ def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress, 
 
 def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
     """Chunks of at most CHUNK_EXAMPLES examples under seeds seed * 1000003 + i, so memory stays
-    flat however long the campaign; the failure is polished by the schedule shrinker."""
+    flat however long the campaign. Hypothesis's own shrink phase is off for every strategy (it
+    has no time bound of ours: one rule-machine find under --budget 30 took 123 s); the failure is
+    polished by the schedule shrinker."""
     from strategies import run_hypothesis
     from strategies.schedules import CHUNK_EXAMPLES, run_schedules_hypothesis
     chunk = CHUNK_EXAMPLES
@@ -209,7 +211,8 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
         def on_progress(c):
             progress.update(base_runs + c.runs_total, base_steps + c.steps_total)
         if strategy == "rules":
-            failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n, on_progress=on_progress)
+            failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n, on_progress=on_progress,
+                                         hypothesis_shrink=False)
         else:
             failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
                                                    on_progress=on_progress)

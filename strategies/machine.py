@@ -183,17 +183,22 @@ def settings_for(max_examples: int, stateful_step_count: int = 60) -> settings:
 
 
 def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
-                   stateful_step_count: int = 60, on_progress=None, polish: bool = True):
+                   stateful_step_count: int = 60, on_progress=None, polish: bool = True,
+                   hypothesis_shrink: bool = True):
     """One Hypothesis campaign. Returns (failure or None, the machine class with its counters).
     Hypothesis's shrinker works on its choice sequence, where a CPU is an index into the CPUs
-    enabled at that moment; the schedule shrinker then polishes the result as plain actions."""
+    enabled at that moment; the schedule shrinker then polishes the result as plain actions.
+    With ``hypothesis_shrink`` off only the schedule shrinker runs: Hypothesis's pass has no
+    time bound of ours and took 40 s to minutes on some seeds (``mmfuzz fuzz`` turns it off)."""
     cls = machine_for(kernel_cls)
     cls.on_progress = on_progress
     seeded = seed(seed_value)(cls)
+    s = settings_for(max_examples, stateful_step_count)
+    if not hypothesis_shrink:
+        s = settings(s, phases=(Phase.explicit, Phase.generate))
     try:
         with no_source_constants():
-            run_state_machine_as_test(seeded,
-                                      settings=settings_for(max_examples, stateful_step_count))
+            run_state_machine_as_test(seeded, settings=s)
     except PropertyViolated:
         failure = dict(cls.last_failure)
         return (polish_failure(kernel_cls, failure) if polish else failure), cls

@@ -92,3 +92,17 @@ def test_same_seed_same_search_whatever_modules_are_loaded(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module("mmfuzz_constants_probe")
     assert campaign() == before
+
+
+@pytest.mark.fuzz
+def test_rule_machine_without_hypothesis_shrink_stops_at_the_first_failure():
+    """Campaign mode (``mmfuzz fuzz --strategy rules``): no Hypothesis shrink phase, so the
+    campaign ends one replay after the first failure, and the schedule shrinker alone still
+    brings it to a short replayable schedule."""
+    failure, cls = run_hypothesis(FreeBeforeFlush, HYP_SEED, HYP_EXAMPLES, hypothesis_shrink=False)
+    assert failure is not None and failure["violation"].prop == "no-use-after-free-via-TLB"
+    assert cls.first_failure_run <= HYP_FIRST
+    assert cls.runs_total <= cls.first_failure_run + 1
+    assert len(failure["schedule"]) <= 12
+    _, out = execute(FreeBeforeFlush, failure["world"], failure["schedule"], strict=True)
+    assert out.violation is not None and out.violation.prop == "no-use-after-free-via-TLB"
