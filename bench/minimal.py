@@ -11,7 +11,6 @@ rows. Writes bench/RESULTS-minimal.md. Never run as a test.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ sys.path.insert(0, ROOT)
 from mmfuzz.corpus import load  # noqa: E402
 from mmfuzz.exhaust import exhaust_cx  # noqa: E402
 from mmfuzz.kernels import BUGS  # noqa: E402
+from mmfuzz.pytest_plugin import corpus_files  # noqa: E402
 from mmfuzz.trace import segments  # noqa: E402
 
 
@@ -42,10 +42,9 @@ def main(argv=None) -> int:
              "| bug | diagram rows | entry | saved actions / rows | shortest actions / rows "
              "| interleavings | exhaustive |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    entries = [(path, load(path)) for path in corpus_files(os.path.join(ROOT, "corpus"))]
     for bug in BUGS:
-        for path in sorted(glob.glob(os.path.join(ROOT, "corpus", "**", "*.json"),
-                                     recursive=True)):
-            cx = load(path)
+        for path, cx in entries:
             if cx.kernel != f"bug:{bug.slug}":
                 continue
             res = exhaust_cx(cx, preemptions_max=a.preemptions, states_max=a.states_max,

@@ -171,14 +171,16 @@ def machine_for(kernel_cls) -> type:
                  "runs_total": 0, "first_failure_run": None})
 
 
-def settings_for(max_examples: int, stateful_step_count: int = 60) -> settings:
+def settings_for(max_examples: int, stateful_step_count: int = 60,
+                 shrink: bool = True) -> settings:
     """Explicit settings: never rely on Hypothesis's automatic `ci` profile, which
     derandomizes and drops the database when CI is set. No example database (counterexamples
     live in corpus/ as JSON), no deadline, no explain phase (it is slow and the trace already
     explains)."""
     return settings(max_examples=max_examples, stateful_step_count=stateful_step_count,
                     deadline=None, derandomize=False, database=None, print_blob=False,
-                    phases=(Phase.explicit, Phase.generate, Phase.shrink),
+                    phases=((Phase.explicit, Phase.generate)
+                            + ((Phase.shrink,) if shrink else ())),
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
 
 
@@ -193,9 +195,7 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     cls = machine_for(kernel_cls)
     cls.on_progress = on_progress
     seeded = seed(seed_value)(cls)
-    s = settings_for(max_examples, stateful_step_count)
-    if not hypothesis_shrink:
-        s = settings(s, phases=(Phase.explicit, Phase.generate))
+    s = settings_for(max_examples, stateful_step_count, shrink=hypothesis_shrink)
     try:
         with no_source_constants():
             run_state_machine_as_test(seeded, settings=s)

@@ -23,7 +23,7 @@ actions that replays without Hypothesis.
 
 from __future__ import annotations
 
-from hypothesis import Phase, given, seed, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from mmfuzz.explore import POLICIES, run_policy
@@ -72,11 +72,10 @@ def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     Hypothesis's shrinker spends seconds where explore.shrink, which deletes actions from
     the concrete schedule, needs a fraction of one."""
     stats = _Stats()
-    phases = (Phase.explicit, Phase.generate) + ((Phase.shrink,) if hypothesis_shrink else ())
     box: dict = {}
 
     @seed(seed_value)
-    @settings(settings_for(max_examples), phases=phases)
+    @settings(settings_for(max_examples, shrink=hypothesis_shrink))
     @given(schedules(policy))
     def search(case):
         world, rng = case
