@@ -1,0 +1,7 @@
+"""``python -m mmfuzz``: the same as the ``mmfuzz`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
