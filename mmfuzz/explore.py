@@ -19,8 +19,9 @@ ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
 
 
 def random_world(rng: random.Random) -> dict:
-    """A small world: 2-3 CPUs of one or two processes, a file of 2-4 pages mapped shared in
-    every process, an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
+    """A small world: 2-3 CPUs of one or two processes, sometimes one more CPU with no process
+    (for a forked child), a file of 2-4 pages mapped in every process (shared, or private in
+    the first), an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
     mmu_gather, and a few prefaulted pages."""
     ncpus = rng.choice((2, 3, 3))
     two_mm = ncpus == 3 and rng.random() < 0.25
@@ -42,12 +43,20 @@ def random_world(rng: random.Random) -> dict:
         cpu = rng.randrange(ncpus)
         vma = rng.choice([v for v in vmas if v["mm"] == cpu_mm[cpu]])
         prefault.append([cpu, rng.randrange(vma["start"], vma["end"]), int(rng.random() < 0.7)])
+    # drawn last, so that the shapes above stay what they were: sometimes a CPU with no
+    # process (a fork places its child there), sometimes the first process maps the file
+    # MAP_PRIVATE (read faults map the page cache read-only, writes COW it)
+    if rng.random() < 0.3:
+        ncpus += 1
+        cpu_mm = cpu_mm + [0]
+    if rng.random() < 0.25:
+        vmas[0] = dict(vmas[0], shared=False)
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
             "nframes": 64, "files": [{"id": 1, "npages": npages}], "vmas": vmas,
             "gather": gather, "prefault": prefault}
 
 
-def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
+def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str, run=None) -> list:
     """The start action of syscall ``op`` on ``cpu`` with its arguments chosen by
     ``pick(options, label)``: a range inside one of the process's VMAs (madvise, munmap),
     one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache); clear_refs
@@ -62,20 +71,30 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
                                         if v["mm"] == mm_id], "vma")]
     if op == "writeback":
         return ["start", cpu, op, 1]
-    if op == "clear_refs":
+    if op in ("clear_refs", "exit"):
         return ["start", cpu, op]
+    if op == "fork":
+        free = [c.cpu_id for c in run.m.cpus if c.mm_id == 0 and not c.reserved] if run else []
+        return ["start", cpu, op, pick(free or [cpu], "child_cpu")]
     return ["start", cpu, op, 1, pick(range(world["files"][0]["npages"]), "index")]
 
 
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
                            store_bias: float):
-    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs."""
-    mm_id = run.m.cpus[cpu].mm_id
+    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs. A
+    CPU without a process can only start a kernel thread (None if none is enabled)."""
+    if run.m.cpus[cpu].mm_id == 0:
+        kthread_ops = [op for op in (ops or ()) if not OPS[op][1]]
+        if not kthread_ops:
+            return None
+        return syscall_action(lambda options, label: rng.choice(options), world, 0, cpu,
+                              rng.choice(kthread_ops), run)
+    mm_id = run.process_origin(cpu)
     if ops is None:
         lo, hi = rng.choice([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id])
         return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < store_bias)]
     return syscall_action(lambda options, label: rng.choice(options), world, mm_id, cpu,
-                          rng.choice(ops))
+                          rng.choice(ops), run)
 
 
 class SwarmPolicy:
@@ -97,6 +116,8 @@ class SwarmPolicy:
         self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
         self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
         self.world = world
+        # without an enabled kernel-thread operation, a CPU with no process has nothing to start
+        self.process_only = all(OPS[op][1] for op in self.ops)
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
@@ -109,9 +130,11 @@ class SwarmPolicy:
             choices.append((w, ("step", cpu)))
         for cpu in run.ipi_cpus():
             choices.append((kw["ipi"], ("ipi", cpu)))
-        idle = run.idle_cpus()
+        idle_proc = run.idle_process_cpus()
+        idle = idle_proc if self.process_only else run.idle_cpus()
+        if idle_proc:
+            choices.append((kw["access"] * len(idle_proc), ("access",)))
         if idle:
-            choices.append((kw["access"] * len(idle), ("access",)))
             choices.append((kw["start"] * len(idle), ("start",)))
         if kw["evict"] and any(c.tlb for c in m.cpus):
             choices.append((kw["evict"], ("evict",)))
@@ -128,6 +151,8 @@ class SwarmPolicy:
         if kind == "evict":
             cpu = rng.choice([x.cpu_id for x in m.cpus if x.tlb])
             return ["evict", cpu, rng.choice(list(m.cpus[cpu].tlb)) & 0xffffffff]
+        if kind == "access":
+            idle = idle_proc
         cpu = rng.choice(idle)
         if kind == "access" and self.tlb_hit and rng.random() < self.tlb_hit:
             # an access through a translation the CPU holds: where a stale entry shows
@@ -152,7 +177,11 @@ class UniformPolicy:
         m = run.m
         acts = [["step", c] for c in run.runnable_cpus()] + [["ipi", c] for c in run.ipi_cpus()]
         for cpu in run.idle_cpus():
-            mm_id = m.cpus[cpu].mm_id
+            if m.cpus[cpu].mm_id == 0:  # no process: kernel threads only
+                acts.append(["start", cpu, "writeback", 1])
+                acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
+                continue
+            mm_id = run.process_origin(cpu)
             mine = [(i, v) for i, v in enumerate(self.world["vmas"]) if v["mm"] == mm_id]
             for i, v in mine:
                 for vpn in range(v["start"], v["end"]):
@@ -164,6 +193,9 @@ class UniformPolicy:
             acts.append(["start", cpu, "writeback", 1])
             acts.append(["start", cpu, "clear_refs"])
             acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
+            acts.append(["start", cpu, "exit"])
+            acts += [["start", cpu, "fork", c.cpu_id] for c in m.cpus
+                     if c.mm_id == 0 and not c.reserved]
         for c in m.cpus:
             acts += [["evict", c.cpu_id, k & 0xffffffff] for k in c.tlb]
         return rng.choice(acts) if acts else None
@@ -222,7 +254,9 @@ class PctPolicy:
             prog = []
             for _ in range(self._draft[cpu]):
                 kind_ops = None if rng.random() < 0.5 else ops
-                prog.append(_random_program_action(rng, run, self.world, cpu, kind_ops, store_bias))
+                action = _random_program_action(rng, run, self.world, cpu, kind_ops, store_bias)
+                if action is not None:  # None: nothing a CPU without a process can start
+                    prog.append(action)
             self.programs[cpu] = prog
         return self.programs[cpu]
 

@@ -28,6 +28,8 @@ OPS = {
     "writeback": (("file",), False),
     "drop_cache": (("file", "index"), False),
     "clear_refs": ((), True),
+    "fork": (("child_cpu",), True),
+    "exit": ((), True),
 }
 
 
@@ -84,6 +86,11 @@ def validate_world(world: dict) -> None:
             raise ValueError(f"world lacks {key!r}")
     if len(world["cpu_mm"]) != world["ncpus"] or not 1 <= world["ncpus"] <= 8:
         raise ValueError("world: cpu_mm must name one mm per CPU (1-8 CPUs)")
+    if not any(world["cpu_mm"]):
+        raise ValueError("world: at least one CPU must run a process (cpu_mm 0 means none)")
+    for cpu, _vpn, _w in world["prefault"]:
+        if not 0 <= cpu < world["ncpus"] or world["cpu_mm"][cpu] == 0:
+            raise ValueError(f"world: prefault on CPU{cpu}, which runs no process")
     for key in ("local_max", "batch_max", "batch_count_max"):
         if not isinstance(world["gather"].get(key), int) or world["gather"][key] < 1:
             raise ValueError(f"world: gather.{key} must be a positive integer")
@@ -120,9 +127,12 @@ class Run:
         for fs in self.world["files"]:
             m.files[fs["id"]] = FileObj(fs["id"], fs["npages"])
         for mm_id in sorted(set(self.world["cpu_mm"])):
-            m.mms[mm_id] = Mm(mm_id, self.world["npmds"])
+            if mm_id:  # 0: a CPU with no process (a fork may place a child there)
+                m.mms[mm_id] = Mm(mm_id, self.world["npmds"])
         for cpu_id, mm_id in enumerate(self.world["cpu_mm"]):
-            m.mms[mm_id].cpumask.append(cpu_id)
+            if mm_id:
+                m.mms[mm_id].cpumask.append(cpu_id)
+                m.mms[mm_id].users += 1
         for spec in self.world["vmas"]:
             mm = m.mms.get(spec["mm"])
             if mm is None:
@@ -150,6 +160,15 @@ class Run:
     def idle_cpus(self) -> list[int]:
         return [c.cpu_id for c in self.m.cpus if c.task is None]
 
+    def idle_process_cpus(self) -> list[int]:
+        """Idle CPUs that run a process (user accesses and process syscalls need one)."""
+        return [c.cpu_id for c in self.m.cpus if c.task is None and c.mm_id != 0]
+
+    def process_origin(self, cpu: int) -> int:
+        """The world mm whose VMA list describes the process on ``cpu`` (a forked child
+        copies its parent's): where the fuzzer draws addresses and mmap templates."""
+        return self.m.mms[self.m.cpus[cpu].mm_id].origin
+
     def runnable_cpus(self) -> list[int]:
         out = []
         for c in self.m.cpus:
@@ -168,7 +187,7 @@ class Run:
     def _start_task(self, cpu: int, name: str, args: tuple) -> Task:
         m = self.m
         c = m.cpus[cpu]
-        mm = m.mms[c.mm_id]
+        mm = m.mms.get(c.mm_id)  # None on a CPU without a process (kernel threads only)
         t = Task(self.next_tid, cpu, name, args, mm)
         self.next_tid += 1
         k = self.kernel
@@ -176,6 +195,8 @@ class Run:
             t.gen = k.do_user_addr_fault(t, args[0], args[1])
         else:
             t.gen = getattr(k, name)(t, *args)
+            if name == "fork":
+                m.cpus[args[0]].reserved = True  # the child's CPU is taken from now on
         c.task = t
         return t
 
@@ -224,9 +245,18 @@ class Run:
         if kind == "step":
             return c.task is not None and (c.task.wait is None or c.task.wait.cond())
         if kind == "start":
-            return c.task is None and action[2] in OPS and len(action) == 3 + len(OPS[action[2]][0])
+            op = action[2]
+            if c.task is not None or op not in OPS or len(action) != 3 + len(OPS[op][0]):
+                return False
+            if OPS[op][1] and c.mm_id == 0:
+                return False  # a process operation needs a process on this CPU
+            if op == "fork":
+                child = action[3]
+                return (isinstance(child, int) and 0 <= child < len(m.cpus)
+                        and m.cpus[child].mm_id == 0 and not m.cpus[child].reserved)
+            return True
         if kind == "access":
-            return c.task is None
+            return c.task is None and c.mm_id != 0
         if kind == "ipi":
             return bool(c.ipi_queue) and not c.irqs_off
         if kind == "evict":
