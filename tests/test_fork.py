@@ -174,3 +174,71 @@ def test_a_fault_under_the_per_vma_lock_runs_while_fork_write_locks_another_vma(
     r.drain()
     assert m.cpus[3].mm_id == 2 and pte(r, 2, 5) is not None   # fork copied the new page
     assert r.quiesce() is None
+
+
+# ------------------------------------------------------- do_wp_page's reuse rules -------
+def _cve_2020_29374(kernel):
+    """fork; the child takes a R/O reference to the shared anon page (what vmsplice's FOLL_GET
+    leaves: one more refcount, no pin) and unmaps it; the parent writes. Returns (the page,
+    the parent's PTE after the write)."""
+    from mmfuzz.kernels import resolve_kernel as rk
+    r = Run(rk(kernel) if isinstance(kernel, str) else kernel, fork_world())
+    folio = r.m.frames[pte(r, 1, 4).pfn]
+    run_op(r, 1, "fork", 3)
+    folio.refcount += 1                                       # the pipe's reference
+    run_op(r, 3, "munmap", 4, 2)
+    assert folio.mapcount == 1 and folio.refcount == 2
+    store(r, 0, 4)
+    return r, folio, pte(r, 1, 4)
+
+
+def test_mainline_copies_a_shared_page_the_pipe_still_references():
+    r, folio, p = _cve_2020_29374("mainline")
+    assert p.pfn != folio.pfn and p.write                    # wp_page_copy: refcount 2 > 1
+    folio.refcount -= 1
+    assert r.quiesce() is None
+
+
+def test_mapcount_reuse_rule_writes_into_the_page_the_pipe_reads():
+    from mmfuzz.kernels import WpReuseMapcount
+    r, folio, p = _cve_2020_29374(WpReuseMapcount)
+    assert p.pfn == folio.pfn and p.write                    # reused: the pipe sees the store
+    assert folio.data != 0
+    folio.refcount -= 1
+
+
+def _pinned_then_write_protected(kernel):
+    """An exclusive anon page with a R/W pin (FOLL_PIN | FOLL_WRITE: pincount and one more
+    refcount here), then clear_refs write-protects its PTE; the process writes."""
+    r = Run(kernel, fork_world())
+    folio = r.m.frames[pte(r, 1, 4).pfn]
+    folio.pincount += 1
+    folio.refcount += 1
+    run_op(r, 1, "clear_refs")
+    assert not pte(r, 1, 4).write
+    store(r, 0, 4)
+    return r, folio, pte(r, 1, 4)
+
+
+def test_mainline_reuses_an_exclusive_pinned_page_on_a_write_fault():
+    r, folio, p = _pinned_then_write_protected(MAINLINE)
+    assert p.pfn == folio.pfn and p.write                    # PG_anon_exclusive: reuse
+    folio.pincount -= 1
+    folio.refcount -= 1
+    assert r.quiesce() is None
+
+
+def test_page_count_reuse_rule_copies_a_pinned_page_the_wrong_way():
+    from mmfuzz.kernels import WpReusePageCount
+    r, folio, p = _pinned_then_write_protected(WpReusePageCount)
+    assert p.pfn != folio.pfn                                # copied: pin and PTE disagree
+    assert folio.pincount == 1 and folio.mapcount == 0
+
+
+def test_reuse_rule_variants_are_not_catalogued_and_resolve_by_name():
+    from mmfuzz.kernels import BUGS, WpReuseMapcount, WpReusePageCount
+    assert all(b.kernel not in (WpReuseMapcount, WpReusePageCount) for b in BUGS)
+    for cls in (WpReuseMapcount, WpReusePageCount):
+        assert resolve_kernel(cls.name) is cls
+        # they differ from mainline only in the reuse decision
+        assert [k for k in vars(cls) if not k.startswith("__")] == ["name", "wp_can_reuse_anon_folio"]
