@@ -150,8 +150,7 @@ def test_a_fault_under_the_per_vma_lock_runs_while_fork_write_locks_another_vma(
     assert file_vma.vm_lock_seq == mm.mm_lock_seq and mm.mmap_lock.writer is not None
     st = r.apply(["access", 2, 5, 1])                        # anon va 5: not mapped yet
     assert st.op == "fault"
-    r.apply(["step", 2])                                     # mas_walk
-    st = r.apply(["step", 2])
+    st = r.apply(["step", 2])                                # mas_walk + vma_start_read
     assert "vma_start_read(vma2)" in st.text and not st.text.endswith("failed")
     assert anon_vma.vm_lock.readers == [m.cpus[2].task.tid]
     # the fault proceeds under the VMA lock while vma1 is write-locked
@@ -167,7 +166,6 @@ def test_a_fault_under_the_per_vma_lock_runs_while_fork_write_locks_another_vma(
     # a fault on the write-locked vma1 falls back to mmap_lock and waits for fork
     st = r.apply(["access", 0, 2, 1])
     assert st.op == "fault"
-    r.apply(["step", 0])
     st = r.apply(["step", 0])
     assert "vma_start_read(vma1) failed" in st.text
     assert r.apply(["step", 0]) is None

@@ -419,19 +419,20 @@ class Memory(KernelBase):
         yield from self.up_read(t, mm.mmap_lock, f"handle_mm_fault done{_ret_note(ret)}: mmap_read_unlock", last=True)
 
     def lock_vma_under_rcu(self, t: Task, mm: Mm, vpn: int):
-        """mm/memory.c lock_vma_under_rcu (v6.12): mas_walk finds the VMA under RCU (a lockless
-        read of the VMA tree, its own step); vma_start_read; a VMA detached meanwhile is
-        dropped and the walk retried; an address outside it (the VMA changed) or a failed
-        vma_start_read gives NULL (count_vm_vma_lock_event(VMA_LOCK_ABORT)). Returns the VMA
+        """mm/memory.c lock_vma_under_rcu (v6.12): mas_walk finds the VMA under RCU and
+        vma_start_read tries its lock (one step here: a writer write-locks a VMA before it
+        detaches or changes it, so a walk that raced with one only retries); a VMA detached
+        meanwhile is dropped and the walk retried; an address outside it or a failed
+        vma_start_read gives NULL (VMA_LOCK_ABORT: fall back to mmap_lock). Returns the VMA
         read-locked, or None."""
         while True:
             vma = mm.find_vma(vpn)
             if vma is None:
                 yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
                 return None
-            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> {vma.describe()}"
             if not self.vma_start_read_now(t, vma):
-                yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), fall back to mmap_lock"
+                yield (f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid}: "
+                       "vma_start_read(vma{0}) failed (write-locked), fall back to mmap_lock").format(vma.vid)
                 return None
             if vma.detached:
                 self.vma_end_read_now(t, vma)
@@ -441,7 +442,7 @@ class Memory(KernelBase):
                 self.vma_end_read_now(t, vma)
                 yield f"lock_vma_under_rcu: vma{vma.vid} no longer covers va {vpn:#x}, vma_end_read, fall back"
                 return None
-            yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid})"
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid}: vma_start_read(vma{vma.vid})"
             return vma
 
     def handle_mm_fault(self, t: Task, vma: Vma, vpn: int, write: bool = False,
