@@ -11,7 +11,8 @@ import sys
 import time
 
 from . import __version__
-from .corpus import (Counterexample, CorpusError, found_info, load, render_cx, replay, save)
+from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load, render_cx,
+                     replay, save)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
 from .run import ModelError, execute
 
@@ -236,7 +237,7 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
     path = None
     if save_dir:
         rendered = render_cx(run, outcome, cx)
-        path = save(cx, save_dir, rendered)
+        path = save(cx, save_dir, rendered, kernel_cls=kcls)
     print(render_cx(run, outcome, cx, path), file=out_stream)
     return path
 
@@ -300,40 +301,40 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
 
 
 def cmd_replay(a) -> int:
+    """Replay each file on its own kernel (only mainline or bug:SLUG resolve from a file) or on
+    --kernel (which may be imported: the user named it). Every file is loaded and checked
+    before any runs. Exit 1 if any replay shows a violation."""
     status = EXIT_CLEAN
-    cxs = [(path, load(path)) for path in a.files]   # validate every file before running any
+    cxs = [load(path) for path in a.files]
     if a.kernel:
-        resolve_kernel(a.kernel)
-    for path, cx in cxs:
-        run, out, skipped = replay(cx, a.kernel)
-        kname = a.kernel or cx.kernel
-        note = f" ({skipped} actions not enabled on {kname}, skipped)" if skipped else ""
-        if out.violation is None:
-            print(f"{path}: clean on {kname}{note}")
-            continue
-        status = EXIT_VIOLATION
-        same = out.violation.prop == cx.prop
-        print(render_cx(run, out, cx, path))
-        print(f"{path}: {'reproduced' if same else 'a different violation'} "
-              f"({out.violation.prop}) on {kname}{note}")
+        kernel_for(cxs[0], a.kernel)
+    else:
+        for cx in cxs:
+            kernel_for(cx)
+    for cx in cxs:
+        v = check(cx, a.kernel)
+        if v.outcome.violation is not None:
+            status = EXIT_VIOLATION
+            print(render_cx(v.run, v.outcome, cx, cx.path))
+        print(v.message)
+        print(f"  why: {cx.why}")
     return status
 
 
 def cmd_show(a) -> int:
+    from .run import Run
+    from .trace import show
     cx = load(a.file)
+    _, kcls = kernel_for(cx)
     run, out, _ = replay(cx)
-    if out.violation is None:
-        print(f"{a.file}: the schedule runs clean on {cx.kernel} now")
-        return EXIT_CLEAN
-    print(render_cx(run, out, cx, a.file))
-    return EXIT_VIOLATION
+    print(show(run, out, cx, Run(kcls, cx.world)))
+    return EXIT_VIOLATION if out.violation is not None else EXIT_CLEAN
 
 
 def cmd_exhaust(a) -> int:
     from .exhaust import exhaust_cx
     cx = load(a.file)
-    kname = a.kernel or cx.kernel
-    resolve_kernel(kname)
+    kname, _ = kernel_for(cx, a.kernel)   # a file's own kernel never causes an import
     res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
     head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
             f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")

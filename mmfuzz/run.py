@@ -75,24 +75,230 @@ def default_world() -> dict:
     }
 
 
+#: Bounds on a world and a schedule, checked before anything is built (docs/corpus-format.md
+#: "Limits"): a file can ask for nothing larger, so a replay's time and memory stay bounded.
+LIMITS = {
+    "ncpus": (1, 8),
+    "mm_id": (1, 8),
+    "ptrs_per_pte": (1, 512),
+    "npmds": (1, 64),
+    "pages": (1, 4096),          # ptrs_per_pte * npmds: the virtual pages the page table covers
+    "nframes": (2, 4096),        # pfn 0 is the zero page
+    "files": (0, 8),
+    "file_id": (1, 64),
+    "file_npages": (1, 4096),
+    "vmas": (0, 16),
+    "prefault": (0, 64),
+    "local_max": (2, 1024),
+    "batch_max": (2, 1024),
+    "batch_count_max": (1, 64),
+    "actions": (0, 10_000),
+}
+
+_WORLD_KEYS = ("ncpus", "cpu_mm", "ptrs_per_pte", "npmds", "nframes", "files", "vmas", "gather",
+               "prefault")
+_VMA_KEYS = ("mm", "start", "end", "file", "pgoff", "shared", "writable")
+
+
+def _int_in(what: str, value, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], else ValueError naming ``what``. A bool is not an int
+    here (Python says it is: True == 1), nor is a float such as 2.0."""
+    if type(value) is not int:
+        raise ValueError(f"{what} must be an integer, not {_jtype(value)} {_short(value)}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} = {_short(value)} is out of range {lo}..{hi}")
+    return value
+
+
+def _jtype(value) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def validate_world(world: dict) -> None:
-    """Raise ValueError naming the first problem in a world description."""
-    need = ("ncpus", "cpu_mm", "ptrs_per_pte", "npmds", "nframes", "files", "vmas", "gather",
-            "prefault")
-    for key in need:
+    """Raise ValueError naming the first problem in a world description: a missing or unknown
+    field, a wrong type (bool is not an int), a value outside LIMITS, a VMA outside the page
+    table or its file, overlapping VMAs, a prefault outside every VMA of its CPU's process."""
+    if type(world) is not dict:
+        raise ValueError(f"world must be an object, not {_jtype(world)}")
+    for key in _WORLD_KEYS:
         if key not in world:
             raise ValueError(f"world lacks {key!r}")
-    if len(world["cpu_mm"]) != world["ncpus"] or not 1 <= world["ncpus"] <= 8:
-        raise ValueError("world: cpu_mm must name one mm per CPU (1-8 CPUs)")
+    for key in world:
+        if key not in _WORLD_KEYS:
+            raise ValueError(f"world has an unknown field {_short(key)} (known: "
+                             f"{', '.join(_WORLD_KEYS)})")
+    ncpus = _int_in("world.ncpus", world["ncpus"], *LIMITS["ncpus"])
+    cpu_mm = world["cpu_mm"]
+    if type(cpu_mm) is not list or len(cpu_mm) != ncpus:
+        raise ValueError(f"world.cpu_mm must be a list of one mm id per CPU ({ncpus} CPUs)")
+    for i, mm_id in enumerate(cpu_mm):
+        _int_in(f"world.cpu_mm[{i}]", mm_id, *LIMITS["mm_id"])
+    ptrs = _int_in("world.ptrs_per_pte", world["ptrs_per_pte"], *LIMITS["ptrs_per_pte"])
+    npmds = _int_in("world.npmds", world["npmds"], *LIMITS["npmds"])
+    pages = ptrs * npmds
+    if pages > LIMITS["pages"][1]:
+        raise ValueError(f"world: ptrs_per_pte * npmds = {pages} pages is more than the "
+                         f"{LIMITS['pages'][1]} a world may cover")
+    _int_in("world.nframes", world["nframes"], *LIMITS["nframes"])
+    gather = world["gather"]
+    if type(gather) is not dict:
+        raise ValueError("world.gather must be an object {local_max, batch_max, batch_count_max}")
+    for key in gather:
+        if key not in ("local_max", "batch_max", "batch_count_max"):
+            raise ValueError(f"world.gather has an unknown field {_short(key)}")
     for key in ("local_max", "batch_max", "batch_count_max"):
-        if not isinstance(world["gather"].get(key), int) or world["gather"][key] < 1:
-            raise ValueError(f"world: gather.{key} must be a positive integer")
-    if world["gather"]["local_max"] < 2 or world["gather"]["batch_max"] < 2:
-        raise ValueError("world: gather batches need room for at least 2 slots")
-    limit = world["ptrs_per_pte"] * world["npmds"]
-    for v in world["vmas"]:
-        if not 0 <= v["start"] < v["end"] <= limit:
-            raise ValueError(f"world: VMA {v} lies outside the {limit} pages the page table covers")
+        if key not in gather:
+            raise ValueError(f"world.gather lacks {key!r}")
+        _int_in(f"world.gather.{key}", gather[key], *LIMITS[key])
+    files = world["files"]
+    if type(files) is not list or not LIMITS["files"][0] <= len(files) <= LIMITS["files"][1]:
+        raise ValueError(f"world.files must be a list of at most {LIMITS['files'][1]} files")
+    npages_of: dict[int, int] = {}
+    for i, f in enumerate(files):
+        if type(f) is not dict or set(f) != {"id", "npages"}:
+            raise ValueError(f"world.files[{i}] must be an object {{\"id\": N, \"npages\": N}}")
+        fid = _int_in(f"world.files[{i}].id", f["id"], *LIMITS["file_id"])
+        if fid in npages_of:
+            raise ValueError(f"world.files: file id {fid} appears twice")
+        npages_of[fid] = _int_in(f"world.files[{i}].npages", f["npages"], *LIMITS["file_npages"])
+    vmas = world["vmas"]
+    if type(vmas) is not list or len(vmas) > LIMITS["vmas"][1]:
+        raise ValueError(f"world.vmas must be a list of at most {LIMITS['vmas'][1]} VMAs")
+    for i, v in enumerate(vmas):
+        what = f"world.vmas[{i}]"
+        if type(v) is not dict:
+            raise ValueError(f"{what} must be an object")
+        for key in v:
+            if key not in _VMA_KEYS:
+                raise ValueError(f"{what} has an unknown field {_short(key)} (known: "
+                                 f"{', '.join(_VMA_KEYS)})")
+        for key in ("mm", "start", "end"):
+            if key not in v:
+                raise ValueError(f"{what} lacks {key!r}")
+        mm_id = _int_in(f"{what}.mm", v["mm"], *LIMITS["mm_id"])
+        if mm_id not in cpu_mm:
+            raise ValueError(f"{what} names mm{mm_id}, which no CPU runs (cpu_mm {cpu_mm})")
+        start = _int_in(f"{what}.start", v["start"], 0, pages - 1)
+        end = _int_in(f"{what}.end", v["end"], start + 1, pages)
+        for key in ("shared", "writable"):
+            if key in v and type(v[key]) is not bool:
+                raise ValueError(f"{what}.{key} must be true or false, not {_short(v[key])}")
+        fid = v.get("file")
+        pgoff = v.get("pgoff", 0)
+        if fid is None:
+            if pgoff != 0:
+                raise ValueError(f"{what}: an anonymous VMA (file null) has no pgoff")
+        else:
+            _int_in(f"{what}.file", fid, *LIMITS["file_id"])
+            if fid not in npages_of:
+                raise ValueError(f"{what} maps file {fid}, which world.files does not list")
+            pgoff = _int_in(f"{what}.pgoff", pgoff, 0, npages_of[fid] - 1)
+            if pgoff + end - start > npages_of[fid]:
+                raise ValueError(f"{what} maps pages {pgoff}..{pgoff + end - start - 1} of file "
+                                 f"{fid}, which has {npages_of[fid]} pages")
+        for j in range(i):
+            w = vmas[j]
+            if w["mm"] == mm_id and w["start"] < end and start < w["end"]:
+                raise ValueError(f"{what} overlaps world.vmas[{j}] in mm{mm_id}")
+    prefault = world["prefault"]
+    if type(prefault) is not list or len(prefault) > LIMITS["prefault"][1]:
+        raise ValueError(f"world.prefault must be a list of at most {LIMITS['prefault'][1]} "
+                         "[cpu, vpn, write] entries")
+    for i, p in enumerate(prefault):
+        what = f"world.prefault[{i}]"
+        if type(p) is not list or len(p) != 3:
+            raise ValueError(f"{what} must be [cpu, vpn, write], not {_short(p)}")
+        cpu = _int_in(f"{what} cpu", p[0], 0, ncpus - 1)
+        vpn = _int_in(f"{what} vpn", p[1], 0, pages - 1)
+        _int_in(f"{what} write", p[2], 0, 1)
+        if not any(v["mm"] == cpu_mm[cpu] and v["start"] <= vpn < v["end"] for v in vmas):
+            raise ValueError(f"{what}: va {vpn:#x} is in no VMA of CPU{cpu}'s mm{cpu_mm[cpu]}")
+
+
+#: action kinds a schedule may hold, with their arguments after the kind ("until" is a corpus
+#: file's shorthand, expanded into "step" actions by mmfuzz.corpus before a run sees it)
+ACTION_ARGS = {
+    "start": ("cpu", "op", "*args"),
+    "step": ("cpu",),
+    "access": ("cpu", "vpn", "write"),
+    "ipi": ("cpu",),
+    "evict": ("cpu", "vpn"),
+    "until": ("cpu", "label"),
+}
+
+#: longest label pattern an "until" action may give
+UNTIL_PATTERN_MAX = 200
+
+
+def op_arg_domain(world: dict, op: str, name: str, args_so_far: list) -> tuple[int, int]:
+    """The inclusive range of operation ``op``'s argument ``name`` in ``world``."""
+    pages = world["ptrs_per_pte"] * world["npmds"]
+    if name == "start":
+        return 0, pages - 1
+    if name == "npages":
+        return 1, pages - args_so_far[0]
+    if name == "vma":
+        return 0, len(world["vmas"]) - 1
+    if name == "file":
+        ids = [f["id"] for f in world["files"]]
+        return (min(ids), max(ids)) if ids else (1, 0)
+    if name == "index":
+        f = next(f for f in world["files"] if f["id"] == args_so_far[0])
+        return 0, f["npages"] - 1
+    raise ValueError(f"operation {op}: argument {name!r} has no declared domain")
+
+
+def validate_action(world: dict, action, where: str = "action") -> None:
+    """Raise ValueError naming the first problem with one schedule action in ``world``: an
+    unknown kind, the wrong number of arguments, a wrong type (bool is not an int) or a value
+    out of range. Enabledness (is the CPU idle? is there an IPI?) is the run's business."""
+    if type(action) is not list or not action:
+        raise ValueError(f"{where} must be a list [kind, cpu, ...], not {_short(action)}")
+    kind = action[0]
+    if kind not in ACTION_ARGS:
+        raise ValueError(f"{where}: unknown action kind {_short(kind)} (known: "
+                         f"{', '.join(ACTION_ARGS)})")
+    form = "[" + ", ".join((repr(kind), *ACTION_ARGS[kind])) + "]"
+    if kind != "start" and len(action) != 1 + len(ACTION_ARGS[kind]):
+        raise ValueError(f"{where}: {_short(action)} has {len(action) - 1} arguments; write {form}")
+    if len(action) < 2:
+        raise ValueError(f"{where}: {_short(action)} names no CPU; write {form}")
+    pages = world["ptrs_per_pte"] * world["npmds"]
+    _int_in(f"{where} cpu", action[1], 0, world["ncpus"] - 1)
+    if kind in ("access", "evict"):
+        _int_in(f"{where} vpn", action[2], 0, pages - 1)
+    if kind == "access":
+        _int_in(f"{where} write", action[3], 0, 1)
+    if kind == "until":
+        pat = action[2]
+        if type(pat) is not str or not pat or len(pat) > UNTIL_PATTERN_MAX:
+            raise ValueError(f"{where}: the label of {form} must be a non-empty string of at "
+                             f"most {UNTIL_PATTERN_MAX} characters (a kernel function name)")
+    if kind == "start":
+        if len(action) < 3:
+            raise ValueError(f"{where}: {_short(action)} names no operation; write {form}")
+        op = action[2]
+        if type(op) is not str or op not in OPS:
+            raise ValueError(f"{where}: unknown operation {_short(op)} (`mmfuzz ops` lists them: "
+                             f"{', '.join(OPS)})")
+        names = OPS[op][0]
+        args = list(action[3:])
+        if len(args) != len(names):
+            raise ValueError(f"{where}: {op} takes {len(names)} arguments ({', '.join(names)}), "
+                             f"not {len(args)}")
+        for i, (name, value) in enumerate(zip(names, args)):
+            lo, hi = op_arg_domain(world, op, name, args[:i])
+            _int_in(f"{where} {op} argument {name}", value, lo, hi)
+            if name == "file" and value not in [f["id"] for f in world["files"]]:
+                raise ValueError(f"{where}: {op} names file {value}, which world.files does "
+                                 "not list")
 
 
 class Run:
