@@ -520,6 +520,21 @@ def check(cx: Counterexample, kernel: str | None = None) -> Verdict:
     return Verdict(ok, name, expected, got, msg, run, out, skipped)
 
 
+def pass_from(cx: Counterexample, kernel: str = "mainline") -> Counterexample:
+    """A pass file from a violation file: the schedule as ``kernel`` (where the fix is in)
+    actually ran it, the actions it did not enable left out, so it replays strictly there and
+    must stay clean: a mainline schedule that once was a bug."""
+    run, out, _ = replay(cx, kernel)
+    if out.violation is not None:
+        raise CorpusError(f"{cx.path}: violates {out.violation.prop} on {kernel}; a pass file "
+                          "must run clean")
+    actions = [list(a) for a in run.actions[: run.schedule_len]]
+    why = (f"the schedule of {os.path.basename(cx.path) or 'a ' + cx.kernel + ' counterexample'}"
+           f" as {kernel} runs it: clean, because the fix {cx.kernel} reverts is in")
+    return Counterexample(kernel, cx.world, actions, "", why,
+                          found={"by": "pass_from", "from": cx.path, "kernel": cx.kernel})
+
+
 # -------------------------------------------------------------------------- saving -------
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
@@ -626,7 +641,7 @@ def save(cx: Counterexample, directory: str, rendered: str | None = None,
 
 # ----------------------------------------------------------------------- rendering -------
 def title_for(prop: str, kernel: str, seed) -> str:
-    return f"VIOLATION {prop}   kernel={kernel}   seed={seed}"
+    return f"VIOLATION {prop}   kernel={kernel}" + (f"   seed={seed}" if seed is not None else "")
 
 
 def render_cx(run: Run, out: Outcome, cx: Counterexample, path: str | None = None) -> str:

@@ -143,7 +143,9 @@ def show(run: Run, out, cx, initial: Run, path: str | None = None) -> str:
         lines.append(f" no violation: the schedule runs clean on {cx.kernel}")
     else:
         racing, page = racing_steps(run, v.facts, out.step)
-        title = f"VIOLATION {v.prop}   kernel={cx.kernel}   seed={cx.found.get('seed')}"
+        seed = cx.found.get("seed")
+        title = f"VIOLATION {v.prop}   kernel={cx.kernel}" + (f"   seed={seed}" if seed is not None
+                                                               else "")
         lines.append(render(run, title, upto=out.step, mark=out.step, racing=racing))
         if racing:
             cpus = sorted({run.trace[i].cpu for i in racing})
