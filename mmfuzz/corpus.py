@@ -455,7 +455,8 @@ def expand(kernel_cls, world: dict, schedule: list, strict: bool,
             if step is None:
                 what = task.wait.what if task.wait is not None else "not runnable"
                 problem = (f"CPU{cpu}'s {name} is blocked ({what}) before a step whose label "
-                           f"contains {label!r}; let another CPU release it first")
+                           f"contains {label!r}; another CPU must act first (its \"step\"s, or an "
+                           "\"ipi\" to a CPU the flush waits for)")
                 break
             out.append(["step", cpu])
             expanded += 1
