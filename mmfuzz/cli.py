@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 
 from . import __version__
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
+    o = sub.add_parser("ops", help="every operation a schedule can start: its arguments, what "
+                       "it models, the kernel function")
+    o.add_argument("--json", action="store_true")
     e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
                        "up to a preemption bound (does a fix close them all?)")
     e.add_argument("file")
@@ -354,6 +358,39 @@ def cmd_exhaust(a) -> int:
     return EXIT_CLEAN
 
 
+def cmd_ops(a) -> int:
+    """The operation registry (mmfuzz.ops) as a person writing a corpus file or a variant needs
+    it: name, context, arguments with their domains, the kernel function, what it models."""
+    from . import ops
+    from .run import ACTION_ARGS
+    from .kernel import Mainline
+    rows = []
+    for op in ops.operations().values():
+        row = op.to_json()
+        doc = (getattr(Mainline, op.method, None).__doc__ or "").strip()
+        # the first paragraph of the modelled function's docstring: the kernel path it follows
+        row["models"] = " ".join(doc.split("\n\n")[0].split())
+        rows.append(row)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_CLEAN
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        form = json.dumps(["start", "CPU", r["name"], *[n.upper() for n in r["arg_names"]]])
+        print(f"{r['name']:{width}}  {r['context']:8}  {r['doc']}")
+        print(f"{'':{width}}  action    {form}")
+        for arg in r["args"] or ["(no arguments)"]:
+            print(f"{'':{width}}  argument  {arg}")
+        print(f"{'':{width}}  function  {r['module']}.{r['kernel_function']}")
+        if r["models"]:
+            for k, piece in enumerate(textwrap.wrap(r["models"], 96 - width)):
+                print(f"{'':{width}}  {'models' if k == 0 else '':8}  {piece}")
+    kinds = ", ".join(ACTION_ARGS)
+    print(f"\nactions a schedule may hold: {kinds} (docs/corpus-format.md \"Actions\"); a variant "
+          "overrides the kernel function by name (docs/variants.md)")
+    return EXIT_CLEAN
+
+
 def cmd_bugs(a) -> int:
     rows = [{"slug": b.slug, "kernel": f"bug:{b.slug}", "fix": b.fix, "property": b.prop,
              "title": b.title} for b in BUGS]
@@ -383,6 +420,8 @@ def main(argv=None) -> int:
             return cmd_show(a)
         if a.cmd == "exhaust":
             return cmd_exhaust(a)
+        if a.cmd == "ops":
+            return cmd_ops(a)
     except (UsageError, KernelNameError, CorpusError) as e:
         print(f"mmfuzz: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

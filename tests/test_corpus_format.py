@@ -65,11 +65,12 @@ def test_every_documented_field_is_read():
                   "gather", "prefault", "mm", "start", "end", "file", "pgoff", "shared",
                   "writable"):
         assert f"`{field}`" in text, field
-    from mmfuzz.run import ACTION_ARGS, OPS
+    from mmfuzz.run import ACTION_ARGS
     for kind in ACTION_ARGS:
         assert f'`["{kind}"' in text, kind
-    for op in OPS:
-        assert f"`{op}`" in text, op
+    # the operations: `mmfuzz ops` prints the registry (tests/test_ops_cli.py); the doc's table
+    # is a snapshot and points there, so an operation added later needs no doc edit to pass
+    assert "`mmfuzz ops`" in text
 
 
 def test_world_defaults():
