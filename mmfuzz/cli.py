@@ -15,6 +15,7 @@ from . import __version__
 from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load, render_cx,
                      replay, save)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
+from .model import OutOfFrames
 from .run import ModelError, execute
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
@@ -339,7 +340,12 @@ def cmd_exhaust(a) -> int:
     from .exhaust import exhaust_cx
     cx = load(a.file)
     kname, _ = kernel_for(cx, a.kernel)   # a file's own kernel never causes an import
-    res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    try:
+        res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    except OutOfFrames:
+        raise CorpusError(f"{a.file}: the world is too small for the scenario: it ran out of "
+                          f"page frames (world.nframes = {cx.world['nframes']}); raise "
+                          "world.nframes") from None
     head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
             f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:

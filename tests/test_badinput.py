@@ -192,7 +192,8 @@ def test_at_least_30_cases_and_one_per_class():
 
 
 @pytest.mark.parametrize("cmd", ["show", "exhaust"])
-@pytest.mark.parametrize("name", ["non-utf8-bytes", "ncpus-huge", "op-arg-huge", "kernel-module"])
+@pytest.mark.parametrize("name", ["non-utf8-bytes", "ncpus-huge", "op-arg-huge", "kernel-module",
+                                  "world-too-small"])
 def test_show_and_exhaust_reject_the_same(cmd, name, tmp_path, capsys):
     data = next(c[1] for c in CASES if c[0] == name)
     path = tmp_path / "bad.json"
