@@ -619,11 +619,18 @@ def save(cx: Counterexample, directory: str, rendered: str | None = None,
          kernel_cls=None) -> str:
     """Save ``cx`` under ``directory`` (violations/SLUG/ or passes/) and return its path.
 
-    First the determinism check (two replays, same trace and verdict, else ModelError). Then
+    First the loader's checks and the determinism check (two replays, same trace and verdict;
+    either failing is a ModelError: the engine or the model misbehaved). Then
     deduplication: if a file of the same kernel and signature is already there, nothing is
     written and that file's path is returned. Otherwise the JSON (named by a hash of its
     content) and its rendered trace beside it (.txt) are each written to a temporary file and
     renamed into place, the trace first: a reader never sees half a file."""
+    try:   # what is saved must load again: the loader's full check, before anything else
+        validate_world(cx.world)
+        for i, a in enumerate(cx.schedule):
+            validate_action(cx.world, a, f"schedule[{i}]")
+    except ValueError as e:
+        raise ModelError(f"refusing to save a counterexample no mmfuzz could load: {e}") from None
     run, out = determinism_check(cx, kernel_cls)
     dup = find_duplicate(cx, directory)
     if dup is not None:

@@ -91,14 +91,31 @@ _WORLD_KEYS = ("ncpus", "cpu_mm", "ptrs_per_pte", "npmds", "nframes", "files", "
 _VMA_KEYS = ("mm", "start", "end", "file", "pgoff", "shared", "writable")
 
 
-def _int_in(what: str, value, lo: int, hi: int) -> int:
-    """``value`` as an int in [lo, hi], else ValueError naming ``what``. A bool is not an int
-    here (Python says it is: True == 1), nor is a float such as 2.0."""
+def _int_in(value, lo: int, hi: int, what: str, *what_args) -> int:
+    """``value`` as an int in [lo, hi], else ValueError naming ``what.format(*what_args)`` (built
+    only then: Run checks every world, so the good path stays cheap). A bool is not an int here
+    (Python says it is: True == 1), nor is a float such as 2.0."""
+    if type(value) is int and lo <= value <= hi:
+        return value
+    what = what.format(*what_args)
     if type(value) is not int:
         raise ValueError(f"{what} must be an integer, not {_jtype(value)} {_short(value)}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{what} = {_short(value)} is out of range {lo}..{hi}")
-    return value
+    raise ValueError(f"{what} = {_short(value)} is out of range {lo}..{hi}")
+
+
+class _Where:
+    """A place in a world, formatted only when an error names it."""
+
+    __slots__ = ("fmt", "i")
+
+    def __init__(self, fmt: str, i: int):
+        self.fmt = fmt
+        self.i = i
+
+    def __format__(self, spec) -> str:
+        return self.fmt.format(self.i)
+
+    __str__ = __repr__ = lambda self: self.fmt.format(self.i)
 
 
 def _jtype(value) -> str:
@@ -125,19 +142,19 @@ def validate_world(world: dict) -> None:
         if key not in _WORLD_KEYS:
             raise ValueError(f"world has an unknown field {_short(key)} (known: "
                              f"{', '.join(_WORLD_KEYS)})")
-    ncpus = _int_in("world.ncpus", world["ncpus"], *LIMITS["ncpus"])
+    ncpus = _int_in(world["ncpus"], *LIMITS["ncpus"], "world.ncpus")
     cpu_mm = world["cpu_mm"]
     if type(cpu_mm) is not list or len(cpu_mm) != ncpus:
         raise ValueError(f"world.cpu_mm must be a list of one mm id per CPU ({ncpus} CPUs)")
     for i, mm_id in enumerate(cpu_mm):
-        _int_in(f"world.cpu_mm[{i}]", mm_id, *LIMITS["mm_id"])
-    ptrs = _int_in("world.ptrs_per_pte", world["ptrs_per_pte"], *LIMITS["ptrs_per_pte"])
-    npmds = _int_in("world.npmds", world["npmds"], *LIMITS["npmds"])
+        _int_in(mm_id, *LIMITS["mm_id"], "world.cpu_mm[{}]", i)
+    ptrs = _int_in(world["ptrs_per_pte"], *LIMITS["ptrs_per_pte"], "world.ptrs_per_pte")
+    npmds = _int_in(world["npmds"], *LIMITS["npmds"], "world.npmds")
     pages = ptrs * npmds
     if pages > LIMITS["pages"][1]:
         raise ValueError(f"world: ptrs_per_pte * npmds = {pages} pages is more than the "
                          f"{LIMITS['pages'][1]} a world may cover")
-    _int_in("world.nframes", world["nframes"], *LIMITS["nframes"])
+    _int_in(world["nframes"], *LIMITS["nframes"], "world.nframes")
     gather = world["gather"]
     if type(gather) is not dict:
         raise ValueError("world.gather must be an object {local_max, batch_max, batch_count_max}")
@@ -147,7 +164,7 @@ def validate_world(world: dict) -> None:
     for key in ("local_max", "batch_max", "batch_count_max"):
         if key not in gather:
             raise ValueError(f"world.gather lacks {key!r}")
-        _int_in(f"world.gather.{key}", gather[key], *LIMITS[key])
+        _int_in(gather[key], *LIMITS[key], "world.gather.{}", key)
     files = world["files"]
     if type(files) is not list or not LIMITS["files"][0] <= len(files) <= LIMITS["files"][1]:
         raise ValueError(f"world.files must be a list of at most {LIMITS['files'][1]} files")
@@ -155,15 +172,15 @@ def validate_world(world: dict) -> None:
     for i, f in enumerate(files):
         if type(f) is not dict or set(f) != {"id", "npages"}:
             raise ValueError(f"world.files[{i}] must be an object {{\"id\": N, \"npages\": N}}")
-        fid = _int_in(f"world.files[{i}].id", f["id"], *LIMITS["file_id"])
+        fid = _int_in(f["id"], *LIMITS["file_id"], "world.files[{}].id", i)
         if fid in npages_of:
             raise ValueError(f"world.files: file id {fid} appears twice")
-        npages_of[fid] = _int_in(f"world.files[{i}].npages", f["npages"], *LIMITS["file_npages"])
+        npages_of[fid] = _int_in(f["npages"], *LIMITS["file_npages"], "world.files[{}].npages", i)
     vmas = world["vmas"]
     if type(vmas) is not list or len(vmas) > LIMITS["vmas"][1]:
         raise ValueError(f"world.vmas must be a list of at most {LIMITS['vmas'][1]} VMAs")
     for i, v in enumerate(vmas):
-        what = f"world.vmas[{i}]"
+        what = _Where("world.vmas[{}]", i)
         if type(v) is not dict:
             raise ValueError(f"{what} must be an object")
         for key in v:
@@ -173,11 +190,11 @@ def validate_world(world: dict) -> None:
         for key in ("mm", "start", "end"):
             if key not in v:
                 raise ValueError(f"{what} lacks {key!r}")
-        mm_id = _int_in(f"{what}.mm", v["mm"], *LIMITS["mm_id"])
+        mm_id = _int_in(v["mm"], *LIMITS["mm_id"], "{}.mm", what)
         if mm_id not in cpu_mm:
             raise ValueError(f"{what} names mm{mm_id}, which no CPU runs (cpu_mm {cpu_mm})")
-        start = _int_in(f"{what}.start", v["start"], 0, pages - 1)
-        end = _int_in(f"{what}.end", v["end"], start + 1, pages)
+        start = _int_in(v["start"], 0, pages - 1, "{}.start", what)
+        end = _int_in(v["end"], start + 1, pages, "{}.end", what)
         for key in ("shared", "writable"):
             if key in v and type(v[key]) is not bool:
                 raise ValueError(f"{what}.{key} must be true or false, not {_short(v[key])}")
@@ -187,10 +204,10 @@ def validate_world(world: dict) -> None:
             if pgoff != 0:
                 raise ValueError(f"{what}: an anonymous VMA (file null) has no pgoff")
         else:
-            _int_in(f"{what}.file", fid, *LIMITS["file_id"])
+            _int_in(fid, *LIMITS["file_id"], "{}.file", what)
             if fid not in npages_of:
                 raise ValueError(f"{what} maps file {fid}, which world.files does not list")
-            pgoff = _int_in(f"{what}.pgoff", pgoff, 0, npages_of[fid] - 1)
+            pgoff = _int_in(pgoff, 0, npages_of[fid] - 1, "{}.pgoff", what)
             if pgoff + end - start > npages_of[fid]:
                 raise ValueError(f"{what} maps pages {pgoff}..{pgoff + end - start - 1} of file "
                                  f"{fid}, which has {npages_of[fid]} pages")
@@ -203,14 +220,31 @@ def validate_world(world: dict) -> None:
         raise ValueError(f"world.prefault must be a list of at most {LIMITS['prefault'][1]} "
                          "[cpu, vpn, write] entries")
     for i, p in enumerate(prefault):
-        what = f"world.prefault[{i}]"
+        what = _Where("world.prefault[{}]", i)
         if type(p) is not list or len(p) != 3:
             raise ValueError(f"{what} must be [cpu, vpn, write], not {_short(p)}")
-        cpu = _int_in(f"{what} cpu", p[0], 0, ncpus - 1)
-        vpn = _int_in(f"{what} vpn", p[1], 0, pages - 1)
-        _int_in(f"{what} write", p[2], 0, 1)
+        cpu = _int_in(p[0], 0, ncpus - 1, "{} cpu", what)
+        vpn = _int_in(p[1], 0, pages - 1, "{} vpn", what)
+        _int_in(p[2], 0, 1, "{} write", what)
         if not any(v["mm"] == cpu_mm[cpu] and v["start"] <= vpn < v["end"] for v in vmas):
             raise ValueError(f"{what}: va {vpn:#x} is in no VMA of CPU{cpu}'s mm{cpu_mm[cpu]}")
+
+
+def check_world_shape(world: dict) -> None:
+    """The cheap check every Run makes (it runs once per fuzzing run, so it must cost next to
+    nothing): the fields are there and the VMAs lie inside the page table. The full check with
+    the limits, validate_world, is made where a world comes from outside: the corpus loader
+    checks every file's world before anything is built, and tests check that the engines' world
+    generators only produce worlds validate_world accepts."""
+    for key in _WORLD_KEYS:
+        if key not in world:
+            raise ValueError(f"world lacks {key!r}")
+    if len(world["cpu_mm"]) != world["ncpus"] or not 1 <= world["ncpus"] <= LIMITS["ncpus"][1]:
+        raise ValueError("world: cpu_mm must name one mm per CPU (1-8 CPUs)")
+    limit = world["ptrs_per_pte"] * world["npmds"]
+    for v in world["vmas"]:
+        if not 0 <= v["start"] < v["end"] <= limit:
+            raise ValueError(f"world: VMA {v} lies outside the {limit} pages the page table covers")
 
 
 #: action kinds a schedule may hold, with their arguments after the kind ("until" is a corpus
@@ -244,11 +278,11 @@ def validate_action(world: dict, action, where: str = "action") -> None:
     if len(action) < 2:
         raise ValueError(f"{where}: {_short(action)} names no CPU; write {form}")
     pages = world["ptrs_per_pte"] * world["npmds"]
-    _int_in(f"{where} cpu", action[1], 0, world["ncpus"] - 1)
+    _int_in(action[1], 0, world["ncpus"] - 1, "{} cpu", where)
     if kind in ("access", "evict"):
-        _int_in(f"{where} vpn", action[2], 0, pages - 1)
+        _int_in(action[2], 0, pages - 1, "{} vpn", where)
     if kind == "access":
-        _int_in(f"{where} write", action[3], 0, 1)
+        _int_in(action[3], 0, 1, "{} write", where)
     if kind == "until":
         pat = action[2]
         if type(pat) is not str or not pat or len(pat) > UNTIL_PATTERN_MAX:
@@ -266,7 +300,7 @@ class Run:
     """A machine built from a world, a kernel variant bound to it, and the run's trace."""
 
     def __init__(self, kernel_cls, world: dict, check: bool = True):
-        validate_world(world)
+        check_world_shape(world)
         self.world = world
         self.m = m = Machine(world)
         self.kernel = kernel_cls(m)

@@ -216,3 +216,17 @@ def test_save_replays_twice_first(tmp_path):
         save(Counterexample("tests:NeverFails", cx.world, cx.schedule, cx.prop, cx.why),
              str(tmp_path), kernel_cls=NeverFails)
     assert not list(tmp_path.rglob("*.json"))
+
+
+# --------------------------------------------------------------- generated worlds --------
+from hypothesis import given, settings  # noqa: E402
+
+from strategies.machine import worlds  # noqa: E402
+
+
+@settings(max_examples=60, database=None, derandomize=True, deadline=None)
+@given(worlds())
+def test_hypothesis_worlds_pass_the_full_check(w):
+    """Run checks only a world's shape (it runs once per fuzzing run); the engines' worlds must
+    pass the full check a corpus file's world gets, so every saved find loads again."""
+    validate_world(w)
