@@ -230,3 +230,12 @@ def test_hypothesis_worlds_pass_the_full_check(w):
     """Run checks only a world's shape (it runs once per fuzzing run); the engines' worlds must
     pass the full check a corpus file's world gets, so every saved find loads again."""
     validate_world(w)
+
+
+def test_an_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        save(load(HAND), str(tmp_path))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
