@@ -13,7 +13,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from .run import OPS, Divergence, ModelError, Run, execute
+from . import ops as _ops
+from .run import Divergence, ModelError, Run, execute
 
 ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
 
@@ -56,45 +57,31 @@ def random_world(rng: random.Random) -> dict:
             "gather": gather, "prefault": prefault}
 
 
-def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str, run=None) -> list:
-    """The start action of syscall ``op`` on ``cpu`` with its arguments chosen by
-    ``pick(options, label)``: a range inside one of the process's VMAs (madvise, munmap),
-    one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache); clear_refs
-    takes none (the CPU's own process). Fast mode picks with a seeded random, the Hypothesis
-    rule machine with draws, so both build the same syscalls."""
-    if op in ("madvise_dontneed", "munmap"):
-        lo, hi = pick([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id], "vma")
-        start = pick(range(lo, hi), "start")
-        return ["start", cpu, op, start, pick(range(1, hi - start + 1), "npages")]
-    if op == "mmap":
-        return ["start", cpu, op, pick([i for i, v in enumerate(world["vmas"])
-                                        if v["mm"] == mm_id], "vma")]
-    if op == "writeback":
-        return ["start", cpu, op, 1]
-    if op in ("clear_refs", "exit"):
-        return ["start", cpu, op]
-    if op == "fork":
-        free = [c.cpu_id for c in run.m.cpus if c.mm_id == 0 and not c.reserved] if run else []
-        return ["start", cpu, op, pick(free or [cpu], "child_cpu")]
-    return ["start", cpu, op, 1, pick(range(world["files"][0]["npages"]), "index")]
+def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
+    """The start action of operation ``op`` on ``cpu`` with its arguments chosen by
+    ``pick(options, label)`` from the domains the operation declares (mmfuzz.ops). Fast mode
+    picks with a seeded random, the Hypothesis rule machine with draws, so both build the same
+    operations."""
+    return ["start", cpu, op, *_ops.get(op).draw(pick, _ops.Ctx(world, cpu, mm_id))]
 
 
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
                            store_bias: float):
-    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs. A
-    CPU without a process can only start a kernel thread (None if none is enabled)."""
+    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs (a
+    forked child's are its parent's). A CPU without a process can only start a kernel thread
+    (None if none of ``ops`` is one)."""
     if run.m.cpus[cpu].mm_id == 0:
-        kthread_ops = [op for op in (ops or ()) if not OPS[op][1]]
+        kthread_ops = [op for op in (ops or ()) if _ops.get(op).context == "kthread"]
         if not kthread_ops:
             return None
-        return syscall_action(lambda options, label: rng.choice(options), world, 0, cpu,
-                              rng.choice(kthread_ops), run)
+        return syscall_action(lambda options, label: rng.choice(options), world, None, cpu,
+                              rng.choice(kthread_ops))
     mm_id = run.process_origin(cpu)
     if ops is None:
         lo, hi = rng.choice([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id])
         return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < store_bias)]
     return syscall_action(lambda options, label: rng.choice(options), world, mm_id, cpu,
-                          rng.choice(ops), run)
+                          rng.choice(ops))
 
 
 class SwarmPolicy:
@@ -111,13 +98,13 @@ class SwarmPolicy:
         self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
                             "access": rng.choice((1, 2, 4)), "start": rng.choice((0.5, 1, 2)),
                             "evict": rng.choice((0, 0, 0.2))}
-        self.ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+        self.ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
         self.store_bias = rng.choice((0.5, 0.8))
         self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
         self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
         self.world = world
         # without an enabled kernel-thread operation, a CPU with no process has nothing to start
-        self.process_only = all(OPS[op][1] for op in self.ops)
+        self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
@@ -171,31 +158,31 @@ class UniformPolicy:
 
     def __init__(self, rng: random.Random, world: dict):
         self.world = world
-        self.npages = world["files"][0]["npages"]
+        self._starts: dict[int, list] = {}
+
+    def _start_actions(self, cpu: int, mm_id: int | None) -> list:
+        """Every start action of every operation on ``cpu`` for a process whose VMAs are world
+        mm ``mm_id``'s (None: no process, kernel threads only)."""
+        key = (cpu, mm_id)
+        if key not in self._starts:
+            ctx = _ops.Ctx(self.world, cpu, mm_id)
+            self._starts[key] = [["start", cpu, op.name, *vals]
+                                 for op in _ops.operations().values()
+                                 if mm_id is not None or op.context == "kthread"
+                                 for vals in _ops.enumerate_values(op, ctx)]
+        return self._starts[key]
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
         acts = [["step", c] for c in run.runnable_cpus()] + [["ipi", c] for c in run.ipi_cpus()]
         for cpu in run.idle_cpus():
-            if m.cpus[cpu].mm_id == 0:  # no process: kernel threads only
-                acts.append(["start", cpu, "writeback", 1])
-                acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
-                continue
-            mm_id = run.process_origin(cpu)
-            mine = [(i, v) for i, v in enumerate(self.world["vmas"]) if v["mm"] == mm_id]
-            for i, v in mine:
-                for vpn in range(v["start"], v["end"]):
-                    acts += [["access", cpu, vpn, 0], ["access", cpu, vpn, 1]]
-                    for n in range(1, v["end"] - vpn + 1):
-                        acts += [["start", cpu, "madvise_dontneed", vpn, n],
-                                 ["start", cpu, "munmap", vpn, n]]
-                acts.append(["start", cpu, "mmap", i])
-            acts.append(["start", cpu, "writeback", 1])
-            acts.append(["start", cpu, "clear_refs"])
-            acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
-            acts.append(["start", cpu, "exit"])
-            acts += [["start", cpu, "fork", c.cpu_id] for c in m.cpus
-                     if c.mm_id == 0 and not c.reserved]
+            mm_id = run.process_origin(cpu) if m.cpus[cpu].mm_id else None
+            for v in self.world["vmas"]:
+                if v["mm"] == mm_id:
+                    for vpn in range(v["start"], v["end"]):
+                        acts += [["access", cpu, vpn, 0], ["access", cpu, vpn, 1]]
+            acts += [a for a in self._start_actions(cpu, mm_id)
+                     if a[2] != "fork" or run.enabled(a)]
         for c in m.cpus:
             acts += [["evict", c.cpu_id, k & 0xffffffff] for k in c.tlb]
         return rng.choice(acts) if acts else None
@@ -218,7 +205,7 @@ class PctPolicy:
         depth = rng.choice((1, 2, 3, 3, 4))
         change_points = [rng.randrange(steps_max) for _ in range(depth - 1)]
         ipi_take = rng.choice((1.0, 0.5, 0.1))
-        ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+        ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
         store_bias = rng.choice((0.5, 0.8))
         self._setup(world, order, change_points, ipi_take, {}, (ops, store_bias),
                     [rng.randint(0, 3) for _ in range(ncpus)])

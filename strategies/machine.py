@@ -8,7 +8,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition
 from mmfuzz.explore import syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
-from mmfuzz.run import OPS, Run
+from mmfuzz import ops as _ops
+from mmfuzz.run import Run
 
 from .determinism import no_source_constants
 
@@ -18,7 +19,7 @@ class PropertyViolated(AssertionError):
 
 
 BURSTS = st.integers(1, 8)
-SYSCALLS = tuple(OPS)   # every syscall the model has, in mmfuzz.run.OPS order
+SYSCALLS = _ops.names()   # every operation the model declares, in mmfuzz.ops order
 
 
 @st.composite
@@ -107,7 +108,7 @@ class MmStateMachine(RuleBasedStateMachine):
         m = self.run.m
         has_proc = m.cpus[cpu].mm_id != 0
         free = any(c.mm_id == 0 and not c.reserved for c in m.cpus)
-        return tuple(op for op in SYSCALLS if (has_proc or not OPS[op][1])
+        return tuple(op for op in SYSCALLS if (has_proc or _ops.get(op).context == "kthread")
                      and (op != "fork" or free))
 
     def _spans(self, cpu):
@@ -158,10 +159,12 @@ class MmStateMachine(RuleBasedStateMachine):
         all and Hypothesis does not reject rules whose CPUs are busy."""
         cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
         op = data.draw(st.sampled_from(self._syscalls(cpu)), label="entry")
-        mm_id = self.run.process_origin(cpu) if self.run.m.cpus[cpu].mm_id else 0
-        self._apply(syscall_action(lambda options, label: data.draw(st.sampled_from(options),
-                                                                    label=label),
-                                   self.run.world, mm_id, cpu, op, self.run))
+        mm_id = self.run.process_origin(cpu) if self.run.m.cpus[cpu].mm_id else None
+        action = syscall_action(lambda options, label: data.draw(st.sampled_from(options),
+                                                                 label=label),
+                                self.run.world, mm_id, cpu, op)
+        if self.run.enabled(action):  # a fork's child CPU may be taken
+            self._apply(action)
 
     @precondition(lambda self: self.run is not None and any(c.tlb for c in self.run.m.cpus))
     @rule(data=st.data())

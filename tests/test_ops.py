@@ -14,7 +14,8 @@ import pytest
 
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import Folio, PteTable, tlb_key
-from mmfuzz.run import OPS, Run, default_world
+from mmfuzz.ops import names as op_names
+from mmfuzz.run import Run, default_world
 
 MAINLINE = resolve_kernel("mainline")
 MM = 1
@@ -654,7 +655,7 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
             acts.append(["access", cpu, rng.randrange(6), rng.randrange(2)])
             continue
         # fork and exit need a CPU without a process and end one (tests/test_fork.py)
-        op = rng.choice(sorted(o for o in OPS if o not in ("fork", "exit")))
+        op = rng.choice(sorted(o for o in op_names() if o not in ("fork", "exit")))
         if op in ("madvise_dontneed", "munmap"):
             start = rng.randrange(6)
             args = [start, rng.randrange(1, 7 - start)]
