@@ -1,9 +1,17 @@
-"""mm/memory.c: the zap path, page-table freeing and page faults (v6.12 structure; the
-v6.14 PT_RECLAIM table freeing from MADV_DONTNEED is not modelled).
+"""mm/memory.c: the zap path, page-table freeing, fork's page-table copy (copy_page_range)
+and page faults (v6.12 structure; the v6.14 PT_RECLAIM table freeing from MADV_DONTNEED is
+not modelled).
+
+Faults run as x86 does them: under the per-VMA lock (lock_vma_under_rcu) when they can get
+it, else under mmap_lock for read (lock_mm_and_find_vma). Every lockless read a decision
+depends on is a labelled step of its own or named in the label of the step that makes it
+(the PMD read of pte_offset_map_lock, pmd_none in pte_alloc, ptep_get_lockless, the pte_same
+re-check under the PTL); where mainline retries (pte_offset_map_lock returning NULL, a changed
+PMD or PTE), the model does too.
 
 Left out everywhere here: mmu notifiers, rss counters, lazy MMU mode, uprobes, hugetlb, THP
-PMDs, swap and non-present PTEs, uffd markers, fault-around, the per-VMA lock (faults take
-mmap_lock for read, as lock_mm_and_find_vma does when the VMA lock is not available).
+PMDs, swap and non-present PTEs (do_swap_page: the reclaim branch), uffd, KSM, NUMA hinting,
+fault-around, the VM_FAULT_RETRY of filemap_fault dropping mmap_lock for I/O.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """x86 TLB shootdown by IPI: arch/x86/mm/tlb.c, arch/x86/include/asm/tlb.h.
 
 Left out: lazy-TLB CPUs and tlb_gen catch-up at switch_mm (every CPU keeps its one user mm
-loaded, so mm_cpumask is fixed), the 33-stride full-flush ceiling (a range flush and a full
+loaded; mm_cpumask changes only when fork places a child on a CPU and when exit takes the
+CPU's process away), the 33-stride full-flush ceiling (a range flush and a full
 flush of the mm differ only in cost here), PCID/ASIDs and INVLPGB broadcast.
 """
 

@@ -1,10 +1,11 @@
 """munmap and mmap: mm/mmap.c __vm_munmap, mm/vma.c do_vmi_munmap / vms_* (v6.12 structure).
 
-munmap: mmap_write_lock, split the edge VMAs, detach the VMAs from the tree, downgrade to a
-read lock, then zap, free_pgtables and tlb_finish_mmu under the read lock (other readers of
+munmap: mmap_write_lock, split the edge VMAs, write-lock (vma_start_write) and detach the
+VMAs from the tree, downgrade to a read lock (which ends the VMA write locks), then zap, free_pgtables and tlb_finish_mmu under the read lock (other readers of
 mmap_lock run concurrently from there), and mmap_read_unlock. mmap here is
 MAP_FIXED_NOREPLACE of a range that is free (a MAP_FIXED over an existing mapping would first
-unmap it; not modelled). Left out: accounting, mlock, anon_vma, mmap_region merging.
+unmap it; not modelled). Left out: accounting, mlock, anon_vma reuse by merging neighbours,
+mmap_region merging.
 """
 
 from __future__ import annotations
