@@ -98,7 +98,8 @@ class SwarmPolicy:
         self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
                             "access": rng.choice((1, 2, 4)), "start": rng.choice((0.5, 1, 2)),
                             "evict": rng.choice((0, 0, 0.2))}
-        self.ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
+        self.ops = tuple(op.name for op in _ops.operations().values()
+                         if rng.random() < op.swarm) or ("madvise_dontneed",)
         self.store_bias = rng.choice((0.5, 0.8))
         self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
         self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
@@ -205,7 +206,8 @@ class PctPolicy:
         depth = rng.choice((1, 2, 3, 3, 4))
         change_points = [rng.randrange(steps_max) for _ in range(depth - 1)]
         ipi_take = rng.choice((1.0, 0.5, 0.1))
-        ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
+        ops = tuple(op.name for op in _ops.operations().values()
+                    if rng.random() < op.swarm) or ("madvise_dontneed",)
         store_bias = rng.choice((0.5, 0.8))
         self._setup(world, order, change_points, ipi_take, {}, (ops, store_bias),
                     [rng.randint(0, 3) for _ in range(ncpus)])

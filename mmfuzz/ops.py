@@ -9,12 +9,14 @@ Declaring an operation
                    doc="madvise(MADV_DONTNEED) of a range inside one of the caller's VMAs")
         def madvise_dontneed(self, t, start, npages): ...
 
-    ``operation(name, *args, context=..., doc=...)``: ``name`` is what schedules, corpus files
+    ``operation(name, *args, context=..., doc=..., swarm=0.7)``: ``name`` is what schedules, corpus files
     and the CLI say (``["start", cpu, name, *values]``); ``args`` are Arg objects, each giving
     one or more values in order; ``context`` is ``"process"`` (a syscall or fault: it needs a
     process on the CPU, ``t.mm`` is that process's mm) or ``"kthread"`` (a kernel thread or
     device: any CPU, ``t.mm`` is the CPU's mm if it has one, else None); ``doc`` is one line of
-    what it models (``mmfuzz ops`` prints it). The method is found by name on the kernel
+    what it models (``mmfuzz ops`` prints it); ``swarm`` is the share of swarm-testing runs
+    that switch the operation on (lower for an operation that ends or takes over much of a run,
+    such as fork and exit, so that it does not crowd out the others). The method is found by name on the kernel
     class, so a variant that overrides it needs no decorator.
     Mistakes are caught when the class body runs (a duplicate name, an argument that is not an
     Arg, a bad context), with a message saying what to write instead.
@@ -218,6 +220,7 @@ class Operation:
     doc: str = ""
     module: str = ""
     arg_names: tuple = field(default=())
+    swarm: float = 0.7
 
     @property
     def arity(self) -> int:
@@ -253,7 +256,8 @@ class Operation:
 _REGISTRY: dict[str, Operation] = {}
 
 
-def operation(name: str, *args: Arg, context: str = "process", doc: str = ""):
+def operation(name: str, *args: Arg, context: str = "process", doc: str = "",
+              swarm: float = 0.7):
     """Decorator declaring the kernel entry point of operation ``name`` (see the module doc)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(f"operation name {name!r} must be an identifier such as 'madvise_free'")
@@ -264,6 +268,8 @@ def operation(name: str, *args: Arg, context: str = "process", doc: str = ""):
                             "new Arg subclass")
     if context not in CONTEXTS:
         raise ValueError(f"operation {name!r}: context must be one of {CONTEXTS}, not {context!r}")
+    if not (isinstance(swarm, float) and 0.0 < swarm <= 1.0):
+        raise ValueError(f"operation {name!r}: swarm must be a probability in (0, 1], such as 0.7")
 
     def register(fn):
         if name in _REGISTRY and _REGISTRY[name].method != fn.__name__:
@@ -273,7 +279,7 @@ def operation(name: str, *args: Arg, context: str = "process", doc: str = ""):
         names = tuple(n for a in args for n in a.names)
         _REGISTRY[name] = Operation(name, fn.__name__, tuple(args), context, doc or
                                     (fn.__doc__ or "").strip().split("\n")[0], fn.__module__,
-                                    names)
+                                    names, swarm)
         return fn
 
     return register

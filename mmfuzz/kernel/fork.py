@@ -20,7 +20,8 @@ from .base import KernelBase, Last, Task
 
 class ForkOps(KernelBase):
     @operation("fork", ChildCpu(),
-               doc="fork: dup_mmap (COW write-protect, anon folio sharing) and a child process on an idle CPU")
+               doc="fork: dup_mmap (COW write-protect, anon folio sharing) and a child process on an idle CPU",
+               swarm=0.35)
     def fork(self, t: Task, child_cpu: int):
         """kernel/fork.c kernel_clone -> copy_process -> copy_mm -> dup_mm: mm_alloc a new mm,
         dup_mmap(mm, oldmm), then wake_up_new_task runs the child on ``child_cpu``."""
@@ -68,7 +69,8 @@ class ForkOps(KernelBase):
         yield from self.flush_tlb_mm_range(t, oldmm, 0, 0, True, False)  # flush_tlb_mm(oldmm)
         yield from self.up_write(t, oldmm.mmap_lock, f"dup_mmap: flush_tlb_mm done, mmap_write_unlock(mm{oldmm.mm_id})")
 
-    @operation("exit", doc="exit of the CPU's process: exit_mm, and exit_mmap by the mm's last user")
+    @operation("exit", doc="exit of the CPU's process: exit_mm, and exit_mmap by the mm's last user",
+               swarm=0.35)
     def exit(self, t: Task):
         """kernel/exit.c do_exit -> exit_mm: under mmap_read_lock, current->mm = NULL and
         enter_lazy_tlb (the CPU leaves the mm: its TLB entries of the mm are dropped and it
