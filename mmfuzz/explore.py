@@ -50,7 +50,7 @@ def random_world(rng: random.Random) -> dict:
     if rng.random() < 0.3:
         ncpus += 1
         cpu_mm = cpu_mm + [0]
-    if rng.random() < 0.25:
+    if rng.random() < 0.2:
         vmas[0] = dict(vmas[0], shared=False)
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
             "nframes": 64, "files": [{"id": 1, "npages": npages}], "vmas": vmas,
