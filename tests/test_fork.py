@@ -240,3 +240,20 @@ def test_reuse_rule_variants_are_not_catalogued_and_resolve_by_name():
         assert resolve_kernel(cls.name) is cls
         # they differ from mainline only in the reuse decision
         assert [k for k in vars(cls) if not k.startswith("__")] == ["name", "wp_can_reuse_anon_folio"]
+
+
+def test_a_split_anon_vma_keeps_its_anon_vma_and_fork_copies_both_halves():
+    """munmap of a page in the middle splits the anon VMA; both parts keep the anon_vma
+    (vm_area_dup + anon_vma_clone), so fork still copies the remaining part's PTEs."""
+    w = fork_world(vmas=[
+        {"mm": 1, "start": 0, "end": 2, "file": 1, "pgoff": 0, "shared": True, "writable": True},
+        {"mm": 1, "start": 2, "end": 6, "file": None, "shared": False, "writable": True}],
+        prefault=[[0, 2, 1], [0, 5, 1]])
+    r = Run(MAINLINE, w)
+    run_op(r, 1, "munmap", 3, 1)
+    mm = r.m.mms[1]
+    assert [(v.start, v.end) for v in mm.vmas] == [(0, 2), (2, 3), (4, 6)]
+    assert mm.vmas[1].anon_vma is mm.vmas[2].anon_vma is not None
+    run_op(r, 1, "fork", 3)
+    assert pte(r, 2, 2).pfn == pte(r, 1, 2).pfn and pte(r, 2, 5).pfn == pte(r, 1, 5).pfn
+    assert r.quiesce() is None

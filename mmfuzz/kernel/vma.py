@@ -52,14 +52,22 @@ class VmaOps(KernelBase):
         m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
 
     def split_vma(self, t: Task, vma: Vma, cut: int):
-        """mm/vma.c __split_vma: the new VMA is inserted into the tree and into i_mmap (under
-        i_mmap_rwsem, write) before the old one is shrunk."""
+        """mm/vma.c __split_vma: the new VMA (vm_area_dup + anon_vma_clone, whose anon_vma
+        root lock is left out: no rmap walker of anon folios runs under it in the model) is
+        inserted into the tree and into i_mmap (under i_mmap_rwsem, write) before the old one
+        is shrunk."""
         m = self.m
         mm = t.mm
         new = Vma(m.next_vid, mm.mm_id, cut, vma.end, vma.file,
                   vma.pgoff + (cut - vma.start) if vma.file is not None else 0,
                   vma.shared, vma.writable)
         m.next_vid += 1
+        # vm_area_dup copies vma->anon_vma and anon_vma_clone links the new VMA into every
+        # anon_vma the old one is in, so rmap walks and fork still find its anon folios
+        new.anon_vma = vma.anon_vma
+        for av in vma.anon_vma_chain:
+            av.vmas.append(new)
+            new.anon_vma_chain.append(av)
         if vma.file is not None:
             f = m.files[vma.file]
             yield from self.down_write(t, f.i_mmap_rwsem, f"__split_vma: i_mmap_lock_write(file{f.file_id})")
