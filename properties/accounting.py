@@ -49,10 +49,21 @@ def accounting(m, events) -> Violation | None:
 
 def accounting_quiescent(m) -> Violation | None:
     """With no operation in flight: every live folio's mapcount equals the PTEs that map it and
-    its refcount equals those PTEs plus the page cache's reference; nothing is leaked."""
+    its refcount equals those PTEs plus the page cache's reference; nothing is leaked; and
+    every PTE mapping an anon folio lies in a VMA its anon_vma links (rmap can find it)."""
     for frame in m.frames:
         if isinstance(frame, Folio):
             ptes = mapped_ptes(m, frame)
+            if frame.anon:
+                for mm_id, vpn, _pte in ptes:
+                    # mm/rmap.c: an anon folio is found through folio->mapping, its anon_vma,
+                    # whose VMAs (anon_vma_chain) must include every VMA that maps it
+                    vma = m.mms[mm_id].find_vma(vpn)
+                    av = frame.anon_vma
+                    if vma is None or av is None or vma not in av.vmas:
+                        return Violation(NAME, f"anon pfn {frame.pfn} is mapped at mm{mm_id} va "
+                                         f"{vpn:#x}, but rmap cannot find that mapping from its "
+                                         "anon_vma", {"pfn": frame.pfn, "mm": mm_id, "va": vpn})
             cached = frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame
             want_ref = len(ptes) + (1 if cached else 0) + frame.pincount
             if frame.mapcount != len(ptes) or frame.refcount != want_ref:

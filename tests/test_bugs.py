@@ -10,16 +10,17 @@ from mmfuzz.kernel import Mainline
 from mmfuzz.kernels import BUGS, resolve_kernel
 from mmfuzz.run import execute
 
-# (slug, seed, runs that seed needs today, run budget given). Seeds 3 and 2 are quick finds of
-# the hardest bug; seed 12 (4,884 runs) sits near the swarm's median, so a change that slows
-# the typical search fails here too.
-HUNTS = [pytest.param("zap-rmap-before-flush", 3, 752, 6000, marks=pytest.mark.cost(2)),
-         pytest.param("zap-rmap-before-flush", 2, 1398, 6000, marks=pytest.mark.cost(3)),
-         pytest.param("zap-rmap-before-flush", 12, 4884, 8000, marks=pytest.mark.cost(10)),
-         ("madv-parallel-flush-miss", 1, 240, 2000),
-         ("madv-parallel-flush-miss", 4, 149, 2000),
-         ("clear-refs-softdirty-no-flush", 1, 4, 100),
-         ("clear-refs-softdirty-no-flush", 3, 7, 100)]
+# (slug, seed, runs that seed needs today, run budget given). Re-measured when fork, exit,
+# CPUs without a process and private file mappings joined the mix (every random stream
+# moved): seeds 18 and 21 are quick finds of the hardest bug, seed 12 (3,324 runs) a slower
+# one; of seeds 1-30, 4 found it within 3,000-4,000 runs (before: 2 of 10 within 4,000).
+HUNTS = [pytest.param("zap-rmap-before-flush", 18, 1354, 6000, marks=pytest.mark.cost(2)),
+         pytest.param("zap-rmap-before-flush", 21, 1773, 6000, marks=pytest.mark.cost(3)),
+         pytest.param("zap-rmap-before-flush", 12, 3324, 6000, marks=pytest.mark.cost(6)),
+         ("madv-parallel-flush-miss", 1, 631, 2000),
+         ("madv-parallel-flush-miss", 4, 224, 2000),
+         ("clear-refs-softdirty-no-flush", 1, 3, 100),
+         ("clear-refs-softdirty-no-flush", 3, 2, 100)]
 
 
 @pytest.mark.fuzz
@@ -38,7 +39,7 @@ def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget)
 @pytest.mark.fuzz
 def test_buggy_path_runs_and_shrunk_trace_shows_rmap_before_flush():
     bug = resolve_kernel("bug:zap-rmap-before-flush")
-    found, _ = explore(bug, 3, runs_max=2000)
+    found, _ = explore(bug, 18, runs_max=2000)
     world, schedule = shrink(bug, found.world, found.actions, found.prop)
     assert len(schedule) <= 24
     run, out = execute(bug, world, schedule, strict=True)

@@ -19,12 +19,12 @@ def test_policies_are_deterministic_per_seed():
         assert sa["steps"] == sb["steps"] and sa["steps"] > 0
 
 
-# Uniform choice is the baseline and rarely finds the race: seed 29 is one of 2 seeds in 5-39
-# that find it within 1,500 runs since the operation registry (mmfuzz.ops) changed the order in
-# which its action list is enumerated (the same set of actions, another random stream).
+# Uniform choice is the baseline and rarely finds the race: seed 9 is the first of seeds 1-9
+# that finds it within 1,500 runs since fork, exit, CPUs without a process and private file
+# mappings joined the mix (every random stream moved; PCT seed 1 went from 262 to 1,671 runs).
 @pytest.mark.fuzz
-@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 262),
-                                                 pytest.param("uniform", 29, 1221,
+@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 1671),
+                                                 pytest.param("uniform", 9, 819,
                                                              marks=pytest.mark.cost(2))])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
@@ -76,8 +76,10 @@ def test_random_worlds_are_valid():
 # (uniform: 76 since mmfuzz.ops enumerates its actions in another order; was 55)
 # with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed).
 # The counts are the same in a script and under pytest (strategies/determinism.py).
-HYP_HUNTS = [("swarm", "fbf", 1, 10), ("pct", "fbf", 3, 6), ("uniform", "fbf", 3, 76),
-             pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 466,
+# Re-measured with fork and exit in the mix: swarm fbf 10 -> 4, pct fbf 6 -> 477, uniform fbf
+# 76 -> 28, swarm madv 466 -> 1,378 (every random stream moved).
+HYP_HUNTS = [("swarm", "fbf", 1, 4), ("pct", "fbf", 3, 477), ("uniform", "fbf", 3, 28),
+             pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 1378,
                           marks=pytest.mark.cost(7))]
 
 

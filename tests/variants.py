@@ -26,3 +26,19 @@ class LeakRmap(Mainline):
             yield f"{prefix}(rmap of pfn {folio.pfn} leaked)"
             return
         yield from super().folio_remove_rmap_ptes(t, folio, vma, prefix)
+
+
+class ForkWithoutAnonVmaClone(Mainline):
+    """anon_vma_fork gives the child VMA its own anon_vma but does not clone the parent's
+    chain into it: the anon folios fork shares are mapped by a VMA their anon_vma does not
+    list, so rmap (reclaim, migration) cannot find the child's mapping (trips accounting at
+    quiescence)."""
+
+    def anon_vma_fork(self, t, vma, pvma):
+        if pvma.anon_vma is None:
+            return
+        av = self.m.alloc_anon_vma()
+        av.vmas.append(vma)
+        vma.anon_vma_chain.append(av)
+        vma.anon_vma = av
+        yield f"anon_vma_fork: vma{vma.vid} gets av{av.avid} (parent's chain not cloned)"
