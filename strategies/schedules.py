@@ -61,7 +61,8 @@ class _Stats:
 
 def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
                              policy: str = "swarm", on_progress=None,
-                             hypothesis_shrink: bool = False, polish: bool = True):
+                             hypothesis_shrink: bool = False, polish: bool = True,
+                             profile: str | None = None):
     """One Hypothesis campaign over ``schedules(policy)``. Returns (failure or None, stats with
     runs_total and steps_total). The failure is the run Hypothesis shrank to: its world and the
     schedule of actions up to the violation (or the whole schedule, for a violation found at
@@ -70,12 +71,14 @@ def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     shrinker does all the shrinking: the random's choices are
     consumed in order, so a change to one early choice re-rolls every later one and
     Hypothesis's shrinker spends seconds where explore.shrink, which deletes actions from
-    the concrete schedule, needs a fraction of one."""
+    the concrete schedule, needs a fraction of one. ``profile`` names a settings profile
+    (strategies/profiles.py); without one the settings are settings_for's explicit ones."""
     stats = _Stats()
     box: dict = {}
 
     @seed(seed_value)
-    @settings(settings_for(max_examples, shrink=hypothesis_shrink))
+    @settings(settings_for(max_examples, shrink=hypothesis_shrink, profile=profile,
+                           database_key=f"{kernel_cls.name}/{policy}"))
     @given(schedules(policy))
     def search(case):
         world, rng = case
