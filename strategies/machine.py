@@ -11,6 +11,7 @@ from mmfuzz.model import tlb_key
 from mmfuzz.run import OPS, Run
 
 from .determinism import no_source_constants
+from .profiles import database_key
 
 
 class PropertyViolated(AssertionError):
@@ -213,7 +214,7 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     cls.on_progress = on_progress
     seeded = seed(seed_value)(cls)
     s = settings_for(max_examples, stateful_step_count, shrink=hypothesis_shrink,
-                     profile=profile, database_key=f"{kernel_cls.name}/rules")
+                     profile=profile, database_key=database_key(kernel_cls, "rules"))
     try:
         with no_source_constants():
             run_state_machine_as_test(seeded, settings=s)

@@ -112,6 +112,12 @@ class KeyedDatabase(ExampleDatabase):
         return f"KeyedDatabase({self.db!r}, {self.prefix[:-1].decode()!r})"
 
 
+def database_key(kernel_cls: type, strategy: str) -> str:
+    """The database key prefix of a campaign: the variant's class (its ``name`` is "mainline"
+    for a subclass imported directly) and the strategy."""
+    return f"{kernel_cls.__module__}.{kernel_cls.__qualname__}/{strategy}"
+
+
 def profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown mmfuzz profile {name!r}; one of {', '.join(PROFILES)}")
