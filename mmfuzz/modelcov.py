@@ -150,6 +150,7 @@ class ModelCoverage:
                 note = "  <-- NEVER REACHED" if f.hit == 0 else (
                     f"  (lines not run: {_ranges(f.missing)})" if f.missing else "")
                 lines.append(f"  {f.function:48} {f.hit:3}/{f.total:<3} {f.file}:{f.line}{note}")
+        replaced = {f.function.rpartition(".")[2] for f in over}
         width = max((len(f.function) for f in fns), default=10)
         current = None
         for f in fns:
@@ -158,7 +159,9 @@ class ModelCoverage:
             if f.file != current:
                 current = f.file
                 lines.append(f" {current}")
-            mark = "" if f.hit else "   (not reached)"
+            meth = f.function.rpartition(".")[2]
+            mark = ("   (replaced by the variant)" if meth in replaced and "." in f.function
+                    else "" if f.hit else "   (not reached)")
             lines.append(f"  {f.function:{width}} {f.hit:3}/{f.total:<3}{mark}")
         hit = sum(f.hit for f in fns)
         total = sum(f.total for f in fns)
