@@ -25,7 +25,7 @@ def _summary(r):
 
 
 def test_fresh_seeds_differ_and_a_fixed_seed_repeats_the_summary():
-    fresh = [mmfuzz("fuzz", "--examples", "40", "--quiet") for _ in range(2)]
+    fresh = [mmfuzz("fuzz", "--examples", "20", "--quiet") for _ in range(2)]
     seeds = []
     for r in fresh:
         assert r.returncode == 0, r.stderr
@@ -35,7 +35,7 @@ def test_fresh_seeds_differ_and_a_fixed_seed_repeats_the_summary():
         assert f"seed={seed}:" in _summary(r)[0]     # printed at the start and in the summary
         seeds.append(seed)
     assert seeds[0] != seeds[1]
-    fixed = [mmfuzz("fuzz", "--seed", "5", "--examples", "60", "--quiet") for _ in range(2)]
+    fixed = [mmfuzz("fuzz", "--seed", "5", "--examples", "40", "--quiet") for _ in range(2)]
     assert all(r.returncode == 0 for r in fixed)
     assert _summary(fixed[0]) == _summary(fixed[1]) != []
     assert "seed=5: no violation in " in _summary(fixed[0])[0]

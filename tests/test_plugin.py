@@ -104,35 +104,30 @@ def test_mainline_passes_and_xdist_spreads_the_campaign(project):
     """Acceptance: the same with --mmfuzz-kernel mainline passes; under -n 2 the campaign runs
     as two shards (seeds 0 and 1, half the examples each) beside the corpus items."""
     r = pytest_in(project, "-p", "xdist", "-n", "2", "-v", "--mmfuzz-kernel", "mainline",
-                  "--mmfuzz-budget", "300x", "--mmfuzz-profile", "pr")
+                  "--mmfuzz-budget", "200x", "--mmfuzz-profile", "pr")
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     assert "8 passed" in out
     assert "PASSED mmfuzz::campaign[mainline#0/2]" in out
     assert "PASSED mmfuzz::campaign[mainline#1/2]" in out
     assert "shard 0/2 seed 0: no violation in" in out and "shard 1/2 seed 1: no violation in" in out
-    assert "mainline, profile pr, seed 0, budget 300x, strategy swarm: no violation;" in out
+    assert "mainline, profile pr, seed 0, budget 200x, strategy swarm: no violation;" in out
     assert "in 2 shard(s)" in out
 
 
-def test_time_budget_is_a_graceful_stop(project):
-    r = pytest_in(project, "--mmfuzz-kernel", "mainline", "--mmfuzz-budget", "0.5s",
-                  "--mmfuzz-seed", "3", "corpus/violations/zap-rmap-before-flush")
+def test_nightly_prints_a_fresh_seed_and_a_time_budget_stops_gracefully(project):
+    """nightly draws a fresh seed per session and prints it before anything runs; a time
+    budget ends the campaign quietly with a summary, not a timeout failure."""
+    r = pytest_in(project, "-q", "--mmfuzz-kernel", "mainline", "--mmfuzz-profile", "nightly",
+                  "--mmfuzz-budget", "0.5s", "corpus/violations/zap-rmap-before-flush")
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
-    assert "seed 3, budget 0.5s" in out and "no violation in" in out
-
-
-def test_nightly_draws_a_fresh_seed_and_prints_it(project):
-    seeds = []
-    for _ in range(2):
-        r = pytest_in(project, "--collect-only", "-q", "--mmfuzz-kernel", "mainline",
-                      "--mmfuzz-profile", "nightly")
-        head = next(ln for ln in r.stdout.splitlines() if ln.startswith("mmfuzz: kernel"))
-        assert "profile nightly" in head and "budget 1h" in head
-        assert "(fresh; rerun with --mmfuzz-seed" in head
-        seeds.append(head.split("seed ")[1].split(",")[0])
-    assert seeds[0] != seeds[1]
-    r = pytest_in(project, "--collect-only", "-q", "--mmfuzz-kernel", "mainline",
-                  "--mmfuzz-profile", "nightly", "--mmfuzz-seed", "7")
-    assert "seed 7, budget 1h" in r.stdout and "fresh" not in r.stdout
+    head = out.splitlines()[0]
+    assert head.startswith("mmfuzz: kernel mainline, profile nightly, seed ")
+    assert "(fresh; rerun with --mmfuzz-seed" in head and "budget 0.5s" in head
+    assert "shard 0/1 seed " in out and ": no violation in " in out
+    r2 = pytest_in(project, "--collect-only", "-q", "--mmfuzz-kernel", "mainline",
+                   "--mmfuzz-profile", "nightly")
+    head2 = next(ln for ln in r2.stdout.splitlines() if ln.startswith("mmfuzz: kernel"))
+    assert "budget 1h" in head2
+    assert head.split("seed ")[1].split(",")[0] != head2.split("seed ")[1].split(",")[0]
