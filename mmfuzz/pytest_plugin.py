@@ -34,7 +34,6 @@ Loaded by the ``pytest11`` entry point (or ``-p mmfuzz.pytest_plugin``). What it
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -167,7 +166,8 @@ def pytest_sessionstart(session):
 
 # ------------------------------------------------------------------ the corpus ----------
 def corpus_files(root: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(root, "**", "*.json"), recursive=True))
+    from .corpus import files
+    return files(root)
 
 
 @pytest.fixture(scope="session")
@@ -175,29 +175,16 @@ def mmfuzz_corpus_dir(request) -> str:
     return request.config.getoption("--mmfuzz-corpus")
 
 
-def _builtin_kernel(name: str) -> bool:
-    return name == "mainline" or name.startswith("bug:")
-
-
-def _expected(cx) -> str | None:
-    """The expected property of a corpus file, None for a pass file (adapter over
-    mmfuzz.corpus: an ``expect`` of "violation:PROP" or "pass", else the recorded violation)."""
-    expect = getattr(cx, "expect", None)
-    if isinstance(expect, str):
-        return None if expect == "pass" else expect.partition(":")[2]
-    return getattr(cx, "prop", None) or None
-
-
-def _replay(cx, path: str, kernel: str | None):
-    """Replay ``cx`` on its own kernel (None) or on ``kernel``: (violation or None, outcome,
-    the rendered report of a violation)."""
+def _check(cx, path: str, kernel: str | None):
+    """mmfuzz.corpus.check (the expected verdict on the file's own kernel, "pass" on any other),
+    plus the rendered race when the replay shows a violation."""
     import dataclasses
 
-    from .corpus import render_cx, replay
-    run, out, _ = replay(cx, kernel)
-    shown = cx if kernel is None else dataclasses.replace(cx, kernel=kernel)
-    text = render_cx(run, out, shown, path) if out.violation is not None else ""
-    return out.violation, out, text
+    from .corpus import check, render_cx
+    v = check(cx, kernel)
+    shown = cx if v.kernel == cx.kernel else dataclasses.replace(cx, kernel=v.kernel)
+    text = render_cx(v.run, v.outcome, shown, path) if v.outcome.violation is not None else ""
+    return v, text
 
 
 class MmfuzzFailure(Exception):
@@ -242,37 +229,25 @@ class ReplayItem(_MmfuzzItem):
         self.kernel, self.role, self.error = kernel, role, error
 
     def runtest(self):
-        from .corpus import load
+        from .corpus import is_file_kernel, load
         path = str(self.path)
         if self.role == "load":
             raise MmfuzzFailure(f"corpus error: {self.error}")
-        o = self.config._mmfuzz
-        user = o.kernel
-        if not _builtin_kernel(self.kernel) and self.kernel != user:
+        user = self.config._mmfuzz.kernel
+        if not is_file_kernel(self.kernel) and self.kernel != user:
             pytest.skip(f"{path} names kernel {self.kernel}; a corpus file never causes an "
                         f"import: run with --mmfuzz-kernel {self.kernel} to replay it")
         cx = load(path)
         own = self.role == "own"
-        v, out, text = _replay(cx, path, None if own else self.kernel)
+        v, text = _check(cx, path, None if own and is_file_kernel(cx.kernel) else self.kernel)
         rel = self.nodeid.split("::")[0]
-        if own:
-            want = _expected(cx)
-            if want is None and v is not None:
-                raise MmfuzzFailure(f"{rel}: a pass file, but {self.kernel} now violates "
-                                    f"{v.prop}:\n{text}")
-            if want is not None and v is None:
-                raise MmfuzzFailure(f"{rel}: expected {want} on {self.kernel}, but the schedule "
-                                    "now runs clean (the model changed, or the bug was fixed)")
-            if want is not None and v.prop != want:
-                raise MmfuzzFailure(f"{rel}: expected {want} on {self.kernel}, got "
-                                    f"{v.prop}:\n{text}")
-            step = getattr(cx, "step", None)
-            if want is not None and step is not None and out.step != step:
-                raise MmfuzzFailure(f"{rel}: {want} reproduced at step {out.step}, recorded at "
-                                    f"step {step}")
-        elif v is not None:
-            raise MmfuzzFailure(f"{rel}: must be clean on {self.kernel}, but it violates "
-                                f"{v.prop}:\n{text}")
+        if not v.ok:
+            raise MmfuzzFailure(f"{rel}: {v.message.partition(': ')[2] or v.message}"
+                                + (f"\n{text}" if text else ""))
+        if own and cx.step is not None and v.outcome.violation is not None \
+                and v.outcome.step != cx.step:
+            raise MmfuzzFailure(f"{rel}: {cx.prop} reproduced at step {v.outcome.step}, "
+                                f"recorded at step {cx.step}")
 
     def reportinfo(self):
         return self.path, None, f"{self.name} ({self.role})"
@@ -368,7 +343,7 @@ def _render_failure(kname, kcls, failure, seed, o, examples):
     path = None
     if o.save:
         os.makedirs(o.save, exist_ok=True)
-        path = save(cx, o.save, render_cx(run, out, cx))
+        path = save(cx, o.save, render_cx(run, out, cx), kernel_cls=kcls)
     budget = f"--examples {examples}" if examples is not None else f"--budget {o.seconds:g}"
     return (render_cx(run, out, cx, path) + f"\n campaign: kernel {kname}, seed {seed}, profile "
             f"{o.profile.name}; search again with: mmfuzz fuzz --kernel {kname} --seed {seed} "

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from mmfuzz.corpus import load
 from mmfuzz.pytest_plugin import parse_budget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +21,18 @@ PLUGIN = ["-p", "no:cacheprovider", "--disable-plugin-autoload", "-p", "mmfuzz.p
 def project(tmp_path):
     shutil.copytree(os.path.join(ROOT, "corpus"), tmp_path / "corpus")
     return tmp_path
+
+
+def replay_ids(project) -> list[str]:
+    """The items the plugin must make of a corpus: each file on its own kernel, and on
+    mainline when that is another kernel."""
+    ids = []
+    for p in sorted((project / "corpus").rglob("*.json")):
+        f, kernel = str(p.relative_to(project)), load(str(p)).kernel
+        ids.append(f"{f}::replay[{kernel}]")
+        if kernel != "mainline":
+            ids.append(f"{f}::replay[mainline]")
+    return ids
 
 
 def pytest_in(cwd, *args):
@@ -51,11 +64,11 @@ def test_every_corpus_file_is_an_item_named_after_it(project):
     r = pytest_in(project, "--collect-only", "-q")
     assert r.returncode == 0, r.stdout + r.stderr
     ids = [ln for ln in r.stdout.splitlines() if "::" in ln]
-    files = sorted(str(p.relative_to(project)) for p in (project / "corpus").rglob("*.json"))
-    assert len(files) >= 3
-    want = []
-    for f in files:
-        want += [f"{f}::replay[bug:{f.split('/')[2]}]", f"{f}::replay[mainline]"]
+    want = replay_ids(project)
+    assert len(want) >= 6 and any("/passes/" in i for i in want)
+    zap = "corpus/violations/zap-rmap-before-flush/dirty-data-preserved-7054216c6e8c.json"
+    assert f"{zap}::replay[bug:zap-rmap-before-flush]" in ids
+    assert f"{zap}::replay[mainline]" in ids
     assert sorted(ids) == sorted(want)
     # naming the corpus directory collects the same items, and no campaign without a kernel
     r2 = pytest_in(project, "--collect-only", "-q", "corpus")
@@ -63,6 +76,7 @@ def test_every_corpus_file_is_an_item_named_after_it(project):
 
 
 def test_corpus_replays_pass_and_a_broken_entry_fails_alone(project):
+    n = len(replay_ids(project))
     zap = next((project / "corpus").rglob("dirty-data-preserved-*.json"))
     d = json.loads(zap.read_text())
     d["kernel"] = "this:X"    # a file naming a module: data, never an import
@@ -72,9 +86,9 @@ def test_corpus_replays_pass_and_a_broken_entry_fails_alone(project):
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
     assert "Beautiful is better than ugly" not in out + r.stderr
-    # 3 files x (own kernel, mainline) + foreign.json on mainline; foreign.json on this:X is
-    # skipped (named only by the file); cut.json fails to load
-    assert "7 passed" in out and "1 failed" in out and "1 skipped" in out, out
+    # every corpus item, and foreign.json on mainline; foreign.json on this:X is skipped (named
+    # only by the file); cut.json fails to load
+    assert f"1 failed, {n + 1} passed, 1 skipped" in out, out
     assert "cut.json::load" in out and "not valid JSON" in out
     assert "run with --mmfuzz-kernel this:X to replay it" in out
 
@@ -107,7 +121,7 @@ def test_mainline_passes_and_xdist_spreads_the_campaign(project):
                   "--mmfuzz-budget", "200x", "--mmfuzz-profile", "pr")
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
-    assert "8 passed" in out
+    assert f"{len(replay_ids(project)) + 2} passed" in out
     assert "PASSED mmfuzz::campaign[mainline#0/2]" in out
     assert "PASSED mmfuzz::campaign[mainline#1/2]" in out
     assert "shard 0/2 seed 0: no violation in" in out and "shard 1/2 seed 1: no violation in" in out
