@@ -145,3 +145,18 @@ def test_nightly_prints_a_fresh_seed_and_a_time_budget_stops_gracefully(project)
     head2 = next(ln for ln in r2.stdout.splitlines() if ln.startswith("mmfuzz: kernel"))
     assert "budget 1h" in head2
     assert head.split("seed ")[1].split(",")[0] != head2.split("seed ")[1].split(",")[0]
+
+
+def test_the_named_profile_is_loaded_even_in_ci(project):
+    """With CI set Hypothesis loads its own `ci` profile at import; the plugin replaces it with
+    the profile named (dev by default), for a project's own Hypothesis tests too."""
+    (project / "test_profile.py").write_text(
+        "from hypothesis import settings\n"
+        "def test_loaded():\n"
+        "    assert settings._current_profile == 'mmfuzz-pr'\n"
+        "    assert settings.default.derandomize and settings.default.database is None\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, CI="true")
+    r = subprocess.run([sys.executable, "-m", "pytest", *PLUGIN, "-q", "--mmfuzz-profile", "pr",
+                        "test_profile.py"], capture_output=True, text=True, cwd=project,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr
