@@ -12,7 +12,8 @@ Loaded by the ``pytest11`` entry point (or ``-p mmfuzz.pytest_plugin``). What it
   data: its kernel is imported only when the user names it with ``--mmfuzz-kernel``;
   otherwise its item is skipped with the option to pass.
 - ``--mmfuzz-kernel K`` (``mainline``, ``bug:SLUG`` or ``package.module:Class``, as for
-  ``mmfuzz fuzz --kernel``): every corpus file is also replayed on K
+  ``mmfuzz fuzz --kernel``; a module is imported from the Python path plus the directory
+  pytest runs in; a bad name is a usage error): every corpus file is also replayed on K
   (``FILE::replay[K]``, it must be clean: a variant must not bring back a known race), and a
   fuzz campaign runs against K (``mmfuzz::campaign[K#i/n]``). Under ``pytest -n N`` the
   campaign is split into N shards, one per worker (shard i runs seed ``seed * N + i``, as
@@ -90,6 +91,23 @@ def _fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
+def _resolve_user_kernel(name: str, config) -> type:
+    """The class of ``--mmfuzz-kernel``, checked once at the start: a bad name is one line of
+    usage error, not a failure per item. A ``package.module:Class`` is imported from the Python
+    path plus the directory pytest runs in (as ``python -m pytest`` would have it), so
+    ``pytest --mmfuzz-kernel tests.variants:X`` works from a checkout."""
+    import sys
+
+    from .kernels import KernelNameError, resolve_kernel
+    here = str(config.invocation_params.dir)
+    if ":" in name and not name.startswith("bug:") and here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        return resolve_kernel(name)
+    except KernelNameError as e:
+        raise pytest.UsageError(f"--mmfuzz-kernel: {e}") from None
+
+
 class _Options:
     """What every process of a session agrees on (xdist workers get it from the controller,
     so a fresh seed is drawn once)."""
@@ -102,6 +120,8 @@ class _Options:
             corpus = here if here.exists() else Path(config.rootpath, corpus)
         self.corpus = str(corpus)
         self.kernel = config.getoption("--mmfuzz-kernel")
+        if self.kernel:
+            _resolve_user_kernel(self.kernel, config)
         self.profile = profile(config.getoption("--mmfuzz-profile"))
         self.strategy = config.getoption("--mmfuzz-strategy")
         self.save = config.getoption("--mmfuzz-save")
@@ -172,7 +192,8 @@ def corpus_files(root: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def mmfuzz_corpus_dir(request) -> str:
-    return request.config.getoption("--mmfuzz-corpus")
+    """The corpus directory the plugin replays (``--mmfuzz-corpus``, resolved)."""
+    return request.config._mmfuzz.corpus
 
 
 def _check(cx, path: str, kernel: str | None):
