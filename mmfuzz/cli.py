@@ -310,23 +310,21 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
         cov = ModelCoverage(kcls)
         cov.__enter__()
     t0 = time.perf_counter()
-    try:
-        if fast:
-            found, stats = _fuzz_fast(kname, kcls, seed, None if a.examples is not None else budget,
-                                      a.examples, workers, progress, a.strategy)
+    if fast:
+        found, stats = _fuzz_fast(kname, kcls, seed, None if a.examples is not None else budget,
+                                  a.examples, workers, progress, a.strategy)
+    else:
+        if workers > 1:
+            failure, stats = _fuzz_hypothesis_parallel(kname, seed, budget, a.examples,
+                                                       workers, progress, a.strategy)
         else:
-            if workers > 1:
-                failure, stats = _fuzz_hypothesis_parallel(kname, seed, budget, a.examples,
-                                                           workers, progress, a.strategy)
-            else:
-                failure, stats = _fuzz_hypothesis(kcls, seed, budget, a.examples, progress,
-                                                  a.strategy)
-            found = failure
-        progress.update(stats["runs"], stats["steps"], force=True)
-    finally:
-        if cov is not None:
-            cov.__exit__(None, None, None)
-        progress.done()
+            failure, stats = _fuzz_hypothesis(kcls, seed, budget, a.examples, progress,
+                                              a.strategy)
+        found = failure
+    if cov is not None:
+        cov.__exit__(None, None, None)
+    progress.update(stats["runs"], stats["steps"], force=True)
+    progress.done()
     elapsed = time.perf_counter() - t0
     summary = {"mmfuzz": __version__, "kernel": kname, "engine": engine, "strategy": a.strategy,
                "seed": seed, "seed_fresh": fresh,
