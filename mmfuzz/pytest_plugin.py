@@ -29,7 +29,8 @@ Loaded by the ``pytest11`` entry point (or ``-p mmfuzz.pytest_plugin``). What it
   profile of the campaign, its seed policy and default budget; it is also loaded as
   Hypothesis's profile for the session (unless ``--hypothesis-profile`` is given), so
   Hypothesis's automatic ``ci`` profile is never used. ``--mmfuzz-seed N`` fixes the seed
-  (``dev`` and ``nightly`` draw a fresh one per session, printed in the header).
+  (``dev`` and ``nightly`` draw a fresh one per session, printed in the header);
+  ``--mmfuzz-database DIR`` moves the example database (default ``.hypothesis/examples``).
 - ``--mmfuzz-strategy`` picks the campaign's scheduling strategy (swarm by default).
 """
 
@@ -68,6 +69,8 @@ def pytest_addoption(parser):
                     default="swarm", help="campaign scheduling strategy (default swarm)")
     group.addoption("--mmfuzz-save", metavar="DIR", default=None,
                     help="save a campaign's counterexample under DIR")
+    group.addoption("--mmfuzz-database", metavar="DIR", default=None,
+                    help="the profiles' example database directory (default .hypothesis/examples)")
 
 
 def parse_budget(text: str) -> tuple[float | None, int | None]:
@@ -155,6 +158,10 @@ class _Options:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cost(seconds): rough duration of a test on one core")
+    database = config.getoption("--mmfuzz-database")
+    if database:
+        from strategies import profiles
+        profiles.register(str(Path(config.invocation_params.dir, database)))
     config._mmfuzz = _Options(config)
     if not config.getoption("hypothesis_profile", None):
         from hypothesis import settings

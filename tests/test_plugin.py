@@ -101,19 +101,36 @@ def test_variant_fails_with_the_counterexample_printed(project):
     """Acceptance: ``pytest --mmfuzz-kernel tests.variants:FreeBeforeFlush --mmfuzz-budget``
     fails with the race printed as CPU columns, saved with --mmfuzz-save."""
     r = pytest_in(project, "--mmfuzz-kernel", "tests.variants:FreeBeforeFlush",
-                  "--mmfuzz-budget", "600x", "--mmfuzz-profile", "pr", "--mmfuzz-save", "cx")
+                  "--mmfuzz-budget", "600x", "--mmfuzz-profile", "pr", "--mmfuzz-save",
+                  "corpus")
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
     assert "mmfuzz: kernel tests.variants:FreeBeforeFlush, profile pr, seed 0" in out
     assert "VIOLATION no-use-after-free-via-TLB   kernel=tests.variants:FreeBeforeFlush" in out
-    assert "<-- violation" in out and "replay: mmfuzz replay cx/" in out
+    assert "<-- violation" in out and "replay: mmfuzz replay corpus/violations/" in out
     assert ("FAILED mmfuzz::campaign[tests.variants:FreeBeforeFlush#0/1]" in out)
     assert "shard 0/1 seed 0: no-use-after-free-via-TLB" in out
     # deterministic under pr: seed 0 finds it in 27 runs
     assert "no-use-after-free-via-TLB in 27 runs" in out
-    assert list((project / "cx").rglob("*.json"))
+    saved = list((project / "corpus" / "violations" / "tests.variants-FreeBeforeFlush")
+                 .glob("*.json"))
+    assert len(saved) == 1
     # a variant must not bring back a known race: the corpus is replayed on it too
     assert "::replay[tests.variants:FreeBeforeFlush]" in out
+    # saved into the corpus, the race is a regression test from then on: replayed on its own
+    # kernel when that kernel is named, on mainline always (where it must be clean)
+    rel = str(saved[0].relative_to(project))
+    # (and nightly, here with a fixed seed, writes the campaign's failure to its database)
+    r = pytest_in(project, "-rA", "--mmfuzz-kernel", "tests.variants:FreeBeforeFlush",
+                  "--mmfuzz-budget", "600x", "--mmfuzz-profile", "nightly", "--mmfuzz-seed", "0",
+                  "--mmfuzz-database", "db")
+    assert f"PASSED {rel}::replay[tests.variants:FreeBeforeFlush]" in r.stdout, r.stdout
+    assert f"PASSED {rel}::replay[mainline]" in r.stdout
+    assert "shard 0/1 seed 0: no-use-after-free-via-TLB in 27 runs" in r.stdout
+    assert any(files for _, _, files in os.walk(project / "db"))
+    r = pytest_in(project, "-rA", rel)
+    assert "SKIPPED [1]" in r.stdout and "--mmfuzz-kernel tests.variants:FreeBeforeFlush" in r.stdout
+    assert f"PASSED {rel}::replay[mainline]" in r.stdout
 
 
 @pytest.mark.cost(6)
