@@ -24,6 +24,7 @@ def _summary(r):
     return [ln for ln in r.stdout.splitlines() if ln.startswith("summary:")]
 
 
+@pytest.mark.cost(3)
 def test_fresh_seeds_differ_and_a_fixed_seed_repeats_the_summary():
     fresh = [mmfuzz("fuzz", "--examples", "20", "--quiet") for _ in range(2)]
     seeds = []

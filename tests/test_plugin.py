@@ -96,7 +96,7 @@ def test_corpus_replays_pass_and_a_broken_entry_fails_alone(project):
     assert "run with --mmfuzz-kernel this:X to replay it" in out
 
 
-@pytest.mark.cost(2)
+@pytest.mark.cost(4)
 def test_variant_fails_with_the_counterexample_printed(project):
     """Acceptance: ``pytest --mmfuzz-kernel tests.variants:FreeBeforeFlush --mmfuzz-budget``
     fails with the race printed as CPU columns, saved with --mmfuzz-save."""
@@ -135,20 +135,27 @@ def test_variant_fails_with_the_counterexample_printed(project):
 
 @pytest.mark.cost(6)
 def test_mainline_passes_and_xdist_spreads_the_campaign(project):
-    """Acceptance: the same with --mmfuzz-kernel mainline passes; under -n 2 the campaign runs
-    as two shards (seeds 0 and 1, half the examples each) beside the corpus items."""
+    """Acceptance: the same with --mmfuzz-kernel mainline passes. Under -n 2 the campaign runs
+    as two shards beside the corpus items, half the examples each, under seeds 2S and 2S + 1
+    of the session's fresh seed S (drawn once, by the controller)."""
     r = pytest_in(project, "-p", "xdist", "-n", "2", "-v", "--mmfuzz-kernel", "mainline",
-                  "--mmfuzz-budget", "200x", "--mmfuzz-profile", "pr")
+                  "--mmfuzz-budget", "200x")
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     assert f"{len(replay_ids(project)) + 2} passed" in out
     assert "PASSED mmfuzz::campaign[mainline#0/2]" in out
     assert "PASSED mmfuzz::campaign[mainline#1/2]" in out
-    assert "shard 0/2 seed 0: no violation in" in out and "shard 1/2 seed 1: no violation in" in out
-    assert "mainline, profile pr, seed 0, budget 200x, strategy swarm: no violation;" in out
+    head = next(ln for ln in out.splitlines() if ln.startswith("mmfuzz: kernel mainline"))
+    seed = int(head.split("seed ")[1].split()[0])
+    assert "profile dev" in head and "(fresh; rerun with --mmfuzz-seed" in head
+    assert f"shard 0/2 seed {2 * seed}: no violation in" in out
+    assert f"shard 1/2 seed {2 * seed + 1}: no violation in" in out
+    assert (f"mainline, profile dev, seed {seed}, budget 200x, strategy swarm: no violation;"
+            in out)
     assert "in 2 shard(s)" in out
 
 
+@pytest.mark.cost(2)
 def test_nightly_prints_a_fresh_seed_and_a_time_budget_stops_gracefully(project):
     """nightly draws a fresh seed per session and prints it before anything runs; a time
     budget ends the campaign quietly with a summary, not a timeout failure."""
