@@ -262,3 +262,20 @@ def test_file_never_imports(tmp_path, capsys, monkeypatch):
     assert main(["replay", str(path), "--kernel", "mmfuzz_probe_variant:Probe"]) == 0
     assert mark.exists() and "mmfuzz_probe_variant" in sys.modules
     sys.modules.pop("mmfuzz_probe_variant")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["replay", GOOD, "--kernel", "bug:nope"], "unknown bug"),
+    (["replay", GOOD, "--kernel", "no_such_module_xyz:K"], "cannot import module"),
+    (["replay", GOOD, "--kernel", "tests.variants:NotThere"], "not a subclass"),
+    (["replay", ROOT], "is a directory"),
+    (["show", "/nonexistent/cx.json"], "cannot read"),
+    (["exhaust", GOOD, "--kernel", "linux-2.4"], "unknown kernel"),
+    (["ops", "--yaml"], "unrecognized arguments"),
+])
+def test_bad_options_are_one_line_exit_2(args, needle, capsys, digest_before):
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert corpus_digest() == digest_before
