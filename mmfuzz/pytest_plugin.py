@@ -226,6 +226,10 @@ class _MmfuzzItem(pytest.Item):
         from .corpus import CorpusError
         if excinfo.errisinstance(CorpusError):
             return f"corpus error: {excinfo.value}"
+        if excinfo.errisinstance(_model_failures()):
+            return (f"{self.nodeid}: the model or the variant failed on this replay "
+                    f"({excinfo.type.__name__}: {excinfo.value}); not a find: fix the variant "
+                    "(or report a model bug)")
         return super().repr_failure(excinfo, style)
 
 
@@ -310,8 +314,17 @@ class CampaignItem(_MmfuzzItem):
             raise MmfuzzFailure(f"--mmfuzz-kernel: {e}") from None
         seed = o.seed * self.shards + self.shard
         examples = None if o.examples is None else -(-o.examples // self.shards)
-        failure, runs, steps = run_campaign(kcls, seed, o.seconds, examples, o.strategy,
-                                            o.profile.name)
+        try:
+            failure, runs, steps = run_campaign(kcls, seed, o.seconds, examples, o.strategy,
+                                                o.profile.name)
+        except _model_failures() as e:
+            self.user_properties.append(("mmfuzz_campaign", json.dumps(
+                {"kernel": o.kernel, "shard": self.shard, "shards": self.shards, "seed": seed,
+                 "runs": 0, "steps": 0, "property": None,
+                 "model_failure": f"{type(e).__name__}: {e}"})))
+            raise MmfuzzFailure(f"campaign: kernel {o.kernel}, seed {seed}: the model or the "
+                                f"variant failed ({type(e).__name__}: {e}); not a find: fix "
+                                "the variant (or report a model bug)") from None
         info = {"kernel": o.kernel, "shard": self.shard, "shards": self.shards, "seed": seed,
                 "profile": o.profile.name, "strategy": o.strategy, "budget": o.budget,
                 "runs": runs, "steps": steps,
@@ -326,6 +339,14 @@ class CampaignItem(_MmfuzzItem):
 
     def reportinfo(self):
         return "mmfuzz", None, self.name
+
+
+def _model_failures() -> tuple:
+    """The exceptions by which the model says it failed itself (mmfuzz.run: ModelError, and
+    ModelFailure where that exists): never a find."""
+    from . import run
+    return tuple(c for c in (getattr(run, "ModelError", None), getattr(run, "ModelFailure", None))
+                 if c is not None)
 
 
 def run_campaign(kcls, seed: int, seconds: float | None, examples: int | None, strategy: str,
@@ -431,10 +452,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     steps = sum(d["steps"] for d in rows)
     for d in rows:
         tr.line(f"kernel {d['kernel']} shard {d['shard']}/{d['shards']} seed {d['seed']}: "
-                f"{d['property'] or 'no violation'} in {d['runs']} runs, {d['steps']} steps"
+                + (f"the model or the variant failed ({d['model_failure']})"
+                   if d.get("model_failure") else
+                   f"{d['property'] or 'no violation'} in {d['runs']} runs, {d['steps']} steps")
                 + (f"; saved {d['saved']}" if d.get("saved") else ""))
-    found = [d for d in rows if d["property"]]
+    found = [d for d in rows if d["property"] or d.get("model_failure")]
     tr.line(f"kernel {o.kernel}, profile {o.profile.name}, seed {o.seed}, budget {o.budget}, "
             f"strategy {o.strategy}: "
-            + (f"{found[0]['property']} found" if found else "no violation")
+            + ((f"{found[0]['property']} found" if found[0]["property"] else "model failure")
+               if found else "no violation")
             + f"; {runs} runs, {steps} steps in {len(rows)} shard(s)")

@@ -187,3 +187,24 @@ def test_the_named_profile_is_loaded_even_in_ci(project):
                         "test_profile.py"], capture_output=True, text=True, cwd=project,
                        env=env, timeout=300)
     assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_variant_that_breaks_the_model_is_not_a_find(project):
+    """A variant whose own code deadlocks fails its campaign as a model/variant failure, with
+    one paragraph and no traceback, and the summary says so."""
+    (project / "relock.py").write_text(
+        "from mmfuzz.kernel import Mainline\n"
+        "class ZapRelocksPtl(Mainline):\n"
+        "    def zap_present_ptes(self, t, tlb, vma, table, slot, vpn, force_flush):\n"
+        "        yield from self.spin_lock(t, table.ptl, 'PTL again')\n"
+        "        return (yield from super().zap_present_ptes(t, tlb, vma, table, slot, vpn,\n"
+        "                                                   force_flush))\n")
+    r = pytest_in(project, "--mmfuzz-kernel", "relock:ZapRelocksPtl", "--mmfuzz-budget", "200x",
+                  "--mmfuzz-seed", "1")
+    out = r.stdout
+    assert r.returncode == 1, out + r.stderr
+    assert "the model or the variant failed (ModelError: deadlock" in out
+    assert "strategy swarm: model failure;" in out
+    # the corpus replayed on it deadlocks too: one paragraph per item, no Python traceback
+    assert "::replay[relock:ZapRelocksPtl]: the model or the variant failed on this replay" in out
+    assert "runner.py" not in out and "Traceback" not in out
