@@ -73,8 +73,11 @@ def test_progress_is_plain_lines_off_a_terminal():
 
 def test_progress_is_a_live_rich_line_on_a_terminal():
     master, slave = pty.openpty()
+    env = {k: v for k, v in ENV.items() if k not in ("NO_COLOR", "TTY_COMPATIBLE",
+                                                       "TTY_INTERACTIVE", "COLUMNS")}
+    env["TERM"] = "xterm-256color"   # rich treats TERM=dumb (or unknown) as no live display
     p = subprocess.Popen([sys.executable, "-m", "mmfuzz", "fuzz", "--seed", "1", "--examples",
-                          "40"], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=ENV)
+                          "40"], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=env)
     os.close(slave)
     chunks = []
     while True:
