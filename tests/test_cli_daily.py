@@ -46,7 +46,8 @@ def test_fresh_seeds_differ_and_a_fixed_seed_repeats_the_summary():
 
 
 def test_json_summary_and_the_fresh_seed_saved_in_the_counterexample(tmp_path):
-    r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--examples", "600",
+    r = mmfuzz("fuzz", "--hypothesis", "--kernel", "tests.variants:FreeBeforeFlush",
+               "--examples", "600",
                "--quiet", "--json", "--save", str(tmp_path))
     assert r.returncode == 1, r.stderr
     data = json.loads(r.stdout)         # exactly one JSON object on stdout
@@ -111,7 +112,8 @@ def test_closed_output_pipe_ends_quietly():
 
 
 def test_coverage_report_names_the_overridden_functions():
-    r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--seed", "0", "--examples",
+    r = mmfuzz("fuzz", "--hypothesis", "--kernel", "tests.variants:FreeBeforeFlush", "--seed",
+               "0", "--examples",
                "300", "--quiet", "--coverage")
     assert r.returncode == 1, r.stderr
     out = r.stdout
@@ -155,7 +157,8 @@ def test_docs_variants_walkthrough_is_what_the_tool_prints(tmp_path):
     mainline is clean on the same budget, the coverage report shows the override reached, and
     exhaust separates the two kernels on the saved scenario."""
     doc = open(os.path.join(ROOT, "docs", "variants.md")).read()
-    r = mmfuzz("fuzz", "--kernel", "tests.variants:DelayRmapNoForceFlush", "--examples", "300",
+    r = mmfuzz("fuzz", "--hypothesis", "--kernel", "tests.variants:DelayRmapNoForceFlush",
+               "--examples", "300",
                "--seed", "0", "--coverage", "--quiet", "--save", str(tmp_path))
     assert r.returncode == 1, r.stderr
     line = _summary(r)[0]
@@ -166,7 +169,8 @@ def test_docs_variants_walkthrough_is_what_the_tool_prints(tmp_path):
     assert "pfn 1 was freed while mapped (mapcount 1)" in r.stdout
     saved = line.split("; saved ")[1]
     assert os.path.basename(saved) in doc
-    clean = mmfuzz("fuzz", "--kernel", "mainline", "--examples", "300", "--seed", "0", "--quiet")
+    clean = mmfuzz("fuzz", "--hypothesis", "--kernel", "mainline", "--examples", "300", "--seed",
+                   "0", "--quiet")
     assert clean.returncode == 0 and "no violation in" in _summary(clean)[0]
     r = mmfuzz("exhaust", saved, "--kernel", "mainline", "--preemptions", "1")
     assert r.returncode == 0 and "every interleaving is clean" in r.stdout
