@@ -117,10 +117,14 @@ class _Options:
 
     def __init__(self, config):
         from strategies.profiles import profile
-        corpus = Path(config.getoption("--mmfuzz-corpus"))
+        named = config.getoption("--mmfuzz-corpus")
+        corpus = Path(named)
         if not corpus.is_absolute():
             here = Path(config.invocation_params.dir, corpus)
             corpus = here if here.exists() else Path(config.rootpath, corpus)
+        if named != "corpus" and not corpus.is_dir():
+            raise pytest.UsageError(f"--mmfuzz-corpus {named}: no such directory; name the "
+                                    "directory that holds the corpus files")
         self.corpus = str(corpus)
         self.kernel = config.getoption("--mmfuzz-kernel")
         if self.kernel:

@@ -58,6 +58,8 @@ def test_bad_budget_is_a_one_line_usage_error(project):
     assert r.returncode == 4, r.stdout + r.stderr
     assert "--mmfuzz-budget '3q': use seconds" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+    r = pytest_in(project, "--mmfuzz-corpus", "nowhere")
+    assert r.returncode == 4 and "--mmfuzz-corpus nowhere: no such directory" in r.stderr
     r = pytest_in(project, "--mmfuzz-kernel", "tests.variants:NotThere")
     assert r.returncode == 4 and "--mmfuzz-kernel: kernel 'tests.variants:NotThere'" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
