@@ -530,6 +530,8 @@ def _main(argv=None) -> int:
     except (UsageError, KernelNameError, CorpusError) as e:
         print(f"mmfuzz: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        raise   # main() ends the command quietly; keep this before any catch-all clause
     except KeyboardInterrupt:
         print("mmfuzz: interrupted", file=sys.stderr)
         return 130
