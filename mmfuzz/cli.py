@@ -366,7 +366,8 @@ def _print_summary(summary: dict, elapsed: float, cov, as_json: bool) -> None:
     two runs with the same seed print the same line); timings are on the `time:` line after
     it. With --json, one JSON object on stdout instead (the human lines go to stderr)."""
     rate = summary["steps"] / elapsed if elapsed > 0 else 0
-    head = f"summary: kernel={summary['kernel']} engine={summary['engine']} seed={summary['seed']}: "
+    head = (f"summary: kernel={summary['kernel']} engine={summary['engine']} "
+            f"seed={summary['seed']}: ")
     if summary["verdict"] == "clean":
         line = head + f"no violation in {summary['runs']} runs, {summary['steps']} steps"
     else:

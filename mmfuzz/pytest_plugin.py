@@ -399,8 +399,8 @@ def _render_failure(kname, kcls, failure, seed, o, examples):
         path = save(cx, o.save, render_cx(run, out, cx), kernel_cls=kcls)
     budget = f"--examples {examples}" if examples is not None else f"--budget {o.seconds:g}"
     return (render_cx(run, out, cx, path) + f"\n campaign: kernel {kname}, seed {seed}, profile "
-            f"{o.profile.name}; search again with: mmfuzz fuzz --hypothesis --kernel {kname} --seed {seed} "
-            f"{budget} --strategy {o.strategy}"), path
+            f"{o.profile.name}; search again with: mmfuzz fuzz --hypothesis --kernel {kname} "
+            f"--seed {seed} {budget} --strategy {o.strategy}"), path
 
 
 def _campaign_cost(o) -> float:
