@@ -8,7 +8,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition
 from mmfuzz.explore import syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
-from mmfuzz.run import OPS, Run
+from mmfuzz.run import OPS, ModelFailure, Run
 
 from .determinism import no_source_constants
 
@@ -63,11 +63,16 @@ class MmStateMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.run: Run | None = None
+        self.model_failed = False
         type(self).runs_total += 1
 
     # ------------------------------------------------------------------ plumbing ------
     def _apply(self, action):
-        step = self.run.apply(action)
+        try:
+            step = self.run.apply(action)
+        except ModelFailure:
+            self.model_failed = True   # teardown must not run the broken machine on
+            raise
         if step is None:
             # only a step can turn out blocked (the task found its lock taken): a no-op
             assert action[0] == "step", f"rule drew a disabled action {action}"
@@ -84,8 +89,7 @@ class MmStateMachine(RuleBasedStateMachine):
             type(self).first_failure_run = type(self).runs_total
         type(self).last_failure = {
             "world": self.run.world,
-            "schedule": [list(a) for a in self.run.actions[: (step + 1) if step is not None
-                                                           else self.run.schedule_len]],
+            "schedule": self.run.schedule_upto(step),
             "violation": v, "step": step, "phase": phase,
         }
         raise PropertyViolated(f"{v.prop}: {v.why}")
@@ -156,12 +160,12 @@ class MmStateMachine(RuleBasedStateMachine):
 
     def teardown(self):
         """The quiescence phase: drain, sync, drop, then the eventual properties."""
-        if self.run is None or self.run.violation is not None:
+        if self.run is None or self.run.violation is not None or self.model_failed:
             return
         v = self.run.quiesce()
         if v is not None:
             step = self.run.violation_step if self.run.violation is not None else None
-            self._fail(v, step, "step" if step is not None else "quiescence")
+            self._fail(v, step, "quiescence")
 
 
 def machine_for(kernel_cls) -> type:
@@ -202,6 +206,10 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     except PropertyViolated:
         failure = dict(cls.last_failure)
         return (polish_failure(kernel_cls, failure) if polish else failure), cls
+    except ModelFailure as mf:
+        # raised by Run.apply / Run.quiesce inside a rule or teardown: not a find
+        mf.info.update(runs=cls.runs_total, steps=cls.steps_total)
+        raise
     return None, cls
 
 
