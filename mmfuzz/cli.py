@@ -1,5 +1,9 @@
 """The `mmfuzz` command. Exit status: 0 no violation, 1 a violation found or reproduced (shrunk,
-saved, printed), 2 bad input or usage (one line naming the problem and the fix)."""
+saved, printed), 2 bad input or usage (one line naming the problem and the fix), 3 the model or
+the kernel variant failed (an exception, a deadlock, an assertion of the model's own invariants,
+a found schedule that does not reproduce): never a find; reported with the exception, where it
+was raised, and the schedule that replays to it, saved under --save DIR/failures/ (else a
+temporary directory)."""
 
 from __future__ import annotations
 
@@ -11,11 +15,27 @@ import sys
 import time
 
 from . import __version__
-from .corpus import (Counterexample, CorpusError, found_info, load, render_cx, replay, save)
+from .corpus import (Counterexample, CorpusError, found_info, load, load_failure, render_cx,
+                     replay, save, save_failure)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
-from .run import ModelError, execute
+from .run import ModelFailure, execute
 
-EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_MODEL_FAILURE = 0, 1, 2, 3
+
+#: The engine of `fuzz` and `hunt` when neither --fast nor --hypothesis is given: "fast" (the
+#: plain-Python explorer) or "hypothesis". The fast explorer with swarm is the fastest engine
+#: on every catalogued bug (bench/RESULTS.md). The one place to change the default.
+DEFAULT_ENGINE = "fast"
+
+
+def choose_engine(a) -> str:
+    """"fast" or "hypothesis" for these options: --fast and --hypothesis decide; --strategy
+    rules is Hypothesis's rule machine; otherwise DEFAULT_ENGINE."""
+    if a.hypothesis or (a.strategy == "rules" and not a.fast):
+        return "hypothesis"
+    if a.fast:
+        return "fast"
+    return DEFAULT_ENGINE
 
 
 class UsageError(Exception):
@@ -68,23 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--save", metavar="DIR", help="save a counterexample under DIR")
         eng = q.add_mutually_exclusive_group()
         eng.add_argument("--fast", action="store_true",
-                         help="the plain-Python random explorer instead of Hypothesis")
+                         help="the plain-Python random explorer (the default engine)")
         eng.add_argument("--hypothesis", action="store_true",
-                         help="the Hypothesis engine (fuzz's default; hunt's is --fast)")
+                         help="the Hypothesis engine (implied by --strategy rules)")
         q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules"),
                        default="swarm",
                        help="scheduling strategy: swarm (default), pct or uniform, with either "
-                       "engine; rules = Hypothesis's rule-based state machine")
+                       "engine; rules = Hypothesis's rule-based state machine (implies "
+                       "--hypothesis)")
         q.add_argument("--quiet", action="store_true", help="no progress line")
 
     f = sub.add_parser("fuzz", help="fuzz a kernel variant")
     fuzz_opts(f)
-    h = sub.add_parser("hunt", help="fuzz bug:SLUG from scratch (no corpus, no database)")
-    h.add_argument("slug")
+    h = sub.add_parser("hunt", help="fuzz bug:SLUG (or --kernel K) from scratch (no corpus, no "
+                       "database)")
+    h.add_argument("slug", nargs="?", help="a catalogued bug (`mmfuzz bugs`)")
+    h.add_argument("--kernel", help="a kernel instead of a bug: mainline, bug:SLUG or "
+                   "package.module:Class")
     fuzz_opts(h, kernel=False)
     r = sub.add_parser("replay", help="re-run saved counterexamples")
     r.add_argument("files", nargs="+")
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
+    r.add_argument("--save", metavar="DIR", help="where a model failure's schedule is saved "
+                   "(DIR/failures/; default a temporary directory)")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
     e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
@@ -93,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kernel", help="explore on this kernel instead of the file's own")
     e.add_argument("--preemptions", type=_nonneg_int, default=2)
     e.add_argument("--states-max", type=_nonneg_int, default=200_000)
+    e.add_argument("--save", metavar="DIR", help="where a model failure's schedule is saved "
+                   "(DIR/failures/; default a temporary directory)")
     return p
 
 
@@ -131,10 +159,14 @@ class Progress:
 
 # ---------------------------------------------------------------- engines -------------
 def _explore_worker(args):
+    """One worker's share; a model failure comes back as a value (the parent reports it)."""
     kname, seed, budget, runs_max, start, stride, strategy = args
     from .explore import explore_strided
-    return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
-                           policy=strategy)
+    try:
+        return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
+                               policy=strategy)
+    except ModelFailure as mf:
+        return mf, {"runs": mf.info.get("runs", 0), "steps": mf.info.get("steps", 0)}
 
 
 def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy):
@@ -152,6 +184,10 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
         for found, stats in pool.imap_unordered(_explore_worker, jobs):
             total["runs"] += stats["runs"]
             total["steps"] += stats["steps"]
+            if isinstance(found, ModelFailure):
+                pool.terminate()
+                found.info.update(runs=total["runs"], steps=total["steps"])
+                raise found
             if found is not None and (best is None or found.run_index < best.run_index):
                 best = found
                 pool.terminate()
@@ -162,8 +198,11 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
 def _hypothesis_worker(args):
     kname, seed, budget, examples, strategy = args
     quiet = Progress("", True)
-    failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet,
-                                      strategy)
+    try:
+        failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet,
+                                          strategy)
+    except ModelFailure as mf:
+        return mf, {"runs": mf.info.get("runs", 0), "steps": mf.info.get("steps", 0)}
     if failure is not None:
         failure = dict(failure, violation=failure["violation"].to_json())
     return failure, stats
@@ -182,6 +221,10 @@ def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress, 
             total["runs"] += stats["runs"]
             total["steps"] += stats["steps"]
             progress.update(total["runs"], total["steps"], force=True)
+            if isinstance(failure, ModelFailure):
+                pool.terminate()
+                failure.info.update(runs=total["runs"], steps=total["steps"])
+                raise failure
             if failure is not None:
                 pool.terminate()
                 failure["violation"] = Violation.from_json(failure["violation"])
@@ -210,12 +253,17 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
 
         def on_progress(c):
             progress.update(base_runs + c.runs_total, base_steps + c.steps_total)
-        if strategy == "rules":
-            failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n, on_progress=on_progress,
-                                         hypothesis_shrink=False)
-        else:
-            failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
-                                                   on_progress=on_progress)
+        try:
+            if strategy == "rules":
+                failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n,
+                                             on_progress=on_progress, hypothesis_shrink=False)
+            else:
+                failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
+                                                       on_progress=on_progress)
+        except ModelFailure as mf:
+            mf.info.update(runs=runs + mf.info.get("runs", 0),
+                           steps=steps + mf.info.get("steps", 0), chunk=i)
+            raise
         runs += st.runs_total
         steps += st.steps_total
         progress.update(runs, steps, force=True)
@@ -226,10 +274,15 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
 
 
 def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, out_stream):
-    """Shrink (fast mode) already done by the caller; replay once, render, save, print."""
+    """Shrink (fast mode) already done by the caller; replay once, render, save, print.
+    Returns (path, number of quiescence actions up to the violation). A schedule that does
+    not reproduce is a model failure."""
     run, outcome = execute(kcls, world, schedule)
     if outcome.violation is None:
-        raise ModelError("the found schedule did not reproduce on replay")
+        raise ModelFailure({
+            "type": "ModelError", "message": "the found schedule did not reproduce on replay",
+            "where": "mmfuzz/cli.py in _report_found", "traceback": [], "phase": "replay",
+            "action": None, "world": world, "schedule": schedule})
     cx = Counterexample(kname, world, schedule, outcome.violation.prop, outcome.violation.why,
                         outcome.violation.facts, outcome.step, outcome.phase,
                         found_info(seed, engine, **extra))
@@ -238,16 +291,63 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
         rendered = render_cx(run, outcome, cx)
         path = save(cx, save_dir, rendered)
     print(render_cx(run, outcome, cx, path), file=out_stream)
-    return path
+    return path, run.quiescence_actions(outcome.step)
+
+
+def _lengths(schedule: list, quiescence: int) -> str:
+    """"N actions", plus the quiescence actions up to the violation counted apart."""
+    text = f"{len(schedule)} action{'s' if len(schedule) != 1 else ''}"
+    if quiescence:
+        text += f" + {quiescence} quiescence action{'s' if quiescence != 1 else ''}"
+    return text
+
+
+def report_model_failure(mf: ModelFailure, kname: str, engine: str, seed, save_dir,
+                         shrink: bool = True, elapsed: float | None = None) -> int:
+    """Exit status 3: the model or the variant failed. Shrink the schedule to a shorter one
+    that raises the same exception (kept only if it does so on a strict replay), save it
+    under DIR/failures/ (DIR = --save, else a new temporary directory), print the exception,
+    where it was raised, the innermost frames, and a one-line summary. Never a find."""
+    import tempfile
+    info = dict(mf.info)
+    before = len(info["schedule"])
+    if shrink and info.get("phase") != "replay":
+        try:
+            kcls = resolve_kernel(kname)
+            from .explore import shrink_failure
+            world, schedule = shrink_failure(kcls, mf)
+            try:
+                execute(kcls, world, schedule, strict=True)
+            except ModelFailure as again:
+                if again.same(mf):
+                    info = dict(again.info)
+        except Exception:   # noqa: BLE001 - the shrinker failing must not hide the failure
+            pass
+    directory = save_dir or tempfile.mkdtemp(prefix="mmfuzz-failure-")
+    extra = {k: mf.info[k] for k in ("run", "runs", "chunk") if mf.info.get(k) is not None}
+    extra["schedule_len_before_shrink"] = before
+    path = save_failure(info, kname, directory, found_info(seed, engine, **extra))
+    print(f"MODEL FAILURE (not a find) kernel={kname} engine={engine} seed={seed}")
+    print(f" {ModelFailure(info).summary()}")
+    for line in info.get("traceback", [])[-6:]:
+        print(f"   {line}")
+    print(f" schedule: {len(info['schedule'])} actions (shrunk from {before}), saved {path}")
+    print(f" replay: mmfuzz replay {path}")
+    runs = mf.info.get("runs")
+    when = ""
+    if runs:
+        when = f" after {runs} runs" + (f", {elapsed:.1f}s" if elapsed is not None else "")
+    print(f"summary: kernel={kname} engine={engine} seed={seed}: model failure (exit 3) "
+          f"{info['type']} at {info['where']}{when}; saved {path}")
+    return EXIT_MODEL_FAILURE
 
 
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
-    fast = a.fast or (hunting and not a.hypothesis)
+    fast = choose_engine(a) == "fast"
     if fast and a.strategy == "rules":
         raise UsageError("--strategy rules is Hypothesis's rule-based machine, not a fast-mode "
-                         "strategy; drop --fast (hunt: add --hypothesis) or pick swarm, pct or "
-                         "uniform")
+                         "strategy; drop --fast or pick swarm, pct or uniform")
     engine = f"explore/{a.strategy}" if fast else f"hypothesis/{a.strategy}"
     budget = a.budget if a.budget is not None else (120.0 if hunting else 30.0)
     workers = a.workers or os.cpu_count() or 1
@@ -261,6 +361,15 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
           f"workers={workers}", file=sys.stderr)
     progress = Progress(f"{kname} {engine}", a.quiet)
     t0 = time.perf_counter()
+    try:
+        return _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0)
+    except ModelFailure as mf:
+        progress.done()
+        return report_model_failure(mf, kname, engine, a.seed, a.save,
+                                    elapsed=time.perf_counter() - t0)
+
+
+def _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0) -> int:
     if fast:
         found, stats = _fuzz_fast(kname, kcls, a.seed, None if a.examples is not None else budget,
                                   a.examples, workers, progress, a.strategy)
@@ -292,26 +401,39 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
         world, schedule = found["world"], found["schedule"]
         extra = {"chunk": stats.get("chunk")}
         prop = found["violation"].prop
-    path = _report_found(kname, kcls, world, schedule, a.seed, engine, a.save, extra, sys.stdout)
+    path, quiescent = _report_found(kname, kcls, world, schedule, a.seed, engine, a.save,
+                                    extra, sys.stdout)
     print(f"summary: kernel={kname} engine={engine} seed={a.seed}: {prop} after "
-          f"{stats['runs']} runs, {elapsed:.1f}s; shrunk to {len(schedule)} actions"
+          f"{stats['runs']} runs, {elapsed:.1f}s; shrunk to {_lengths(schedule, quiescent)}"
           + (f"; saved {path}" if path else ""))
     return EXIT_VIOLATION
 
 
 def cmd_replay(a) -> int:
     status = EXIT_CLEAN
-    cxs = [(path, load(path)) for path in a.files]   # validate every file before running any
+    cxs = []
+    for path in a.files:   # validate every file before running any
+        failure = load_failure(path)
+        cxs.append((path, failure if failure is not None else load(path)))
     if a.kernel:
         resolve_kernel(a.kernel)
     for path, cx in cxs:
-        run, out, skipped = replay(cx, a.kernel)
+        if isinstance(cx, dict):
+            status = max(status, _replay_failure(path, cx, a))
+            continue
         kname = a.kernel or cx.kernel
+        try:
+            run, out, skipped = replay(cx, a.kernel)
+        except ModelFailure as mf:
+            print(f"{path}: the model failed on {kname}")
+            status = max(status, report_model_failure(mf, kname, "replay", cx.found.get("seed"),
+                                                      a.save))
+            continue
         note = f" ({skipped} actions not enabled on {kname}, skipped)" if skipped else ""
         if out.violation is None:
             print(f"{path}: clean on {kname}{note}")
             continue
-        status = EXIT_VIOLATION
+        status = max(status, EXIT_VIOLATION)
         same = out.violation.prop == cx.prop
         print(render_cx(run, out, cx, path))
         print(f"{path}: {'reproduced' if same else 'a different violation'} "
@@ -319,9 +441,39 @@ def cmd_replay(a) -> int:
     return status
 
 
+def _replay_failure(path: str, d: dict, a) -> int:
+    """Re-run a saved model failure: exit 3 if it fails again (the same way or another),
+    0 if the schedule now runs clean, 1 if it now violates a property."""
+    from .run import Divergence
+    kname = a.kernel or d["kernel"]
+    want = d["failure"].get("type")
+    try:
+        _, out = execute(resolve_kernel(kname), d["world"], d["schedule"],
+                         strict=kname == d["kernel"])
+    except ModelFailure as mf:
+        same = "reproduced" if mf.type == want else f"a different model failure (was {want})"
+        print(f"{path}: {same} on {kname}: {mf.summary()}")
+        for line in mf.info["traceback"][-6:]:
+            print(f"   {line}")
+        print(f"summary: model failure (exit 3) {mf.type} at {mf.info['where']}")
+        return EXIT_MODEL_FAILURE
+    except Divergence as e:
+        raise CorpusError(f"{path}: the schedule no longer fits kernel {kname}: {e}") from None
+    if out.violation is not None:
+        print(f"{path}: no model failure on {kname}, but {out.violation.prop}: "
+              f"{out.violation.why}")
+        return EXIT_VIOLATION
+    print(f"{path}: no model failure on {kname}: the schedule runs clean (was {want})")
+    return EXIT_CLEAN
+
+
 def cmd_show(a) -> int:
     cx = load(a.file)
-    run, out, _ = replay(cx)
+    try:
+        run, out, _ = replay(cx)
+    except ModelFailure as mf:
+        print(f"{a.file}: the model failed on {cx.kernel}: {mf.summary()}")
+        return EXIT_MODEL_FAILURE
     if out.violation is None:
         print(f"{a.file}: the schedule runs clean on {cx.kernel} now")
         return EXIT_CLEAN
@@ -334,7 +486,10 @@ def cmd_exhaust(a) -> int:
     cx = load(a.file)
     kname = a.kernel or cx.kernel
     resolve_kernel(kname)
-    res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    try:
+        res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    except ModelFailure as mf:
+        return report_model_failure(mf, kname, "exhaust", None, a.save)
     head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
             f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:
@@ -374,6 +529,11 @@ def main(argv=None) -> int:
         if a.cmd == "fuzz":
             return cmd_fuzz(a.kernel, a, hunting=False)
         if a.cmd == "hunt":
+            if (a.slug is None) == (a.kernel is None):
+                raise UsageError("hunt takes a bug SLUG (see `mmfuzz bugs`) or --kernel K, "
+                                 "not both and not neither")
+            if a.kernel is not None:
+                return cmd_fuzz(a.kernel, a, hunting=True)
             bug = bug_by_slug(a.slug)
             return cmd_fuzz(f"bug:{bug.slug}", a, hunting=True)
         if a.cmd == "replay":

@@ -174,3 +174,52 @@ def render_cx(run: Run, out: Outcome, cx: Counterexample, path: str | None = Non
     if path:
         tail.append(f" replay: mmfuzz replay {path}")
     return text + "\n" + "\n".join(tail)
+
+
+# ------------------------------------------------------------------ model failures ------
+FAILURE_KIND = "mmfuzz-model-failure"
+
+
+def save_failure(failure: dict, kernel: str, directory: str, found: dict) -> str:
+    """Save a model failure (a ModelFailure's info: not a counterexample, never a find) as
+    versioned JSON under ``directory``/failures/, named by kernel, exception type and a hash of
+    the content; ``mmfuzz replay`` re-runs it to the same exception. Returns the path."""
+    data = {"format_version": FORMAT_VERSION, "kind": FAILURE_KIND, "kernel": kernel,
+            "world": failure["world"], "schedule": failure["schedule"],
+            "failure": {k: failure.get(k) for k in ("type", "message", "where", "phase",
+                                                    "action", "traceback")},
+            "found": found}
+    key = json.dumps({"k": kernel, "w": failure["world"], "s": failure["schedule"]},
+                     sort_keys=True)
+    sub = os.path.join(directory, "failures")
+    os.makedirs(sub, exist_ok=True)
+    path = os.path.join(sub, f"{_slug(kernel.replace('bug:', ''))}-{_slug(failure['type'])}-"
+                             f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+    fd, tmp = tempfile.mkstemp(dir=sub, prefix=".tmp-", suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_failure(path: str) -> dict | None:
+    """A saved model failure as a dict, or None if ``path`` holds something else (load()
+    then reads it, or names its problem)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(d, dict) or d.get("kind") != FAILURE_KIND:
+        return None
+    if d.get("format_version") != FORMAT_VERSION:
+        raise _fail(path, f"model-failure format_version {d.get('format_version')!r} is not "
+                    f"the {FORMAT_VERSION} this mmfuzz reads")
+    for key, typ in (("kernel", str), ("world", dict), ("schedule", list), ("failure", dict)):
+        if not isinstance(d.get(key), typ):
+            raise _fail(path, f"field {key!r} is missing or not a {typ.__name__}")
+    try:
+        validate_world(d["world"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _fail(path, f"bad world: {e}") from None
+    return d

@@ -383,7 +383,8 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
             progress(stats, now - t0)
             last = now
         if v is not None:
-            return Found(world, run.actions, v.prop, i, stats["runs"], stats["steps"],
+            return Found(world, run.schedule_upto(run.violation_step), v.prop, i,
+                         stats["runs"], stats["steps"],
                          time.perf_counter() - t0), stats
         i += stride
     stats["seconds"] = time.perf_counter() - t0

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
 
-from mmfuzz.explore import syscall_action
+from mmfuzz.explore import GATHERS, syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
 from mmfuzz.run import OPS, ModelFailure, Run
@@ -21,10 +21,18 @@ BURSTS = st.integers(1, 8)
 SYSCALLS = tuple(OPS)   # every syscall the model has, in mmfuzz.run.OPS order
 
 
+#: mmu_gather limits, shrinking toward the real ones (mmfuzz.explore.GATHERS: real, tiny, and
+#: two in between that make a zap span several batches)
+GATHER_CHOICES = (GATHERS[0], GATHERS[1], GATHERS[0], GATHERS[1], GATHERS[2], GATHERS[3])
+#: an extra shape is drawn in one world of six, and shrinks away
+RARE = (False, False, False, False, False, True)
+
+
 @st.composite
 def worlds(draw):
     """A small world drawn by Hypothesis; it shrinks toward 2 CPUs of one process, a 2-page
-    file, 2 PTEs per table and the real mmu_gather constants."""
+    file, 2 PTEs per table and the real mmu_gather constants. Rarely (each shrinks away) a
+    second VMA of the file in the first process at another pgoff, and a second file."""
     ncpus = draw(st.sampled_from((2, 3)))
     two_mm = ncpus == 3 and draw(st.booleans())
     cpu_mm = [1, 1, 2] if two_mm else [1] * ncpus
@@ -35,16 +43,29 @@ def worlds(draw):
     anon_start = ((npages + ptrs - 1) // ptrs) * ptrs
     vmas.append({"mm": 1, "start": anon_start, "end": anon_start + 2, "file": None,
                  "shared": False, "writable": True})
-    tiny = draw(st.booleans())
-    gather = ({"local_max": 2, "batch_max": 2, "batch_count_max": 1} if tiny
-              else {"local_max": 8, "batch_max": 510, "batch_count_max": 19})
-    pages = list(range(npages)) + [anon_start, anon_start + 1]
+    end = anon_start + 2
+    gather = dict(draw(st.sampled_from(GATHER_CHOICES)))
+    files = [{"id": 1, "npages": npages}]
+    if draw(st.sampled_from(RARE)):
+        length = draw(st.integers(1, 2))
+        pgoff = draw(st.integers(0, npages - length))
+        vmas.append({"mm": 1, "start": end, "end": end + length, "file": 1, "pgoff": pgoff,
+                     "shared": True, "writable": True})
+        end += length
+    if draw(st.sampled_from(RARE)):
+        n2 = draw(st.integers(1, 2))
+        files.append({"id": 2, "npages": n2})
+        vmas.append({"mm": 1, "start": end, "end": end + n2, "file": 2, "pgoff": 0,
+                     "shared": True, "writable": True})
+        end += n2
+    pages = sorted({vpn for v in vmas for vpn in range(v["start"], v["end"])})
     prefault = draw(st.lists(st.tuples(st.integers(0, ncpus - 1), st.sampled_from(pages),
                                        st.sampled_from((1, 0))), min_size=0, max_size=3))
-    prefault = [p for p in prefault if p[1] < npages or cpu_mm[p[0]] == 1]
+    prefault = [p for p in prefault
+                if any(v["mm"] == cpu_mm[p[0]] and v["start"] <= p[1] < v["end"] for v in vmas)]
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs,
-            "npmds": (anon_start + 2 + ptrs - 1) // ptrs, "nframes": 64,
-            "files": [{"id": 1, "npages": npages}], "vmas": vmas, "gather": gather,
+            "npmds": (end + ptrs - 1) // ptrs, "nframes": 64,
+            "files": files, "vmas": vmas, "gather": gather,
             "prefault": [list(p) for p in prefault]}
 
 
