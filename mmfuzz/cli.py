@@ -331,7 +331,7 @@ def report_model_failure(mf: ModelFailure, kname: str, engine: str, seed, save_d
     print(f" {ModelFailure(info).summary()}")
     for line in info.get("traceback", [])[-6:]:
         print(f"   {line}")
-    print(f" schedule: {len(info['schedule'])} actions (shrunk from {before}), saved {path}")
+    print(f" schedule: {_lengths(info['schedule'], 0)} (shrunk from {before}), saved {path}")
     print(f" replay: mmfuzz replay {path}")
     runs = mf.info.get("runs")
     when = ""
@@ -548,6 +548,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mmfuzz: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:   # noqa: BLE001 - a crash of mmfuzz itself is never exit 1 (a find)
+        import traceback
+        traceback.print_exc()
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+        print(f"mmfuzz: internal error (not a find; exit 3): {type(e).__name__}: {e} at {where}",
+              file=sys.stderr)
+        return EXIT_MODEL_FAILURE
     return EXIT_BAD_INPUT
 
 

@@ -48,7 +48,7 @@ Leaves
     and every task has returned, the interleaving is complete and Run.quiesce() decides (it
     drains any IPIs still pending in the deterministic drain order, syncs and drops the clean
     cache). A violating prefix is a leaf too. If nothing is enabled while a task is still
-    blocked, the model deadlocked: ModelError is raised, naming the schedule.
+    blocked, the model deadlocked: a ModelFailure (Run.fail) is raised with the schedule.
 
 Search
     Depth-first, systematic, no randomness. Generators cannot be copied, so a state is

@@ -26,6 +26,9 @@ GATHERS = ({"local_max": 8, "batch_max": 510, "batch_count_max": 19},
            {"local_max": 3, "batch_max": 3, "batch_count_max": 2},
            {"local_max": 4, "batch_max": 4, "batch_count_max": 3})
 GATHER_WEIGHTS = (0.55, 0.25, 0.12, 0.08)
+#: how often a world maps the file a second time in the first process, and has a second file
+ALIAS_P = 0.15
+SECOND_FILE_P = 0.15
 
 
 def random_world(rng: random.Random) -> dict:
@@ -50,7 +53,7 @@ def random_world(rng: random.Random) -> dict:
     end = anon_start + 2
     gather = dict(rng.choices(GATHERS, GATHER_WEIGHTS)[0])
     files = [{"id": 1, "npages": npages}]
-    if rng.random() < 0.15:
+    if rng.random() < ALIAS_P:
         # the same file mapped again by the first process, at another pgoff: one folio,
         # two PTEs of one mm (rmap walks, writeback and zap meet it twice)
         length = rng.choice((1, 2))
@@ -58,7 +61,7 @@ def random_world(rng: random.Random) -> dict:
         vmas.append({"mm": 1, "start": end, "end": end + length, "file": 1, "pgoff": pgoff,
                      "shared": True, "writable": True})
         end += length
-    if rng.random() < 0.15:
+    if rng.random() < SECOND_FILE_P:
         # a second file, mapped shared by the first process
         n2 = rng.choice((1, 2))
         files.append({"id": 2, "npages": n2})

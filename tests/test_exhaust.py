@@ -146,7 +146,7 @@ def test_ipi_reduction_counts():
 @pytest.mark.cost(3)
 def test_shortest_violating_interleaving_is_kept():
     """With stop_at_first off, every violating leaf is seen and the shortest is kept: on the
-    zap scenario at bound 1 the first violation found is 21 actions, the shortest 18; it
+    zap scenario at bound 1 the first violation found is 22 actions, the shortest 18; it
     replays to the same property."""
     [path] = [p for p in FILES if "zap-rmap-before-flush" in p]
     cx = load(path)
