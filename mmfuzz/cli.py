@@ -467,7 +467,33 @@ def _replay_failure(path: str, d: dict, a) -> int:
     return EXIT_CLEAN
 
 
+def _show_failure(path: str, d: dict) -> int:
+    """Render a saved model failure: the trace of its schedule up to the action that raised,
+    then the exception."""
+    from .run import Run
+    from .trace import render
+    kcls = resolve_kernel(d["kernel"])
+    title = f"MODEL FAILURE {d['failure'].get('type')}   kernel={d['kernel']}"
+    try:
+        run = Run(kcls, d["world"])
+        for action in d["schedule"]:
+            run.apply(action)
+        run.quiesce()
+    except ModelFailure as mf:
+        print(render(run, title) if "run" in locals() else title)
+        print(f" {mf.summary()}")
+        for line in mf.info["traceback"][-6:]:
+            print(f"   {line}")
+        print(f" replay: mmfuzz replay {path}")
+        return EXIT_MODEL_FAILURE
+    print(f"{path}: no model failure on {d['kernel']}: the schedule runs clean now")
+    return EXIT_CLEAN
+
+
 def cmd_show(a) -> int:
+    failure = load_failure(a.file)
+    if failure is not None:
+        return _show_failure(a.file, failure)
     cx = load(a.file)
     try:
         run, out, _ = replay(cx)

@@ -98,6 +98,8 @@ class ModelFailure(Exception):
 
 def _where(exc: BaseException) -> tuple[str, list[str]]:
     frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:   # made, not raised (exhaust's deadlock): where Run.fail was called
+        frames = traceback.extract_stack()[:-2]
     lines = []
     for fr in frames:
         path = fr.filename

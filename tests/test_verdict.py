@@ -65,6 +65,8 @@ def test_model_failure_is_exit_3_saved_and_replays(variant, engine, tmp_path, ca
     status, out, err = _main(capsys, "replay", path)
     assert status == cli.EXIT_MODEL_FAILURE, out + err
     assert "reproduced on" in out and exc in out
+    status, out, _ = _main(capsys, "show", path)
+    assert status == cli.EXIT_MODEL_FAILURE and f"MODEL FAILURE {exc}" in out
     # and on mainline the same schedule runs clean
     status, out, _ = _main(capsys, "replay", path, "--kernel", "mainline")
     assert status == cli.EXIT_CLEAN and "runs clean" in out
