@@ -95,9 +95,9 @@ class MmStateMachine(RuleBasedStateMachine):
             self.model_failed = True   # teardown must not run the broken machine on
             raise
         if step is None:
-            # only a step can turn out blocked (the task found its lock taken): a no-op
-            assert action[0] == "step", f"rule drew a disabled action {action}"
-            return
+            # rules draw only enabled actions (a step that finds its lock taken is a recorded
+            # step of its own, not a None), so this is the machine's own bug
+            raise AssertionError(f"rule drew a disabled action {action}")
         cls = type(self)
         cls.steps_total += 1
         if cls.on_progress is not None and cls.steps_total % 512 == 0:
