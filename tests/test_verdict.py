@@ -84,7 +84,7 @@ def test_replaying_a_counterexample_on_a_failing_variant_is_exit_3(variant, tmp_
     needs a zap over an empty PMD, which no corpus entry has; its saved failure file is
     replayed above)."""
     zap = os.path.join(ROOT, "corpus", "violations", "zap-rmap-before-flush")
-    [cx] = [os.path.join(zap, f) for f in sorted(os.listdir(zap)) if f.endswith(".json")]
+    cx = [os.path.join(zap, f) for f in sorted(os.listdir(zap)) if f.endswith(".json")][0]
     kname = f"tests.variants:{variant}"
     status, out, err = _main(capsys, "replay", cx, "--kernel", kname, "--save", str(tmp_path))
     assert status == cli.EXIT_MODEL_FAILURE, out + err
@@ -259,10 +259,10 @@ def test_hypothesis_worlds_draw_every_shape():
 
 @pytest.mark.parametrize("change,needle", [
     (lambda w: w["vmas"].append(dict(w["vmas"][0], start=1, end=3)), "overlap"),
-    (lambda w: w["vmas"][0].update(pgoff=2), "past the end of file 1"),
+    (lambda w: w["vmas"][0].update(pgoff=2), "of file 1, which has 4 pages"),
     (lambda w: w["vmas"][0].update(file=7), "maps file 7"),
-    (lambda w: w["files"].append({"id": 1, "npages": 2}), "two files have id 1"),
-    (lambda w: w["prefault"].append([9, 0, 1]), "prefault entry"),
+    (lambda w: w["files"].append({"id": 1, "npages": 2}), "file id 1 appears twice"),
+    (lambda w: w["prefault"].append([2, 7, 1]), "va 0x7 is in no VMA"),
 ])
 def test_validate_world_names_the_bad_shape(change, needle):
     w = default_world()
