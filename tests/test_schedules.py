@@ -23,8 +23,14 @@ def test_policies_are_deterministic_per_seed():
 # that find it within 1,500 runs since the operation registry (mmfuzz.ops) changed the order in
 # which its action list is enumerated (the same set of actions, another random stream).
 @pytest.mark.fuzz
-@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 262),
-                                                 pytest.param("uniform", 29, 1221,
+# pct seed 1 re-measured after recorded blocked steps and the new world shapes: 262 -> 1,199.
+@pytest.mark.parametrize("policy,seed,needed", [pytest.param("pct", 1, 1199,
+                                                             marks=pytest.mark.cost(3)),
+                                                 # uniform seed 29 (1,221 on main) finds
+                                                 # nothing in 20,000 runs now; of seeds 30-37
+                                                 # (budget 2,500) only 30, 31, 36 find it
+                                                 # (797, 913, 207): seed 30 is pinned
+                                                 pytest.param("uniform", 30, 797,
                                                              marks=pytest.mark.cost(2))])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
@@ -76,8 +82,11 @@ def test_random_worlds_are_valid():
 # (uniform: 76 since mmfuzz.ops enumerates its actions in another order; was 55)
 # with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed).
 # The counts are the same in a script and under pytest (strategies/determinism.py).
-HYP_HUNTS = [("swarm", "fbf", 1, 10), ("pct", "fbf", 3, 6), ("uniform", "fbf", 3, 76),
-             pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 466,
+# Re-measured after worlds() drew its new shapes: pct/fbf 6 -> 91, uniform/fbf 76 -> 266.
+# swarm/madv seed 1 (466 before) no longer finds the bug within 1,500 examples; seeds 2-5 need
+# 1,260, 968, 385 and 884: seed 4 is pinned.
+HYP_HUNTS = [("swarm", "fbf", 1, 10), ("pct", "fbf", 3, 91), ("uniform", "fbf", 3, 266),
+             pytest.param("swarm", "bug:madv-parallel-flush-miss", 4, 385,
                           marks=pytest.mark.cost(7))]
 
 
