@@ -1,5 +1,9 @@
 """The `mmfuzz` command. Exit status: 0 no violation, 1 a violation found or reproduced (shrunk,
-saved, printed), 2 bad input or usage (one line naming the problem and the fix)."""
+saved, printed), 2 bad input or usage (one line naming the problem and the fix), 3 the model or
+the kernel variant failed (an exception, a deadlock, an assertion of the model's own invariants,
+a found schedule that does not reproduce): never a find; reported with the exception, where it
+was raised, and the schedule that replays to it, saved under --save DIR/failures/ (else a
+temporary directory)."""
 
 from __future__ import annotations
 
@@ -12,14 +16,28 @@ import textwrap
 import time
 
 from . import __version__
-from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load, render_cx,
-                     replay, save)
+from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load,
+                     load_failure, render_cx, replay, save, save_failure)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
-from .model import OutOfFrames
-from .run import ModelError, execute
+from .run import ModelError, ModelFailure, execute
 
-EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_MODEL_FAILURE = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 141
+
+#: The engine of `fuzz` and `hunt` when neither --fast nor --hypothesis is given: "fast" (the
+#: plain-Python explorer) or "hypothesis". The fast explorer with swarm is the fastest engine
+#: on every catalogued bug (bench/RESULTS.md). The one place to change the default.
+DEFAULT_ENGINE = "fast"
+
+
+def choose_engine(a) -> str:
+    """"fast" or "hypothesis" for these options: --fast and --hypothesis decide; --strategy
+    rules is Hypothesis's rule machine; otherwise DEFAULT_ENGINE."""
+    if a.hypothesis or (a.strategy == "rules" and not a.fast):
+        return "hypothesis"
+    if a.fast:
+        return "fast"
+    return DEFAULT_ENGINE
 
 
 class UsageError(Exception):
@@ -73,13 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--save", metavar="DIR", help="save a counterexample under DIR")
         eng = q.add_mutually_exclusive_group()
         eng.add_argument("--fast", action="store_true",
-                         help="the plain-Python random explorer instead of Hypothesis")
+                         help="the plain-Python random explorer (the default engine)")
         eng.add_argument("--hypothesis", action="store_true",
-                         help="the Hypothesis engine (fuzz's default; hunt's is --fast)")
+                         help="the Hypothesis engine (implied by --strategy rules)")
         q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules"),
                        default="swarm",
                        help="scheduling strategy: swarm (default), pct or uniform, with either "
-                       "engine; rules = Hypothesis's rule-based state machine")
+                       "engine; rules = Hypothesis's rule-based state machine (implies "
+                       "--hypothesis)")
         q.add_argument("--quiet", action="store_true", help="no progress line")
         q.add_argument("--json", action="store_true",
                        help="print one JSON object (the summary) on stdout; reports go to stderr")
@@ -89,12 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fuzz", help="fuzz a kernel variant")
     fuzz_opts(f)
-    h = sub.add_parser("hunt", help="fuzz bug:SLUG from scratch (no corpus, no database)")
-    h.add_argument("slug")
+    h = sub.add_parser("hunt", help="fuzz bug:SLUG (or --kernel K) from scratch (no corpus, no "
+                       "database)")
+    h.add_argument("slug", nargs="?", help="a catalogued bug (`mmfuzz bugs`)")
+    h.add_argument("--kernel", help="a kernel instead of a bug: mainline, bug:SLUG or "
+                   "package.module:Class")
     fuzz_opts(h, kernel=False)
     r = sub.add_parser("replay", help="re-run saved counterexamples")
     r.add_argument("files", nargs="+")
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
+    r.add_argument("--save", metavar="DIR", help="where a model failure's schedule is saved "
+                   "(DIR/failures/; default a temporary directory)")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
     o = sub.add_parser("ops", help="every operation a schedule can start: its arguments, what "
@@ -106,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kernel", help="explore on this kernel instead of the file's own")
     e.add_argument("--preemptions", type=_nonneg_int, default=2)
     e.add_argument("--states-max", type=_nonneg_int, default=200_000)
+    e.add_argument("--save", metavar="DIR", help="where a model failure's schedule is saved "
+                   "(DIR/failures/; default a temporary directory)")
     return p
 
 
@@ -169,10 +195,14 @@ class Progress:
 
 # ---------------------------------------------------------------- engines -------------
 def _explore_worker(args):
+    """One worker's share; a model failure comes back as a value (the parent reports it)."""
     kname, seed, budget, runs_max, start, stride, strategy = args
     from .explore import explore_strided
-    return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
-                           policy=strategy)
+    try:
+        return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
+                               policy=strategy)
+    except ModelFailure as mf:
+        return mf, {"runs": mf.info.get("runs", 0), "steps": mf.info.get("steps", 0)}
 
 
 def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy):
@@ -190,6 +220,10 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
         for found, stats in pool.imap_unordered(_explore_worker, jobs):
             total["runs"] += stats["runs"]
             total["steps"] += stats["steps"]
+            if isinstance(found, ModelFailure):
+                pool.terminate()
+                found.info.update(runs=total["runs"], steps=total["steps"])
+                raise found
             if found is not None and (best is None or found.run_index < best.run_index):
                 best = found
                 pool.terminate()
@@ -200,8 +234,11 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
 def _hypothesis_worker(args):
     kname, seed, budget, examples, strategy = args
     quiet = Progress("", True)
-    failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet,
-                                      strategy)
+    try:
+        failure, stats = _fuzz_hypothesis(resolve_kernel(kname), seed, budget, examples, quiet,
+                                          strategy)
+    except ModelFailure as mf:
+        return mf, {"runs": mf.info.get("runs", 0), "steps": mf.info.get("steps", 0)}
     if failure is not None:
         failure = dict(failure, violation=failure["violation"].to_json())
     return failure, stats
@@ -220,6 +257,10 @@ def _fuzz_hypothesis_parallel(kname, seed, budget, examples, workers, progress, 
             total["runs"] += stats["runs"]
             total["steps"] += stats["steps"]
             progress.update(total["runs"], total["steps"], force=True)
+            if isinstance(failure, ModelFailure):
+                pool.terminate()
+                failure.info.update(runs=total["runs"], steps=total["steps"])
+                raise failure
             if failure is not None:
                 pool.terminate()
                 failure["violation"] = Violation.from_json(failure["violation"])
@@ -248,12 +289,17 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
 
         def on_progress(c):
             progress.update(base_runs + c.runs_total, base_steps + c.steps_total)
-        if strategy == "rules":
-            failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n, on_progress=on_progress,
-                                         hypothesis_shrink=False)
-        else:
-            failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
-                                                   on_progress=on_progress)
+        try:
+            if strategy == "rules":
+                failure, st = run_hypothesis(kcls, seed * 1_000_003 + i, n,
+                                             on_progress=on_progress, hypothesis_shrink=False)
+            else:
+                failure, st = run_schedules_hypothesis(kcls, seed * 1_000_003 + i, n, strategy,
+                                                       on_progress=on_progress)
+        except ModelFailure as mf:
+            mf.info.update(runs=runs + mf.info.get("runs", 0),
+                           steps=steps + mf.info.get("steps", 0), chunk=i)
+            raise
         runs += st.runs_total
         steps += st.steps_total
         progress.update(runs, steps, force=True)
@@ -264,28 +310,86 @@ def _fuzz_hypothesis(kcls, seed, budget, examples, progress, strategy="swarm"):
 
 
 def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, out_stream):
-    """Shrink (fast mode) already done by the caller; replay once, render, save, print."""
+    """Shrink (fast mode) already done by the caller; replay once, render, save, print.
+    Returns (path, number of quiescence actions up to the violation). A schedule that does
+    not reproduce is a model failure."""
     run, outcome = execute(kcls, world, schedule)
     if outcome.violation is None:
-        raise ModelError("the found schedule did not reproduce on replay")
+        raise ModelFailure({
+            "type": "ModelError", "message": "the found schedule did not reproduce on replay",
+            "where": "mmfuzz/cli.py in _report_found", "traceback": [], "phase": "replay",
+            "action": None, "world": world, "schedule": schedule})
     cx = Counterexample(kname, world, schedule, outcome.violation.prop, outcome.violation.why,
                         outcome.violation.facts, outcome.step, outcome.phase,
                         found_info(seed, engine, **extra))
     path = None
     if save_dir:
         rendered = render_cx(run, outcome, cx)
-        path = save(cx, save_dir, rendered, kernel_cls=kcls)
+        try:
+            path = save(cx, save_dir, rendered, kernel_cls=kcls)
+        except ModelError as e:   # the determinism check refused it: the model misbehaved
+            raise ModelFailure({
+                "type": "ModelError", "message": str(e), "where": "mmfuzz/corpus.py in save",
+                "traceback": [], "phase": "replay", "action": None, "world": world,
+                "schedule": schedule}) from e
     print(render_cx(run, outcome, cx, path), file=out_stream)
-    return path, outcome.violation
+    return path, outcome.violation, run.quiescence_actions(outcome.step)
+
+
+def _lengths(schedule: list, quiescence: int) -> str:
+    """"N actions", plus the quiescence actions up to the violation counted apart."""
+    text = f"{len(schedule)} action{'s' if len(schedule) != 1 else ''}"
+    if quiescence:
+        text += f" + {quiescence} quiescence action{'s' if quiescence != 1 else ''}"
+    return text
+
+
+def report_model_failure(mf: ModelFailure, kname: str, engine: str, seed, save_dir,
+                         shrink: bool = True, elapsed: float | None = None) -> int:
+    """Exit status 3: the model or the variant failed. Shrink the schedule to a shorter one
+    that raises the same exception (kept only if it does so on a strict replay), save it
+    under DIR/failures/ (DIR = --save, else a new temporary directory), print the exception,
+    where it was raised, the innermost frames, and a one-line summary. Never a find."""
+    import tempfile
+    info = dict(mf.info)
+    before = len(info["schedule"])
+    if shrink and info.get("phase") != "replay":
+        try:
+            kcls = resolve_kernel(kname)
+            from .explore import shrink_failure
+            world, schedule = shrink_failure(kcls, mf)
+            try:
+                execute(kcls, world, schedule, strict=True)
+            except ModelFailure as again:
+                if again.same(mf):
+                    info = dict(again.info)
+        except Exception:   # noqa: BLE001 - the shrinker failing must not hide the failure
+            pass
+    directory = save_dir or tempfile.mkdtemp(prefix="mmfuzz-failure-")
+    extra = {k: mf.info[k] for k in ("run", "runs", "chunk") if mf.info.get(k) is not None}
+    extra["schedule_len_before_shrink"] = before
+    path = save_failure(info, kname, directory, found_info(seed, engine, **extra))
+    print(f"MODEL FAILURE (not a find) kernel={kname} engine={engine} seed={seed}")
+    print(f" {ModelFailure(info).summary()}")
+    for line in info.get("traceback", [])[-6:]:
+        print(f"   {line}")
+    print(f" schedule: {_lengths(info['schedule'], 0)} (shrunk from {before}), saved {path}")
+    print(f" replay: mmfuzz replay {path}")
+    runs = mf.info.get("runs")
+    when = ""
+    if runs:
+        when = f" after {runs} runs" + (f", {elapsed:.1f}s" if elapsed is not None else "")
+    print(f"summary: kernel={kname} engine={engine} seed={seed}: model failure (exit 3) "
+          f"{info['type']} at {info['where']}{when}; saved {path}")
+    return EXIT_MODEL_FAILURE
 
 
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
-    fast = a.fast or (hunting and not a.hypothesis)
+    fast = choose_engine(a) == "fast"
     if fast and a.strategy == "rules":
         raise UsageError("--strategy rules is Hypothesis's rule-based machine, not a fast-mode "
-                         "strategy; drop --fast (hunt: add --hypothesis) or pick swarm, pct or "
-                         "uniform")
+                         "strategy; drop --fast or pick swarm, pct or uniform")
     engine = f"explore/{a.strategy}" if fast else f"hypothesis/{a.strategy}"
     budget = a.budget if a.budget is not None else (120.0 if hunting else 30.0)
     workers = a.workers or os.cpu_count() or 1
@@ -310,6 +414,19 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
         cov = ModelCoverage(kcls)
         cov.__enter__()
     t0 = time.perf_counter()
+    try:
+        return _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed,
+                         fresh, cov)
+    except ModelFailure as mf:
+        if cov is not None:
+            cov.__exit__(None, None, None)
+        progress.done()
+        return report_model_failure(mf, kname, engine, seed, a.save,
+                                    elapsed=time.perf_counter() - t0)
+
+
+def _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed, fresh,
+              cov) -> int:
     if fast:
         found, stats = _fuzz_fast(kname, kcls, seed, None if a.examples is not None else budget,
                                   a.examples, workers, progress, a.strategy)
@@ -332,8 +449,7 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
                           else {"seconds": budget}),
                "workers": workers, "runs": stats["runs"], "steps": stats["steps"],
                "verdict": "clean", "property": None, "why": None, "schedule_len": None,
-               "saved": None}
-    path = None
+               "quiescence_len": None, "saved": None}
     if found is not None:
         if fast:
             from .explore import shrink
@@ -347,10 +463,10 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
             world, schedule = found["world"], found["schedule"]
             extra = {"chunk": stats.get("chunk")}
             prop = found["violation"].prop
-        path, v = _report_found(kname, kcls, world, schedule, seed, engine, a.save, extra,
-                                sys.stderr if a.json else sys.stdout)
+        path, v, quiescent = _report_found(kname, kcls, world, schedule, seed, engine, a.save,
+                                           extra, sys.stderr if a.json else sys.stdout)
         summary.update(verdict="violation", property=prop, schedule_len=len(schedule),
-                       saved=path, why=v.why, facts=v.facts)
+                       quiescence_len=quiescent, saved=path, why=v.why, facts=v.facts)
     status = EXIT_CLEAN if found is None else EXIT_VIOLATION
     _print_summary(summary, elapsed, cov, a.json)
     return status
@@ -371,8 +487,9 @@ def _print_summary(summary: dict, elapsed: float, cov, as_json: bool) -> None:
     if summary["verdict"] == "clean":
         line = head + f"no violation in {summary['runs']} runs, {summary['steps']} steps"
     else:
+        shrunk = [None] * summary["schedule_len"]
         line = (head + f"{summary['property']} after {summary['runs']} runs; shrunk to "
-                f"{summary['schedule_len']} actions"
+                f"{_lengths(shrunk, summary['quiescence_len'] or 0)}"
                 + (f"; saved {summary['saved']}" if summary["saved"] else ""))
     timing = f"time: {elapsed:.1f}s, {rate:,.0f} steps/s"
     out = sys.stderr if as_json else sys.stdout
@@ -392,28 +509,101 @@ def cmd_replay(a) -> int:
     --kernel (which may be imported: the user named it). Every file is loaded and checked
     before any runs. Exit 1 if any replay shows a violation."""
     status = EXIT_CLEAN
-    cxs = [load(path) for path in a.files]
+    cxs = []
+    for path in a.files:   # every file is loaded and checked before any runs
+        failure = load_failure(path)
+        cxs.append((path, failure if failure is not None else load(path)))
     if a.kernel:
-        kernel_for(cxs[0], a.kernel)
+        try:
+            resolve_kernel(a.kernel)
+        except KernelNameError as e:
+            raise CorpusError(f"--kernel: {e}") from None
     else:
-        for cx in cxs:
-            kernel_for(cx)
-    for cx in cxs:
-        v = check(cx, a.kernel)
+        for _, cx in cxs:
+            if not isinstance(cx, dict):
+                kernel_for(cx)
+    for path, cx in cxs:
+        if isinstance(cx, dict):
+            status = max(status, _replay_failure(path, cx, a))
+            continue
+        kname = a.kernel or cx.kernel
+        try:
+            v = check(cx, a.kernel)
+        except ModelFailure as mf:
+            print(f"{path}: the model failed on {kname}")
+            status = max(status, report_model_failure(mf, kname, "replay", cx.found.get("seed"),
+                                                      a.save))
+            continue
         if v.outcome.violation is not None:
-            status = EXIT_VIOLATION
+            status = max(status, EXIT_VIOLATION)
             print(render_cx(v.run, v.outcome, cx, cx.path))
         print(v.message)
         print(f"  why: {cx.why}")
     return status
 
 
+def _replay_failure(path: str, d: dict, a) -> int:
+    """Re-run a saved model failure: exit 3 if it fails again (the same way or another),
+    0 if the schedule now runs clean, 1 if it now violates a property."""
+    from .run import Divergence
+    kname = a.kernel or d["kernel"]
+    want = d["failure"].get("type")
+    try:
+        _, out = execute(resolve_kernel(kname), d["world"], d["schedule"],
+                         strict=kname == d["kernel"])
+    except ModelFailure as mf:
+        same = "reproduced" if mf.type == want else f"a different model failure (was {want})"
+        print(f"{path}: {same} on {kname}: {mf.summary()}")
+        for line in mf.info["traceback"][-6:]:
+            print(f"   {line}")
+        print(f"summary: model failure (exit 3) {mf.type} at {mf.info['where']}")
+        return EXIT_MODEL_FAILURE
+    except Divergence as e:
+        raise CorpusError(f"{path}: the schedule no longer fits kernel {kname}: {e}") from None
+    if out.violation is not None:
+        print(f"{path}: no model failure on {kname}, but {out.violation.prop}: "
+              f"{out.violation.why}")
+        return EXIT_VIOLATION
+    print(f"{path}: no model failure on {kname}: the schedule runs clean (was {want})")
+    return EXIT_CLEAN
+
+
+def _show_failure(path: str, d: dict) -> int:
+    """Render a saved model failure: the trace of its schedule up to the action that raised,
+    then the exception."""
+    from .run import Run
+    from .trace import render
+    kcls = resolve_kernel(d["kernel"])
+    title = f"MODEL FAILURE {d['failure'].get('type')}   kernel={d['kernel']}"
+    try:
+        run = Run(kcls, d["world"])
+        for action in d["schedule"]:
+            run.apply(action)
+        run.quiesce()
+    except ModelFailure as mf:
+        print(render(run, title) if "run" in locals() else title)
+        print(f" {mf.summary()}")
+        for line in mf.info["traceback"][-6:]:
+            print(f"   {line}")
+        print(f" replay: mmfuzz replay {path}")
+        return EXIT_MODEL_FAILURE
+    print(f"{path}: no model failure on {d['kernel']}: the schedule runs clean now")
+    return EXIT_CLEAN
+
+
 def cmd_show(a) -> int:
     from .run import Run
     from .trace import show
+    failure = load_failure(a.file)
+    if failure is not None:
+        return _show_failure(a.file, failure)
     cx = load(a.file)
     _, kcls = kernel_for(cx)
-    run, out, _ = replay(cx)
+    try:
+        run, out, _ = replay(cx)
+    except ModelFailure as mf:
+        print(f"{a.file}: the model failed on {cx.kernel}: {mf.summary()}")
+        return EXIT_MODEL_FAILURE
     print(show(run, out, cx, Run(kcls, cx.world)))
     return EXIT_VIOLATION if out.violation is not None else EXIT_CLEAN
 
@@ -424,10 +614,12 @@ def cmd_exhaust(a) -> int:
     kname, _ = kernel_for(cx, a.kernel)   # a file's own kernel never causes an import
     try:
         res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
-    except OutOfFrames:
-        raise CorpusError(f"{a.file}: the world is too small for the scenario: it ran out of "
-                          f"page frames (world.nframes = {cx.world['nframes']}); raise "
-                          "world.nframes") from None
+    except ModelFailure as mf:
+        if mf.type == "OutOfFrames":   # the file's world is too small: bad input
+            raise CorpusError(f"{a.file}: the world is too small for the scenario: it ran out "
+                              f"of page frames (world.nframes = {cx.world['nframes']}); raise "
+                              "world.nframes") from None
+        return report_model_failure(mf, kname, "exhaust", None, a.save)
     head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
             f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:
@@ -518,6 +710,11 @@ def _main(argv=None) -> int:
         if a.cmd == "fuzz":
             return cmd_fuzz(a.kernel, a, hunting=False)
         if a.cmd == "hunt":
+            if (a.slug is None) == (a.kernel is None):
+                raise UsageError("hunt takes a bug SLUG (see `mmfuzz bugs`) or --kernel K, "
+                                 "not both and not neither")
+            if a.kernel is not None:
+                return cmd_fuzz(a.kernel, a, hunting=True)
             bug = bug_by_slug(a.slug)
             return cmd_fuzz(f"bug:{bug.slug}", a, hunting=True)
         if a.cmd == "replay":
@@ -536,6 +733,14 @@ def _main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mmfuzz: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:   # noqa: BLE001 - a crash of mmfuzz itself is never exit 1 (a find)
+        import traceback
+        traceback.print_exc()
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+        print(f"mmfuzz: internal error (not a find; exit 3): {type(e).__name__}: {e} at {where}",
+              file=sys.stderr)
+        return EXIT_MODEL_FAILURE
     return EXIT_BAD_INPUT
 
 

@@ -31,8 +31,8 @@ from properties import PROPERTY_NAMES
 from . import __version__
 from .kernels import KernelNameError, resolve_kernel
 from .model import OutOfFrames
-from .run import (LIMITS, Divergence, ModelError, Outcome, Run, _divergence_message, execute,
-                  validate_action, validate_world)
+from .run import (LIMITS, Divergence, ModelError, ModelFailure, Outcome, Run,
+                  _divergence_message, execute, validate_action, validate_world)
 from .trace import render
 
 FORMAT_VERSION = 1
@@ -485,8 +485,13 @@ def replay(cx: Counterexample, kernel: str | None = None) -> tuple[Run, Outcome,
     strict = name == cx.kernel
     where = f"{cx.path}: " if cx.path else ""
     try:
-        actions, skipped = expand(kcls, cx.world, cx.schedule, strict, where)
-        run, out = execute(kcls, cx.world, actions, strict=True)
+        try:
+            actions, skipped = expand(kcls, cx.world, cx.schedule, strict, where)
+            run, out = execute(kcls, cx.world, actions, strict=True)
+        except ModelFailure as mf:   # Run.apply wraps every exception of the model
+            if mf.type != "OutOfFrames":
+                raise
+            raise OutOfFrames(mf.info["message"]) from None
     except Divergence as e:
         raise CorpusError(f"{where}the schedule no longer fits kernel {name}: {e}; the model "
                           "changed since it was recorded: re-record it with `mmfuzz hunt`") from None
@@ -665,3 +670,51 @@ def render_cx(run: Run, out: Outcome, cx: Counterexample, path: str | None = Non
     if path:
         tail.append(f" replay: mmfuzz replay {path}")
     return text + "\n" + "\n".join(tail)
+
+
+# ------------------------------------------------------------------ model failures ------
+FAILURE_KIND = "mmfuzz-model-failure"
+
+
+def save_failure(failure: dict, kernel: str, directory: str, found: dict) -> str:
+    """Save a model failure (a ModelFailure's info: not a counterexample, never a find) as
+    versioned JSON under ``directory``/failures/, named by kernel, exception type and a hash of
+    the content; ``mmfuzz replay`` re-runs it to the same exception. Returns the path."""
+    data = {"format_version": FORMAT_VERSION, "kind": FAILURE_KIND, "kernel": kernel,
+            "world": failure["world"], "schedule": failure["schedule"],
+            "failure": {k: failure.get(k) for k in ("type", "message", "where", "phase",
+                                                    "action", "traceback")},
+            "found": found}
+    key = json.dumps({"k": kernel, "w": failure["world"], "s": failure["schedule"]},
+                     sort_keys=True)
+    sub = os.path.join(directory, "failures")
+    os.makedirs(sub, exist_ok=True)
+    path = os.path.join(sub, f"{_slug(kernel.replace('bug:', ''))}-{_slug(failure['type'])}-"
+                             f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+    fd, tmp = tempfile.mkstemp(dir=sub, prefix=".tmp-", suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_failure(path: str) -> dict | None:
+    """A saved model failure as a dict, or None if ``path`` holds something else (load()
+    then reads it, or names its problem)."""
+    try:
+        d = read_json(path)
+    except CorpusError:
+        return None   # load() reads it again and names the problem
+    if not isinstance(d, dict) or d.get("kind") != FAILURE_KIND:
+        return None
+    if d.get("format_version") != FORMAT_VERSION:
+        raise _fail(path, f"model-failure format_version {d.get('format_version')!r} is not "
+                    f"the {FORMAT_VERSION} this mmfuzz reads")
+    for key, typ in (("kernel", str), ("world", dict), ("schedule", list), ("failure", dict)):
+        if not isinstance(d.get(key), typ):
+            raise _fail(path, f"field {key!r} is missing or not a {typ.__name__}")
+    try:
+        validate_world(d["world"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _fail(path, f"bad world: {e}") from None
+    return d

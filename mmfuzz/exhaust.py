@@ -17,9 +17,11 @@ Choices at each point (the enabled set), in this deterministic order:
     2. every other CPU, ascending: ``["step", cpu]`` if it has a runnable kernel task, else its
        next program action if it is idle and has one;
     3. ``["ipi", cpu]`` for every CPU with a pending flush IPI (IRQs on), ascending.
-    A "step" of a task whose wait is not yet known may merely discover that the task is blocked
-    (Run.apply returns None): that choice was not enabled; the probe is kept in the internal
-    path, so replays reproduce the same knowledge, but never in the returned schedule.
+    A "step" of a task whose wait is not yet known may discover that the task is blocked: that
+    attempt is an action like any other (Run._step_task records it, "spins on PTL(...)"),
+    since it ran the reads before the wait; it is in the returned schedule. Switching away
+    from a CPU whose step just blocked costs no preemption, as switching away from any blocked
+    CPU.
 
 Preemption bounding (CHESS, Musuvathi & Qadeer 2007)
     Switching to another CPU costs one preemption when the current CPU could still continue:
@@ -46,7 +48,7 @@ Leaves
     and every task has returned, the interleaving is complete and Run.quiesce() decides (it
     drains any IPIs still pending in the deterministic drain order, syncs and drops the clean
     cache). A violating prefix is a leaf too. If nothing is enabled while a task is still
-    blocked, the model deadlocked: ModelError is raised, naming the schedule.
+    blocked, the model deadlocked: a ModelFailure (Run.fail) is raised with the schedule.
 
 Search
     Depth-first, systematic, no randomness. Generators cannot be copied, so a state is
@@ -177,7 +179,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
     def leaf(run: Run, sched: list) -> None:
         res.interleavings += 1
         v = run.quiesce()  # mutates the run; the caller replays before the next sibling
-        phase = "step" if run.violation is not None else "quiescence"
+        phase = ("step" if run.violation is not None and run.violation_step < run.quiesce_from
+                 else "quiescence")
         if v is not None:
             record(run, sched, v, phase)
 
@@ -223,12 +226,11 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
             before = queued(run)
             step = run.apply(a)
             if step is None:
-                if a[0] != "step":
-                    raise ModelError(f"exhaust: {a} was offered but is not enabled")
-                path.append(a)  # a probe: the task is blocked; remember it for replays
-                continue
+                raise run.fail(ModelError(f"exhaust: {a} was offered but is not enabled"), a)
             took = True
-            if not is_ipi and a[1] == current and not flushing:
+            task = run.m.cpus[a[1]].task
+            blocked = a[0] == "step" and task is not None and task.wait is not None
+            if not is_ipi and a[1] == current and not flushing and not blocked:
                 can_continue = True
             sent = a[0] == "step" and queued(run) > before
             res.states += 1
@@ -250,8 +252,7 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
             dirty = True
         if not took:
             waits = {c.cpu_id: c.task.wait.what for c in run.m.cpus if c.task and c.task.wait}
-            raise ModelError(f"exhaust: deadlock, every operation waits: {waits}; schedule "
-                             f"{sched}")
+            raise run.fail(ModelError(f"exhaust: deadlock, every operation waits: {waits}"))
 
     try:
         node(Run(kernel_cls, world), [], [], {c: 0 for c in cpus}, None, 0, False)

@@ -14,16 +14,32 @@ import time
 from dataclasses import dataclass
 
 from . import ops as _ops
-from .run import Divergence, ModelError, Run, execute
+from .run import Divergence, ModelError, ModelFailure, Run, execute
 
 ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
+
+
+#: mmu_gather limits a world can have (mmfuzz.kernel.mmu_gather): the real x86-64 ones,
+#: and smaller ones so that a zap of a few pages fills the local batch, spans several batches
+#: or hits the batch-count limit. Weights favour the real and the tiny extremes.
+GATHERS = ({"local_max": 8, "batch_max": 510, "batch_count_max": 19},
+           {"local_max": 2, "batch_max": 2, "batch_count_max": 1},
+           {"local_max": 3, "batch_max": 3, "batch_count_max": 2},
+           {"local_max": 4, "batch_max": 4, "batch_count_max": 3})
+GATHER_WEIGHTS = (0.55, 0.25, 0.12, 0.08)
+#: how often a world maps the file a second time in the first process, and has a second file
+ALIAS_P = 0.15
+SECOND_FILE_P = 0.15
 
 
 def random_world(rng: random.Random) -> dict:
     """A small world: 2-3 CPUs of one or two processes, sometimes one more CPU with no process
     (for a forked child), a file of 2-4 pages mapped in every process (shared, or private in
-    the first), an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
-    mmu_gather, and a few prefaulted pages."""
+    the first), an anonymous VMA in the first, 2 or 4 PTEs per table, an mmu_gather of
+    GATHERS, and a few prefaulted pages. Biased to small, some worlds add (each a field of
+    the world, so the corpus records it): a second VMA of the same file in the first
+    process, at another pgoff (its file range overlaps the first VMA's), and a second file
+    mapped shared by the first process."""
     ncpus = rng.choice((2, 3, 3))
     two_mm = ncpus == 3 and rng.random() < 0.25
     cpu_mm = [1, 1, 2] if two_mm else [1] * ncpus
@@ -36,9 +52,25 @@ def random_world(rng: random.Random) -> dict:
     anon_start = ((npages + ptrs - 1) // ptrs) * ptrs if rng.random() < 0.5 else npages
     vmas.append({"mm": 1, "start": anon_start, "end": anon_start + 2, "file": None,
                  "shared": False, "writable": True})
-    npmds = (anon_start + 2 + ptrs - 1) // ptrs
-    gather = ({"local_max": 8, "batch_max": 510, "batch_count_max": 19} if rng.random() < 0.6
-              else {"local_max": 2, "batch_max": 2, "batch_count_max": 1})
+    end = anon_start + 2
+    gather = dict(rng.choices(GATHERS, GATHER_WEIGHTS)[0])
+    files = [{"id": 1, "npages": npages}]
+    if rng.random() < ALIAS_P:
+        # the same file mapped again by the first process, at another pgoff: one folio,
+        # two PTEs of one mm (rmap walks, writeback and zap meet it twice)
+        length = rng.choice((1, 2))
+        pgoff = rng.randrange(0, npages - length + 1)
+        vmas.append({"mm": 1, "start": end, "end": end + length, "file": 1, "pgoff": pgoff,
+                     "shared": True, "writable": True})
+        end += length
+    if rng.random() < SECOND_FILE_P:
+        # a second file, mapped shared by the first process
+        n2 = rng.choice((1, 2))
+        files.append({"id": 2, "npages": n2})
+        vmas.append({"mm": 1, "start": end, "end": end + n2, "file": 2, "pgoff": 0,
+                     "shared": True, "writable": True})
+        end += n2
+    npmds = (end + ptrs - 1) // ptrs
     prefault = []
     for _ in range(rng.choice((1, 2, 2, 3, 4))):
         cpu = rng.randrange(ncpus)
@@ -53,7 +85,7 @@ def random_world(rng: random.Random) -> dict:
     if rng.random() < 0.2:
         vmas[0] = dict(vmas[0], shared=False)
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
-            "nframes": 64, "files": [{"id": 1, "npages": npages}], "vmas": vmas,
+            "nframes": 64, "files": files, "vmas": vmas,
             "gather": gather, "prefault": prefault}
 
 
@@ -361,14 +393,22 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
         if budget_s is not None and now - t0 >= budget_s:
             break
         rng = random.Random(f"mmfuzz:{seed}:{i}")
-        world, run, v = random_run(kernel_cls, rng, actions_max, policy)
+        try:
+            world, run, v = random_run(kernel_cls, rng, actions_max, policy)
+        except ModelFailure as mf:
+            # not a find: the CLI reports it apart (exit 3) with the schedule that raised
+            stats["runs"] += 1
+            mf.info.update(run=i, runs=stats["runs"], steps=stats["steps"],
+                           seconds=time.perf_counter() - t0)
+            raise
         stats["runs"] += 1
         stats["steps"] += len(run.trace)
         if progress is not None and now - last > 0.5:
             progress(stats, now - t0)
             last = now
         if v is not None:
-            return Found(world, run.actions, v.prop, i, stats["runs"], stats["steps"],
+            return Found(world, run.schedule_upto(run.violation_step), v.prop, i,
+                         stats["runs"], stats["steps"],
                          time.perf_counter() - t0), stats
         i += stride
     stats["seconds"] = time.perf_counter() - t0
@@ -376,11 +416,24 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
 
 
 def fails_with(kernel_cls, world: dict, actions: list, prop: str) -> bool:
+    """Does the schedule violate ``prop``? A candidate that diverges or makes the model fail
+    is simply not the same failure."""
     try:
         _, out = execute(kernel_cls, world, actions)
-    except (ModelError, Divergence):
+    except (ModelError, Divergence, ModelFailure):
         return False
     return out.violation is not None and out.violation.prop == prop
+
+
+def raises_same(kernel_cls, world: dict, actions: list, failure: ModelFailure) -> bool:
+    """Does the schedule make the model fail the same way (ModelFailure.same)?"""
+    try:
+        execute(kernel_cls, world, actions)
+    except ModelFailure as mf:
+        return mf.same(failure)
+    except (ModelError, Divergence):
+        return False
+    return False
 
 
 def shrink(kernel_cls, world: dict, actions: list, prop: str,
@@ -388,13 +441,27 @@ def shrink(kernel_cls, world: dict, actions: list, prop: str,
     """Greedy delta debugging over the schedule (drop chunks, then single actions) and the
     world's prefault list, keeping the same property violated. Disabled actions are skipped
     in the shrinker's replay, so every candidate is a valid schedule. Ends with the actions
-    the shrunk run really executed, cut at the violation."""
+    the shrunk run really executed, cut at the violation (a violation at quiescence: cut
+    where quiescence begins, which replays it)."""
+    return _shrink(kernel_cls, world, actions,
+                   lambda w, acts: fails_with(kernel_cls, w, acts, prop), attempts_max)
+
+
+def shrink_failure(kernel_cls, failure: ModelFailure,
+                   attempts_max: int = 2000) -> tuple[dict, list]:
+    """The same shrinker for a model failure: a shorter schedule that raises the same
+    exception type from the same function."""
+    return _shrink(kernel_cls, failure.world, failure.schedule,
+                   lambda w, acts: raises_same(kernel_cls, w, acts, failure), attempts_max)
+
+
+def _shrink(kernel_cls, world, actions, fails, attempts_max):
     attempts = 0
 
     def ok(w, acts):
         nonlocal attempts
         attempts += 1
-        return fails_with(kernel_cls, w, acts, prop)
+        return fails(w, acts)
 
     actions = _executed(kernel_cls, world, actions)
     changed = True
@@ -467,7 +534,10 @@ def _task_groups(kernel_cls, world, actions) -> dict:
     run = Run(kernel_cls, world)
     groups: dict = {}
     for i, a in enumerate(actions):
-        step = run.apply(a)
+        try:
+            step = run.apply(a)
+        except ModelFailure:
+            break
         if step is not None and step.tid:
             groups.setdefault(step.tid, []).append(i)
     return groups
@@ -488,8 +558,10 @@ def _drop_prefault_with_steps(actions, ncpus, ok, budget_left, run_max: int = 32
 
 
 def _executed(kernel_cls, world, actions):
-    """The actions a run really executed up to its violation (quiescence steps excluded)."""
-    run, out = execute(kernel_cls, world, actions)
-    if out.step is not None:
-        return run.actions[: out.step + 1]
-    return run.actions[: run.schedule_len]
+    """The actions a run really executed up to its violation or model failure (quiescence
+    steps excluded)."""
+    try:
+        run, out = execute(kernel_cls, world, actions)
+    except ModelFailure as mf:
+        return mf.schedule
+    return run.schedule_upto(out.step)

@@ -13,6 +13,8 @@ The same list drives the fast explorer, the Hypothesis state machine, the shrink
 
 from __future__ import annotations
 
+import os
+import traceback
 from dataclasses import dataclass
 
 from properties import QUIESCENT_PROPERTIES, STEP_PROPERTIES, Violation
@@ -28,6 +30,74 @@ class ModelError(Exception):
 
 class Divergence(Exception):
     """A replayed action was not enabled: the saved schedule does not fit this kernel."""
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ModelFailure(Exception):
+    """The model or the kernel variant under test failed: kernel code raised (AttributeError,
+    KeyError, ...), an assertion of the model's own invariants tripped ("mapcount underflow"),
+    the operations deadlocked, a step did not progress, the world ran out of frames, or a
+    found schedule did not reproduce. Never a find (exit status 3, not 1).
+
+    Raised from one place, ``Run.fail``, by ``Run.apply``, ``Run.quiesce`` and the setup of
+    a run, so every engine sees the same exception. ``info`` is plain data (it crosses
+    process boundaries and is saved as JSON by corpus.save_failure): kernel-independent
+    fields ``type``, ``message``, ``where`` (innermost frame, "path:line in function"),
+    ``traceback`` (innermost frames last), ``phase`` ("setup", "step" or "quiescence"),
+    ``action`` (the action that raised, or None), ``world`` and ``schedule`` (the actions
+    that replay to it: every action before the failing one plus that action; for a failure
+    at quiescence, the actions before quiescence, which execute() re-runs). Engines add
+    campaign facts (``runs``, ``steps``, ``run``) to it."""
+
+    def __init__(self, info: dict):
+        super().__init__(info)
+        self.info = info
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    @property
+    def type(self) -> str:
+        return self.info["type"]
+
+    @property
+    def world(self) -> dict:
+        return self.info["world"]
+
+    @property
+    def schedule(self) -> list:
+        return self.info["schedule"]
+
+    def summary(self) -> str:
+        """One line: the exception, where it was raised, and when."""
+        i = self.info
+        when = {"setup": "while setting up the world (prefault)",
+                "quiescence": "at quiescence"}.get(i["phase"], "")
+        if i["phase"] == "step" and i.get("action") is not None:
+            when = f"at action {len(i['schedule']) - 1} {i['action']}"
+        msg = i["message"].splitlines()[0] if i["message"] else ""
+        return f"{i['type']}: {msg} at {i['where']} {when}".rstrip()
+
+    def same(self, other: "ModelFailure") -> bool:
+        """The same failure, as the shrinker and replay judge it: the same exception type
+        raised from the same function."""
+        return (self.type == other.type
+                and self.info["where"].split(" in ")[-1] == other.info["where"].split(" in ")[-1])
+
+
+def _where(exc: BaseException) -> tuple[str, list[str]]:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:   # made, not raised (exhaust's deadlock): where Run.fail was called
+        frames = traceback.extract_stack()[:-2]
+    lines = []
+    for fr in frames:
+        path = fr.filename
+        if path.startswith(_ROOT + os.sep):
+            path = os.path.relpath(path, _ROOT)
+        lines.append(f"{path}:{fr.lineno} in {fr.name}")
+    return (lines[-1] if lines else "?"), lines[-12:]
 
 
 @dataclass(slots=True)
@@ -314,9 +384,17 @@ class Run:
         self.violation: Violation | None = None
         self.violation_step: int | None = None
         self.schedule_len = 0
+        self.quiesce_from: int | None = None   # len(actions) when quiescence began
         self.skipped = 0
+        self.phase = "setup"
         self._build()
-        self._prefault()
+        try:
+            self._prefault()
+        except ModelFailure:
+            raise
+        except Exception as e:
+            raise self.fail(e) from e
+        self.phase = "step"
 
     # ------------------------------------------------------------------ setup ----------
     def _build(self) -> None:
@@ -397,9 +475,12 @@ class Run:
         c.task = t
         return t
 
-    def _step_task(self, cpu: int) -> str | None:
-        """Advance the CPU's task by one step; None if it turned out to be blocked (a probe:
-        nothing changed but the task's known wait, so the action does not count)."""
+    def _step_task(self, cpu: int) -> str:
+        """Advance the CPU's task by one step. A task that turns out to be blocked (a Wait
+        whose condition does not hold) has still run the code before the wait, such as the
+        lockless read of the PMD that names the PTL it now spins on: that attempt is a step
+        of its own, labelled by the wait ("spins on PTL(table 3)"), recorded in the trace and
+        in the schedule, so a replay runs those reads at the same point."""
         c = self.m.cpus[cpu]
         t = c.task
         t.wait = None
@@ -415,7 +496,7 @@ class Run:
                 if y.cond():
                     continue
                 t.wait = y
-                return None
+                return y.what
             t.steps += 1
             if isinstance(y, Last):
                 try:
@@ -460,7 +541,33 @@ class Run:
         return False
 
     def apply(self, action: list) -> Step | None:
-        """Execute one action if it is enabled; returns its Step, or None if it was not."""
+        """Execute one action if it is enabled; returns its Step, or None if it was not.
+        Anything the kernel code, the hardware model or a property raises becomes a
+        ModelFailure naming this action."""
+        try:
+            return self._apply(action)
+        except ModelFailure:
+            raise
+        except Exception as e:
+            raise self.fail(e, action) from e
+
+    def fail(self, exc: BaseException, action: list | None = None) -> ModelFailure:
+        """The one place a ModelFailure is made: the exception, where it was raised, and the
+        schedule that replays to it."""
+        where, tb = _where(exc)
+        if self.phase == "quiescence":
+            schedule = [list(a) for a in self.actions[: self.quiesce_from]]
+        elif self.phase == "step" and action is not None:
+            schedule = [list(a) for a in self.actions] + [list(action)]
+        else:
+            schedule = [list(a) for a in self.actions]
+        return ModelFailure({
+            "type": type(exc).__name__, "message": str(exc), "where": where, "traceback": tb,
+            "phase": self.phase, "action": list(action) if action is not None else None,
+            "kernel_class": f"{type(self.kernel).__module__}:{type(self.kernel).__qualname__}",
+            "world": self.world, "schedule": schedule})
+
+    def _apply(self, action: list) -> Step | None:
         if not self.enabled(action):
             return None
         m = self.m
@@ -473,9 +580,6 @@ class Run:
             op = m.cpus[cpu].task.name
             tid = m.cpus[cpu].task.tid
             text = self._step_task(cpu)
-            if text is None:
-                m.clock -= 1
-                return None
         elif kind == "start":
             name, args = action[2], tuple(action[3:])
             tid = self._start_task(cpu, name, args).tid
@@ -535,8 +639,35 @@ class Run:
 
     def quiesce(self) -> Violation | None:
         """The eventual half of the properties: drain, write every file back, drop the clean
-        unmapped cache, then check. Recorded in the trace like any other steps."""
+        unmapped cache, then check. Recorded in the trace like any other steps. A deadlock or
+        any exception on the way is a ModelFailure of phase "quiescence"."""
         self.schedule_len = len(self.actions)
+        self.quiesce_from = len(self.actions)
+        self.phase = "quiescence"
+        try:
+            return self._quiesce()
+        except ModelFailure:
+            raise
+        except Exception as e:
+            raise self.fail(e) from e
+
+    def schedule_upto(self, step: int | None) -> list[list]:
+        """The schedule that replays to this run's violation at trace index ``step`` (None:
+        a quiescent property): the actions up to and including it, but never the quiescence
+        phase's own actions, which execute() re-runs deterministically after the schedule."""
+        if self.quiesce_from is not None and (step is None or step >= self.quiesce_from):
+            return [list(a) for a in self.actions[: self.quiesce_from]]
+        return [list(a) for a in self.actions[: step + 1]]
+
+    def quiescence_actions(self, step: int | None) -> int:
+        """How many of the actions up to the violation at ``step`` the quiescence phase ran
+        (counted apart from the schedule's own actions in reports)."""
+        if self.quiesce_from is None:
+            return 0
+        end = len(self.actions) if step is None else step + 1
+        return max(0, end - self.quiesce_from)
+
+    def _quiesce(self) -> Violation | None:
         self.drain()
         if self.violation is not None:
             return self.violation
@@ -581,7 +712,8 @@ def execute(kernel_cls, world: dict, actions: list[list], strict: bool = False,
     v = run.quiesce()
     if v is not None:
         step = run.violation_step if run.violation is not None else None
-        return run, Outcome(v, step, "step" if step is not None else "quiescence")
+        phase = "step" if step is not None and step < run.quiesce_from else "quiescence"
+        return run, Outcome(v, step, phase)
     return run, Outcome(None, None)
 
 

@@ -5,11 +5,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
 
-from mmfuzz.explore import syscall_action
+from mmfuzz.explore import GATHERS, syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
 from mmfuzz import ops as _ops
-from mmfuzz.run import Run
+from mmfuzz.run import ModelFailure, Run
 
 from .determinism import no_source_constants
 from .profiles import database_key
@@ -23,10 +23,18 @@ BURSTS = st.integers(1, 8)
 SYSCALLS = _ops.names()   # every operation the model declares, in mmfuzz.ops order
 
 
+#: mmu_gather limits, shrinking toward the real ones (mmfuzz.explore.GATHERS: real, tiny, and
+#: two in between that make a zap span several batches)
+GATHER_CHOICES = (GATHERS[0], GATHERS[1], GATHERS[0], GATHERS[1], GATHERS[2], GATHERS[3])
+#: an extra shape is drawn in one world of six, and shrinks away
+RARE = (False, False, False, False, False, True)
+
+
 @st.composite
 def worlds(draw):
     """A small world drawn by Hypothesis; it shrinks toward 2 CPUs of one process, a 2-page
-    file, 2 PTEs per table and the real mmu_gather constants."""
+    file, 2 PTEs per table and the real mmu_gather constants. Rarely (each shrinks away) a
+    second VMA of the file in the first process at another pgoff, and a second file."""
     ncpus = draw(st.sampled_from((2, 3)))
     two_mm = ncpus == 3 and draw(st.booleans())
     cpu_mm = [1, 1, 2] if two_mm else [1] * ncpus
@@ -37,21 +45,34 @@ def worlds(draw):
     anon_start = ((npages + ptrs - 1) // ptrs) * ptrs
     vmas.append({"mm": 1, "start": anon_start, "end": anon_start + 2, "file": None,
                  "shared": False, "writable": True})
-    tiny = draw(st.booleans())
-    gather = ({"local_max": 2, "batch_max": 2, "batch_count_max": 1} if tiny
-              else {"local_max": 8, "batch_max": 510, "batch_count_max": 19})
-    pages = list(range(npages)) + [anon_start, anon_start + 1]
+    end = anon_start + 2
+    gather = dict(draw(st.sampled_from(GATHER_CHOICES)))
+    files = [{"id": 1, "npages": npages}]
+    if draw(st.sampled_from(RARE)):
+        length = draw(st.integers(1, 2))
+        pgoff = draw(st.integers(0, npages - length))
+        vmas.append({"mm": 1, "start": end, "end": end + length, "file": 1, "pgoff": pgoff,
+                     "shared": True, "writable": True})
+        end += length
+    if draw(st.sampled_from(RARE)):
+        n2 = draw(st.integers(1, 2))
+        files.append({"id": 2, "npages": n2})
+        vmas.append({"mm": 1, "start": end, "end": end + n2, "file": 2, "pgoff": 0,
+                     "shared": True, "writable": True})
+        end += n2
+    pages = sorted({vpn for v in vmas for vpn in range(v["start"], v["end"])})
     prefault = draw(st.lists(st.tuples(st.integers(0, ncpus - 1), st.sampled_from(pages),
                                        st.sampled_from((1, 0))), min_size=0, max_size=3))
-    prefault = [p for p in prefault if p[1] < npages or cpu_mm[p[0]] == 1]
+    prefault = [p for p in prefault
+                if any(v["mm"] == cpu_mm[p[0]] and v["start"] <= p[1] < v["end"] for v in vmas)]
     if draw(st.booleans()):          # a CPU with no process, where a fork places its child
         ncpus += 1
         cpu_mm = cpu_mm + [0]
     if draw(st.booleans()):          # the first process maps the file MAP_PRIVATE
         vmas[0] = dict(vmas[0], shared=False)
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs,
-            "npmds": (anon_start + 2 + ptrs - 1) // ptrs, "nframes": 64,
-            "files": [{"id": 1, "npages": npages}], "vmas": vmas, "gather": gather,
+            "npmds": (end + ptrs - 1) // ptrs, "nframes": 64,
+            "files": files, "vmas": vmas, "gather": gather,
             "prefault": [list(p) for p in prefault]}
 
 
@@ -70,15 +91,20 @@ class MmStateMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.run: Run | None = None
+        self.model_failed = False
         type(self).runs_total += 1
 
     # ------------------------------------------------------------------ plumbing ------
     def _apply(self, action):
-        step = self.run.apply(action)
+        try:
+            step = self.run.apply(action)
+        except ModelFailure:
+            self.model_failed = True   # teardown must not run the broken machine on
+            raise
         if step is None:
-            # only a step can turn out blocked (the task found its lock taken): a no-op
-            assert action[0] == "step", f"rule drew a disabled action {action}"
-            return
+            # rules draw only enabled actions (a step that finds its lock taken is a recorded
+            # step of its own, not a None), so this is the machine's own bug
+            raise AssertionError(f"rule drew a disabled action {action}")
         cls = type(self)
         cls.steps_total += 1
         if cls.on_progress is not None and cls.steps_total % 512 == 0:
@@ -91,8 +117,7 @@ class MmStateMachine(RuleBasedStateMachine):
             type(self).first_failure_run = type(self).runs_total
         type(self).last_failure = {
             "world": self.run.world,
-            "schedule": [list(a) for a in self.run.actions[: (step + 1) if step is not None
-                                                           else self.run.schedule_len]],
+            "schedule": self.run.schedule_upto(step),
             "violation": v, "step": step, "phase": phase,
         }
         raise PropertyViolated(f"{v.prop}: {v.why}")
@@ -178,12 +203,12 @@ class MmStateMachine(RuleBasedStateMachine):
 
     def teardown(self):
         """The quiescence phase: drain, sync, drop, then the eventual properties."""
-        if self.run is None or self.run.violation is not None:
+        if self.run is None or self.run.violation is not None or self.model_failed:
             return
         v = self.run.quiesce()
         if v is not None:
             step = self.run.violation_step if self.run.violation is not None else None
-            self._fail(v, step, "step" if step is not None else "quiescence")
+            self._fail(v, step, "quiescence")
 
 
 def machine_for(kernel_cls) -> type:
@@ -242,6 +267,10 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     except PropertyViolated:
         failure = dict(cls.last_failure)
         return (polish_failure(kernel_cls, failure) if polish else failure), cls
+    except ModelFailure as mf:
+        # raised by Run.apply / Run.quiesce inside a rule or teardown: not a find
+        mf.info.update(runs=cls.runs_total, steps=cls.steps_total)
+        raise
     return None, cls
 
 

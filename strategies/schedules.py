@@ -27,9 +27,10 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from mmfuzz.explore import POLICIES, run_policy
+from mmfuzz.run import ModelFailure
 
 from .determinism import no_source_constants
-from .machine import polish_failure, settings_for, worlds
+from .machine import PropertyViolated, polish_failure, settings_for, worlds
 from .profiles import database_key
 
 STRATEGIES = tuple(POLICIES)   # swarm, uniform, pct
@@ -94,15 +95,20 @@ def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
             step = run.violation_step
             box["failure"] = {
                 "world": world, "violation": v, "step": step,
-                "phase": "step" if step is not None else "quiescence",
-                "schedule": [list(a) for a in run.actions[: step + 1 if step is not None
-                                                          else run.schedule_len]]}
-            raise AssertionError(v.why)
+                "phase": ("step" if step is not None and run.quiesce_from is None
+                          else "quiescence"),
+                "schedule": run.schedule_upto(step)}
+            raise PropertyViolated(v.why)
 
     try:
         with no_source_constants():
             search()
-    except AssertionError:
+    except PropertyViolated:
         failure = box["failure"]
         return (polish_failure(kernel_cls, failure) if polish else failure), stats
+    except ModelFailure as mf:
+        # the model or the variant failed (Run.apply raised it): not a find; the caller
+        # reports it (mmfuzz.cli: exit 3)
+        mf.info.update(runs=stats.runs_total, steps=stats.steps_total)
+        raise
     return None, stats

@@ -112,7 +112,7 @@ def test_bugs_lists_catalogue():
 def test_fuzz_mainline_short_budget_is_clean():
     r = mmfuzz("fuzz", "--kernel", "mainline", "--examples", "150", "--seed", "1", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "summary: kernel=mainline engine=hypothesis/swarm seed=1: no violation in" in r.stdout
+    assert "summary: kernel=mainline engine=explore/swarm seed=1: no violation in" in r.stdout
 
 
 @pytest.mark.cost(2)
@@ -142,8 +142,8 @@ def test_exhaust_finds_bug_and_clears_mainline():
 
 
 def test_hypothesis_workers_find_a_broken_kernel(tmp_path):
-    r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--examples", "600",
-               "--workers", "2", "--quiet", "--save", str(tmp_path))
+    r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--hypothesis",
+               "--examples", "600", "--workers", "2", "--quiet", "--save", str(tmp_path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "VIOLATION no-use-after-free-via-TLB" in r.stdout and "engine=hypothesis/swarm" in r.stdout
     assert list(tmp_path.rglob("*.json"))

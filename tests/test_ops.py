@@ -583,8 +583,9 @@ def test_flush_waits_until_every_target_took_its_ipi():
         if task.wait is not None:
             break
         step = r.apply(["step", 1])
-        # the step that finds the flush not yet acknowledged is a probe: not recorded
-        assert (step is None) == (task.wait is not None)
+        # the step that finds the flush not yet acknowledged is a step of its own, recorded
+        assert step is not None and r.trace[-1] is step
+    assert step.text == "waits for flush IPIs"
     assert task.wait is not None and task.wait.what == "waits for flush IPIs"
     assert 1 not in r.runnable_cpus()
     assert r.apply(["step", 1]) is None          # not enabled while waiting
