@@ -115,7 +115,10 @@ def test_pte_offset_map_lock_rechecks_pmd_same_after_waiting_for_the_ptl():
     step_until(r, 1, "alloc_anon_folio")
     old = mm.pmd[2]
     old.ptl.owner = 999                                     # someone holds the PTL
-    assert r.apply(["step", 1]) is None                     # blocked on it
+    blocked = r.apply(["step", 1])                     # blocked on it
+    # a blocked lock attempt is a recorded step of its own (the reads before it ran)
+    assert blocked is not None and blocked.text.split(" ")[0] in ("spins", "sleeps")
+    assert 1 not in r.runnable_cpus()
     new = m.alloc_pte_table(MM, 2)
     mm.pmd[2] = new                                         # the PMD changed while it spun
     old.ptl.owner = None

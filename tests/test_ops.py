@@ -536,7 +536,10 @@ def test_clear_refs_write_locks_each_vma_against_faults():
     assert step.op == "fault"
     st = r.apply(["step", 2])                              # mas_walk + vma_start_read
     assert "vma_start_read(vma1)" in st.text               # VMA not write-locked yet
-    assert r.apply(["step", 1]) is None                    # vma_start_write waits for it
+    blocked = r.apply(["step", 1])                    # vma_start_write waits for it
+    # a blocked lock attempt is a recorded step of its own (the reads before it ran)
+    assert blocked is not None and blocked.text.split(" ")[0] in ("spins", "sleeps")
+    assert 1 not in r.runnable_cpus()
     while r.m.cpus[2].task is not None:
         assert r.apply(["step", 2]) is not None
     st = r.apply(["step", 1])
@@ -545,7 +548,10 @@ def test_clear_refs_write_locks_each_vma_against_faults():
     assert st.op == "fault"
     st = r.apply(["step", 0])
     assert "vma_start_read(vma1) failed" in st.text        # write-locked: fall back
-    assert r.apply(["step", 0]) is None                    # mmap_read_lock waits
+    blocked = r.apply(["step", 0])                    # mmap_read_lock waits
+    # a blocked lock attempt is a recorded step of its own (the reads before it ran)
+    assert blocked is not None and blocked.text.split(" ")[0] in ("spins", "sleeps")
+    assert 0 not in r.runnable_cpus()
     r.drain()
     assert r.violation is None and not r.busy()
 
