@@ -232,7 +232,7 @@ class _MmfuzzItem(pytest.Item):
             return f"corpus error: {excinfo.value}"
         if excinfo.errisinstance(_model_failures()):
             return (f"{self.nodeid}: the model or the variant failed on this replay "
-                    f"({excinfo.type.__name__}: {excinfo.value}); not a find: fix the variant "
+                    f"({_failure_text(excinfo.value)}); not a find: fix the variant "
                     "(or report a model bug)")
         return super().repr_failure(excinfo, style)
 
@@ -325,9 +325,9 @@ class CampaignItem(_MmfuzzItem):
             self.user_properties.append(("mmfuzz_campaign", json.dumps(
                 {"kernel": o.kernel, "shard": self.shard, "shards": self.shards, "seed": seed,
                  "runs": 0, "steps": 0, "property": None,
-                 "model_failure": f"{type(e).__name__}: {e}"})))
+                 "model_failure": _failure_text(e)})))
             raise MmfuzzFailure(f"campaign: kernel {o.kernel}, seed {seed}: the model or the "
-                                f"variant failed ({type(e).__name__}: {e}); not a find: fix "
+                                f"variant failed ({_failure_text(e)}); not a find: fix "
                                 "the variant (or report a model bug)") from None
         info = {"kernel": o.kernel, "shard": self.shard, "shards": self.shards, "seed": seed,
                 "profile": o.profile.name, "strategy": o.strategy, "budget": o.budget,
@@ -466,3 +466,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             + ((f"{found[0]['property']} found" if found[0]["property"] else "model failure")
                if found else "no violation")
             + f"; {runs} runs, {steps} steps in {len(rows)} shard(s)")
+
+
+def _failure_text(e: BaseException) -> str:
+    """The one-line description of a model failure: ModelFailure's own summary (the inner
+    exception, where and when), else "Type: message"."""
+    summary = getattr(e, "summary", None)
+    return summary() if callable(summary) else f"{type(e).__name__}: {e}"
