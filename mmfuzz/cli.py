@@ -87,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
-    e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
-                       "up to a preemption bound (does a fix close them all?)")
+    e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario "
+                       "(does a fix close them all?), breadth-first over distinct states")
     e.add_argument("file")
     e.add_argument("--kernel", help="explore on this kernel instead of the file's own")
-    e.add_argument("--preemptions", type=_nonneg_int, default=2)
-    e.add_argument("--states-max", type=_nonneg_int, default=200_000)
+    e.add_argument("--preemptions", type=_nonneg_int, default=None,
+                   help="at most N preemptions (default: no bound, every interleaving)")
+    e.add_argument("--states-max", type=_nonneg_int, default=200_000,
+                   help="distinct states to store at most (default 200000)")
     return p
 
 
@@ -335,19 +337,21 @@ def cmd_exhaust(a) -> int:
     kname = a.kernel or cx.kernel
     resolve_kernel(kname)
     res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
-    head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
-            f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
+    bound = "no preemption bound" if a.preemptions is None else f"preemption bound {a.preemptions}"
+    head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, {bound}, "
+            f"kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:
         run, out = execute(resolve_kernel(kname), cx.world, res.schedule)
         shown = Counterexample(kname, cx.world, res.schedule, res.violation.prop,
                                res.violation.why, res.violation.facts, out.step, out.phase,
                                found_info(None, "exhaust", preemptions=a.preemptions))
         print(render_cx(run, out, shown))
-        print(f"{head}: {res.violation.prop} found")
+        print(f"{head}: {res.violation.prop} found, shortest schedule {len(res.schedule)} "
+              "actions")
         return EXIT_VIOLATION
     if res.truncated:
         print(f"{head}: no violation, but NOT exhaustive: stopped at --states-max "
-              f"{a.states_max}; raise it or lower --preemptions")
+              f"{a.states_max}; raise it or give --preemptions")
     else:
         print(f"{head}: every interleaving is clean")
     return EXIT_CLEAN
