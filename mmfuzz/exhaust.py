@@ -134,6 +134,7 @@ class ExhaustResult:
     probes: int = 0                   # steps that found their task blocked
     path: list | None = None          # the violating schedule with its probes, as searched
     depth: int = 0                    # the longest schedule the search completed a level of
+    replayed: int = 0                 # actions re-applied to restore states
 
 
 class _Stop(Exception):
@@ -533,6 +534,7 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
     def replay(path: list) -> Run:
         run = SearchRun(kernel_cls, world)
         run.replay(path)
+        res.replayed += len(path)
         return run
 
     def key(run: Run, node: _Node) -> tuple:

@@ -26,3 +26,29 @@ class LeakRmap(Mainline):
             yield f"{prefix}(rmap of pfn {folio.pfn} leaked)"
             return
         yield from super().folio_remove_rmap_ptes(t, folio, vma, prefix)
+
+
+class ZeroPageNoRecheckWhileZapping(Mainline):
+    """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario.
+    do_anonymous_page's read path maps the zero page without the vmf_pte_changed re-check
+    under the PTL whenever a TLB flush is pending on the mm (as if a fast path trusted that
+    a concurrent zapper had the table). Three common operations must meet in a narrow window:
+    a zap of the mm in progress (between tlb_gather_mmu and tlb_finish_mmu), a read fault on
+    an anonymous page that has passed its lockless pte_none check, and a write fault on the
+    same page on a third CPU that maps a new folio before the read fault takes the PTL. The
+    zero page then overwrites the new PTE and the folio is leaked (trips accounting)."""
+
+    def do_anonymous_page(self, t, vma, vpn, write):
+        if write or t.mm.tlb_flush_pending == 0:
+            yield from super().do_anonymous_page(t, vma, vpn, write)
+            return
+        from mmfuzz.kernel.memory import fmt_pte
+        from mmfuzz.model import Pte
+        m = self.m
+        yield from self.pte_alloc(t, vpn)
+        table, slot = m.pte_lookup(t.mm, vpn)
+        yield from self.spin_lock(t, table.ptl, f"do_anonymous_page: PTL va {vpn:#x}")
+        pte = Pte(m.zero_pfn, write=False, dirty=False, young=True, special=True)
+        table.ptes[slot] = pte            # (no vmf_pte_changed re-check)
+        yield f"do_anonymous_page: zero page + set_ptes va {vpn:#x} {fmt_pte(pte)} [no re-check]"
+        yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: pte_unmap_unlock")
