@@ -26,7 +26,8 @@ import time
 
 from .exhaust import exhaust
 from .explore import Found, _random_program_action, random_run, random_world
-from .run import OPS, Run
+from . import ops as _ops
+from .run import Run
 
 #: one run in SCENARIO_EVERY is a systematically searched scenario, the others swarm runs
 SCENARIO_EVERY = 2
@@ -42,7 +43,7 @@ def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
     ncpus = world["ncpus"]
     probe = Run.__new__(Run)       # only the CPU -> mm mapping is read by the drawer
     probe.m = _CpuMms(world)
-    ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+    ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
     store_bias = rng.choice((0.5, 0.8))
     active = sorted(rng.sample(range(ncpus), rng.randint(min(2, ncpus), ncpus)))
     programs: dict[int, list] = {cpu: [] for cpu in range(ncpus)}
