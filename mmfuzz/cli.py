@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the plain-Python random explorer instead of Hypothesis")
         eng.add_argument("--hypothesis", action="store_true",
                          help="the Hypothesis engine (fuzz's default; hunt's is --fast)")
-        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules"),
+        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules", "hybrid"),
                        default="swarm",
                        help="scheduling strategy: swarm (default), pct or uniform, with either "
                        "engine; rules = Hypothesis's rule-based state machine")
@@ -141,12 +141,21 @@ class Progress:
 def _explore_worker(args):
     kname, seed, budget, runs_max, start, stride, strategy = args
     from .explore import explore_strided
+    if strategy == "hybrid":   # random scenarios, their interleavings searched (mmfuzz/hybrid.py)
+        from .hybrid import explore_hybrid_strided
+        return explore_hybrid_strided(resolve_kernel(kname), seed, budget, runs_max, start,
+                                      stride)
     return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
                            policy=strategy)
 
 
 def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy):
     from .explore import explore_strided
+    if workers <= 1 and strategy == "hybrid":
+        from .hybrid import explore_hybrid_strided
+        return explore_hybrid_strided(kcls, seed, budget, examples, 0, 1,
+                                      progress=lambda st, el: progress.update(st["runs"],
+                                                                              st["steps"]))
     if workers <= 1:
         found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, policy=strategy,
                                        progress=lambda st, el: progress.update(st["runs"], st["steps"]))
@@ -252,6 +261,9 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
     fast = a.fast or (hunting and not a.hypothesis)
+    if not fast and a.strategy == "hybrid":
+        raise UsageError("--strategy hybrid is a fast-mode engine (random scenarios searched by "
+                         "exhaust); add --fast (hunt's default engine is fast)")
     if fast and a.strategy == "rules":
         raise UsageError("--strategy rules is Hypothesis's rule-based machine, not a fast-mode "
                          "strategy; drop --fast (hunt: add --hypothesis) or pick swarm, pct or "

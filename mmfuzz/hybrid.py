@@ -30,10 +30,11 @@ from . import ops as _ops
 from .run import Run
 
 #: one run in SCENARIO_EVERY is a systematically searched scenario, the others swarm runs
-SCENARIO_EVERY = 2
-#: distinct states searched per scenario, and the preemption bound (None: no bound)
-STATES_MAX = 1500
-PREEMPTIONS = 2
+SCENARIO_EVERY = 4
+#: distinct states searched per scenario, and the preemption bound (None: no bound). A
+#: scenario of this size costs about 20 to 40 swarm runs of model steps.
+STATES_MAX = 300
+PREEMPTIONS = 1
 
 
 def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
