@@ -67,7 +67,16 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
 def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
     """``engine``: swarm, pct, uniform (the fast explorer), hybrid (mmfuzz/hybrid.py),
     hyp-swarm, hyp-pct, hyp-uniform
-    (the same policies as Hypothesis strategies) or hyp-rules (the rule-based machine)."""
+    (the same policies as Hypothesis strategies), hyp-rules (the rule-based machine) or
+    hyp-ops (operations as rules, interleavings searched by exhaust)."""
+    if engine == "hyp-ops":
+        from strategies.machine import run_ops_hypothesis
+
+        def campaign(s):
+            failure, cls = run_ops_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False,
+                                              hypothesis_shrink=False)
+            return failure, cls.runs_total
+        return _chunked(kernel, seed, budget, campaign)
     if engine == "hyp-rules":
         from strategies import run_hypothesis
 
@@ -187,7 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per seed and engine")
     ap.add_argument("--engines",
-                    default="swarm,hybrid,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules")
+                    default="swarm,hybrid,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules,"
+                    "hyp-ops")
     ap.add_argument("--bugs", default=",".join(b.slug for b in BUGS))
     ap.add_argument("--jobs", type=int, default=1,
                     help="seeds run in parallel processes (each still one core)")

@@ -47,3 +47,19 @@ def test_synthetic_rare_interleaving_found_by_exhaust_on_its_scenario():
     assert len(bad.schedule) == 32 and not bad.truncated
     good = exhaust(Mainline, world, programs, preemptions_max=1)
     assert good.violation is None and not good.truncated
+
+
+def test_ops_machine_has_a_rule_per_registered_operation_and_finds_a_bug():
+    from mmfuzz import ops
+    from strategies.machine import OpsMachine, run_ops_hypothesis
+    for name in ops.names():
+        assert callable(getattr(OpsMachine, name))
+    bug = bug_by_slug("clear-refs-softdirty-no-flush")
+    failure, cls = run_ops_hypothesis(bug.kernel, 1, 100, polish=False,
+                                      hypothesis_shrink=False)
+    assert failure is not None and failure["violation"].prop == bug.prop
+    assert cls.first_failure_run <= 14          # seed 1 today: example 14
+    _, out = execute(bug.kernel, failure["world"], failure["schedule"])
+    assert out.violation is not None and out.violation.prop == bug.prop
+    clean, mcls = run_ops_hypothesis(Mainline, 1, 60, polish=False, hypothesis_shrink=False)
+    assert clean is None and mcls.runs_total >= 60
