@@ -18,12 +18,13 @@ The cost of a scenario run is many swarm runs: ``steps`` counts every model acti
 the search's replays included, so runs and steps together compare the engines without a
 clock. Deterministic per seed.
 
-Measured (seeds 1..10, runs to bug, 2026-12-01): no catalogued bug, and not the synthetic
-tests.variants.ZeroPageNoRecheckWhileZapping either, was found by a scenario run before a swarm
-run found it: every hybrid find so far is one of its swarm runs (the same run as fast mode's run
-i), so it is never ahead of swarm and often behind (madv seed 1: 1,058 runs against 240). A
-scenario of 300 states rarely reaches the depth (about 30 actions) these races need. It is not a
-default; the bench reports it beside swarm.
+Measured (seeds 1..10, runs to bug, 2026-12-01): a scenario run found the bug first only twice
+(clear-refs seed 3: 4 runs against swarm's 7; madv seed 9: 608 against 642); every other hybrid
+find is one of its swarm runs (the same run as fast mode's run i), and where swarm's finding run
+is a scenario slot the hybrid falls behind (madv seed 1: 1,058 runs against 240; the synthetic
+tests.variants.ZeroPageNoRecheckWhileZapping seed 1: 5,510 against 1,208). A scenario of 300
+states rarely reaches the depth (about 30 actions) these races need. Not a default; the bench
+reports it beside swarm.
 """
 
 from __future__ import annotations
