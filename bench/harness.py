@@ -65,8 +65,18 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
 
 
 def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
-    """``engine``: swarm, pct, uniform (the fast explorer), hyp-swarm, hyp-pct, hyp-uniform
-    (the same policies as Hypothesis strategies) or hyp-rules (the rule-based machine)."""
+    """``engine``: swarm, pct, uniform (the fast explorer), hybrid (mmfuzz/hybrid.py),
+    hyp-swarm, hyp-pct, hyp-uniform
+    (the same policies as Hypothesis strategies), hyp-rules (the rule-based machine) or
+    hyp-ops (operations as rules, interleavings searched by exhaust)."""
+    if engine == "hyp-ops":
+        from strategies.machine import run_ops_hypothesis
+
+        def campaign(s):
+            failure, cls = run_ops_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False,
+                                              hypothesis_shrink=False)
+            return failure, cls.runs_total
+        return _chunked(kernel, seed, budget, campaign)
     if engine == "hyp-rules":
         from strategies import run_hypothesis
 
@@ -85,7 +95,11 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
             return failure, stats.runs_total
         return _chunked(kernel, seed, budget, campaign)
     t0 = time.perf_counter()
-    found, stats = explore(kernel, seed, budget_s=budget, policy=engine)
+    if engine == "hybrid":
+        from mmfuzz.hybrid import explore_hybrid
+        found, stats = explore_hybrid(kernel, seed, budget_s=budget)
+    else:
+        found, stats = explore(kernel, seed, budget_s=budget, policy=engine)
     if found is None:
         return {"found": False, "runs": stats["runs"], "t_first": None, "t_report": None}
     t1 = time.perf_counter()
@@ -181,7 +195,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per seed and engine")
-    ap.add_argument("--engines", default="swarm,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules")
+    ap.add_argument("--engines",
+                    default="swarm,hybrid,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules,"
+                    "hyp-ops")
     ap.add_argument("--bugs", default=",".join(b.slug for b in BUGS))
     ap.add_argument("--jobs", type=int, default=1,
                     help="seeds run in parallel processes (each still one core)")

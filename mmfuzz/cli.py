@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the plain-Python random explorer (the default engine)")
         eng.add_argument("--hypothesis", action="store_true",
                          help="the Hypothesis engine (implied by --strategy rules)")
-        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules"),
+        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules", "hybrid"),
                        default="swarm",
                        help="scheduling strategy: swarm (default), pct or uniform, with either "
                        "engine; rules = Hypothesis's rule-based state machine (implies "
@@ -124,12 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("ops", help="every operation a schedule can start: its arguments, what "
                        "it models, the kernel function")
     o.add_argument("--json", action="store_true")
-    e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
-                       "up to a preemption bound (does a fix close them all?)")
+    e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario "
+                       "(does a fix close them all?), breadth-first over distinct states")
     e.add_argument("file")
     e.add_argument("--kernel", help="explore on this kernel instead of the file's own")
-    e.add_argument("--preemptions", type=_nonneg_int, default=2)
-    e.add_argument("--states-max", type=_nonneg_int, default=200_000)
+    e.add_argument("--preemptions", type=_nonneg_int, default=None,
+                   help="at most N preemptions (default: no bound, every interleaving)")
+    e.add_argument("--states-max", type=_nonneg_int, default=200_000,
+                   help="distinct states to store at most (default 200000)")
     e.add_argument("--save", metavar="DIR", help="where a model failure's schedule is saved "
                    "(DIR/failures/; default a temporary directory)")
     return p
@@ -199,6 +201,10 @@ def _explore_worker(args):
     kname, seed, budget, runs_max, start, stride, strategy = args
     from .explore import explore_strided
     try:
+        if strategy == "hybrid":   # random scenarios, interleavings searched (mmfuzz/hybrid.py)
+            from .hybrid import explore_hybrid_strided
+            return explore_hybrid_strided(resolve_kernel(kname), seed, budget, runs_max, start,
+                                          stride)
         return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
                                policy=strategy)
     except ModelFailure as mf:
@@ -207,6 +213,11 @@ def _explore_worker(args):
 
 def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy):
     from .explore import explore_strided
+    if workers <= 1 and strategy == "hybrid":
+        from .hybrid import explore_hybrid_strided
+        return explore_hybrid_strided(kcls, seed, budget, examples, 0, 1,
+                                      progress=lambda st, el: progress.update(st["runs"],
+                                                                              st["steps"]))
     if workers <= 1:
         found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, policy=strategy,
                                        progress=lambda st, el: progress.update(st["runs"], st["steps"]))
@@ -387,6 +398,9 @@ def report_model_failure(mf: ModelFailure, kname: str, engine: str, seed, save_d
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
     fast = choose_engine(a) == "fast"
+    if not fast and a.strategy == "hybrid":
+        raise UsageError("--strategy hybrid is a fast-mode engine (random scenarios searched by "
+                         "exhaust); drop --hypothesis")
     if fast and a.strategy == "rules":
         raise UsageError("--strategy rules is Hypothesis's rule-based machine, not a fast-mode "
                          "strategy; drop --fast or pick swarm, pct or uniform")
@@ -620,19 +634,21 @@ def cmd_exhaust(a) -> int:
                               f"of page frames (world.nframes = {cx.world['nframes']}); raise "
                               "world.nframes") from None
         return report_model_failure(mf, kname, "exhaust", None, a.save)
-    head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
-            f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
+    bound = "no preemption bound" if a.preemptions is None else f"preemption bound {a.preemptions}"
+    head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, {bound}, "
+            f"kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:
         run, out = execute(resolve_kernel(kname), cx.world, res.schedule)
         shown = Counterexample(kname, cx.world, res.schedule, res.violation.prop,
                                res.violation.why, res.violation.facts, out.step, out.phase,
                                found_info(None, "exhaust", preemptions=a.preemptions))
         print(render_cx(run, out, shown))
-        print(f"{head}: {res.violation.prop} found")
+        print(f"{head}: {res.violation.prop} found, shortest schedule {len(res.schedule)} "
+              "actions")
         return EXIT_VIOLATION
     if res.truncated:
         print(f"{head}: no violation, but NOT exhaustive: stopped at --states-max "
-              f"{a.states_max}; raise it or lower --preemptions")
+              f"{a.states_max}; raise it or give --preemptions")
     else:
         print(f"{head}: every interleaving is clean")
     return EXIT_CLEAN

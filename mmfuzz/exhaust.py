@@ -1,7 +1,8 @@
-"""Bounded exhaustive mode: every interleaving of a tiny scenario, up to a preemption bound.
+"""Exhaustive mode: every interleaving of a small scenario, as a stateful breadth-first search.
 
 The random explorer and Hypothesis find races; this mode answers the converse question for a
-fixed scenario: "does the fix close *every* interleaving of it?" (within a bound).
+fixed scenario: "does the fix close *every* interleaving of it?", and on a buggy kernel it
+reports the shortest violating interleaving there is.
 
 Scenario
     A world plus, per CPU, the ordered list of the things its user thread does: the "start"
@@ -12,7 +13,7 @@ Scenario
     literally: if it faults, the fault handler runs as that CPU's task, but the access is not
     re-issued after the fault unless the program lists it again.
 
-Choices at each point (the enabled set), in this deterministic order:
+Choices at each state (the enabled set), in this deterministic order:
     1. the current CPU (the CPU of the last non-IPI action), if it can continue;
     2. every other CPU, ascending: ``["step", cpu]`` if it has a runnable kernel task, else its
        next program action if it is idle and has one;
@@ -23,48 +24,88 @@ Choices at each point (the enabled set), in this deterministic order:
     from a CPU whose step just blocked costs no preemption, as switching away from any blocked
     CPU.
 
-Preemption bounding (CHESS, Musuvathi & Qadeer 2007)
+Stateful search
+    A state is keyed by a canonical snapshot (``snapshot_key``): the whole object graph
+    reachable from the kernel object (the Machine: every CPU's TLB, IPI queue and irqs_off,
+    each mm's page table, locks and counters, the folios, page cache and disk, the checker's
+    own notes such as ``expected``, ``revoked_at`` and every task's ``observed``), each CPU's
+    kernel task with the full state of its generator chain, plus how far each CPU's program
+    has got. Two states with equal keys have the same futures, so each is expanded once.
+    Generators cannot be copied: a state is restored by replaying its path from a fresh Run
+    (property checks off; about 5 us an action). Breadth-first, so the first violation found
+    is a shortest one (fewest schedule actions); a violating state and a complete one (every
+    program consumed, every task returned: Run.quiesce() decides) are leaves.
+
+Canonical snapshot
+    Objects are serialised in a fixed traversal order (slots in declared order over the MRO,
+    then ``__dict__`` in insertion order; lists and dicts in order), each mutable object once:
+    a second reference to it is written as a back-reference to its first-visit number. So a
+    new field in Folio, Mm, Cpu... is picked up without a change here, aliasing is part of the
+    key, and nothing in the key depends on ``id()`` or hashing (``id()`` only finds an object
+    already visited during one traversal). A generator is its code object, ``f_lasti``, the
+    names of its bound locals and every slot of its frame, locals and value stack alike (a
+    ``for`` loop's iterator, the sub-generator of a ``yield from``), read with
+    ``gc.get_referents``; iterators are serialised through ``__reduce__``; functions (a
+    Wait's condition) as code plus closure. An object this cannot serialise raises TypeError:
+    a loud failure, never a silently unsound key. Left out of the key, as constants or
+    write-only records: ``Machine.world``, ``Machine.events`` (cleared before every action),
+    ``Machine.stats``.
+    Three kinds of value are path-dependent numbers that mean only their order: the clock
+    (``m.clock``; ``revoked_at`` and ``observed`` keep its values), store versions
+    (``m.next_version``; folio data, disk, ``expected``) and task ids. The search runs on
+    ``SearchRun``, which makes the first two ``Stamp`` values (ints whose arithmetic stays a
+    Stamp, so every copy a kernel function or property keeps is one too, wherever it is
+    stored), and the key holds each Stamp's rank among the Stamps of its kind in the state:
+    every comparison among them, and with later ones (all larger), comes out the same. Task
+    ids are numbered per CPU (the k-th task started on CPU c gets 1 + c + ncpus * k) instead of
+    globally, so the order in which CPUs started their operations does not leak into lock
+    owners; a fresh id is new in either numbering and ids are only compared for equality.
+
+Preemption bounding (CHESS, Musuvathi & Qadeer 2007), optional (``preemptions_max``; default
+None: no bound, every interleaving)
     Switching to another CPU costs one preemption when the current CPU could still continue:
     its kernel task is runnable, or it is idle with a program action left. Switching away from
     a CPU whose task is blocked, or whose program is done, is free, as is the first choice.
-    Delivering an IPI is free and does not change the current CPU: an IPI is an interrupt on
-    its target, not a context switch of the thread being run. A CPU whose task's last step sent
-    flush IPIs counts as waiting for them (native_flush_tlb_multi spins for the acks) even if
-    they have been delivered since, so switching away from it is free: without this, the
-    result would depend on whether the IPIs were delivered before or after the switch, which
-    is exactly the freedom the IPI reduction below removes. IPIs are thus placed anywhere,
-    unbounded; there are few of them in a tiny world.
+    Delivering an IPI is free and does not change the current CPU. A CPU whose task's last step
+    sent flush IPIs counts as waiting for them (native_flush_tlb_multi spins for the acks) even
+    if they have been delivered since, so switching away from it is free. With a bound, the
+    key also holds the current CPU, the preemptions spent and that flag.
 
-IPI reduction (``reduce_ipis``, on by default)
+IPI reduction (``reduce_ipis``, off by default)
     An IPI whose oldest request flushes nothing on its target now (no cached entry of that mm
     in its range) and nothing later (no access left in the target's program touches the range)
     is delivered at once as a forced move, not offered as a choice. Kernel code never reads
-    another CPU's TLB and no property reads an IPI queue, so delivering it early changes no
-    state but the queue, and only lets the waiting flusher run sooner; with the flusher rule
-    above, every schedule with a late delivery has a counterpart with the same preemptions.
+    another CPU's TLB and no property reads an IPI queue, so the state after the early delivery
+    differs from the late one only in the queue and in the flusher being enabled sooner; every
+    behaviour of the late delivery is one of the early one. Under the stateful search it is a
+    normalisation applied before a state is keyed, so it stays sound, but it buys little (the
+    visited set already merges the orders) and it makes "shortest" mean shortest among
+    schedules that deliver invisible IPIs at once, so it is off unless asked for.
 
-Leaves
-    A step property is checked after every action (Run.apply). When every program is consumed
-    and every task has returned, the interleaving is complete and Run.quiesce() decides (it
-    drains any IPIs still pending in the deterministic drain order, syncs and drops the clean
-    cache). A violating prefix is a leaf too. If nothing is enabled while a task is still
-    blocked, the model deadlocked: a ModelFailure (Run.fail) is raised with the schedule.
-
-Search
-    Depth-first, systematic, no randomness. Generators cannot be copied, so a state is
-    re-created by replaying the path from a fresh Run (tens of microseconds per action) before
-    each sibling after the first; the first child continues on the live run. No state caching.
-    ``states_max`` bounds the number of actions applied during the search (replays are not
-    counted); reaching it stops the search with ``truncated=True``.
+Results
+    ``interleavings`` counts leaves: distinct complete states plus violating ones; ``states``
+    the distinct states stored (``states_max`` caps it: reaching it stops the search with
+    ``truncated=True``); ``transitions`` the actions applied (replays excluded). If nothing is
+    enabled while a task is still blocked, the model deadlocked: a ModelFailure (Run.fail) is
+    raised with the schedule. ``exhaust_dfs`` is the stateless depth-first search this module had before (kept
+    as the reference the tests compare against).
 """
 
 from __future__ import annotations
 
+import gc
+import io
+import operator
+import pickle
 import time
+import types
 from dataclasses import dataclass, field
 
 from properties import Violation
 
+from .kernel.base import Task
+from .hw import deliver_ipi, evict, user_access
+from .model import Machine, tlb_key
 from .run import ModelError, Run
 
 #: kinds of action that belong to a CPU's program (the rest is scheduling or hardware noise)
@@ -75,18 +116,24 @@ PROGRAM_KINDS = ("start", "access")
 class ExhaustResult:
     violation: Violation | None       # the first violation found (None: every interleaving ok)
     schedule: list | None             # the first violating interleaving, replayable by execute()
-    interleavings: int                # leaves reached: complete interleavings + violating prefixes
-    states: int                       # actions applied during the search (replays excluded)
+    interleavings: int                # leaves: distinct complete states + violating ones
+    states: int                       # distinct states stored (the stateless DFS: actions)
     truncated: bool                   # states_max was reached: the answer is not exhaustive
     phase: str | None = None          # "step" or "quiescence" for the violation
     violations: int = 0               # violating leaves found (1 unless stop_at_first=False)
-    preemptions_max: int = 2
+    preemptions_max: int | None = None  # None: no bound
     forced: int = 0                   # invisible IPIs delivered as forced moves (reduce_ipis)
     pruned: int = 0                   # choices not taken because they exceeded the bound
     elapsed_s: float = 0.0
     props: dict = field(default_factory=dict)   # property -> violating leaves
-    shortest: list | None = None      # the shortest violating interleaving seen (with
-                                      # stop_at_first=False: the shortest within the bound)
+    shortest: list | None = None      # the shortest violating interleaving seen (the BFS: the
+                                      # first one; with stop_at_first=False the DFS keeps the
+                                      # shortest within the bound)
+    transitions: int = 0              # actions applied during the search (replays excluded)
+    probes: int = 0                   # steps that found their task blocked
+    path: list | None = None          # the violating schedule with its probes, as searched
+    depth: int = 0                    # the longest schedule the search completed a level of
+    replayed: int = 0                 # actions re-applied to restore states
 
 
 class _Stop(Exception):
@@ -107,10 +154,554 @@ def programs_from(world: dict, schedule: list) -> dict[int, list]:
     return programs
 
 
-def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
+def _check_programs(programs: dict) -> dict[int, list]:
+    progs = {int(c): [list(a) for a in p] for c, p in programs.items()}
+    for cpu, prog in progs.items():
+        for a in prog:
+            if a[0] not in PROGRAM_KINDS or a[1] != cpu:
+                raise ValueError(f"program of CPU{cpu}: {a} is not a start/access on CPU{cpu}")
+    return progs
+
+
+# ------------------------------------------------------------------ snapshot --------------
+class Stamp(int):
+    """A number that means only its order among others of its kind (a clock value, a store
+    version). Arithmetic on it stays a Stamp, so every copy the model keeps is recognisable."""
+
+    __slots__ = ()
+
+    def __add__(self, other):
+        return type(self)(int(self) + int(other))
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return type(self)(int(self) - int(other))
+
+
+class Tick(Stamp):
+    """A value of ``Machine.clock``."""
+
+    __slots__ = ()
+
+
+class Version(Stamp):
+    """A store version (``Machine.next_version``)."""
+
+    __slots__ = ()
+
+
+class SearchRun(Run):
+    """A Run whose clock and store versions are Stamps and whose task ids are numbered per CPU
+    (see the module docstring); it behaves exactly like a Run otherwise."""
+
+    def _build(self) -> None:
+        super()._build()
+        m = self.m
+        m.clock = Tick(m.clock)
+        m.next_version = Version(m.next_version)
+        self._started = [0] * len(m.cpus)
+
+    def replay(self, path: list) -> None:
+        """Run.apply's effects on the model for ``path``, without its bookkeeping (no
+        enabledness test, no Step or trace, no property check): re-creates a state the search
+        reached through Run.apply on the same actions. tests/test_exhaust.py checks that it
+        gives the same snapshot as apply."""
+        m = self.m
+        for action in path:
+            kind, cpu = action[0], action[1]
+            m.clock += 1
+            m.events.clear()
+            if kind == "step":
+                if self._step_task(cpu) is None:
+                    m.clock -= 1
+            elif kind == "start":
+                self._start_task(cpu, action[2], tuple(action[3:]))
+            elif kind == "access":
+                if user_access(m, cpu, action[2], bool(action[3]))[0] == "fault":
+                    self._start_task(cpu, "fault", (action[2], bool(action[3])))
+            elif kind == "ipi":
+                deliver_ipi(m, cpu)
+            else:
+                evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
+
+    def _start_task(self, cpu: int, name: str, args: tuple):
+        k = self._started[cpu]
+        self._started[cpu] = k + 1
+        self.next_tid = 1 + cpu + len(self.m.cpus) * k
+        return super()._start_task(cpu, name, args)
+
+
+#: fields that are constants of a run or write-only records, never read by the model
+SKIP_FIELDS = {Machine: frozenset(("world", "events", "stats")), Task: frozenset(("wait",))}
+_ATOMS = frozenset((type(None), bool, int, str, float, bytes, complex, range,
+                    types.BuiltinFunctionType, type, types.CodeType, type(Ellipsis)))
+_ITERATORS = frozenset(type(it) for it in (iter([]), iter(()), iter(range(0)), iter(""),
+                                           iter({}), iter({}.values()), iter({}.items()),
+                                           reversed([]), enumerate([]), zip(), map(int, [])))
+_STAMPS = frozenset((Tick, Version))
+_FIELDS: dict = {}
+
+
+def _fields(cls) -> tuple[tuple[str, ...], bool, frozenset]:
+    """(slot names over the MRO, base first, in declared order; has a __dict__; skipped)."""
+    got = _FIELDS.get(cls)
+    if got is None:
+        names: list[str] = []
+        for c in reversed(cls.__mro__):
+            slots = c.__dict__.get("__slots__", ())
+            if isinstance(slots, str):
+                slots = (slots,)
+            names += [s for s in slots if s not in ("__dict__", "__weakref__")]
+        has_dict = any("__dict__" in c.__dict__ for c in cls.__mro__ if c is not object)
+        skip = frozenset()
+        for c in cls.__mro__:
+            skip |= SKIP_FIELDS.get(c, frozenset())
+        got = _FIELDS[cls] = (tuple(names), has_dict, skip)
+    return got
+
+
+_UNSET = ("<unset>",)
+
+
+class _Encoder:
+    """One traversal: the canonical, hashable serialisation of an object graph."""
+
+    __slots__ = ("memo", "keep", "stamps")
+
+    def __init__(self):
+        self.memo: dict[int, int] = {}   # id(obj) -> first-visit number (lookup only)
+        self.keep: list = []             # the visited objects, alive while ids are in use
+        self.stamps: list = []           # Stamps in traversal order
+
+    def _first(self, x) -> tuple | None:
+        i = self.memo.get(id(x))
+        if i is not None:
+            return ("@", i)
+        self.memo[id(x)] = len(self.keep)
+        self.keep.append(x)
+        return None
+
+    def enc(self, x):
+        t = type(x)
+        if t in _ATOMS:
+            return x
+        if t in _STAMPS:
+            self.stamps.append(x)
+            return t
+        if t is tuple:
+            return tuple([self.enc(e) for e in x])
+        if issubclass(t, tuple) and hasattr(t, "_fields"):     # NamedTuple: immutable value
+            return (t,) + tuple([self.enc(e) for e in x])
+        ref = self._first(x)
+        if ref is not None:
+            return ref
+        enc = self.enc
+        if t is list:
+            return ("L",) + tuple([enc(e) for e in x])
+        if t is dict:
+            return ("D",) + tuple([(enc(k), enc(v)) for k, v in x.items()])
+        if t is types.GeneratorType:
+            return self._gen(x)
+        if t is types.FunctionType:
+            cells = tuple(self._cell(c) for c in (x.__closure__ or ()))
+            return ("F", x.__code__, cells, enc(x.__defaults__), enc(x.__kwdefaults__))
+        if t is types.MethodType:
+            return ("M", enc(x.__func__), enc(x.__self__))
+        if t is types.CellType:
+            return self._cell(x)
+        if t in _ITERATORS:
+            return ("I", t, enc(x.__reduce__()))
+        if isinstance(x, BaseException):
+            return ("E", t, enc(x.args))
+        if isinstance(x, (int, str, float)):   # a subclass of an atom (a Last label)
+            return (t, t.__mro__[-2](x))
+        if t in (set, frozenset, bytearray):
+            raise TypeError(f"exhaust: cannot snapshot a {t.__name__} (the model keeps lists "
+                            "and int-keyed dicts, whose order is defined)")
+        names, has_dict, skip = _fields(t)
+        if not names and not has_dict:
+            raise TypeError(f"exhaust: cannot snapshot {t.__module__}.{t.__qualname__}")
+        out = [t]
+        for n in names:
+            if n not in skip:
+                out.append(enc(getattr(x, n, _UNSET)))
+        if has_dict:
+            out.extend((k, enc(v)) for k, v in x.__dict__.items() if k not in skip)
+        return tuple(out)
+
+    def _cell(self, c):
+        ref = self._first(c)
+        if ref is not None:
+            return ref
+        try:
+            return ("C", self.enc(c.cell_contents))
+        except ValueError:
+            return ("C",)
+
+    def _gen(self, g):
+        fr = g.gi_frame
+        if fr is None:
+            return ("G",)                      # finished
+        bound = tuple(fr.f_locals)             # which locals are bound (get_referents skips
+        refs = gc.get_referents(g)             # unbound ones): names, then every frame slot
+        code = g.gi_code
+        k = 3
+        while refs[k] is not code:             # gi_code, gi_name, gi_qualname, [frame],
+            k += 1                             # [f_locals], f_func, f_code, then the slots
+        return ("G", code, fr.f_lasti, bound, tuple([self.enc(r) for r in refs[k + 1:]]))
+
+
+def _ref(*tag):
+    """The callable named in every reduction the key pickler writes (never called: a key is
+    never unpickled)."""
+    raise AssertionError("snapshot keys are not meant to be loaded")
+
+
+_INTERNED: dict = {}   # code objects and classes -> small ints, per process (lookup only)
+
+
+def _intern(x) -> int:
+    i = _INTERNED.get(x)
+    if i is None:
+        i = _INTERNED[x] = len(_INTERNED)
+    return i
+
+
+_STAMPS_SEEN: list = []   # the Stamps of the key being written, in traversal order
+
+
+def _reduce_stamp(s):
+    _STAMPS_SEEN.append((type(s), int(s)))
+    return (_ref, ("S", _intern(type(s))))
+
+
+def _reduce_gen(g):
+    fr = g.gi_frame
+    if fr is None:
+        return (_ref, ("G",))                   # finished
+    bound = tuple(fr.f_locals)                  # which locals are bound (get_referents skips
+    refs = gc.get_referents(g)                  # unbound ones): names, then every frame slot
+    code = g.gi_code
+    k = 3
+    while refs[k] is not code:                  # gi_code, gi_name, gi_qualname, [frame],
+        k += 1                                  # [f_locals], f_func, f_code, then the slots
+    return (_ref, ("G", _intern(code)), (fr.f_lasti, bound, refs[k + 1:]))
+
+
+def _reduce_function(f):
+    if f is _ref:
+        return NotImplemented                   # pickled by name
+    return (_ref, ("F",), (_intern(f.__code__), f.__closure__, f.__defaults__,
+                           f.__kwdefaults__))
+
+
+def _reduce_cell(c):
+    try:
+        return (_ref, ("C",), (c.cell_contents,))
+    except ValueError:
+        return (_ref, ("C-",))
+
+
+def _reduce_code(c):
+    return (_ref, ("K", _intern(c)))
+
+
+_DISPATCH = {Tick: _reduce_stamp, Version: _reduce_stamp, types.GeneratorType: _reduce_gen,
+             types.FunctionType: _reduce_function, types.CellType: _reduce_cell,
+             types.CodeType: _reduce_code}
+
+
+def _reducer_for(t):
+    """The reduction of objects of type ``t`` (built once per type): slotted and plain
+    objects as their class number plus field values in declared order (SKIP_FIELDS left out),
+    generators, closures, cells, code and Stamps by the functions above; None for what
+    pickle writes well itself (lists, dicts, iterators through __reduce__, exceptions, str
+    and int subclasses)."""
+    fn = _DISPATCH.get(t)
+    if fn is not None:
+        return fn
+    if issubclass(t, type):
+        return lambda x: (_ref, ("T", _intern(x)))
+    if issubclass(t, tuple) and hasattr(t, "_fields"):
+        tag = ("N", _intern(t))
+        return lambda x: (_ref, tag + tuple(x))
+    if t in _ATOMS or t in _ITERATORS or issubclass(t, (BaseException, int, str, float, bytes, list, dict,
+                                         tuple)):
+        return None
+    if t in (set, frozenset, bytearray):
+        raise TypeError(f"exhaust: cannot snapshot a {t.__name__} (the model keeps lists "
+                        "and int-keyed dicts, whose order is defined)")
+    names, has_dict, skip = _fields(t)
+    if not names and not has_dict:
+        raise TypeError(f"exhaust: cannot snapshot {t.__module__}.{t.__qualname__}")
+    tag = ("O", _intern(t))
+    keep = tuple(n for n in names if n not in skip)
+    getter = operator.attrgetter(*keep) if keep else (lambda x: ())
+    if len(keep) == 1:
+        one = getter
+        getter = lambda x: (one(x),)   # noqa: E731
+    if not has_dict:
+        return lambda x: (_ref, tag, getter(x))
+    return lambda x: (_ref, tag, (getter(x), tuple([(k, v) for k, v in x.__dict__.items()
+                                                   if k not in skip])))
+
+
+_REDUCERS: dict = {}
+
+
+class _KeyPickler(pickle.Pickler):
+    """pickle's C serialiser as the canonical encoder: its memo writes a second reference to
+    an object as a back-reference to the first (aliasing is in the key), objects are written
+    field by field in slot then ``__dict__`` order, lists and dicts in order; the reducers
+    above add generators, closures, cells and Stamps. Extra distinctions (pickle also
+    memoises equal strings that are distinct objects) only cost merging, never soundness."""
+
+    def reducer_override(self, obj):
+        t = type(obj)
+        try:
+            fn = _REDUCERS[t]
+        except KeyError:
+            fn = _REDUCERS[t] = _reducer_for(t)
+        if fn is None:
+            return NotImplemented
+        return fn(obj)
+
+
+def snapshot_key(run: Run, extra=()) -> tuple:
+    """The canonical key of ``run``'s state (see the module docstring): equal keys, equal
+    futures. ``extra`` is appended as is (the search adds each program's position)."""
+    buf = io.BytesIO()
+    del _STAMPS_SEEN[:]
+    try:
+        _KeyPickler(buf, protocol=5).dump(run.kernel)
+    except (pickle.PicklingError, AttributeError):
+        return snapshot_key_slow(run, extra)    # an object pickle cannot name, an unset
+                                                # slot: the slow path
+    ranks = ()
+    if _STAMPS_SEEN:
+        kinds: dict = {}
+        for t, v in _STAMPS_SEEN:
+            kinds.setdefault(t, set()).add(v)
+        order = {t: {v: i for i, v in enumerate(sorted(vals))} for t, vals in kinds.items()}
+        ranks = tuple([order[t][v] for t, v in _STAMPS_SEEN])
+    return (buf.getvalue(), ranks, extra)
+
+
+def snapshot_key_slow(run: Run, extra=()) -> tuple:
+    """The same key computed by the pure-Python encoder (used where pickle cannot name an
+    object, e.g. a class local to a function; the tests check the two agree on equality)."""
+    e = _Encoder()
+    body = e.enc(run.kernel)
+    ranks = ()
+    if e.stamps:
+        kinds: dict = {}
+        for s in e.stamps:
+            kinds.setdefault(type(s), set()).add(int(s))
+        order = {t: {v: i for i, v in enumerate(sorted(vals))} for t, vals in kinds.items()}
+        ranks = tuple([order[type(s)][int(s)] for s in e.stamps])
+    return ("slow", body, ranks, extra)
+
+
+# -------------------------------------------------------------------- search --------------
+@dataclass(slots=True)
+class _Node:
+    path: list          # every action applied from the initial state, probes included
+    sched: list         # the schedule: the path without its probes
+    pcs: tuple          # per CPU (in sorted CPU order), program actions consumed
+    current: int | None
+    preempts: int
+    flushing: bool
+    run: Run | None = None   # the live run in this state, if no other use consumed it
+
+
+def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None = None,
             states_max: int = 200_000, stop_at_first: bool = True,
             reduce_ipis: bool = True) -> ExhaustResult:
-    """Search every interleaving of ``programs`` in ``world`` with at most ``preemptions_max``
+    """Search every interleaving of ``programs`` in ``world`` (with at most
+    ``preemptions_max`` preemptions if given), breadth-first over distinct states. Stops at the
+    first (shortest) violation unless ``stop_at_first`` is False (then it counts every
+    violating leaf and returns the first one found)."""
+    progs = _check_programs(programs)
+    cpus = sorted(progs)
+    index = {c: i for i, c in enumerate(cpus)}
+    bounded = preemptions_max is not None
+    res = ExhaustResult(None, None, 0, 0, False, preemptions_max=preemptions_max)
+    t0 = time.perf_counter()
+    visited: set = set()
+
+    def replay(path: list) -> Run:
+        run = SearchRun(kernel_cls, world)
+        run.replay(path)
+        res.replayed += len(path)
+        return run
+
+    def key(run: Run, node: _Node) -> tuple:
+        extra = (node.pcs, node.current, node.preempts, node.flushing) if bounded else node.pcs
+        return snapshot_key(run, extra)
+
+    def admit(k) -> bool:
+        if k in visited:
+            return False
+        visited.add(k)
+        res.states = len(visited)
+        if res.states >= states_max:
+            res.truncated = True
+            raise _Stop
+        return True
+
+    def done(run: Run, pcs: tuple) -> bool:
+        return not run.busy() and all(pcs[index[c]] >= len(progs[c]) for c in cpus)
+
+    def record(node: _Node, v: Violation, phase: str) -> None:
+        res.interleavings += 1
+        res.violations += 1
+        res.props[v.prop] = res.props.get(v.prop, 0) + 1
+        if res.violation is None:
+            res.violation, res.phase = v, phase
+            res.schedule = [list(a) for a in node.sched]
+            res.path = [list(a) for a in node.path]
+            res.shortest = [list(a) for a in node.sched]
+        if stop_at_first:
+            raise _Stop
+
+    def candidates(run: Run, node: _Node) -> list:
+        current = node.current
+        order = ([current] if current is not None else []) + [c for c in cpus if c != current]
+        out = []
+        for cpu in order:
+            c = run.m.cpus[cpu]
+            if c.task is not None:
+                if c.task.wait is None or c.task.wait.cond():
+                    out.append(["step", cpu])
+            else:
+                pc = node.pcs[index[cpu]]
+                if pc < len(progs[cpu]):
+                    out.append(progs[cpu][pc])
+        out.extend(["ipi", cpu] for cpu in run.ipi_cpus())
+        return out
+
+    def invisible_ipi(run: Run, pcs: tuple, cpu: int) -> bool:
+        """The oldest IPI pending on ``cpu`` flushes nothing now and nothing later (see the
+        module docstring)."""
+        c = run.m.cpus[cpu]
+        req = c.ipi_queue[0]
+
+        def hit(vpn: int) -> bool:
+            return req.full or req.start <= vpn < req.end
+        for k in c.tlb:
+            if k >> 32 == req.mm_id and hit(k & 0xffffffff):
+                return False
+        if c.mm_id == req.mm_id and cpu in index:
+            for a in progs[cpu][pcs[index[cpu]]:]:
+                if a[0] == "access" and hit(a[2]):
+                    return False
+        return True
+
+    def queued(run: Run) -> int:
+        return sum(len(c.ipi_queue) for c in run.m.cpus)
+
+    buckets: dict[int, list] = {}
+
+    def push(node: _Node) -> None:
+        buckets.setdefault(len(node.sched), []).append(node)
+
+    def expand(node: _Node, level: list) -> None:
+        run = node.run if node.run is not None else replay(node.path)
+        node.run = None
+        cands = candidates(run, node)
+        if not cands:
+            waits = {c.cpu_id: c.task.wait.what for c in run.m.cpus if c.task and c.task.wait}
+            raise run.fail(ModelError(f"exhaust: deadlock, every operation waits: {waits}"))
+        fresh = True
+        can_continue = False
+        current = node.current
+        for a in cands:
+            is_ipi = a[0] == "ipi"
+            cost = 0
+            if bounded:
+                cost = int(not is_ipi and current is not None and a[1] != current
+                           and can_continue)
+                if node.preempts + cost > preemptions_max:
+                    res.pruned += 1
+                    continue
+            if not fresh:
+                run = replay(node.path)
+            fresh = False
+            before = queued(run)
+            step = run.apply(a)
+            if step is None:   # a blocked lock attempt is a recorded step (Run._step_task)
+                raise run.fail(ModelError(f"exhaust: {a} was offered but is not enabled"), a)
+            res.transitions += 1
+            if not is_ipi and a[1] == current and not node.flushing:
+                can_continue = True
+            pcs = node.pcs
+            if a[0] in PROGRAM_KINDS:
+                pcs = list(pcs)
+                pcs[index[a[1]]] += 1
+                pcs = tuple(pcs)
+            child = _Node(node.path + [a], node.sched + [a], pcs,
+                          current if is_ipi else a[1], node.preempts + cost,
+                          node.flushing if is_ipi else (a[0] == "step" and queued(run) > before))
+            if run.violation is not None:
+                record(child, run.violation, "step")
+                continue
+            if reduce_ipis:
+                while True:
+                    quiet = [c for c in run.ipi_cpus() if invisible_ipi(run, child.pcs, c)]
+                    if not quiet:
+                        break
+                    f = ["ipi", quiet[0]]
+                    run.apply(f)
+                    child.path.append(f)
+                    child.sched.append(f)
+                    res.forced += 1
+                    res.transitions += 1
+                if run.violation is not None:   # cannot happen (see invisible_ipi); kept honest
+                    record(child, run.violation, "step")
+                    continue
+            if not admit(key(run, child)):
+                continue
+            if done(run, child.pcs):
+                res.interleavings += 1
+                v = run.quiesce()
+                if v is not None:
+                    record(child, v, "step" if run.violation is not None else "quiescence")
+                continue
+            child.run = run
+            push(child)
+
+    try:
+        root = _Node([], [], tuple(0 for _ in cpus), None, 0, False)
+        run = replay([])
+        admit(key(run, root))
+        if done(run, root.pcs):
+            res.interleavings += 1
+            v = run.quiesce()
+            if v is not None:
+                record(root, v, "step" if run.violation is not None else "quiescence")
+        else:
+            push(root)
+        while buckets:
+            d = min(buckets)
+            level = buckets.pop(d)
+            i = 0
+            while i < len(level):
+                expand(level[i], level)
+                i += 1
+            res.depth = d
+    except _Stop:
+        pass
+    res.elapsed_s = time.perf_counter() - t0
+    return res
+
+
+def exhaust_dfs(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
+            states_max: int = 200_000, stop_at_first: bool = True,
+            reduce_ipis: bool = True) -> ExhaustResult:
+    """The stateless search this module had before the stateful one (kept as the reference
+    the tests compare against): depth-first, no visited set, a path replayed before each
+    sibling. Search every interleaving of ``programs`` in ``world`` with at most ``preemptions_max``
     preemptions. Stops at the first violation unless ``stop_at_first`` is False (then it counts
     every violating leaf and returns the first one found)."""
     progs = {int(c): [list(a) for a in p] for c, p in programs.items()}
@@ -262,8 +853,10 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int = 2,
     return res
 
 
-def exhaust_cx(cx, kernel: str | None = None, **kw) -> ExhaustResult:
-    """exhaust() over a counterexample's scenario, on its own kernel or on ``kernel``."""
+def exhaust_cx(cx, kernel: str | None = None, dfs: bool = False, **kw) -> ExhaustResult:
+    """exhaust() over a counterexample's scenario, on its own kernel or on ``kernel``;
+    ``dfs=True`` runs the stateless exhaust_dfs instead (it needs ``preemptions_max``)."""
     from .kernels import resolve_kernel
     world, programs = scenario_from(cx)
-    return exhaust(resolve_kernel(kernel or cx.kernel), world, programs, **kw)
+    search = exhaust_dfs if dfs else exhaust
+    return search(resolve_kernel(kernel or cx.kernel), world, programs, **kw)

@@ -282,3 +282,115 @@ def polish_failure(kernel_cls, failure: dict) -> dict:
                              failure["violation"].prop)
     failure.update(world=world, schedule=schedule, hypothesis_len=len(failure["schedule"]))
     return failure
+
+
+# ------------------------------------------------------- operations as rules ----------
+class OpsMachine(RuleBasedStateMachine):
+    """The stateful machine in its natural shape: each rule is one operation of the registry
+    (mmfuzz/ops.py: a rule per declared operation, built when the class is made, so an
+    operation registered later becomes a rule by itself) or a user access, appended to one
+    CPU's program. Hypothesis draws, prints and shrinks the mix of operations; the
+    interleavings of that mix are searched inside the example, at teardown, by the stateful
+    exhaust (mmfuzz/exhaust.py) under a small state budget and preemption bound. Deliberately
+    no scheduling rule: the schedule is the search's job, not Hypothesis's."""
+
+    kernel_cls = Mainline
+    last_failure: dict | None = None
+    runs_total = 0
+    steps_total = 0
+    first_failure_run: int | None = None
+    on_progress = None
+    STATES_MAX = 400
+    PREEMPTIONS = 1
+    PROGRAM_MAX = 2
+
+    def __init__(self):
+        super().__init__()
+        self.world = None
+        self.programs: dict[int, list] = {}
+        type(self).runs_total += 1
+
+    @initialize(world=worlds())
+    def boot(self, world):
+        self.world = world
+        self.programs = {cpu: [] for cpu in range(world["ncpus"])}
+
+    def _room(self):
+        return self.world is not None and any(len(p) < self.PROGRAM_MAX
+                                              for p in self.programs.values())
+
+    def _cpu(self, data):
+        free = tuple(c for c, p in self.programs.items() if len(p) < self.PROGRAM_MAX)
+        return data.draw(st.sampled_from(free), label="cpu")
+
+    @precondition(_room)
+    @rule(data=st.data())
+    def user_access(self, data):
+        cpu = self._cpu(data)
+        mm_id = self.world["cpu_mm"][cpu]
+        lo, hi = data.draw(st.sampled_from(tuple((v["start"], v["end"]) for v in
+                                                 self.world["vmas"] if v["mm"] == mm_id)),
+                           label="vma")
+        self.programs[cpu].append(["access", cpu, data.draw(st.integers(lo, hi - 1),
+                                                            label="va"),
+                                   data.draw(st.sampled_from((1, 0)), label="write")])
+
+    @precondition(lambda self: self.world is not None and not self._room())
+    @rule()
+    def programs_full(self):
+        """Every CPU's program is full: nothing more to add (the search runs at teardown)."""
+
+    def teardown(self):
+        if self.world is None or sum(1 for p in self.programs.values() if p) == 0:
+            return
+        from mmfuzz.exhaust import exhaust
+        cls = type(self)
+        res = exhaust(cls.kernel_cls, self.world, self.programs,
+                      preemptions_max=cls.PREEMPTIONS, states_max=cls.STATES_MAX)
+        cls.steps_total += res.transitions + res.replayed
+        if cls.on_progress is not None:
+            cls.on_progress(cls)
+        if res.violation is not None:
+            if cls.first_failure_run is None:
+                cls.first_failure_run = cls.runs_total
+            cls.last_failure = {"world": self.world, "schedule": res.schedule,
+                                "violation": res.violation, "step": None, "phase": res.phase}
+            raise PropertyViolated(f"{res.violation.prop}: {res.violation.why}")
+
+
+def _op_rule(name):
+    def body(self, data):
+        cpu = self._cpu(data)
+        mm_id = self.world["cpu_mm"][cpu]
+        self.programs[cpu].append(syscall_action(
+            lambda options, label: data.draw(st.sampled_from(tuple(options)), label=label),
+            self.world, mm_id, cpu, name))
+    body.__name__ = name
+    body.__doc__ = f"{name} on a CPU (mmfuzz.ops): appended to that CPU's program"
+    return precondition(OpsMachine._room)(rule(data=st.data())(body))
+
+
+for _name in _ops.names():
+    setattr(OpsMachine, _name, _op_rule(_name))
+
+
+def ops_machine_for(kernel_cls) -> type:
+    return type(f"OpsMachine_{kernel_cls.__name__}", (OpsMachine,),
+                {"kernel_cls": kernel_cls, "last_failure": None, "steps_total": 0,
+                 "runs_total": 0, "first_failure_run": None})
+
+
+def run_ops_hypothesis(kernel_cls, seed_value: int, max_examples: int, on_progress=None,
+                       polish: bool = True, hypothesis_shrink: bool = True):
+    """One Hypothesis campaign of OpsMachine; returns (failure or None, the machine class)."""
+    cls = ops_machine_for(kernel_cls)
+    cls.on_progress = on_progress
+    seeded = seed(seed_value)(cls)
+    s = settings_for(max_examples, stateful_step_count=6, shrink=hypothesis_shrink)
+    try:
+        with no_source_constants():
+            run_state_machine_as_test(seeded, settings=s)
+    except PropertyViolated:
+        failure = dict(cls.last_failure)
+        return (polish_failure(kernel_cls, failure) if polish else failure), cls
+    return None, cls

@@ -139,6 +139,11 @@ def test_exhaust_finds_bug_and_clears_mainline():
     assert r.returncode == 0 and "every interleaving is clean" in r.stdout, r.stdout
     r = mmfuzz("exhaust", f, "--kernel", "mainline", "--preemptions", "1", "--states-max", "50")
     assert r.returncode == 0 and "NOT exhaustive" in r.stdout
+    r = mmfuzz("exhaust", f)   # no bound: every interleaving, the shortest violation
+    assert r.returncode == 1 and "no preemption bound" in r.stdout
+    assert "shortest schedule 14 actions" in r.stdout
+    r = mmfuzz("exhaust", f, "--kernel", "mainline")
+    assert r.returncode == 0 and "every interleaving is clean" in r.stdout, r.stdout
 
 
 def test_hypothesis_workers_find_a_broken_kernel(tmp_path):
@@ -147,3 +152,11 @@ def test_hypothesis_workers_find_a_broken_kernel(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "VIOLATION no-use-after-free-via-TLB" in r.stdout and "engine=hypothesis/swarm" in r.stdout
     assert list(tmp_path.rglob("*.json"))
+
+
+def test_hybrid_strategy_is_a_fast_engine():
+    r = mmfuzz("hunt", "clear-refs-softdirty-no-flush", "--strategy", "hybrid", "--examples",
+               "200", "--seed", "1", "--quiet")
+    assert r.returncode == 1 and "engine=explore/hybrid" in r.stdout, r.stdout + r.stderr
+    r = mmfuzz("fuzz", "--strategy", "hybrid", "--examples", "20", "--quiet")
+    assert r.returncode == 2 and "fast-mode engine" in r.stderr

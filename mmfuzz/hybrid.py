@@ -1,0 +1,130 @@
+"""The hybrid engine: random scenarios, systematic interleavings (``--strategy hybrid``).
+
+Random search draws good scenarios often; it is the interleaving inside them it keeps
+missing. So run ``i`` of a seed is one of two kinds, decided by its own seeded generator
+(``random.Random(f"mmfuzz:{seed}:{i}")``, as in fast mode, so run i is the same wherever it
+runs):
+
+- a *scenario* run (every ``SCENARIO_EVERY``-th run): a world from ``random_world`` and, per
+  CPU, a short program of syscalls and user accesses drawn as the explorer draws them
+  (``explore._random_program_action``: arguments inside the CPU's own VMAs); then every
+  interleaving of that scenario is searched by the stateful breadth-first exhaust
+  (mmfuzz/exhaust.py) under a small per-scenario state budget (``STATES_MAX``) and
+  preemption bound (``PREEMPTIONS``), so one run covers thousands of schedules and the first
+  violation it reports is the shortest in the part it covered;
+- a *swarm* run otherwise: exactly the fast explorer's swarm run.
+
+The cost of a scenario run is many swarm runs: ``steps`` counts every model action applied,
+the search's replays included, so runs and steps together compare the engines without a
+clock. Deterministic per seed.
+
+Measured (seeds 1..10, runs to bug, 2026-12-01): a scenario run found the bug first only twice
+(clear-refs seed 3: 4 runs against swarm's 7; madv seed 9: 608 against 642); every other hybrid
+find is one of its swarm runs (the same run as fast mode's run i), and where swarm's finding run
+is a scenario slot the hybrid falls behind (madv seed 1: 1,058 runs against 240; the synthetic
+tests.variants.ZeroPageNoRecheckWhileZapping seed 1: 5,510 against 1,208). A scenario of 300
+states rarely reaches the depth (about 30 actions) these races need. Not a default; the bench
+reports it beside swarm.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from .exhaust import exhaust
+from .explore import Found, _random_program_action, random_run, random_world
+from . import ops as _ops
+from .run import Run
+
+#: one run in SCENARIO_EVERY is a systematically searched scenario, the others swarm runs
+SCENARIO_EVERY = 4
+#: distinct states searched per scenario, and the preemption bound (None: no bound). A
+#: scenario of this size costs about 20 to 40 swarm runs of model steps.
+STATES_MAX = 300
+PREEMPTIONS = 1
+
+
+def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
+    """A world and per-CPU programs: two or more CPUs get one or two actions each (a syscall
+    from a random subset of the operations, or a load or store in one of the CPU's VMAs)."""
+    world = random_world(rng)
+    ncpus = world["ncpus"]
+    probe = Run.__new__(Run)       # only the CPU -> mm mapping is read by the drawer
+    probe.m = _CpuMms(world)
+    ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
+    store_bias = rng.choice((0.5, 0.8))
+    active = sorted(rng.sample(range(ncpus), rng.randint(min(2, ncpus), ncpus)))
+    programs: dict[int, list] = {cpu: [] for cpu in range(ncpus)}
+    for cpu in active:
+        for _ in range(rng.choice((1, 1, 2))):
+            kind_ops = None if rng.random() < 0.4 else ops
+            programs[cpu].append(_random_program_action(rng, probe, world, cpu, kind_ops,
+                                                        store_bias))
+    return world, programs
+
+
+class _CpuMms:
+    """Stands in for a Machine where the program drawer only asks each CPU's mm."""
+
+    class _Cpu:
+        __slots__ = ("mm_id",)
+
+        def __init__(self, mm_id):
+            self.mm_id = mm_id
+
+    def __init__(self, world):
+        self.cpus = [self._Cpu(mm) for mm in world["cpu_mm"]]
+
+
+def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STATES_MAX,
+               preemptions_max: int | None = PREEMPTIONS, every: int = SCENARIO_EVERY):
+    """Run ``index`` of the hybrid engine: returns (world, actions or None, prop or None,
+    model actions applied, kind)."""
+    if every and index % every == every - 1:
+        world, programs = random_scenario(rng)
+        res = exhaust(kernel_cls, world, programs, preemptions_max=preemptions_max,
+                      states_max=states_max)
+        steps = res.transitions + res.replayed
+        if res.violation is not None:
+            return world, res.schedule, res.violation.prop, steps, "scenario"
+        return world, None, None, steps, "scenario"
+    world, run, v = random_run(kernel_cls, rng)
+    return world, (run.actions if v is not None else None), (v.prop if v else None), \
+        len(run.trace), "swarm"
+
+
+def explore_hybrid_strided(kernel_cls, seed: int, budget_s: float | None,
+                           runs_max: int | None, start: int = 0, stride: int = 1,
+                           progress=None, **kw) -> tuple[Found | None, dict]:
+    """explore_strided's contract for the hybrid engine: runs start, start + stride, ...
+    until a violation, the time budget or the run budget."""
+    t0 = time.perf_counter()
+    stats = {"runs": 0, "steps": 0, "scenarios": 0}
+    i = start
+    last = t0
+    while True:
+        if runs_max is not None and stats["runs"] >= runs_max:
+            break
+        now = time.perf_counter()
+        if budget_s is not None and now - t0 >= budget_s:
+            break
+        rng = random.Random(f"mmfuzz:{seed}:{i}")
+        world, actions, prop, steps, kind = hybrid_run(kernel_cls, rng, i, **kw)
+        stats["runs"] += 1
+        stats["steps"] += steps
+        stats["scenarios"] += kind == "scenario"
+        if progress is not None and now - last > 0.5:
+            progress(stats, now - t0)
+            last = now
+        if actions is not None:
+            return Found(world, actions, prop, i, stats["runs"], stats["steps"],
+                         time.perf_counter() - t0), stats
+        i += stride
+    stats["seconds"] = time.perf_counter() - t0
+    return None, stats
+
+
+def explore_hybrid(kernel_cls, seed: int, budget_s: float | None = None,
+                   runs_max: int | None = None, progress=None, **kw):
+    return explore_hybrid_strided(kernel_cls, seed, budget_s, runs_max, 0, 1, progress, **kw)
