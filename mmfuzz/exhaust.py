@@ -576,7 +576,9 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                     out.append(["step", cpu])
             else:
                 pc = node.pcs[index[cpu]]
-                if pc < len(progs[cpu]):
+                # a program action the run refuses now (a fork whose child CPU is taken, an
+                # access on a CPU whose process exited) is not a choice here
+                if pc < len(progs[cpu]) and run.enabled(progs[cpu][pc]):
                     out.append(progs[cpu][pc])
         out.extend(["ipi", cpu] for cpu in run.ipi_cpus())
         return out
@@ -610,6 +612,14 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
         run = node.run if node.run is not None else replay(node.path)
         node.run = None
         cands = candidates(run, node)
+        if not cands and not run.busy():
+            # every task returned and what is left of the programs can never run (their CPU
+            # has no process any more): a complete interleaving
+            res.interleavings += 1
+            v = run.quiesce()
+            if v is not None:
+                record(node, v, "step" if run.violation is not None else "quiescence")
+            return
         if not cands:
             waits = {c.cpu_id: c.task.wait.what for c in run.m.cpus if c.task and c.task.wait}
             raise run.fail(ModelError(f"exhaust: deadlock, every operation waits: {waits}"))
@@ -740,7 +750,7 @@ def exhaust_dfs(kernel_cls, world: dict, programs: dict, preemptions_max: int = 
             if c.task is not None:
                 if c.task.wait is None or c.task.wait.cond():
                     out.append(["step", cpu])
-            elif pcs[cpu] < len(progs[cpu]):
+            elif pcs[cpu] < len(progs[cpu]) and run.enabled(progs[cpu][pcs[cpu]]):
                 out.append(progs[cpu][pcs[cpu]])
         out.extend(["ipi", cpu] for cpu in run.ipi_cpus())
         return out

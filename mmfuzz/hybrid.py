@@ -35,6 +35,7 @@ import time
 from .exhaust import exhaust
 from .explore import Found, _random_program_action, random_run, random_world
 from . import ops as _ops
+from .kernel import Mainline
 from .run import Run
 
 #: one run in SCENARIO_EVERY is a systematically searched scenario, the others swarm runs
@@ -50,31 +51,20 @@ def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
     from a random subset of the operations, or a load or store in one of the CPU's VMAs)."""
     world = random_world(rng)
     ncpus = world["ncpus"]
-    probe = Run.__new__(Run)       # only the CPU -> mm mapping is read by the drawer
-    probe.m = _CpuMms(world)
+    probe = Run(Mainline, world, check=False)   # the drawer reads each CPU's process
     ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
     store_bias = rng.choice((0.5, 0.8))
-    active = sorted(rng.sample(range(ncpus), rng.randint(min(2, ncpus), ncpus)))
+    # CPUs with a process run programs (a CPU without one, cpu_mm 0, waits for a fork)
+    procs = [c for c in range(ncpus) if world["cpu_mm"][c] != 0]
+    active = sorted(rng.sample(procs, rng.randint(min(2, len(procs)), len(procs))))
     programs: dict[int, list] = {cpu: [] for cpu in range(ncpus)}
     for cpu in active:
         for _ in range(rng.choice((1, 1, 2))):
             kind_ops = None if rng.random() < 0.4 else ops
-            programs[cpu].append(_random_program_action(rng, probe, world, cpu, kind_ops,
-                                                        store_bias))
+            action = _random_program_action(rng, probe, world, cpu, kind_ops, store_bias)
+            if action is not None:   # a CPU without a process starts only kernel threads
+                programs[cpu].append(action)
     return world, programs
-
-
-class _CpuMms:
-    """Stands in for a Machine where the program drawer only asks each CPU's mm."""
-
-    class _Cpu:
-        __slots__ = ("mm_id",)
-
-        def __init__(self, mm_id):
-            self.mm_id = mm_id
-
-    def __init__(self, world):
-        self.cpus = [self._Cpu(mm) for mm in world["cpu_mm"]]
 
 
 def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STATES_MAX,

@@ -315,15 +315,19 @@ class OpsMachine(RuleBasedStateMachine):
         self.world = world
         self.programs = {cpu: [] for cpu in range(world["ncpus"])}
 
-    def _room(self):
-        return self.world is not None and any(len(p) < self.PROGRAM_MAX
-                                              for p in self.programs.values())
+    def _free(self, process: bool) -> tuple:
+        """CPUs whose program has room; with ``process``, only those running a process (a CPU
+        with no process, cpu_mm 0, starts only kernel threads)."""
+        return tuple(c for c, p in self.programs.items() if len(p) < self.PROGRAM_MAX
+                     and (not process or self.world["cpu_mm"][c] != 0))
 
-    def _cpu(self, data):
-        free = tuple(c for c, p in self.programs.items() if len(p) < self.PROGRAM_MAX)
-        return data.draw(st.sampled_from(free), label="cpu")
+    def _room(self, process: bool = False):
+        return self.world is not None and bool(self._free(process))
 
-    @precondition(_room)
+    def _cpu(self, data, process: bool = True):
+        return data.draw(st.sampled_from(self._free(process)), label="cpu")
+
+    @precondition(lambda self: self._room(process=True))
     @rule(data=st.data())
     def user_access(self, data):
         cpu = self._cpu(data)
@@ -359,15 +363,17 @@ class OpsMachine(RuleBasedStateMachine):
 
 
 def _op_rule(name):
+    process = _ops.get(name).context == "process"
+
     def body(self, data):
-        cpu = self._cpu(data)
-        mm_id = self.world["cpu_mm"][cpu]
+        cpu = self._cpu(data, process)
+        mm_id = self.world["cpu_mm"][cpu] or None
         self.programs[cpu].append(syscall_action(
             lambda options, label: data.draw(st.sampled_from(tuple(options)), label=label),
             self.world, mm_id, cpu, name))
     body.__name__ = name
     body.__doc__ = f"{name} on a CPU (mmfuzz.ops): appended to that CPU's program"
-    return precondition(OpsMachine._room)(rule(data=st.data())(body))
+    return precondition(lambda self: self._room(process))(rule(data=st.data())(body))
 
 
 for _name in _ops.names():

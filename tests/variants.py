@@ -136,24 +136,25 @@ class ZeroPageNoRecheckWhileZapping(Mainline):
     1,208 / 7,912 / 2,234 runs under seeds 1 / 2 / 3, not > 50,000); exhaust finds it on its
     three-operation scenario at preemption bound 1 (tests/test_hybrid.py)."""
 
-    def do_anonymous_page(self, t, vma, vpn, write):
+    def do_anonymous_page(self, t, vma, vpn, write, vma_lock=False):
         if write:
-            yield from super().do_anonymous_page(t, vma, vpn, write)
-            return
+            return (yield from super().do_anonymous_page(t, vma, vpn, write, vma_lock))
         from mmfuzz.kernel.memory import fmt_pte
         from mmfuzz.model import Pte
         m = self.m
         mm = t.mm
         yield from self.pte_alloc(t, vpn)
-        table, slot = m.pte_lookup(mm, vpn)
         before = mm.tlb_flush_pending
         yield f"do_anonymous_page: zero page for va {vpn:#x} (flush pending {before})"
-        yield from self.spin_lock(t, table.ptl, f"do_anonymous_page: PTL va {vpn:#x}")
-        if mm.tlb_flush_pending <= before and (mm.pmd[vpn // m.ptrs_per_pte] is not table
-                                               or table.ptes[slot] is not None):
+        table = yield from self.pte_offset_map_lock(t, mm, vpn, "do_anonymous_page")
+        if table is None:
+            return 0
+        slot = vpn % m.ptrs_per_pte
+        if mm.tlb_flush_pending <= before and table.ptes[slot] is not None:
             yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: vmf_pte_changed, unlock")
-            return
+            return 0
         pte = Pte(m.zero_pfn, write=False, dirty=False, young=True, special=True)
         table.ptes[slot] = pte
         yield f"do_anonymous_page: zero page + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: pte_unmap_unlock")
+        return 0
