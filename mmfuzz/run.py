@@ -28,6 +28,13 @@ OPS = {
     "writeback": (("file",), False),
     "drop_cache": (("file", "index"), False),
     "clear_refs": ((), True),
+    "pin_user_pages_fast": (("start", "write"), True),
+    "pin_user_pages": (("start", "write"), True),
+    "vmsplice": (("start",), True),
+    "pin_read": (("pin",), False),
+    "pin_write": (("pin",), False),
+    "unpin": (("pin",), False),
+    "proc_mem_write": (("start",), True),
 }
 
 
@@ -177,6 +184,7 @@ class Run:
         else:
             t.gen = getattr(k, name)(t, *args)
         c.task = t
+        m.oracle.task_started(m, t)
         return t
 
     def _step_task(self, cpu: int) -> str | None:
@@ -268,6 +276,7 @@ class Run:
         step = Step(len(self.trace), cpu, text, action, op, tid)
         self.trace.append(step)
         self.actions.append(action)
+        m.oracle.observe(m, m.events)
         if self.check and self.violation is None:
             for prop in STEP_PROPERTIES:
                 v = prop(m, m.events)

@@ -3,6 +3,7 @@ them; a kernel variant is a subclass that overrides exactly the functions a patc
 
 from .base import KernelBase, Task, Wait
 from .filemap import Filemap
+from .gup import Gup
 from .madvise import Madvise
 from .memory import Memory
 from .mmu_gather import MmuGatherOps
@@ -14,7 +15,7 @@ from .vma import VmaOps
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               TlbFlushX86, KernelBase):
+               Gup, TlbFlushX86, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

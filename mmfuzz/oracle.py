@@ -1,0 +1,94 @@
+"""The checker's notes: ground truth the properties need that no kernel structure holds.
+
+TLA+ calls these auxiliary variables, Jepsen keeps a history beside the system. Kernel
+functions never write here: the run feeds the oracle the facts each step emitted
+(``observe``) and the syscall boundaries it saw (``task_started``, ``task_returned``), and
+the properties read it. Everything is keyed by ints and filled in program order.
+
+What it records:
+- which process wrote each version that landed in an anonymous folio (a store through a
+  mapping, a device store through a pin, a FOLL_FORCE write by the kernel on the process's
+  behalf), and when: versions stored into page-cache folios are public (any process that maps
+  the file may see them) and are not recorded;
+- the fork tree: child mm -> (parent mm, clock when fork returned);
+- which pins the user detached from their address by discarding the mapping there (munmap,
+  MADV_DONTNEED, exit): from then on the pin no longer has to follow that address.
+"""
+
+from __future__ import annotations
+
+#: operations that discard the contents of a user range: name -> how to read (start, end)
+#: from the task's arguments (None: the whole address space)
+DISCARDING_OPS = {
+    "munmap": lambda args: (args[0], args[0] + args[1]),
+    "madvise_dontneed": lambda args: (args[0], args[0] + args[1]),
+    "exit": lambda args: None,
+    "exit_mmap": lambda args: None,
+}
+
+
+class Oracle:
+    __slots__ = ("writer", "parent", "detached_pins")
+
+    def __init__(self):
+        self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
+        self.parent: dict[int, tuple[int, int]] = {}   # child mm -> (parent mm, fork clock)
+        self.detached_pins: dict[int, int] = {}        # pin id -> clock of the discard
+
+    # ------------------------------------------------------------------ notes -------
+    def observe(self, m, events) -> None:
+        """Take notes from the facts the last step emitted."""
+        for ev in events:
+            kind = ev[0]
+            if kind == "store":
+                _, cpu, _vpn, pfn, version = ev
+                self._stored(m, m.cpus[cpu].mm_id, pfn, version)
+            elif kind == "pin_store" or kind == "gup_store":
+                _, mm_id, _vpn, pfn, version = ev
+                self._stored(m, mm_id, pfn, version)
+
+    def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
+        frame = m.frames[pfn]
+        if getattr(frame, "anon", False):
+            self.writer[version] = (mm_id, m.clock)
+
+    def task_started(self, m, t) -> None:
+        """A syscall began: if it discards a range, pins taken in it stop following it."""
+        how = DISCARDING_OPS.get(t.name)
+        if how is None or t.mm is None:
+            return
+        rng = how(t.args)
+        for pin in m.pins.values():
+            if pin.mm_id != t.mm.mm_id or pin.pin_id in self.detached_pins:
+                continue
+            if rng is None or rng[0] <= pin.vpn < rng[1]:
+                self.detached_pins[pin.pin_id] = m.clock
+
+    def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
+        """fork() returned: from now on neither side may see the other's stores."""
+        self.parent[child_mm] = (parent_mm, clock)
+
+    # ---------------------------------------------------------------- queries -------
+    def may_observe(self, reader_mm: int, version: int) -> bool:
+        """May process ``reader_mm`` see ``version`` (in its memory or through a reference it
+        took)? Yes for public versions and its own stores; for an ancestor's store only if it
+        was made before the fork that separated their lines returned."""
+        w = self.writer.get(version)
+        if w is None:
+            return True
+        writer_mm, when = w
+        if writer_mm == reader_mm:
+            return True
+        cur = reader_mm
+        while cur in self.parent:
+            up, fork_clock = self.parent[cur]
+            if up == writer_mm:
+                return when < fork_clock
+            cur = up
+        return False
+
+    def writer_of(self, version: int):
+        return self.writer.get(version)
+
+    def pin_detached(self, pin_id: int) -> bool:
+        return pin_id in self.detached_pins
