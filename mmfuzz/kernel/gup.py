@@ -26,6 +26,7 @@ hinting (PROT_NONE) checks.
 from __future__ import annotations
 
 from ..model import Folio, Pin, Pte, PteTable, Vma
+from ..ops import Choice, VmaPage, operation
 from .base import KernelBase, Last, Task
 
 # include/linux/mm_types.h enum (values are ours; only the bits matter)
@@ -39,6 +40,9 @@ FOLL_PIN = 1 << 18
 
 #: include/linux/mm.h: a FOLL_PIN on an order-0 folio adds this much to its refcount
 GUP_PIN_COUNTING_BIAS = 1 << 10
+
+#: pin ids the fuzzer names (ids count up from 1 in each run; a missing one is a no-op)
+PIN_IDS = (1, 2, 3)
 
 #: what faultin_page asks of handle_mm_fault
 FAULT_FLAG_WRITE = "write"
@@ -332,6 +336,20 @@ class Gup(KernelBase):
         what = "zero page" if folio is None else f"pfn {folio.pfn}"
         yield Last(f"{label}: pin {pin.pin_id} = {what} ({foll_str(flags)})")
 
+    @operation("pin_user_pages", VmaPage(), Choice("write", (1, 0), "FOLL_WRITE"),
+               Choice("fast", (1, 0), "pin_user_pages_fast, else pin_user_pages"),
+               doc="a long-term FOLL_PIN of one page (gup_test PIN_LONGTERM_TEST_START), held "
+                   "until unpin")
+    def pin_longterm_test_start(self, t: Task, vpn: int, write: int, fast: int):
+        """mm/gup_test.c pin_longterm_test_start, as selftests/mm/cow.c drives it ("R/O GUP
+        pin", "R/O GUP-fast pin"; io_uring buffer registration pins the same way):
+        gup_flags = FOLL_LONGTERM [| FOLL_WRITE]; with the fast flag pin_user_pages_fast,
+        else mmap_read_lock + pin_user_pages. The pin is kept until unpin."""
+        if fast:
+            yield from self.pin_user_pages_fast(t, vpn, write)
+        else:
+            yield from self.pin_user_pages(t, vpn, write)
+
     def pin_user_pages_fast(self, t: Task, vpn: int, write: int):
         """io_uring_register(IORING_REGISTER_BUFFERS) -> io_pin_pages -> mm/gup.c
         pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM) (R/O without write): a long-term
@@ -357,6 +375,8 @@ class Gup(KernelBase):
             return
         yield from self._hold(t, folio, vpn, flags, "pin_user_pages")
 
+    @operation("vmsplice", VmaPage(),
+               doc="vmsplice() of one page into a pipe: a R/O FOLL_GET reference, read later")
     def vmsplice(self, t: Task, vpn: int):
         """fs/splice.c vmsplice_to_pipe -> iter_to_pipe -> iov_iter_get_pages2 ->
         get_user_pages_fast(FOLL_GET, R/O): the pipe buffer holds a plain reference to the
@@ -370,6 +390,9 @@ class Gup(KernelBase):
             return
         yield from self._hold(t, folio, vpn, flags, "vmsplice")
 
+    @operation("pin_read", Choice("pin", PIN_IDS, "a held GUP reference, by id"),
+               context="kthread",
+               doc="a device or pipe reader reads the page through a held GUP reference")
     def pin_read(self, t: Task, pin_id: int):
         """The holder reads the page through its reference: a device's DMA from a pinned
         buffer, a read() of the pipe a vmsplice filled (copy_page_to_iter)."""
@@ -383,6 +406,8 @@ class Gup(KernelBase):
         m.events.append(("pin_load", pin.mm_id, pin.vpn, pfn, data, pin_id))
         yield Last(f"pin_read: pin {pin_id} (mm{pin.mm_id} va {pin.vpn:#x}) -> pfn {pfn} v{data}")
 
+    @operation("pin_write", Choice("pin", PIN_IDS, "a held GUP reference, by id"),
+               context="kthread", doc="a device writes the page through a held R/W pin (DMA)")
     def pin_write(self, t: Task, pin_id: int):
         """A device writes the page through a FOLL_PIN | FOLL_WRITE reference (DMA into an
         io_uring fixed buffer, an O_DIRECT read completing). Only R/W pins may be written."""
@@ -398,6 +423,9 @@ class Gup(KernelBase):
         yield Last(f"pin_write: pin {pin_id} (mm{pin.mm_id} va {pin.vpn:#x}) -> pfn "
                    f"{pin.folio.pfn} v{version}")
 
+    @operation("unpin", Choice("pin", PIN_IDS, "a held GUP reference, by id"),
+               context="kthread",
+               doc="release a held GUP reference (unpin_user_page, or put_page for FOLL_GET)")
     def unpin(self, t: Task, pin_id: int):
         """Release a held reference: a R/W pin as unpin_user_pages_dirty_lock(make_dirty=true)
         does when a DMA into it completed (folio_lock, folio_mark_dirty, folio_unlock, then
@@ -421,6 +449,8 @@ class Gup(KernelBase):
         name = "unpin_user_page" if pin.flags & FOLL_PIN else "put_page"
         yield Last(f"{name}: {what}")
 
+    @operation("proc_mem_write", VmaPage(private=True),
+               doc="write(/proc/self/mem): a FOLL_FORCE write to a private (maybe R/O) page")
     def proc_mem_write(self, t: Task, vpn: int):
         """fs/proc/base.c mem_rw -> mm/memory.c access_remote_vm -> __access_remote_vm on the
         task's own mm (a debugger poking a breakpoint into a read-only private mapping):
