@@ -56,12 +56,13 @@ class SpinLock:
 class RwSem:
     """A reader/writer semaphore (mmap_lock, i_mmap_rwsem). Fairness is not modelled."""
 
-    __slots__ = ("name", "readers", "writer")
+    __slots__ = ("name", "readers", "writer", "mm")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, mm: "Optional[Mm]" = None):
         self.name = name
         self.readers: list[int] = []  # task ids, in acquisition order
         self.writer: Optional[int] = None
+        self.mm = mm  # set on an mm's mmap_lock: releasing the write side ends VMA write locks
 
 
 class Folio:
@@ -71,7 +72,7 @@ class Folio:
     __slots__ = (
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
-        "freed", "uptodate",
+        "freed", "uptodate", "anon_vma",
     )
 
     def __init__(self, uid: int, pfn: int):
@@ -92,6 +93,7 @@ class Folio:
         self.data = 0
         self.freed = False
         self.uptodate = True       # PG_uptodate: false while a read from disk is pending
+        self.anon_vma: Optional[AnonVma] = None  # folio->mapping of an anon folio
 
 
 class PteTable:
@@ -109,9 +111,22 @@ class PteTable:
         self.pmd_index = pmd_index
 
 
+class AnonVma:
+    """struct anon_vma (mm/rmap.c): the VMAs whose pages its folios may be mapped by (the
+    anon_vma_chain entries of its interval tree, flattened into one list: every VMA linked
+    to this anon_vma, a forked child's included)."""
+
+    __slots__ = ("avid", "vmas", "rwsem")
+
+    def __init__(self, avid: int):
+        self.avid = avid
+        self.vmas: list[Vma] = []
+        self.rwsem = RwSem(f"anon_vma(av{avid})->rwsem")
+
+
 class Vma:
     __slots__ = ("vid", "mm_id", "start", "end", "file", "pgoff", "shared", "writable",
-                 "detached")
+                 "detached", "anon_vma", "anon_vma_chain", "vm_lock", "vm_lock_seq")
 
     def __init__(self, vid, mm_id, start, end, file, pgoff, shared, writable):
         self.vid = vid
@@ -123,6 +138,10 @@ class Vma:
         self.shared = shared
         self.writable = writable
         self.detached = False
+        self.anon_vma: Optional[AnonVma] = None    # set by anon_vma_prepare or anon_vma_fork
+        self.anon_vma_chain: list[AnonVma] = []    # every anon_vma this VMA is linked into
+        self.vm_lock = RwSem(f"vm_lock(vma{vid})")  # the per-VMA lock (CONFIG_PER_VMA_LOCK)
+        self.vm_lock_seq = -1                      # == mm.mm_lock_seq: write-locked
 
     def contains(self, vpn: int) -> bool:
         return self.start <= vpn < self.end
@@ -137,17 +156,20 @@ class Vma:
 
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
-                 "tlb_gen", "cpumask")
+                 "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
         self.vmas: list[Vma] = []           # sorted by start; the mm's VMA tree
         self.pmd: list[Optional[PteTable]] = [None] * npmds
-        self.mmap_lock = RwSem(f"mmap_lock(mm{mm_id})")
+        self.mmap_lock = RwSem(f"mmap_lock(mm{mm_id})", self)
         self.page_table_lock = SpinLock(f"page_table_lock(mm{mm_id})")  # PMD-level lock
         self.tlb_flush_pending = 0
         self.tlb_gen = 0
         self.cpumask: list[int] = []
+        self.mm_lock_seq = 0        # mm->mm_lock_seq: bumped by mmap_write_unlock/downgrade
+        self.write_protect_seq = 0  # mm->write_protect_seq (a seqcount: odd while fork copies)
+        self.users = 0              # mm_users: CPUs whose process runs this mm
 
     def find_vma(self, vpn: int) -> Optional[Vma]:
         for vma in self.vmas:
@@ -201,11 +223,13 @@ class FlushRequest:
 
 
 class Cpu:
-    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "ipi_queue")
+    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "ipi_queue", "reserved")
 
     def __init__(self, cpu_id: int, mm_id: int):
         self.cpu_id = cpu_id
-        self.mm_id = mm_id                    # the mm of the user thread running here
+        self.mm_id = mm_id                    # the mm of the user thread running here; 0: no
+                                              # process (a fork may place its child here)
+        self.reserved = False                 # a fork in progress will place its child here
         self.tlb: dict[int, TlbEntry] = {}    # (mm_id << 32 | vpn) -> entry
         self.task = None                      # the kernel operation in progress, if any
         self.irqs_off = False
@@ -233,6 +257,7 @@ class Machine:
         self.next_tid = 1
         self.next_vid = 1
         self.next_version = 1
+        self.next_avid = 1
         self.clock = 0
         # Ground truth for dirty-data-preserved: (file, index) -> version of the last store
         # that landed in that file page's page-cache folio.
@@ -293,6 +318,11 @@ class Machine:
                   spec.get("pgoff", 0), spec.get("shared", False), spec.get("writable", True))
         self.next_vid += 1
         return vma
+
+    def alloc_anon_vma(self) -> AnonVma:
+        av = AnonVma(self.next_avid)
+        self.next_avid += 1
+        return av
 
     def revoke(self, mm_id: int, vpn: int) -> None:
         self.revoked_at[tlb_key(mm_id, vpn)] = self.clock

@@ -164,7 +164,7 @@ class Run:
         self.next_tid += 1
         k = self.kernel
         if name == "fault":
-            t.gen = k.handle_mm_fault(t, args[0], args[1])
+            t.gen = k.do_user_addr_fault(t, args[0], args[1])
         else:
             t.gen = getattr(k, ops.get(name).method)(t, *args)
         c.task = t

@@ -4,8 +4,9 @@ Lock order, from the comment at the top of mm/rmap.c: mmap_lock -> invalidate_lo
 folio_lock -> vma_start_write -> i_mmap_rwsem -> anon_vma->rwsem -> page_table_lock or PTL ->
 (i_pages lock, i_lock, wb list_lock taken inside the dirtying paths).
 
-Left out: anon_vma trees (anon folios are exclusive to one VMA until fork is modelled),
-mmu notifiers, THP PMD mappings, large folios (order-0 only).
+anon_vma: one object per anon_vma with the flat list of VMAs linked to it (the interval tree
+and its anon_vma_chain entries collapsed; no anon_vma reuse across neighbours, no degree
+counting). Left out: mmu notifiers, THP PMD mappings, large folios (order-0 only).
 """
 
 from __future__ import annotations
@@ -31,9 +32,33 @@ class Rmap(KernelBase):
         mapping/index/mapcount are set plainly, and PG_anon_exclusive is set."""
         folio.anon = True
         folio.mapping = None
+        folio.anon_vma = vma.anon_vma
         folio.index = vpn
         folio.mapcount = 1
         folio.anon_exclusive = True
+
+    def folio_move_anon_rmap_now(self, folio: Folio, vma: Vma) -> None:
+        """mm/rmap.c folio_move_anon_rmap (folio locked): "move a folio to our anon_vma", so
+        that rmap walks of this exclusive folio need look at this VMA's anon_vma only."""
+        folio.anon_vma = vma.anon_vma
+
+    def anon_vma_prepare(self, t: Task, vma: Vma):
+        """mm/rmap.c __anon_vma_prepare: anon_vma_alloc (find_mergeable_anon_vma, which may
+        reuse a neighbour's, is left out), then under anon_vma_lock_write and
+        mm->page_table_lock, "if (likely(!vma->anon_vma))" link the VMA to it
+        (anon_vma_chain_link)."""
+        m = self.m
+        mm = m.mms[vma.mm_id]
+        av = m.alloc_anon_vma()
+        yield from self.spin_lock(t, mm.page_table_lock, f"__anon_vma_prepare: anon_vma_alloc av{av.avid}, page_table_lock")
+        if vma.anon_vma is None:
+            vma.anon_vma = av
+            vma.anon_vma_chain.append(av)
+            av.vmas.append(vma)
+            note = f"vma{vma.vid}->anon_vma = av{av.avid}"
+        else:
+            note = "another fault prepared it"
+        yield from self.spin_unlock(t, mm.page_table_lock, f"__anon_vma_prepare: {note}, unlock")
 
     def folio_mkclean(self, t: Task, folio: Folio):
         """mm/rmap.c folio_mkclean (caller holds the folio lock).

@@ -24,7 +24,10 @@ class TaskMmu(KernelBase):
         """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) on the task's own mm."""
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
-        yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
+        for vma in list(mm.vmas):
+            # vm_flags_clear write-locks the VMA (vma_start_write), as the walk would anyway
+            # (clear_refs_walk_ops.walk_lock = PGWALK_WRLOCK)
+            yield from self.vma_start_write(t, vma, f"clear_refs: vm_flags_clear(vma{vma.vid}, VM_SOFTDIRTY): vma_start_write + vma_set_page_prot")
         mm.tlb_flush_pending += 1
         yield f"clear_refs: inc_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"
         yield from self.clear_refs_walk(t)
