@@ -143,14 +143,11 @@ class Gup(KernelBase):
         and, with FOLL_TOUCH, a write marks the folio dirty. Returns ("page", folio or None
         for the zero page) or ("fault", FAULT_FLAG_*)."""
         m = self.m
-        mm = t.mm
-        table, slot = m.pte_lookup(mm, vpn)
-        if table is None:  # no_page_table
-            yield f"follow_page_mask: va {vpn:#x}: pmd_none, no page table"
-            return "fault", FAULT_FLAG_WRITE if flags & FOLL_WRITE else FAULT_FLAG_READ
-        yield from self.spin_lock(t, table.ptl, f"follow_page_pte: pte_offset_map_lock va {vpn:#x}")
-        pte = table.ptes[slot] if mm.pmd[vpn // m.ptrs_per_pte] is table else None
         fault = FAULT_FLAG_WRITE if flags & FOLL_WRITE else FAULT_FLAG_READ
+        table = yield from self.pte_offset_map_lock(t, t.mm, vpn, "follow_page_pte")
+        if table is None:  # no_page_table
+            return "fault", fault
+        pte = table.ptes[vpn % m.ptrs_per_pte]
         if pte is None:
             yield from self.spin_unlock(t, table.ptl, "follow_page_pte: no page, pte_unmap_unlock")
             return "fault", fault
@@ -174,11 +171,13 @@ class Gup(KernelBase):
 
     def faultin_page(self, t: Task, vma: Vma, vpn: int, fault: str):
         """mm/gup.c faultin_page: handle_mm_fault with FAULT_FLAG_WRITE for FOLL_WRITE, or
-        FAULT_FLAG_UNSHARE ("FAULT_FLAG_WRITE and FAULT_FLAG_UNSHARE are incompatible"),
-        mmap_lock still held (no VM_FAULT_RETRY here)."""
+        FAULT_FLAG_UNSHARE ("FAULT_FLAG_WRITE and FAULT_FLAG_UNSHARE are incompatible"), with
+        mmap_lock held (never the VMA lock, so no VM_FAULT_RETRY here). Returns an errno name
+        (VM_FAULT_SIGSEGV -> EFAULT) or None."""
         yield f"faultin_page: handle_mm_fault va {vpn:#x} ({fault})"
-        yield from self.handle_pte_fault(t, vma, vpn, fault == FAULT_FLAG_WRITE,
-                                         **({"unshare": True} if fault == FAULT_FLAG_UNSHARE else {}))
+        ret = yield from self.handle_mm_fault(t, vma, vpn, write=fault == FAULT_FLAG_WRITE,
+                                              unshare=fault == FAULT_FLAG_UNSHARE)
+        return "EFAULT" if ret == "SIGSEGV" else None
 
     def _get_user_pages(self, t: Task, vpn: int, flags: int):
         """mm/gup.c __get_user_pages (one leading underscore here: Python mangles two) for one page (mmap_lock held): find the VMA,
@@ -194,7 +193,9 @@ class Gup(KernelBase):
             kind, what = yield from self.follow_page_pte(t, vma, vpn, flags)
             if kind == "page":
                 return what, None
-            yield from self.faultin_page(t, vma, vpn, what)
+            err = yield from self.faultin_page(t, vma, vpn, what)
+            if err is not None:
+                return None, err
             # handle_mm_fault may have unmapped and remapped anything: find the VMA again
             if mm.find_vma(vpn) is not vma:
                 yield f"__get_user_pages: va {vpn:#x}: VMA gone, EFAULT"
