@@ -271,3 +271,32 @@ def test_munmap_detaches_a_pin_for_the_coherence_check():
     store(r, 0, 4)                       # a new page at the same address: no violation
     assert r.violation is None and r.quiesce() is None
     assert tlb_key(MM, 4) in r.m.cpus[0].tlb
+
+
+def test_clear_refs_skips_a_pinned_writable_page_but_write_protects_others():
+    """fs/proc/task_mmu.c pte_is_pinned: a R/W-pinned anon page stays writable."""
+    r = new_run()
+    store(r, 0, 4)
+    store(r, 0, 5)
+    drain_op(r, 1, "pin_user_pages", 4, 1, 1)
+    drain_op(r, 1, "clear_refs")
+    assert pte_of(r, 4).write and not pte_of(r, 5).write
+    assert any("pte_is_pinned va 0x4 = 1" in x for x in texts(r))
+
+
+def test_ro_pin_of_a_clear_refs_write_protected_exclusive_page_stays_coherent():
+    """selftests cow.c "R/O GUP pin on R/O-mapped exclusive page" with clear_refs as the way to
+    map the page R/O: the page stays PG_anon_exclusive, so the R/O pin needs no unshare, and
+    the store afterwards reuses the page (mainline)."""
+    for fast in (1, 0):
+        r = new_run()
+        store(r, 0, 4)
+        pfn = pte_of(r, 4).pfn
+        drain_op(r, 1, "clear_refs")
+        assert not pte_of(r, 4).write and r.m.frames[pfn].anon_exclusive
+        drain_op(r, 1, "pin_user_pages", 4, 0, fast)
+        assert r.m.pins[1].folio.pfn == pfn
+        store(r, 0, 4)
+        assert pte_of(r, 4).pfn == pfn and r.violation is None
+        drain_op(r, 2, "pin_read", 1)
+        assert r.violation is None
