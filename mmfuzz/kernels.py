@@ -101,6 +101,51 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
 
 
+class DirtyCow(Mainline):
+    """Mainline with 19be0eaffa3a ("mm: remove gup_flags FOLL_WRITE games from
+    __get_user_pages()", Linus Torvalds, Oct 2016; CVE-2016-5195, "Dirty COW") reverted, on
+    today's structure. Before it, a FOLL_FORCE write to a private mapping without VM_WRITE
+    followed the page only through a writable PTE, so after the write fault had broken COW
+    (VM_FAULT_WRITE) faultin_page dropped FOLL_WRITE: "We can thus safely do subsequent page
+    lookups as if they were reads". If MADV_DONTNEED zaps the COWed anon page before the
+    retried lookup, that read lookup faults the page-cache page in and returns it, and
+    /proc/PID/mem's write lands in a file the writer may only read. The revert is those two
+    places: can_follow_write_pte is pte_write() again (the fix added FOLL_COW there, since
+    replaced by the PG_anon_exclusive test of 5535be309971) and faultin_page clears
+    FOLL_WRITE; do_wp_page only reports VM_FAULT_WRITE, which today's fault path no longer
+    returns."""
+
+    name = "bug:dirty-cow"
+
+    def __init__(self, machine):
+        super().__init__(machine)
+        self.vm_fault_write: dict[int, bool] = {}   # task id -> the last fault's VM_FAULT_WRITE
+
+    def can_follow_write_pte(self, pte, folio, vma, flags):
+        """mm/gup.c follow_page_pte before 19be0eaffa3a: "if ((flags & FOLL_WRITE) &&
+        !pte_write(pte)) ... return NULL"."""
+        return pte.write
+
+    def do_wp_page(self, t, vma, table, slot, vpn, orig, unshare=False, vma_lock=False):
+        """mm/memory.c do_wp_page of v4.8 returned VM_FAULT_WRITE when it reused the page or
+        installed the copy."""
+        ret = yield from super().do_wp_page(t, vma, table, slot, vpn, orig, unshare, vma_lock)
+        if not unshare:
+            self.vm_fault_write[t.tid] = True
+        return ret
+
+    def faultin_page(self, t, vma, vpn, flags, fault):
+        """mm/gup.c faultin_page before 19be0eaffa3a: "if ((ret & VM_FAULT_WRITE) &&
+        !(vma->vm_flags & VM_WRITE)) *flags &= ~FOLL_WRITE;"."""
+        from .kernel.gup import FOLL_WRITE
+        self.vm_fault_write.pop(t.tid, None)
+        err, flags = yield from super().faultin_page(t, vma, vpn, flags, fault)
+        if err is None and self.vm_fault_write.pop(t.tid, False) and not vma.writable:
+            flags &= ~FOLL_WRITE
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        return err, flags
+
+
 BUGS: list[Bug] = [
     Bug("zap-rmap-before-flush", "5df397dec7c4",
         "mm: delay page_remove_rmap() until after the TLB has been flushed",
@@ -111,6 +156,9 @@ BUGS: list[Bug] = [
     Bug("clear-refs-softdirty-no-flush", "912efa17e512",
         "mm: proc: Invalidate TLB after clearing soft-dirty page state",
         "soft-dirty-accurate", ClearRefsSoftDirtyNoFlush, 3),
+    Bug("dirty-cow", "19be0eaffa3a",
+        "mm: remove gup_flags FOLL_WRITE games from __get_user_pages()",
+        "no-write-to-readonly-file", DirtyCow, 6),
 ]
 
 _BY_NAME = {"mainline": Mainline}

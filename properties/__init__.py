@@ -16,6 +16,7 @@ from .tlb import (no_stale_translation_after_return, no_stale_translation_quiesc
 
 STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
+    no_write_to_readonly_file,   # before dirty-data-preserved: the more specific of the two
     dirty_data_preserved,
     no_stale_translation_after_return,
     soft_dirty_accurate,
@@ -23,7 +24,6 @@ STEP_PROPERTIES = (
     no_freed_page_table_walk,
     cow_isolation,
     gup_pin_coherent,
-    no_write_to_readonly_file,
 )
 
 QUIESCENT_PROPERTIES = (

@@ -145,3 +145,48 @@ def one_violation_each() -> list:
     out.append(no_write_to_readonly_file(r.m, []))
     out.append(no_freed_page_table_walk(r.m, [("walk_freed_table", 1, 3, "gup_fast_pte_range")]))
     return out
+
+
+# ------------------------------------------------------------------ Dirty COW, by hand
+def _dirty_cow_with_zap_at(kernel, k: int):
+    """proc_mem_write on CPU0; after its k-th step, MADV_DONTNEED of the page runs to
+    completion on CPU1; then everything drains. Returns (violated property, CPU0 steps)."""
+    r = Run(kernel, readonly_file_world())
+    fault(r, 0, 8, 0)                                      # the page-cache page, mapped R/O
+    r.apply(["start", 0, "proc_mem_write", 8])
+    steps = 0
+    while r.m.cpus[0].task is not None and steps < k and r.violation is None:
+        if _advance(r, 0) == 0:
+            steps += 1
+    if r.m.cpus[0].task is not None and r.violation is None:
+        r.apply(["start", 1, "madvise_dontneed", 8, 1])
+        while r.m.cpus[1].task is not None and r.violation is None:
+            _advance(r, 1)
+    r.drain()
+    return (r.violation and r.violation.prop), len([s for s in r.trace if s.cpu == 0])
+
+
+def _advance(r: Run, cpu: int) -> int:
+    """Step ``cpu`` if it can go on, else let whoever it waits for: a pending IPI first,
+    then the lowest other runnable CPU. Returns the CPU that acted."""
+    if r.apply(["step", cpu]) is not None:
+        return cpu
+    for c in r.ipi_cpus():
+        r.apply(["ipi", c])
+        return c
+    other = [c for c in r.runnable_cpus() if c != cpu]
+    assert other, "nobody can run"
+    r.apply(["step", other[0]])
+    return other[0]
+
+
+def test_dirty_cow_writes_the_page_cache_for_some_zap_point_and_mainline_never():
+    """Every point at which MADV_DONTNEED can cut into the FOLL_FORCE write: the buggy
+    kernel writes the read-only file at some, mainline at none."""
+    from mmfuzz.kernels import resolve_kernel
+    for name, want in (("bug:dirty-cow", True), ("mainline", False)):
+        kernel = resolve_kernel(name)
+        _, n = _dirty_cow_with_zap_at(kernel, 10 ** 6)
+        props = {_dirty_cow_with_zap_at(kernel, k)[0] for k in range(n)}
+        assert ("no-write-to-readonly-file" in props) == want, (name, props)
+        assert props <= {None, "no-write-to-readonly-file"}

@@ -169,15 +169,16 @@ class Gup(KernelBase):
         yield from self.spin_unlock(t, table.ptl, "follow_page_pte: pte_unmap_unlock")
         return "page", folio
 
-    def faultin_page(self, t: Task, vma: Vma, vpn: int, fault: str):
+    def faultin_page(self, t: Task, vma: Vma, vpn: int, flags: int, fault: str):
         """mm/gup.c faultin_page: handle_mm_fault with FAULT_FLAG_WRITE for FOLL_WRITE, or
         FAULT_FLAG_UNSHARE ("FAULT_FLAG_WRITE and FAULT_FLAG_UNSHARE are incompatible"), with
-        mmap_lock held (never the VMA lock, so no VM_FAULT_RETRY here). Returns an errno name
-        (VM_FAULT_SIGSEGV -> EFAULT) or None."""
+        mmap_lock held (never the VMA lock, so no VM_FAULT_RETRY here). Returns (errno name
+        or None, the gup flags for the next lookup): since 19be0eaffa3a ("mm: remove
+        gup_flags FOLL_WRITE games from __get_user_pages()") the flags come back unchanged."""
         yield f"faultin_page: handle_mm_fault va {vpn:#x} ({fault})"
         ret = yield from self.handle_mm_fault(t, vma, vpn, write=fault == FAULT_FLAG_WRITE,
                                               unshare=fault == FAULT_FLAG_UNSHARE)
-        return "EFAULT" if ret == "SIGSEGV" else None
+        return ("EFAULT" if ret == "SIGSEGV" else None), flags
 
     def _get_user_pages(self, t: Task, vpn: int, flags: int):
         """mm/gup.c __get_user_pages (one leading underscore here: Python mangles two) for one page (mmap_lock held): find the VMA,
@@ -193,7 +194,7 @@ class Gup(KernelBase):
             kind, what = yield from self.follow_page_pte(t, vma, vpn, flags)
             if kind == "page":
                 return what, None
-            err = yield from self.faultin_page(t, vma, vpn, what)
+            err, flags = yield from self.faultin_page(t, vma, vpn, flags, what)
             if err is not None:
                 return None, err
             # handle_mm_fault may have unmapped and remapped anything: find the VMA again
