@@ -300,3 +300,23 @@ def test_ro_pin_of_a_clear_refs_write_protected_exclusive_page_stays_coherent():
         assert pte_of(r, 4).pfn == pfn and r.violation is None
         drain_op(r, 2, "pin_read", 1)
         assert r.violation is None
+
+
+def test_freeing_a_table_before_the_flush_is_a_freed_table_walk():
+    """GUP-fast holds the PMD's table with IRQs off while munmap frees it: mainline's flush
+    IPI waits for GUP-fast, so the table is freed after the walk; a kernel that frees before
+    flushing lets GUP-fast read a freed table."""
+    from .variants import FreeTablesBeforeFlush
+    for kernel, want in ((FreeTablesBeforeFlush, "no-freed-page-table-walk"), (Mainline, None)):
+        r = Run(kernel, default_world())
+        store(r, 0, 4)
+        drain_op(r, 1, "madvise_dontneed", 4, 2)  # the table stays, empty: munmap flushes
+        r.apply(["start", 0, "pin_user_pages", 4, 1, 1])   # only for the freed table
+        step_until(r, 0, "pmdp_get_lockless")
+        r.apply(["start", 1, "munmap", 4, 2])
+        for _ in range(200):                       # munmap as far as it can go
+            if r.m.cpus[1].task is None or r.apply(["step", 1]) is None:
+                if r.m.cpus[1].task is None or not r.apply(["ipi", 2]):
+                    break
+        r.drain()
+        assert (r.violation and r.violation.prop) == want, kernel
