@@ -92,13 +92,58 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
         tlb = yield from self.tlb_gather_mmu(t, mm)
-        yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
+        for vma in list(mm.vmas):
+            yield from self.vma_start_write(t, vma, f"clear_refs: vm_flags_clear(vma{vma.vid}, VM_SOFTDIRTY): vma_start_write + vma_set_page_prot")
         yield from self.clear_refs_walk(t)
         if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds):
             self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
         yield from self.tlb_finish_mmu(t, tlb)
         yield from self.up_write(t, mm.mmap_lock, "clear_refs: mmap_write_unlock, return", last=True)
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
+
+
+class WpReuseMapcount(Mainline):
+    """do_wp_page's reuse rule before 09854ba94c6a ("mm: do_wp_page() simplification", Aug
+    2020): an anon page is reused on a write fault when it is mapped once (reuse_swap_page:
+    total mapcount <= 1), whatever other references (a pipe's, a GUP pin) it has, and there is
+    no PG_anon_exclusive. The rule under which CVE-2020-29374 leaks: the child's vmsplice
+    reference does not stop the parent from reusing, and writing into, the page the pipe
+    still reads. Not in the catalogue itself (the GUP scenarios that show it live there)."""
+
+    name = "mmfuzz.kernels:WpReuseMapcount"
+
+    def wp_can_reuse_anon_folio(self, t, folio, vma):
+        """mm/memory.c do_wp_page, v5.8 (PageAnon branch, no KSM, no swap): trylock_page
+        (the kernel sleeps in lock_page after dropping the PTL when it fails; the model copies
+        instead), reuse_swap_page: reuse iff page_mapcount <= 1, then page_move_anon_rmap."""
+        if folio.locked is not None:
+            return False
+        if folio.mapcount <= 1:
+            self.folio_move_anon_rmap_now(folio, vma)
+            return True
+        return False
+
+
+class WpReusePageCount(Mainline):
+    """do_wp_page's reuse rule from 09854ba94c6a ("mm: do_wp_page() simplification") until
+    PG_anon_exclusive (v5.19): reuse only if page_count() == 1, so an extra reference (a
+    pipe's, a GUP pin) forces a copy, and there is no PG_anon_exclusive. It fixed
+    CVE-2020-29374 for small pages but made the COW of a pinned page go the wrong way: a
+    write fault on a pinned, read-only-mapped page copies it, and the pin and the page table
+    disagree. Not in the catalogue itself."""
+
+    name = "mmfuzz.kernels:WpReusePageCount"
+
+    def wp_can_reuse_anon_folio(self, t, folio, vma):
+        """mm/memory.c do_wp_page after 09854ba94c6a (PageAnon branch): "PageKsm() doesn't
+        necessarily raise the page refcount"; page_count != 1 -> copy; trylock_page, and
+        re-check page_mapcount == 1 and page_count == 1 under it ("it's dark out, and we're
+        wearing sunglasses"), then reuse."""
+        if folio.refcount != 1:
+            return False
+        if folio.locked is not None:
+            return False
+        return folio.mapcount == 1 and folio.refcount == 1
 
 
 class DirtyCow(Mainline):

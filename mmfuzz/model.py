@@ -156,7 +156,7 @@ class Vma:
 
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
-                 "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users")
+                 "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users", "origin")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
@@ -170,6 +170,8 @@ class Mm:
         self.mm_lock_seq = 0        # mm->mm_lock_seq: bumped by mmap_write_unlock/downgrade
         self.write_protect_seq = 0  # mm->write_protect_seq (a seqcount: odd while fork copies)
         self.users = 0              # mm_users: CPUs whose process runs this mm
+        self.origin = mm_id         # the world's mm this one was forked from (for the
+                                    # fuzzer's choice of addresses; not kernel state)
 
     def find_vma(self, vpn: int) -> Optional[Vma]:
         for vma in self.vmas:

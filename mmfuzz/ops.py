@@ -191,6 +191,29 @@ class FilePage(Arg):
         return "file, index: a page of one of the world's files"
 
 
+class ChildCpu(Arg):
+    """``child_cpu``: a CPU of the world that starts without a process (cpu_mm 0), where a fork
+    places its child. The run refuses the fork while a process runs there or another fork is
+    bound to it (a CPU whose process exited is free again, but is not drawn)."""
+
+    names = ("child_cpu",)
+
+    def draw(self, pick, ctx):
+        free = [i for i, mm in enumerate(ctx.world["cpu_mm"]) if mm == 0]
+        if not free:
+            return [ctx.cpu]  # never enabled: the CPU runs the forking process
+        return [free[0] if len(free) == 1 else pick(free, "child_cpu")]
+
+    def check(self, values, world):
+        (cpu,) = values
+        if not (_is_int(cpu) and 0 <= cpu < world["ncpus"]):
+            return f"child_cpu must be one of the world's {world['ncpus']} CPUs"
+        return None
+
+    def describe(self):
+        return "child_cpu: a CPU with no process, where the child runs"
+
+
 class Choice(Arg):
     """One named value out of a fixed tuple (e.g. a clear_refs type, a FOLL_* flag set)."""
 

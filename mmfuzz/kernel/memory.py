@@ -153,12 +153,17 @@ class Memory(KernelBase):
             yield from self.unmap_single_vma(t, tlb, vma, start, end)
 
     # ------------------------------------------------------- page-table freeing -------
-    def free_pgtables(self, t: Task, tlb: MmuGather, vmas: list[Vma]):
+    def free_pgtables(self, t: Task, tlb: MmuGather, vmas: list[Vma], mm_wr_locked: bool = False):
         """mm/memory.c free_pgtables: "Hide vma from rmap and truncate_pagecache before freeing
-        pgtables": unlink_file_vma under i_mmap_rwsem (write), then free_pgd_range with
+        pgtables": vma_start_write when the caller holds mmap_lock for write (exit_mmap),
+        unlink_anon_vmas, unlink_file_vma under i_mmap_rwsem (write), then free_pgd_range with
         floor/ceiling from the neighbouring VMAs."""
         m = self.m
         for vma in vmas:
+            if mm_wr_locked:
+                yield from self.vma_start_write(t, vma, f"free_pgtables: vma_start_write(vma{vma.vid})")
+            if vma.anon_vma_chain:
+                yield from self.unlink_anon_vmas(t, vma)
             if vma.file is not None:
                 f = m.files[vma.file]
                 yield from self.down_write(t, f.i_mmap_rwsem, f"unlink_file_vma: i_mmap_lock_write(file{f.file_id})")
@@ -188,6 +193,141 @@ class Memory(KernelBase):
             self.pte_free_tlb(tlb, table, lo)
             yield f"free_pte_range: pmd_clear + pte_free_tlb (table {table.tid}, va {lo:#x}-{hi:#x})"
 
+    # ------------------------------------------------------------- fork copy ---------
+    def vma_needs_copy(self, dst_vma: Vma, src_vma: Vma) -> bool:
+        """mm/memory.c vma_needs_copy: "The presence of an anon_vma indicates an anonymous VMA
+        has page tables which naturally cannot be reconstituted on page fault"; otherwise
+        "Don't copy ptes where a page fault will fill them correctly" (VM_COPY_ON_FORK, for
+        uffd-wp and PFN maps, is not modelled)."""
+        return src_vma.anon_vma is not None
+
+    def copy_page_range(self, t: Task, dst_vma: Vma, src_vma: Vma):
+        """mm/memory.c copy_page_range (fork, both mmap_locks held for write, src_vma
+        write-locked): skip unless vma_needs_copy; for a COW mapping hold
+        src_mm->write_protect_seq (raw_write_seqcount_begin/end) across the copy, which
+        GUP-fast checks for FOLL_PIN; copy_pte_range per PMD with a present source table
+        (pmd_none_or_clear_bad). Left out: mmu notifiers, hugetlb, THP PMDs."""
+        if not self.vma_needs_copy(dst_vma, src_vma):
+            return
+        m = self.m
+        src_mm = m.mms[src_vma.mm_id]
+        is_cow = not src_vma.shared
+        if is_cow:
+            src_mm.write_protect_seq += 1
+            yield (f"copy_page_range({src_vma.describe()}): raw_write_seqcount_begin("
+                   f"mm{src_mm.mm_id}->write_protect_seq) -> {src_mm.write_protect_seq}")
+        p = m.ptrs_per_pte
+        addr = src_vma.start
+        while addr < src_vma.end:
+            nxt = min((addr // p + 1) * p, src_vma.end)
+            if src_mm.pmd[addr // p] is not None:
+                yield from self.copy_pte_range(t, dst_vma, src_vma, addr, nxt)
+            addr = nxt
+        if is_cow:
+            src_mm.write_protect_seq += 1
+            yield (f"copy_page_range: raw_write_seqcount_end(mm{src_mm.mm_id}->write_protect_seq)"
+                   f" -> {src_mm.write_protect_seq}")
+
+    def copy_pte_range(self, t: Task, dst_vma: Vma, src_vma: Vma, addr: int, end: int):
+        """mm/memory.c copy_pte_range: pte_alloc_map_lock in the child, then the parent's
+        table (pte_offset_map_rw_nolock; "We already hold the exclusive mmap_lock ... the PTE
+        page is stable") and spin_lock_nested(src_ptl); copy_present_ptes per present PTE.
+        When a PTE needs a copy of its page (-EAGAIN: a possibly pinned exclusive anon page),
+        drop both PTLs, folio_prealloc, and start again at that address."""
+        m = self.m
+        src_mm = m.mms[src_vma.mm_id]
+        dst_mm = m.mms[dst_vma.mm_id]
+        prealloc = None
+        while True:
+            yield from self.pte_alloc(t, addr, dst_mm)
+            dst = yield from self.pte_offset_map_lock(t, dst_mm, addr, "copy_pte_range (child)")
+            if dst is None:  # -ENOMEM in the kernel; the child table cannot vanish here
+                break
+            src = src_mm.pmd[addr // m.ptrs_per_pte]
+            if src is None:
+                yield from self.spin_unlock(t, dst.ptl, "copy_pte_range: no parent table, unlock")
+                break
+            yield from self.spin_lock(t, src.ptl, f"copy_pte_range: spin_lock_nested {src.ptl.name} (parent)")
+            again = False
+            while addr < end:
+                ptent = src.ptes[addr % m.ptrs_per_pte]
+                if ptent is not None:
+                    ret, prealloc = yield from self.copy_present_ptes(
+                        t, dst_vma, src_vma, dst, src, addr, ptent, prealloc)
+                    if ret == "EAGAIN":
+                        again = True
+                        break
+                addr += 1
+            yield from self.spin_unlock(t, src.ptl, "copy_pte_range: pte_unmap_unlock (parent)")
+            yield from self.spin_unlock(t, dst.ptl, "copy_pte_range: pte_unmap_unlock (child)")
+            if not again:
+                break
+            prealloc = m.alloc_folio()
+            yield f"copy_pte_range: -EAGAIN: folio_prealloc pfn {prealloc.pfn}, again at va {addr:#x}"
+        if prealloc is not None:
+            self.folio_put_now(prealloc)
+            yield f"copy_pte_range: folio_put(unused prealloc pfn {prealloc.pfn})"
+
+    def copy_present_ptes(self, t: Task, dst_vma: Vma, src_vma: Vma, dst: PteTable,
+                          src: PteTable, vpn: int, pte: Pte, prealloc):
+        """mm/memory.c copy_present_ptes (one small folio, both PTLs held): vm_normal_page
+        (none for the zero page: just copy the PTE); folio_get; an anon folio needs
+        folio_try_dup_anon_rmap_pte, which refuses a possibly pinned PG_anon_exclusive folio
+        ("copy the page immediately for the child so that we'll always guarantee the pinned
+        page won't be randomly replaced in the future"): folio_put and copy_present_page; a
+        file folio gets folio_dup_file_rmap_pte. Then __copy_present_ptes: "If it's a COW
+        mapping, write protect it both processes" (wrprotect_ptes on the parent's PTE, an
+        atomic bit clear that keeps a D set by hardware), "If it's a shared mapping, mark it
+        clean in the child", pte_mkold, set_ptes in the child. One step: all of it is under
+        both PTLs. Returns (ret, prealloc)."""
+        m = self.m
+        slot = vpn % m.ptrs_per_pte
+        folio = None if pte.special else m.frames[pte.pfn]
+        note = "zero page"
+        if folio is not None:
+            folio.refcount += 1  # folio_get
+            if folio.anon:
+                if not self.folio_try_dup_anon_rmap_pte_now(folio, src_vma):
+                    folio.refcount -= 1  # folio_put: the PTE still holds its reference
+                    return (yield from self.copy_present_page(t, dst_vma, src_vma, dst, vpn,
+                                                              folio, prealloc))
+                note = f"folio_try_dup_anon_rmap_pte(pfn {folio.pfn}) -> mapcount {folio.mapcount}, shared"
+            else:
+                self.folio_dup_file_rmap_pte_now(folio)
+                note = f"folio_dup_file_rmap_pte(pfn {folio.pfn}) -> mapcount {folio.mapcount}"
+        src_note = ""
+        if not src_vma.shared and pte.write:
+            # re-read: the hardware may have set D since copy_pte_range read the PTE
+            cur = src.ptes[slot]
+            src.ptes[slot] = cur._replace(write=False)
+            m.revoke(src_vma.mm_id, vpn)
+            pte = cur._replace(write=False)
+            src_note = ", wrprotect_ptes(parent)"
+        child = pte._replace(young=False, dirty=pte.dirty and not src_vma.shared)
+        dst.ptes[slot] = child
+        yield (f"copy_present_ptes va {vpn:#x}: {note}{src_note}, set_ptes(child) "
+               f"{fmt_pte(child)}")
+        return 1, prealloc
+
+    def copy_present_page(self, t: Task, dst_vma: Vma, src_vma: Vma, dst: PteTable, vpn: int,
+                          folio: Folio, prealloc):
+        """mm/memory.c copy_present_page: without a preallocated folio return -EAGAIN (the
+        caller allocates outside the PTLs and comes back); with one, copy the page
+        (copy_mc_user_highpage), folio_add_new_anon_rmap(RMAP_EXCLUSIVE) in the child and
+        set_pte_at the child's maybe_mkwrite(pte_mkdirty()) PTE. The parent's PTE and folio
+        stay as they were (still exclusive, still writable)."""
+        if prealloc is None:
+            yield f"copy_present_ptes va {vpn:#x}: pfn {folio.pfn} may be pinned: copy_present_page -EAGAIN"
+            return "EAGAIN", None
+        new = prealloc
+        new.data = folio.data
+        self.folio_add_new_anon_rmap_now(new, dst_vma, vpn)
+        child = Pte(new.pfn, write=dst_vma.writable, dirty=True, young=True, soft_dirty=True)
+        dst.ptes[vpn % self.m.ptrs_per_pte] = child
+        yield (f"copy_present_page va {vpn:#x}: pfn {folio.pfn} may be pinned: copy "
+               f"(v{folio.data}) into pfn {new.pfn}, set_pte_at(child) {fmt_pte(child)}")
+        return 1, None
+
     # ------------------------------------------------------ page-table lookup ---------
     def pte_offset_map_lock(self, t: Task, mm: Mm, vpn: int, who: str):
         """mm/pgtable-generic.c __pte_offset_map_lock: read the PMD locklessly (under RCU); a
@@ -213,14 +353,14 @@ class Memory(KernelBase):
             yield (f"{who}: pte_offset_map_lock va {vpn:#x}: !pmd_same after spin_lock, "
                    "unlock, again")
 
-    def pte_alloc(self, t: Task, vpn: int):
+    def pte_alloc(self, t: Task, vpn: int, mm: Mm | None = None):
         """include/linux/mm.h pte_alloc: a lockless pmd_none(*pmd) test; only if it is none,
         mm/memory.c __pte_alloc: pte_alloc_one (before any lock), pmd_install (under the PMD
         lock, mm->page_table_lock here: "Has another populated it ?"), and pte_free of our
         table if another did. A present PMD costs no step of its own: the read is folded into
         the caller's next step (pte_offset_map_lock reads the PMD again)."""
         m = self.m
-        mm = t.mm
+        mm = t.mm if mm is None else mm
         pmd_index = vpn // m.ptrs_per_pte
         if mm.pmd[pmd_index] is not None:
             return
@@ -279,19 +419,20 @@ class Memory(KernelBase):
         yield from self.up_read(t, mm.mmap_lock, f"handle_mm_fault done{_ret_note(ret)}: mmap_read_unlock", last=True)
 
     def lock_vma_under_rcu(self, t: Task, mm: Mm, vpn: int):
-        """mm/memory.c lock_vma_under_rcu (v6.12): mas_walk finds the VMA under RCU (a lockless
-        read of the VMA tree, its own step); vma_start_read; a VMA detached meanwhile is
-        dropped and the walk retried; an address outside it (the VMA changed) or a failed
-        vma_start_read gives NULL (count_vm_vma_lock_event(VMA_LOCK_ABORT)). Returns the VMA
+        """mm/memory.c lock_vma_under_rcu (v6.12): mas_walk finds the VMA under RCU and
+        vma_start_read tries its lock (one step here: a writer write-locks a VMA before it
+        detaches or changes it, so a walk that raced with one only retries); a VMA detached
+        meanwhile is dropped and the walk retried; an address outside it or a failed
+        vma_start_read gives NULL (VMA_LOCK_ABORT: fall back to mmap_lock). Returns the VMA
         read-locked, or None."""
         while True:
             vma = mm.find_vma(vpn)
             if vma is None:
                 yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
                 return None
-            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> {vma.describe()}"
             if not self.vma_start_read_now(t, vma):
-                yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), fall back to mmap_lock"
+                yield (f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid}: "
+                       "vma_start_read(vma{0}) failed (write-locked), fall back to mmap_lock").format(vma.vid)
                 return None
             if vma.detached:
                 self.vma_end_read_now(t, vma)
@@ -301,7 +442,7 @@ class Memory(KernelBase):
                 self.vma_end_read_now(t, vma)
                 yield f"lock_vma_under_rcu: vma{vma.vid} no longer covers va {vpn:#x}, vma_end_read, fall back"
                 return None
-            yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid})"
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid}: vma_start_read(vma{vma.vid})"
             return vma
 
     def handle_mm_fault(self, t: Task, vma: Vma, vpn: int, write: bool = False,

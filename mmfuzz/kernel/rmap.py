@@ -37,6 +37,55 @@ class Rmap(KernelBase):
         folio.mapcount = 1
         folio.anon_exclusive = True
 
+    def folio_try_dup_anon_rmap_pte_now(self, folio: Folio, src_vma: Vma) -> bool:
+        """include/linux/rmap.h __folio_try_dup_anon_rmap (one PTE of a small folio, the
+        parent's PTL held): "If this folio may have been pinned by the parent process, don't
+        allow to duplicate the mappings": a PG_anon_exclusive folio for which
+        folio_needs_cow_for_dma (a COW mapping and folio_maybe_dma_pinned: a pincount here;
+        MMF_HAS_PINNED is implied by it) fails with -EBUSY; otherwise ClearPageAnonExclusive
+        and mapcount += 1. Returns True on success."""
+        if folio.anon_exclusive:
+            if not src_vma.shared and folio.pincount > 0:
+                return False
+            folio.anon_exclusive = False
+        folio.mapcount += 1
+        return True
+
+    def folio_dup_file_rmap_pte_now(self, folio: Folio) -> None:
+        """include/linux/rmap.h folio_dup_file_rmap_pte: mapcount += 1."""
+        folio.mapcount += 1
+
+    def anon_vma_fork(self, t: Task, vma: Vma, pvma: Vma):
+        """mm/rmap.c anon_vma_fork: nothing if the parent VMA has no anon_vma; else
+        anon_vma_clone (link the child VMA into every anon_vma the parent's is linked to, so
+        that rmap walks of the shared folios find it), then a new anon_vma of its own for the
+        child's future COW folios, linked last. Under the root anon_vma's rwsem (write)."""
+        if pvma.anon_vma is None:
+            return
+        m = self.m
+        root = pvma.anon_vma_chain[0]
+        yield from self.down_write(t, root.rwsem, f"anon_vma_fork: anon_vma_lock_write(av{root.avid})")
+        for av in pvma.anon_vma_chain:
+            av.vmas.append(vma)
+            vma.anon_vma_chain.append(av)
+        av = m.alloc_anon_vma()
+        av.vmas.append(vma)
+        vma.anon_vma_chain.append(av)
+        vma.anon_vma = av
+        yield from self.up_write(t, root.rwsem, f"anon_vma_fork: vma{vma.vid} cloned into "
+                                 f"{', '.join('av%d' % a.avid for a in pvma.anon_vma_chain)} + own av{av.avid}, unlock")
+
+    def unlink_anon_vmas(self, t: Task, vma: Vma):
+        """mm/rmap.c unlink_anon_vmas: take the VMA off every anon_vma it is linked into
+        (under the root's rwsem), so that rmap walks no longer find it; vma->anon_vma = NULL."""
+        root = vma.anon_vma_chain[0]
+        yield from self.down_write(t, root.rwsem, f"unlink_anon_vmas: anon_vma_lock_write(av{root.avid})")
+        for av in vma.anon_vma_chain:
+            av.vmas.remove(vma)
+        vma.anon_vma_chain = []
+        vma.anon_vma = None
+        yield from self.up_write(t, root.rwsem, f"unlink_anon_vmas: vma{vma.vid} unlinked, unlock")
+
     def folio_move_anon_rmap_now(self, folio: Folio, vma: Vma) -> None:
         """mm/rmap.c folio_move_anon_rmap (folio locked): "move a folio to our anon_vma", so
         that rmap walks of this exclusive folio need look at this VMA's anon_vma only."""
