@@ -16,7 +16,6 @@ from __future__ import annotations
 from ..model import tlb_key
 from ..ops import operation
 from .base import KernelBase, Task
-from .gup import folio_maybe_dma_pinned
 
 
 class TaskMmu(KernelBase):
@@ -74,6 +73,7 @@ class TaskMmu(KernelBase):
         vma = t.mm.find_vma(vpn)
         if vma is None or vma.shared:
             return False
+        from .gup import folio_maybe_dma_pinned  # here: gup.py registers its ops after ours
         folio = self.m.frames[pte.pfn]
         pinned = folio_maybe_dma_pinned(folio)
         yield f"clear_soft_dirty: pte_is_pinned va {vpn:#x} = {int(pinned)} (refcount {folio.refcount})"
