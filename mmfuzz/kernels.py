@@ -146,6 +146,41 @@ class WpReusePageCount(Mainline):
         return folio.mapcount == 1 and folio.refcount == 1
 
 
+class CowGupWrongDirection(WpReuseMapcount):
+    """CVE-2020-29374 ("COW can break either way", Jann Horn): mainline with the write
+    fault's reuse decision as it was before 09854ba94c6a ("mm: do_wp_page() simplification"),
+    i.e. reuse an anon page that is mapped once (reuse_swap_page) whatever references GUP
+    holds on it, and with GUP not unsharing R/O pins (gup_must_unshare, FAULT_FLAG_UNSHARE:
+    no such thing then). The child vmsplice()s a page it shares with its parent (a R/O
+    FOLL_GET reference in the pipe) and unmaps it; the parent's write fault finds the page
+    mapped once and reuses it in place, so the child reads the parent's later data through
+    the pipe (selftests/mm/cow.c "vmsplice() + unmap in child"). Chosen: the two places that
+    differ from mainline are wp_can_reuse_anon_folio (WpReuseMapcount) and gup_must_unshare;
+    fork's early copy of pinned pages (70e806e4e645) and PG_anon_exclusive's bookkeeping stay
+    (the rule ignores it), as the catalogue's toggles separate them."""
+
+    name = "bug:cow-gup-wrong-direction"
+
+    def gup_must_unshare(self, vma, flags, folio):
+        """No GUP-triggered unsharing before the COW fixes (2022): a R/O pin takes the page the
+        PTE maps, shared or not."""
+        return False
+
+
+class CowGupWrongDirectionPageCount(WpReusePageCount):
+    """The "wrong COW" of a pinned page (COW fixes part 2, PG_anon_exclusive, 6c287605fd56
+    and 78fbe906cc90, v5.19): mainline with do_wp_page's reuse decision as it was from
+    09854ba94c6a until then, reuse only if page_count() == 1 (WpReusePageCount), so a pinned
+    page mapped read-only is copied by the write fault: "a loss of synchronicity" between the
+    pin and the page table. Reached e.g. by a R/O long-term pin of an exclusive page that
+    clear_refs mapped read-only, or a R/O pin after a fork whose child has gone
+    (selftests/mm/cow.c "R/O GUP pin on R/O-mapped exclusive page", "... previously-shared
+    page"). Chosen: only the reuse decision differs; GUP's unsharing stays as in mainline
+    (under this rule an unshare fault copies too, which does not save the pin)."""
+
+    name = "bug:cow-gup-wrong-direction-pagecount"
+
+
 class DirtyCow(Mainline):
     """Mainline with 19be0eaffa3a ("mm: remove gup_flags FOLL_WRITE games from
     __get_user_pages()", Linus Torvalds, Oct 2016; CVE-2016-5195, "Dirty COW") reverted, on
@@ -201,6 +236,13 @@ BUGS: list[Bug] = [
     Bug("clear-refs-softdirty-no-flush", "912efa17e512",
         "mm: proc: Invalidate TLB after clearing soft-dirty page state",
         "soft-dirty-accurate", ClearRefsSoftDirtyNoFlush, 3),
+    Bug("cow-gup-wrong-direction", "09854ba94c6a", "mm: do_wp_page() simplification "
+        "(CVE-2020-29374: reuse by mapcount, no GUP unsharing)",
+        "cow-isolation", CowGupWrongDirection, 5),
+    Bug("cow-gup-wrong-direction-pagecount", "6c287605fd56",
+        "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive "
+        "(reuse by page_count: the wrong COW of a pinned page)",
+        "gup-pin-coherent", CowGupWrongDirectionPageCount, 4),
     Bug("dirty-cow", "19be0eaffa3a",
         "mm: remove gup_flags FOLL_WRITE games from __get_user_pages()",
         "no-write-to-readonly-file", DirtyCow, 6),

@@ -23,7 +23,6 @@ DISCARDING_OPS = {
     "munmap": lambda args: (args[0], args[0] + args[1]),
     "madvise_dontneed": lambda args: (args[0], args[0] + args[1]),
     "exit": lambda args: None,
-    "exit_mmap": lambda args: None,
 }
 
 
@@ -63,6 +62,11 @@ class Oracle:
                 continue
             if rng is None or rng[0] <= pin.vpn < rng[1]:
                 self.detached_pins[pin.pin_id] = m.clock
+
+    def task_returned(self, m, t) -> None:
+        """A syscall returned: a fork that made a child separates the two address spaces."""
+        if t.name == "fork" and isinstance(t.result, int) and t.mm is not None:
+            self.forked(t.mm.mm_id, t.result, m.clock)
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""

@@ -411,6 +411,7 @@ class Run:
             except StopIteration:
                 c.task = None
                 self._check_released(t)
+                self.m.oracle.task_returned(self.m, t)
                 return f"{t.name} returns"
             if isinstance(y, Wait):
                 if y.cond():
@@ -424,6 +425,7 @@ class Run:
                 except StopIteration:
                     c.task = None
                     self._check_released(t)
+                    self.m.oracle.task_returned(self.m, t)
                     return str(y)
                 raise ModelError(f"{t.name} yielded after its Last step {y!r}")
             return y
