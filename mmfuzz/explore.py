@@ -22,7 +22,7 @@ ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
 def random_world(rng: random.Random) -> dict:
     """A small world: 2-3 CPUs of one or two processes, sometimes one more CPU with no process
     (for a forked child), a file of 2-4 pages mapped in every process (shared, or private in
-    the first), an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
+    the first, then sometimes read-only of a file opened read-only), an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
     mmu_gather, and a few prefaulted pages."""
     ncpus = rng.choice((2, 3, 3))
     two_mm = ncpus == 3 and rng.random() < 0.25
@@ -50,10 +50,16 @@ def random_world(rng: random.Random) -> dict:
     if rng.random() < 0.3:
         ncpus += 1
         cpu_mm = cpu_mm + [0]
+    files = [{"id": 1, "npages": npages}]
     if rng.random() < 0.25:
         vmas[0] = dict(vmas[0], shared=False)
+        # sometimes a file the process may only read (opened O_RDONLY), mapped private and
+        # read-only: a FOLL_FORCE write (/proc/PID/mem) must COW it, never write the file
+        if not two_mm and rng.random() < 0.5:
+            vmas[0]["writable"] = False
+            files = [{"id": 1, "npages": npages, "readonly": True}]
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
-            "nframes": 64, "files": [{"id": 1, "npages": npages}], "vmas": vmas,
+            "nframes": 64, "files": files, "vmas": vmas,
             "gather": gather, "prefault": prefault}
 
 

@@ -148,23 +148,19 @@ class WpReusePageCount(Mainline):
 
 class CowGupWrongDirection(WpReuseMapcount):
     """CVE-2020-29374 ("COW can break either way", Jann Horn): mainline with the write
-    fault's reuse decision as it was before 09854ba94c6a ("mm: do_wp_page() simplification"),
-    i.e. reuse an anon page that is mapped once (reuse_swap_page) whatever references GUP
-    holds on it, and with GUP not unsharing R/O pins (gup_must_unshare, FAULT_FLAG_UNSHARE:
-    no such thing then). The child vmsplice()s a page it shares with its parent (a R/O
+    fault's reuse decision as it was before 09854ba94c6a ("mm: do_wp_page() simplification"):
+    reuse an anon page that is mapped once (reuse_swap_page), whatever references GUP holds
+    on it (WpReuseMapcount). The child vmsplice()s a page it shares with its parent (a R/O
     FOLL_GET reference in the pipe) and unmaps it; the parent's write fault finds the page
     mapped once and reuses it in place, so the child reads the parent's later data through
-    the pipe (selftests/mm/cow.c "vmsplice() + unmap in child"). Chosen: the two places that
-    differ from mainline are wp_can_reuse_anon_folio (WpReuseMapcount) and gup_must_unshare;
-    fork's early copy of pinned pages (70e806e4e645) and PG_anon_exclusive's bookkeeping stay
-    (the rule ignores it), as the catalogue's toggles separate them."""
+    the pipe (selftests/mm/cow.c "vmsplice() + unmap in child"). Chosen: only the reuse
+    decision differs. GUP-triggered unsharing (FAULT_FLAG_UNSHARE) did not exist then either,
+    but it acts only on R/O FOLL_PIN, and vmsplice takes FOLL_GET: the CVE does not go through
+    it, so it stays as in mainline (where it decides through this rule); the 17839856fd58
+    workaround (GUP forcing a COW) is not modelled, and fork's early copy of pinned pages
+    (70e806e4e645) stays."""
 
     name = "bug:cow-gup-wrong-direction"
-
-    def gup_must_unshare(self, vma, flags, folio):
-        """No GUP-triggered unsharing before the COW fixes (2022): a R/O pin takes the page the
-        PTE maps, shared or not."""
-        return False
 
 
 class CowGupWrongDirectionPageCount(WpReusePageCount):

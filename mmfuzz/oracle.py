@@ -12,7 +12,8 @@ What it records:
   the file may see them) and are not recorded;
 - the fork tree: child mm -> (parent mm, clock when fork returned);
 - which pins the user detached from their address by discarding the mapping there (munmap,
-  MADV_DONTNEED, exit): from then on the pin no longer has to follow that address.
+  MADV_DONTNEED, exit) while the pin existed: from then on the pin no longer has to follow
+  that address.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ DISCARDING_OPS = {
 
 
 class Oracle:
-    __slots__ = ("writer", "parent", "detached_pins")
+    __slots__ = ("writer", "parent", "detached_pins", "discarding")
 
     def __init__(self):
         self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
         self.parent: dict[int, tuple[int, int]] = {}   # child mm -> (parent mm, fork clock)
         self.detached_pins: dict[int, int] = {}        # pin id -> clock of the discard
+        self.discarding: dict[int, tuple] = {}         # task id -> (mm, range or None), running
 
     # ------------------------------------------------------------------ notes -------
     def observe(self, m, events) -> None:
@@ -52,13 +54,18 @@ class Oracle:
             self.writer[version] = (mm_id, m.clock)
 
     def task_started(self, m, t) -> None:
-        """A syscall began: if it discards a range, pins taken in it stop following it."""
+        """A syscall began: if it discards a range, pins taken in it stop following it, and
+        so do pins taken while it runs (it may zap them after they were taken)."""
         how = DISCARDING_OPS.get(t.name)
         if how is None or t.mm is None:
             return
-        rng = how(t.args)
+        self.discarding[t.tid] = (t.mm.mm_id, how(t.args))
+        self._detach(m, t.tid)
+
+    def _detach(self, m, tid: int) -> None:
+        mm_id, rng = self.discarding[tid]
         for pin in m.pins.values():
-            if pin.mm_id != t.mm.mm_id or pin.pin_id in self.detached_pins:
+            if pin.mm_id != mm_id or pin.pin_id in self.detached_pins:
                 continue
             if rng is None or rng[0] <= pin.vpn < rng[1]:
                 self.detached_pins[pin.pin_id] = m.clock
@@ -67,6 +74,9 @@ class Oracle:
         """A syscall returned: a fork that made a child separates the two address spaces."""
         if t.name == "fork" and isinstance(t.result, int) and t.mm is not None:
             self.forked(t.mm.mm_id, t.result, m.clock)
+        if t.tid in self.discarding:
+            self._detach(m, t.tid)
+            del self.discarding[t.tid]
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""
@@ -94,5 +104,11 @@ class Oracle:
     def writer_of(self, version: int):
         return self.writer.get(version)
 
-    def pin_detached(self, pin_id: int) -> bool:
-        return pin_id in self.detached_pins
+    def pin_detached(self, m, pin) -> bool:
+        """Has the user discarded the mapping the pin was taken at (or is discarding it)?"""
+        if pin.pin_id in self.detached_pins:
+            return True
+        for mm_id, rng in self.discarding.values():
+            if mm_id == pin.mm_id and (rng is None or rng[0] <= pin.vpn < rng[1]):
+                return True
+        return False

@@ -61,7 +61,7 @@ def gup_pin_coherent(m, events) -> Violation | None:
         return None
     oracle = m.oracle
     for pin in m.pins.values():
-        if not pin.flags & FOLL_PIN or oracle.pin_detached(pin.pin_id) or pin.mm_id not in m.mms:
+        if not pin.flags & FOLL_PIN or oracle.pin_detached(m, pin) or pin.mm_id not in m.mms:
             continue
         pte = pte_at(m, pin.mm_id, pin.vpn)
         if pte is None:

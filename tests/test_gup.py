@@ -264,9 +264,9 @@ def test_munmap_detaches_a_pin_for_the_coherence_check():
     r = new_run()
     store(r, 0, 4)
     drain_op(r, 1, "pin_user_pages", 4, 1, 1)
-    assert not r.m.oracle.pin_detached(1)
+    assert not r.m.oracle.pin_detached(r.m, r.m.pins[1])
     drain_op(r, 1, "munmap", 4, 2)
-    assert r.m.oracle.pin_detached(1)
+    assert r.m.oracle.pin_detached(r.m, r.m.pins[1])
     drain_op(r, 1, "mmap", 1)
     store(r, 0, 4)                       # a new page at the same address: no violation
     assert r.violation is None and r.quiesce() is None
