@@ -21,6 +21,9 @@ class Bug:
     prop: str
     kernel: type
     diagram_steps: int  # rows of the published / catalogued race diagram (see trace.segments)
+    # the run length (actions) the fast explorer gives each run when hunting this bug: a race
+    # that needs a fork (27 steps alone) does not fit in the default 60
+    actions_max: int = 60
 
 
 class ZapRmapBeforeFlush(Mainline):
@@ -234,14 +237,14 @@ BUGS: list[Bug] = [
         "soft-dirty-accurate", ClearRefsSoftDirtyNoFlush, 3),
     Bug("cow-gup-wrong-direction", "09854ba94c6a", "mm: do_wp_page() simplification "
         "(CVE-2020-29374: reuse by mapcount, no GUP unsharing)",
-        "cow-isolation", CowGupWrongDirection, 5),
+        "cow-isolation", CowGupWrongDirection, 5, actions_max=200),
     Bug("cow-gup-wrong-direction-pagecount", "6c287605fd56",
         "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive "
         "(reuse by page_count: the wrong COW of a pinned page)",
         "gup-pin-coherent", CowGupWrongDirectionPageCount, 4),
     Bug("dirty-cow", "19be0eaffa3a",
         "mm: remove gup_flags FOLL_WRITE games from __get_user_pages()",
-        "no-write-to-readonly-file", DirtyCow, 6),
+        "no-write-to-readonly-file", DirtyCow, 6, actions_max=200),
 ]
 
 _BY_NAME = {"mainline": Mainline}

@@ -19,18 +19,28 @@ HUNTS = [pytest.param("zap-rmap-before-flush", 3, 752, 6000, marks=pytest.mark.c
          ("madv-parallel-flush-miss", 1, 240, 2000),
          ("madv-parallel-flush-miss", 4, 149, 2000),
          ("clear-refs-softdirty-no-flush", 1, 4, 100),
-         ("clear-refs-softdirty-no-flush", 3, 7, 100)]
+         ("clear-refs-softdirty-no-flush", 3, 21, 100),
+         # the COW/GUP family (measured at the GUP operations' introduction): the page_count
+         # rule's wrong COW needs a store, clear_refs, a R/O pin and a store; Dirty COW a
+         # FOLL_FORCE write racing MADV_DONTNEED in a world with a read-only file; the CVE a
+         # fork, the child's vmsplice and munmap, the parent's store and a pipe read (runs of
+         # Bug.actions_max = 200 actions for those two: the fork alone takes 27 steps)
+         ("cow-gup-wrong-direction-pagecount", 1, 225, 2000),
+         ("cow-gup-wrong-direction-pagecount", 3, 75, 2000),
+         pytest.param("dirty-cow", 1, 1299, 4000, marks=pytest.mark.cost(8)),
+         pytest.param("dirty-cow", 2, 4801, 8000, marks=pytest.mark.cost(25)),
+         pytest.param("cow-gup-wrong-direction", 1, 23275, 30000, marks=pytest.mark.cost(110))]
 
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("slug,seed,needed,budget", HUNTS)
 def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget):
     bug = next(b for b in BUGS if b.slug == slug)
-    found, _ = explore(bug.kernel, seed, runs_max=budget)
+    found, _ = explore(bug.kernel, seed, runs_max=budget, actions_max=bug.actions_max)
     assert found is not None, f"bug:{slug} not found in {budget} runs (seed {seed})"
     assert found.prop == bug.prop
     assert found.runs <= needed, f"search got worse: {found.runs} runs, was {needed}"
-    clean, stats = explore(Mainline, seed, runs_max=found.runs)
+    clean, stats = explore(Mainline, seed, runs_max=found.runs, actions_max=bug.actions_max)
     assert clean is None, f"mainline flagged: {clean and clean.prop}"
     assert stats["runs"] == found.runs
 

@@ -42,7 +42,7 @@ FOLL_PIN = 1 << 18
 GUP_PIN_COUNTING_BIAS = 1 << 10
 
 #: pin ids the fuzzer names (ids count up from 1 in each run; a missing one is a no-op)
-PIN_IDS = (1, 2, 3)
+PIN_IDS = (1, 2)
 
 #: what faultin_page asks of handle_mm_fault
 FAULT_FLAG_WRITE = "write"
