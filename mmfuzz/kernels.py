@@ -237,7 +237,7 @@ BUGS: list[Bug] = [
         "soft-dirty-accurate", ClearRefsSoftDirtyNoFlush, 3),
     Bug("cow-gup-wrong-direction", "09854ba94c6a", "mm: do_wp_page() simplification "
         "(CVE-2020-29374: reuse by mapcount, no GUP unsharing)",
-        "cow-isolation", CowGupWrongDirection, 5, actions_max=200),
+        "cow-isolation", CowGupWrongDirection, 5, actions_max=400),
     Bug("cow-gup-wrong-direction-pagecount", "6c287605fd56",
         "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive "
         "(reuse by page_count: the wrong COW of a pinned page)",
