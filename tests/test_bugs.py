@@ -26,12 +26,13 @@ HUNTS = [pytest.param("zap-rmap-before-flush", 3, 28301, 32000, marks=pytest.mar
          # rule's wrong COW needs a store, clear_refs, a R/O pin and a store; Dirty COW a
          # FOLL_FORCE write racing MADV_DONTNEED in a world with a read-only file; the CVE a
          # fork, the child's vmsplice and munmap, the parent's store and a pipe read (runs of
-         # Bug.actions_max = 200 actions for those two: the fork alone takes 27 steps)
+         # Bug.actions_max = 200 and 400 actions for those two: the fork alone takes 27 steps)
          ("cow-gup-wrong-direction-pagecount", 1, 225, 2000),
          ("cow-gup-wrong-direction-pagecount", 3, 75, 2000),
          pytest.param("dirty-cow", 1, 1299, 4000, marks=pytest.mark.cost(8)),
          pytest.param("dirty-cow", 2, 4801, 8000, marks=pytest.mark.cost(25)),
-         pytest.param("cow-gup-wrong-direction", 1, 23275, 30000, marks=pytest.mark.cost(110))]
+         pytest.param("cow-gup-wrong-direction", 3, 526, 2000, marks=pytest.mark.cost(8)),
+         pytest.param("cow-gup-wrong-direction", 1, 7487, 9000, marks=pytest.mark.cost(60))]
 
 
 @pytest.mark.fuzz
