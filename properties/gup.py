@@ -68,9 +68,9 @@ def gup_pin_coherent(m, events) -> Violation | None:
             continue
         pinned = m.zero_pfn if pin.folio is None else pin.folio.pfn
         if pte.pfn != pinned:
-            return Violation(NAME_PIN, f"pin {pin.pin_id} refers to pfn {pinned}, but mm{pin.mm_id} "
-                             f"va {pin.vpn:#x} now maps pfn {pte.pfn}: the pin and the page "
-                             "table disagree", {"pin": pin.pin_id, "mm": pin.mm_id,
+            return Violation(NAME_PIN, f"pin {pin.pin_id} refers to pfn {pinned}, but "
+                             f"mm{pin.mm_id} va {pin.vpn:#x} now maps pfn {pte.pfn}: the pin "
+                             "and the page table disagree", {"pin": pin.pin_id, "mm": pin.mm_id,
                                                 "va": pin.vpn, "pinned": pinned,
                                                 "mapped": pte.pfn})
     return None

@@ -85,7 +85,8 @@ def test_gup_pin_coherent_flags_a_pin_on_another_page_than_the_mapped_one():
     assert gup_pin_coherent(r.m, []) is None
     table.ptes[0] = table.ptes[0]._replace(pfn=b.pfn)    # the address now maps another page
     v = gup_pin_coherent(r.m, [])
-    assert v.prop == "gup-pin-coherent" and v.facts["pinned"] == a.pfn and v.facts["mapped"] == b.pfn
+    assert v.prop == "gup-pin-coherent"
+    assert v.facts["pinned"] == a.pfn and v.facts["mapped"] == b.pfn
 
 
 def test_gup_pin_coherent_ignores_cleared_ptes_detached_pins_and_plain_references():

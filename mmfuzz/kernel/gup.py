@@ -153,10 +153,12 @@ class Gup(KernelBase):
             return "fault", fault
         folio = None if pte.special else m.frames[pte.pfn]
         if flags & FOLL_WRITE and not self.can_follow_write_pte(pte, folio, vma, flags):
-            yield from self.spin_unlock(t, table.ptl, "follow_page_pte: !can_follow_write_pte, pte_unmap_unlock")
+            yield from self.spin_unlock(t, table.ptl,
+                                        "follow_page_pte: !can_follow_write_pte, pte_unmap_unlock")
             return "fault", FAULT_FLAG_WRITE
         if not pte.write and self.gup_must_unshare(vma, flags, folio):
-            yield from self.spin_unlock(t, table.ptl, "follow_page_pte: gup_must_unshare -> -EMLINK, pte_unmap_unlock")
+            yield from self.spin_unlock(t, table.ptl, "follow_page_pte: gup_must_unshare -> "
+                                        "-EMLINK, pte_unmap_unlock")
             return "fault", FAULT_FLAG_UNSHARE
         self.try_grab_folio_now(folio, flags)
         note = ""
@@ -181,7 +183,8 @@ class Gup(KernelBase):
         return ("EFAULT" if ret == "SIGSEGV" else None), flags
 
     def _get_user_pages(self, t: Task, vpn: int, flags: int):
-        """mm/gup.c __get_user_pages (one leading underscore here: Python mangles two) for one page (mmap_lock held): find the VMA,
+        """mm/gup.c __get_user_pages (one leading underscore here: Python mangles two) for one
+        page (mmap_lock held): find the VMA,
         check_vma_flags, then follow_page_mask / faultin_page until the page is taken.
         Returns (folio or None for the zero page, None) or (None, errno)."""
         mm = t.mm
@@ -203,11 +206,13 @@ class Gup(KernelBase):
                 return None, "EFAULT"
 
     def _gup_longterm_locked(self, t: Task, vpn: int, flags: int):
-        """mm/gup.c __gup_longterm_locked (see _get_user_pages for the name) -> __get_user_pages_locked with *locked == 0:
+        """mm/gup.c __gup_longterm_locked (see _get_user_pages for the name) ->
+        __get_user_pages_locked with *locked == 0:
         mmap_read_lock, __get_user_pages, mmap_read_unlock (check_and_migrate_movable_pages
         for FOLL_LONGTERM is left out: every frame here is long-term pinnable)."""
         mm = t.mm
-        yield from self.down_read(t, mm.mmap_lock, f"__get_user_pages_locked: mmap_read_lock (va {vpn:#x})")
+        yield from self.down_read(t, mm.mmap_lock,
+                                  f"__get_user_pages_locked: mmap_read_lock (va {vpn:#x})")
         folio, err = yield from self._get_user_pages(t, vpn, flags)
         yield from self.up_read(t, mm.mmap_lock, "__get_user_pages_locked: mmap_read_unlock")
         return folio, err
@@ -314,7 +319,8 @@ class Gup(KernelBase):
         """mm/gup.c gup_fast_folio_allowed: only FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE is
         restricted ("A long term pin is the most egregious case"): a truncated folio (no
         mapping) or a file folio that is not shmem goes to the slow path; anon is fine."""
-        if (flags & (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE)) != (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE):
+        restricted = FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE
+        if (flags & restricted) != restricted:
             return True
         return folio.anon
 
@@ -441,7 +447,8 @@ class Gup(KernelBase):
         folio = pin.folio
         yield f"unpin: pin {pin_id} taken off its holder's page array"
         if folio is not None and pin.flags & FOLL_WRITE and not folio.dirty:
-            yield from self.folio_lock(t, folio, f"unpin_user_pages_dirty_lock: folio_lock(pfn {folio.pfn})")
+            yield from self.folio_lock(t, folio,
+                                       f"unpin_user_pages_dirty_lock: folio_lock(pfn {folio.pfn})")
             self.folio_mark_dirty_now(folio)
             self.folio_unlock_now(t, folio)
             yield f"unpin_user_pages_dirty_lock: folio_mark_dirty + folio_unlock(pfn {folio.pfn})"
@@ -464,16 +471,19 @@ class Gup(KernelBase):
         m = self.m
         mm = t.mm
         flags = FOLL_FORCE | FOLL_WRITE | FOLL_GET | FOLL_TOUCH
-        yield from self.down_read(t, mm.mmap_lock, f"__access_remote_vm: mmap_read_lock (va {vpn:#x})")
+        yield from self.down_read(t, mm.mmap_lock,
+                                  f"__access_remote_vm: mmap_read_lock (va {vpn:#x})")
         vma = mm.find_vma(vpn)
         if vma is not None and vma.shared:
             t.result = "EINVAL"
-            yield from self.up_read(t, mm.mmap_lock, "proc_mem_write: shared mapping not modelled, mmap_read_unlock", last=True)
+            yield from self.up_read(t, mm.mmap_lock, "proc_mem_write: shared mapping not "
+                                    "modelled, mmap_read_unlock", last=True)
             return
         folio, err = yield from self._get_user_pages(t, vpn, flags)
         if err is not None or folio is None:
             t.result = err or "EFAULT"
-            yield from self.up_read(t, mm.mmap_lock, f"__access_remote_vm: -{t.result}, mmap_read_unlock", last=True)
+            yield from self.up_read(t, mm.mmap_lock,
+                                    f"__access_remote_vm: -{t.result}, mmap_read_unlock", last=True)
             return
         version = m.next_version
         m.next_version += 1

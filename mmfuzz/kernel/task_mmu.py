@@ -76,7 +76,8 @@ class TaskMmu(KernelBase):
         from .gup import folio_maybe_dma_pinned  # here: gup.py registers its ops after ours
         folio = self.m.frames[pte.pfn]
         pinned = folio_maybe_dma_pinned(folio)
-        yield f"clear_soft_dirty: pte_is_pinned va {vpn:#x} = {int(pinned)} (refcount {folio.refcount})"
+        yield (f"clear_soft_dirty: pte_is_pinned va {vpn:#x} = {int(pinned)} "
+               f"(refcount {folio.refcount})")
         return pinned
 
     def clear_soft_dirty(self, t: Task, table, slot: int, vpn: int):
