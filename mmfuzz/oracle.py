@@ -11,9 +11,9 @@ What it records:
   behalf), and when: versions stored into page-cache folios are public (any process that maps
   the file may see them) and are not recorded;
 - the fork tree: child mm -> (parent mm, clock when fork returned);
-- which pins the user detached from their address by discarding the mapping there (munmap,
-  MADV_DONTNEED, exit) while the pin existed: from then on the pin no longer has to follow
-  that address.
+- every discard of a user range (munmap, MADV_DONTNEED, exit) with its start and end, and
+  when the GUP call that took each pin started: a pin whose range was discarded while it
+  existed no longer has to follow that address.
 """
 
 from __future__ import annotations
@@ -26,15 +26,19 @@ DISCARDING_OPS = {
     "exit": lambda args: None,
 }
 
+#: operations that take a GUP reference and hand it over as a pin (t.result = pin id)
+GUP_OPS = ("pin_user_pages", "vmsplice")
+
 
 class Oracle:
-    __slots__ = ("writer", "parent", "detached_pins", "discarding")
+    __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since")
 
     def __init__(self):
         self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
         self.parent: dict[int, tuple[int, int]] = {}   # child mm -> (parent mm, fork clock)
-        self.detached_pins: dict[int, int] = {}        # pin id -> clock of the discard
-        self.discarding: dict[int, tuple] = {}         # task id -> (mm, range or None), running
+        self.discards: dict[int, list] = {}   # task id -> [mm, range or None, start, end]
+        self.gup_started: dict[int, int] = {}  # task id of a running GUP call -> start clock
+        self.pin_since: dict[int, int] = {}    # pin id -> start clock of the call that took it
 
     # ------------------------------------------------------------------ notes -------
     def observe(self, m, events) -> None:
@@ -54,29 +58,24 @@ class Oracle:
             self.writer[version] = (mm_id, m.clock)
 
     def task_started(self, m, t) -> None:
-        """A syscall began: if it discards a range, pins taken in it stop following it, and
-        so do pins taken while it runs (it may zap them after they were taken)."""
+        """A syscall began: note when a GUP operation started, and every discard of a range."""
+        if t.name in GUP_OPS:
+            self.gup_started[t.tid] = m.clock
         how = DISCARDING_OPS.get(t.name)
-        if how is None or t.mm is None:
-            return
-        self.discarding[t.tid] = (t.mm.mm_id, how(t.args))
-        self._detach(m, t.tid)
-
-    def _detach(self, m, tid: int) -> None:
-        mm_id, rng = self.discarding[tid]
-        for pin in m.pins.values():
-            if pin.mm_id != mm_id or pin.pin_id in self.detached_pins:
-                continue
-            if rng is None or rng[0] <= pin.vpn < rng[1]:
-                self.detached_pins[pin.pin_id] = m.clock
+        if how is not None and t.mm is not None:
+            self.discards[t.tid] = [t.mm.mm_id, how(t.args), m.clock, None]
 
     def task_returned(self, m, t) -> None:
-        """A syscall returned: a fork that made a child separates the two address spaces."""
+        """A syscall returned: a fork that made a child separates the two address spaces; a
+        GUP operation that took a reference dates the pin from its own start (the reference
+        is taken before the pin is handed over); a discard ends."""
         if t.name == "fork" and isinstance(t.result, int) and t.mm is not None:
             self.forked(t.mm.mm_id, t.result, m.clock)
-        if t.tid in self.discarding:
-            self._detach(m, t.tid)
-            del self.discarding[t.tid]
+        started = self.gup_started.pop(t.tid, None)
+        if started is not None and isinstance(t.result, int):
+            self.pin_since[t.result] = started
+        if t.tid in self.discards:
+            self.discards[t.tid][3] = m.clock
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""
@@ -105,10 +104,11 @@ class Oracle:
         return self.writer.get(version)
 
     def pin_detached(self, m, pin) -> bool:
-        """Has the user discarded the mapping the pin was taken at (or is discarding it)?"""
-        if pin.pin_id in self.detached_pins:
-            return True
-        for mm_id, rng in self.discarding.values():
-            if mm_id == pin.mm_id and (rng is None or rng[0] <= pin.vpn < rng[1]):
+        """Did the user discard the mapping the pin was taken at while the pin existed (from
+        the start of the GUP call that took it)?"""
+        since = self.pin_since.get(pin.pin_id, 0)
+        for mm_id, rng, _start, end in self.discards.values():
+            if (mm_id == pin.mm_id and (rng is None or rng[0] <= pin.vpn < rng[1])
+                    and (end is None or end >= since)):
                 return True
         return False

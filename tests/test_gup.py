@@ -320,3 +320,26 @@ def test_freeing_a_table_before_the_flush_is_a_freed_table_walk():
                     break
         r.drain()
         assert (r.violation and r.violation.prop) == want, kernel
+
+
+def test_a_pin_taken_while_madvise_discards_its_range_need_not_follow_the_address():
+    """The reference is taken (follow_page_pte) while MADV_DONTNEED runs, and the pin is handed
+    over only after madvise returned and a store mapped a new page there: the user discarded
+    that mapping while the pin was being taken, so the pin is not bound to it."""
+    r = new_run()
+    store(r, 0, 4)
+    r.apply(["start", 1, "madvise_dontneed", 4, 2])
+    step_until(r, 1, "mmap_read_lock")
+    r.apply(["start", 2, "pin_user_pages", 4, 0, 0])
+    step_until(r, 2, "try_grab_folio")
+    step_until(r, 2, "follow_page_pte: pte_unmap_unlock")
+    for _ in range(100):
+        if r.m.cpus[1].task is None:
+            break
+        if r.apply(["step", 1]) is None:
+            assert r.apply(["ipi", 0]) or r.apply(["ipi", 2])
+    assert r.m.cpus[1].task is None and 2 in r.runnable_cpus()
+    store(r, 1, 4)                                  # a new page at va 4
+    r.drain()
+    assert 1 in r.m.pins and r.m.pins[1].folio.pfn != pte_of(r, 4).pfn
+    assert r.violation is None and r.quiesce() is None

@@ -19,13 +19,14 @@ def test_policies_are_deterministic_per_seed():
         assert sa["steps"] == sb["steps"] and sa["steps"] > 0
 
 
-# Uniform choice is the baseline and rarely finds the race: seed 29 is one of 2 seeds in 5-39
-# that find it within 1,500 runs since the operation registry (mmfuzz.ops) changed the order in
-# which its action list is enumerated (the same set of actions, another random stream).
+# Uniform choice is the baseline and rarely finds the race: since fork, exit and the GUP
+# operations joined the mix, seed 32 is the only seed in 1-32 that finds it within 2,000 runs
+# (seed 29, 1,221 runs before, no longer does within 15,000).
 @pytest.mark.fuzz
-@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 262),
-                                                 pytest.param("uniform", 29, 1221,
-                                                             marks=pytest.mark.cost(2))])
+# pct seed 1: 262 -> 2,373 runs when fork, exit and the GUP operations joined the mix.
+@pytest.mark.parametrize("policy,seed,needed", [pytest.param("pct", 1, 2373,
+                                                             marks=pytest.mark.cost(6)),
+                                                 ("uniform", 32, 118)])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
     found, _ = explore(bug, seed, runs_max=needed, policy=policy)
