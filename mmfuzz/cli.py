@@ -198,7 +198,7 @@ class Progress:
 # ---------------------------------------------------------------- engines -------------
 def _explore_worker(args):
     """One worker's share; a model failure comes back as a value (the parent reports it)."""
-    kname, seed, budget, runs_max, start, stride, strategy = args
+    kname, seed, budget, runs_max, start, stride, strategy, actions_max = args
     from .explore import explore_strided
     try:
         if strategy == "hybrid":   # random scenarios, interleavings searched (mmfuzz/hybrid.py)
@@ -206,9 +206,14 @@ def _explore_worker(args):
             return explore_hybrid_strided(resolve_kernel(kname), seed, budget, runs_max, start,
                                           stride)
         return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
-                               policy=strategy)
+                               actions_max, policy=strategy)
     except ModelFailure as mf:
         return mf, {"runs": mf.info.get("runs", 0), "steps": mf.info.get("steps", 0)}
+
+
+def _actions_max(kname: str) -> int:
+    """The explorer's run length: a catalogued bug's own (Bug.actions_max), else 60."""
+    return next((b.actions_max for b in BUGS if f"bug:{b.slug}" == kname), 60)
 
 
 def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy):
@@ -218,12 +223,14 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
         return explore_hybrid_strided(kcls, seed, budget, examples, 0, 1,
                                       progress=lambda st, el: progress.update(st["runs"],
                                                                               st["steps"]))
+    actions_max = _actions_max(kname)
     if workers <= 1:
-        found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, policy=strategy,
+        found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, actions_max,
+                                       policy=strategy,
                                        progress=lambda st, el: progress.update(st["runs"], st["steps"]))
         return found, stats
     jobs = [(kname, seed, budget, None if examples is None else -(-examples // workers), w, workers,
-             strategy) for w in range(workers)]
+             strategy, actions_max) for w in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     total = {"runs": 0, "steps": 0}
     best = None

@@ -35,11 +35,11 @@ SECOND_FILE_P = 0.15
 def random_world(rng: random.Random) -> dict:
     """A small world: 2-3 CPUs of one or two processes, sometimes one more CPU with no process
     (for a forked child), a file of 2-4 pages mapped in every process (shared, or private in
-    the first), an anonymous VMA in the first, 2 or 4 PTEs per table, an mmu_gather of
-    GATHERS, and a few prefaulted pages. Biased to small, some worlds add (each a field of
-    the world, so the corpus records it): a second VMA of the same file in the first
-    process, at another pgoff (its file range overlaps the first VMA's), and a second file
-    mapped shared by the first process."""
+    the first, then sometimes read-only of a file opened read-only), an anonymous VMA in the
+    first, 2 or 4 PTEs per table, an mmu_gather of GATHERS, and a few prefaulted pages.
+    Biased to small, some worlds add (each a field of the world, so the corpus records it): a
+    second VMA of the same file in the first process, at another pgoff (its file range
+    overlaps the first VMA's), and a second file mapped shared by the first process."""
     ncpus = rng.choice((2, 3, 3))
     two_mm = ncpus == 3 and rng.random() < 0.25
     cpu_mm = [1, 1, 2] if two_mm else [1] * ncpus
@@ -82,8 +82,14 @@ def random_world(rng: random.Random) -> dict:
     if rng.random() < 0.3:
         ncpus += 1
         cpu_mm = cpu_mm + [0]
-    if rng.random() < 0.2:
+    if rng.random() < 0.25:
         vmas[0] = dict(vmas[0], shared=False)
+        # sometimes a file the process may only read (opened O_RDONLY), mapped private and
+        # read-only: a FOLL_FORCE write (/proc/PID/mem) must COW it, never write the file
+        if (not two_mm and rng.random() < 0.5
+                and not any(v["file"] == 1 for v in vmas[1:])):   # no other mapping of it
+            vmas[0]["writable"] = False
+            files[0] = dict(files[0], readonly=True)
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
             "nframes": 64, "files": files, "vmas": vmas,
             "gather": gather, "prefault": prefault}

@@ -65,6 +65,7 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
     frame = m.frames[entry.pfn]
     if not write:
         data = frame.data if isinstance(frame, Folio) else 0
+        m.events.append(("load", cpu_id, vpn, entry.pfn, data))
         return "done", f"load va {vpn:#x} -> pfn {entry.pfn} v{data} [{how} {flags}]"
     version = m.next_version
     m.next_version += 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from .oracle import Oracle
+
 
 class Pte(NamedTuple):
     """A present x86 PTE (a none PTE is ``None``).
@@ -192,6 +194,23 @@ class FileObj:
         self.disk = [0] * npages
 
 
+class Pin:
+    """A page reference GUP handed to its user and still held: a device's or io_uring's
+    array of pinned pages (FOLL_PIN), or a pipe buffer filled by vmsplice (FOLL_GET).
+    ``folio`` is None for the shared zero page (mm/gup.c: "Don't take a pin on the zero
+    page"); ``mm_id``/``vpn`` name the user address it was taken for, as the user's own
+    iovec does; ``flags`` are the FOLL_* bits of mmfuzz.kernel.gup."""
+
+    __slots__ = ("pin_id", "folio", "mm_id", "vpn", "flags")
+
+    def __init__(self, pin_id, folio, mm_id, vpn, flags):
+        self.pin_id = pin_id
+        self.folio = folio
+        self.mm_id = mm_id
+        self.vpn = vpn
+        self.flags = flags
+
+
 class FlushRequest:
     """An x86 TLB-shootdown request queued on one target CPU (flush_tlb_func's info)."""
 
@@ -249,6 +268,12 @@ class Machine:
         # write-protected); used by no-stale-translation-after-return.
         self.revoked_at: dict[int, int] = {}
         self.events: list[tuple] = []  # facts emitted by the current step, for properties
+        # GUP references still held by their users (pin id -> Pin), in creation order.
+        self.pins: dict[int, Pin] = {}
+        self.next_pin = 1
+        # The checker's notes (who wrote which version, which pins the user detached),
+        # kept apart from kernel state; see mmfuzz/oracle.py.
+        self.oracle = Oracle()
         self.stats: dict[str, int] = {}
 
     # --- allocation ------------------------------------------------------------------

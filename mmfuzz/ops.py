@@ -104,6 +104,34 @@ class VmaRange(Arg):
         return "start, npages: a page range inside one of the caller's VMAs"
 
 
+class VmaPage(Arg):
+    """``start``: one page inside one of the caller's VMAs of the world (``private``: only
+    its private VMAs, when it has one)."""
+
+    names = ("start",)
+
+    def __init__(self, private: bool = False):
+        self.private = private
+
+    def draw(self, pick, ctx):
+        vmas = [v for _, v in _own_vmas(ctx)]
+        if self.private and any(not v.get("shared", False) for v in vmas):
+            vmas = [v for v in vmas if not v.get("shared", False)]
+        lo, hi = pick([(v["start"], v["end"]) for v in vmas], "vma")
+        return [pick(range(lo, hi), "start")]
+
+    def check(self, values, world):
+        (start,) = values
+        limit = _pages(world)
+        if not (_is_int(start) and 0 <= start < limit):
+            return f"start must be a page inside the {limit} pages the page table covers"
+        return None
+
+    def describe(self):
+        return ("start: a page inside one of the caller's "
+                + ("private VMAs" if self.private else "VMAs"))
+
+
 class VmaTemplate(Arg):
     """``vma``: the index of one of the caller's VMAs in world["vmas"] (mmap maps it again)."""
 

@@ -243,8 +243,11 @@ def validate_world(world: dict) -> None:
         raise ValueError(f"world.files must be a list of at most {LIMITS['files'][1]} files")
     npages_of: dict[int, int] = {}
     for i, f in enumerate(files):
-        if type(f) is not dict or set(f) != {"id", "npages"}:
-            raise ValueError(f"world.files[{i}] must be an object {{\"id\": N, \"npages\": N}}")
+        if type(f) is not dict or not {"id", "npages"} <= set(f) <= {"id", "npages", "readonly"}:
+            raise ValueError(f"world.files[{i}] must be an object {{\"id\": N, \"npages\": N}}"
+                             " (optionally \"readonly\": true: opened O_RDONLY)")
+        if type(f.get("readonly", False)) is not bool:
+            raise ValueError(f"world.files[{i}].readonly must be true or false")
         fid = _int_in(f["id"], *LIMITS["file_id"], "world.files[{}].id", i)
         if fid in npages_of:
             raise ValueError(f"world.files: file id {fid} appears twice")
@@ -284,6 +287,10 @@ def validate_world(world: dict) -> None:
             if pgoff + end - start > npages_of[fid]:
                 raise ValueError(f"{what} maps pages {pgoff}..{pgoff + end - start - 1} of file "
                                  f"{fid}, which has {npages_of[fid]} pages")
+        if (fid is not None and v.get("shared", False) and v.get("writable", True)
+                and any(f["id"] == fid and f.get("readonly") for f in files)):
+            raise ValueError(f"{what} maps read-only file {fid} shared and writable; make it "
+                             "private or read-only")
         for j in range(i):
             w = vmas[j]
             if w["mm"] == mm_id and w["start"] < end and start < w["end"]:
@@ -473,6 +480,7 @@ class Run:
             if name == "fork":
                 m.cpus[args[0]].reserved = True  # the child's CPU is taken from now on
         c.task = t
+        m.oracle.task_started(m, t)
         return t
 
     def _step_task(self, cpu: int) -> str:
@@ -491,6 +499,7 @@ class Run:
             except StopIteration:
                 c.task = None
                 self._check_released(t)
+                self.m.oracle.task_returned(self.m, t)
                 return f"{t.name} returns"
             if isinstance(y, Wait):
                 if y.cond():
@@ -504,6 +513,7 @@ class Run:
                 except StopIteration:
                     c.task = None
                     self._check_released(t)
+                    self.m.oracle.task_returned(self.m, t)
                     return str(y)
                 raise ModelError(f"{t.name} yielded after its Last step {y!r}")
             return y
@@ -598,6 +608,7 @@ class Run:
         step = Step(len(self.trace), cpu, text, action, op, tid)
         self.trace.append(step)
         self.actions.append(action)
+        m.oracle.observe(m, m.events)
         if self.check and self.violation is None:
             for prop in STEP_PROPERTIES:
                 v = prop(m, m.events)

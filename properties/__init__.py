@@ -8,16 +8,22 @@ synced and dropped (the "eventually" half of the same properties).
 from ._core import Violation
 from .accounting import accounting, accounting_quiescent
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
+from .gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
+from .pgtable import no_freed_page_table_walk
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
                   no_use_after_free_via_tlb)
 
 STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
+    no_write_to_readonly_file,   # before dirty-data-preserved: the more specific of the two
     dirty_data_preserved,
     no_stale_translation_after_return,
     soft_dirty_accurate,
     accounting,
+    no_freed_page_table_walk,
+    cow_isolation,
+    gup_pin_coherent,
 )
 
 QUIESCENT_PROPERTIES = (
@@ -32,6 +38,10 @@ PROPERTY_NAMES = (
     "no-stale-translation-after-return",
     "soft-dirty-accurate",
     "accounting",
+    "no-freed-page-table-walk",
+    "cow-isolation",
+    "gup-pin-coherent",
+    "no-write-to-readonly-file",
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

@@ -4,6 +4,7 @@ mm/memory.c copy_page_range)."""
 
 from __future__ import annotations
 
+from mmfuzz.kernel.gup import GUP_PIN_COUNTING_BIAS
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import tlb_key
 from mmfuzz.run import Run, default_world
@@ -74,8 +75,7 @@ def test_fork_copies_a_possibly_pinned_exclusive_page_for_the_child():
     gives the child its own copy. The parent's PTE stays writable and its folio exclusive."""
     r = Run(MAINLINE, fork_world())
     folio = r.m.frames[pte(r, 1, 4).pfn]
-    folio.pincount += 1        # what a FOLL_PIN (say io_uring fixed buffer) leaves behind
-    folio.refcount += 1
+    folio.refcount += GUP_PIN_COUNTING_BIAS   # what a FOLL_PIN (say io_uring fixed buffer) leaves behind
     run_op(r, 1, "fork", 3)
     texts = [s.text for s in r.trace]
     assert any("copy_present_page -EAGAIN" in t for t in texts)
@@ -84,8 +84,7 @@ def test_fork_copies_a_possibly_pinned_exclusive_page_for_the_child():
     assert child.pfn != folio.pfn and child.write and child.dirty
     assert pte(r, 1, 4).write and folio.anon_exclusive and folio.mapcount == 1
     assert r.m.frames[child.pfn].data == folio.data
-    folio.pincount -= 1        # unpin
-    folio.refcount -= 1
+    folio.refcount -= GUP_PIN_COUNTING_BIAS   # unpin
     assert r.quiesce() is None
 
 
@@ -209,13 +208,13 @@ def test_mapcount_reuse_rule_writes_into_the_page_the_pipe_reads():
 
 
 def _pinned_then_write_protected(kernel):
-    """An exclusive anon page with a R/W pin (FOLL_PIN | FOLL_WRITE: pincount and one more
-    refcount here), then clear_refs write-protects its PTE; the process writes."""
+    """An exclusive anon page with a R/W pin (FOLL_PIN | FOLL_WRITE: GUP_PIN_COUNTING_BIAS more
+    refcount), then its PTE is write-protected (clear_refs skips pinned pages, pte_is_pinned,
+    so the pin is raised after it); the process writes."""
     r = Run(kernel, fork_world())
     folio = r.m.frames[pte(r, 1, 4).pfn]
-    folio.pincount += 1
-    folio.refcount += 1
     run_op(r, 1, "clear_refs")
+    folio.refcount += GUP_PIN_COUNTING_BIAS
     assert not pte(r, 1, 4).write
     store(r, 0, 4)
     return r, folio, pte(r, 1, 4)
@@ -224,8 +223,7 @@ def _pinned_then_write_protected(kernel):
 def test_mainline_reuses_an_exclusive_pinned_page_on_a_write_fault():
     r, folio, p = _pinned_then_write_protected(MAINLINE)
     assert p.pfn == folio.pfn and p.write                    # PG_anon_exclusive: reuse
-    folio.pincount -= 1
-    folio.refcount -= 1
+    folio.refcount -= GUP_PIN_COUNTING_BIAS
     assert r.quiesce() is None
 
 
@@ -233,7 +231,7 @@ def test_page_count_reuse_rule_copies_a_pinned_page_the_wrong_way():
     from mmfuzz.kernels import WpReusePageCount
     r, folio, p = _pinned_then_write_protected(WpReusePageCount)
     assert p.pfn != folio.pfn                                # copied: pin and PTE disagree
-    assert folio.pincount == 1 and folio.mapcount == 0
+    assert folio.refcount >= GUP_PIN_COUNTING_BIAS and folio.mapcount == 0
 
 
 def test_reuse_rule_variants_are_not_catalogued_and_resolve_by_name():

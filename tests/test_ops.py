@@ -672,6 +672,11 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
             args = [FILE]
         elif op == "clear_refs":
             args = []
+        elif op != "drop_cache":
+            # any other operation: its declared argument domains (mmfuzz.ops)
+            from mmfuzz import ops as _ops
+            args = _ops.get(op).draw(lambda options, label: rng.choice(list(options)),
+                                     _ops.Ctx(default_world(), cpu, MM))
         else:
             args = [FILE, rng.randrange(4)]
         acts.append(["start", cpu, op, *args])

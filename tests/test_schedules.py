@@ -19,13 +19,19 @@ def test_policies_are_deterministic_per_seed():
         assert sa["steps"] == sb["steps"] and sa["steps"] > 0
 
 
-# Uniform choice is the baseline and rarely finds the race: seed 9 is the first of seeds 1-9
-# that finds it within 1,500 runs since fork, exit, CPUs without a process and private file
-# mappings joined the mix (every random stream moved; PCT seed 1 went from 262 to 1,671 runs).
+# Uniform choice is the baseline and rarely finds the race: since fork, exit and the GUP
+# operations joined the mix no seed in 1-40 finds it within 2,000 runs (seed 29, 1,221 runs
+# before, no longer does within 15,000), hence the strict xfail.
 @pytest.mark.fuzz
-@pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 1671),
-                                                 pytest.param("uniform", 9, 819,
-                                                             marks=pytest.mark.cost(2))])
+# pct seed 1: 262 -> 2,373 runs when fork, exit and the GUP operations joined the mix.
+@pytest.mark.parametrize("policy,seed,needed", [pytest.param("pct", 1, 2373,
+                                                             marks=pytest.mark.cost(6)),
+                                                 pytest.param("uniform", 29, 2000, marks=[
+                                                     pytest.mark.cost(5),
+                                                     pytest.mark.xfail(strict=True, reason=(
+                                                         "uniform no longer finds it within "
+                                                         "2,000 runs for any seed in 1-40 "
+                                                         "(14 operations); to re-pin"))])])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
     found, _ = explore(bug, seed, runs_max=needed, policy=policy)
@@ -76,10 +82,12 @@ def test_random_worlds_are_valid():
 # (uniform: 76 since mmfuzz.ops enumerates its actions in another order; was 55)
 # with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed).
 # The counts are the same in a script and under pytest (strategies/determinism.py).
-# Re-measured with fork and exit in the mix: swarm fbf 10 -> 4, pct fbf 6 -> 477, uniform fbf
-# 76 -> 28, swarm madv 466 -> 1,378 (every random stream moved).
-HYP_HUNTS = [("swarm", "fbf", 1, 4), ("pct", "fbf", 3, 477), ("uniform", "fbf", 3, 28),
-             pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 1378,
+# Moved when fork, exit and the GUP operations joined the mix (6 -> 14 operations): swarm
+# 10 -> 216, pct 6 -> 28, uniform 76 -> 214.
+HYP_HUNTS = [pytest.param("swarm", "fbf", 1, 216, marks=pytest.mark.cost(4)),
+             ("pct", "fbf", 3, 28),
+             pytest.param("uniform", "fbf", 3, 214, marks=pytest.mark.cost(4)),
+             pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 466,
                           marks=pytest.mark.cost(7))]
 
 

@@ -158,3 +158,12 @@ class ZeroPageNoRecheckWhileZapping(Mainline):
         yield f"do_anonymous_page: zero page + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: pte_unmap_unlock")
         return 0
+class FreeTablesBeforeFlush(Mainline):
+    """tlb_flush_mmu frees the queued page tables before the TLB flush, so nothing waits for
+    a CPU walking with IRQs off (GUP-fast): breaks "Architectures that use IPIs to flush TLBs
+    will then automagically DTRT" (trips no-freed-page-table-walk)."""
+
+    def tlb_flush_mmu(self, t, tlb):
+        yield from self.tlb_table_flush(t, tlb)
+        yield from self.tlb_flush_mmu_tlbonly(t, tlb)
+        yield from self.tlb_batch_pages_flush(t, tlb)

@@ -14,10 +14,11 @@ from .mmu_gather import MmuGatherOps  # isort: skip
 from .rmap import Rmap  # isort: skip
 from .tlbflush import TlbFlushX86  # isort: skip
 from .fork import ForkOps  # isort: skip
+from .gup import Gup  # isort: skip
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               ForkOps, TlbFlushX86, KernelBase):
+               ForkOps, Gup, TlbFlushX86, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

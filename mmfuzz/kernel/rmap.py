@@ -41,11 +41,12 @@ class Rmap(KernelBase):
         """include/linux/rmap.h __folio_try_dup_anon_rmap (one PTE of a small folio, the
         parent's PTL held): "If this folio may have been pinned by the parent process, don't
         allow to duplicate the mappings": a PG_anon_exclusive folio for which
-        folio_needs_cow_for_dma (a COW mapping and folio_maybe_dma_pinned: a pincount here;
-        MMF_HAS_PINNED is implied by it) fails with -EBUSY; otherwise ClearPageAnonExclusive
-        and mapcount += 1. Returns True on success."""
+        folio_needs_cow_for_dma (a COW mapping and folio_maybe_dma_pinned: the refcount at
+        GUP_PIN_COUNTING_BIAS or more; MMF_HAS_PINNED is implied by it) fails with -EBUSY;
+        otherwise ClearPageAnonExclusive and mapcount += 1. Returns True on success."""
+        from .gup import folio_maybe_dma_pinned
         if folio.anon_exclusive:
-            if not src_vma.shared and folio.pincount > 0:
+            if not src_vma.shared and folio_maybe_dma_pinned(folio):
                 return False
             folio.anon_exclusive = False
         folio.mapcount += 1

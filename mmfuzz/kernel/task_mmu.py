@@ -7,8 +7,8 @@ PTE and clearing its soft-dirty bit, then flush_tlb_mm and dec_tlb_flush_pending
 pte_mkdirty() sets soft-dirty again, which is what /proc/PID/pagemap bit 55 reports.
 
 Left out: the other clear_refs types (1-3, 5), VM_SOFTDIRTY itself and pagemap reads (the
-property checks the PTE-level contract that pagemap reports), mmu notifiers, the
-pte_is_pinned() skip (GUP pins are not modelled), swap PTEs, THP.
+property checks the PTE-level contract that pagemap reports), mmu notifiers,
+swap PTEs, THP.
 """
 
 from __future__ import annotations
@@ -63,6 +63,23 @@ class TaskMmu(KernelBase):
             t.observed[tlb_key(mm.mm_id, vpn)] = m.clock
         yield from self.spin_unlock(t, table.ptl, "clear_refs_pte_range: pte_unmap_unlock")
 
+    def pte_is_pinned(self, t: Task, vpn: int, pte):
+        """fs/proc/task_mmu.c pte_is_pinned: only a writable PTE of a COW mapping whose
+        vm_normal_folio is folio_maybe_dma_pinned (a lockless read of the refcount, its own
+        step when it is made) is skipped, so that a pinned page is not write-protected (the
+        MMF_HAS_PINNED shortcut is left out: it only saves the refcount read)."""
+        if not pte.write or pte.special:
+            return False
+        vma = t.mm.find_vma(vpn)
+        if vma is None or vma.shared:
+            return False
+        from .gup import folio_maybe_dma_pinned  # here: gup.py registers its ops after ours
+        folio = self.m.frames[pte.pfn]
+        pinned = folio_maybe_dma_pinned(folio)
+        yield (f"clear_soft_dirty: pte_is_pinned va {vpn:#x} = {int(pinned)} "
+               f"(refcount {folio.refcount})")
+        return pinned
+
     def clear_soft_dirty(self, t: Task, table, slot: int, vpn: int):
         """fs/proc/task_mmu.c clear_soft_dirty, present PTE: ptep_modify_prot_start (x86:
         ptep_get_and_clear, so the PTE reads none to a concurrent hardware walk), then
@@ -70,6 +87,9 @@ class TaskMmu(KernelBase):
         m = self.m
         old = table.ptes[slot]
         if old is None:
+            return
+        pinned = yield from self.pte_is_pinned(t, vpn, old)
+        if pinned:
             return
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)

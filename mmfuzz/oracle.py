@@ -1,0 +1,114 @@
+"""The checker's notes: ground truth the properties need that no kernel structure holds.
+
+TLA+ calls these auxiliary variables, Jepsen keeps a history beside the system. Kernel
+functions never write here: the run feeds the oracle the facts each step emitted
+(``observe``) and the syscall boundaries it saw (``task_started``, ``task_returned``), and
+the properties read it. Everything is keyed by ints and filled in program order.
+
+What it records:
+- which process wrote each version that landed in an anonymous folio (a store through a
+  mapping, a device store through a pin, a FOLL_FORCE write by the kernel on the process's
+  behalf), and when: versions stored into page-cache folios are public (any process that maps
+  the file may see them) and are not recorded;
+- the fork tree: child mm -> (parent mm, clock when fork returned);
+- every discard of a user range (munmap, MADV_DONTNEED, exit) with its start and end, and
+  when the GUP call that took each pin started: a pin whose range was discarded while it
+  existed no longer has to follow that address.
+"""
+
+from __future__ import annotations
+
+#: operations that discard the contents of a user range: name -> how to read (start, end)
+#: from the task's arguments (None: the whole address space)
+DISCARDING_OPS = {
+    "munmap": lambda args: (args[0], args[0] + args[1]),
+    "madvise_dontneed": lambda args: (args[0], args[0] + args[1]),
+    "exit": lambda args: None,
+}
+
+#: operations that take a GUP reference and hand it over as a pin (t.result = pin id)
+GUP_OPS = ("pin_user_pages", "vmsplice")
+
+
+class Oracle:
+    __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since")
+
+    def __init__(self):
+        self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
+        self.parent: dict[int, tuple[int, int]] = {}   # child mm -> (parent mm, fork clock)
+        self.discards: dict[int, list] = {}   # task id -> [mm, range or None, start, end]
+        self.gup_started: dict[int, int] = {}  # task id of a running GUP call -> start clock
+        self.pin_since: dict[int, int] = {}    # pin id -> start clock of the call that took it
+
+    # ------------------------------------------------------------------ notes -------
+    def observe(self, m, events) -> None:
+        """Take notes from the facts the last step emitted."""
+        for ev in events:
+            kind = ev[0]
+            if kind == "store":
+                _, cpu, _vpn, pfn, version = ev
+                self._stored(m, m.cpus[cpu].mm_id, pfn, version)
+            elif kind == "pin_store" or kind == "gup_store":
+                _, mm_id, _vpn, pfn, version = ev
+                self._stored(m, mm_id, pfn, version)
+
+    def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
+        frame = m.frames[pfn]
+        if getattr(frame, "anon", False):
+            self.writer[version] = (mm_id, m.clock)
+
+    def task_started(self, m, t) -> None:
+        """A syscall began: note when a GUP operation started, and every discard of a range."""
+        if t.name in GUP_OPS:
+            self.gup_started[t.tid] = m.clock
+        how = DISCARDING_OPS.get(t.name)
+        if how is not None and t.mm is not None:
+            self.discards[t.tid] = [t.mm.mm_id, how(t.args), m.clock, None]
+
+    def task_returned(self, m, t) -> None:
+        """A syscall returned: a fork that made a child separates the two address spaces; a
+        GUP operation that took a reference dates the pin from its own start (the reference
+        is taken before the pin is handed over); a discard ends."""
+        if t.name == "fork" and isinstance(t.result, int) and t.mm is not None:
+            self.forked(t.mm.mm_id, t.result, m.clock)
+        started = self.gup_started.pop(t.tid, None)
+        if started is not None and isinstance(t.result, int):
+            self.pin_since[t.result] = started
+        if t.tid in self.discards:
+            self.discards[t.tid][3] = m.clock
+
+    def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
+        """fork() returned: from now on neither side may see the other's stores."""
+        self.parent[child_mm] = (parent_mm, clock)
+
+    # ---------------------------------------------------------------- queries -------
+    def may_observe(self, reader_mm: int, version: int) -> bool:
+        """May process ``reader_mm`` see ``version`` (in its memory or through a reference it
+        took)? Yes for public versions and its own stores; for an ancestor's store only if it
+        was made before the fork that separated their lines returned."""
+        w = self.writer.get(version)
+        if w is None:
+            return True
+        writer_mm, when = w
+        if writer_mm == reader_mm:
+            return True
+        cur = reader_mm
+        while cur in self.parent:
+            up, fork_clock = self.parent[cur]
+            if up == writer_mm:
+                return when < fork_clock
+            cur = up
+        return False
+
+    def writer_of(self, version: int):
+        return self.writer.get(version)
+
+    def pin_detached(self, m, pin) -> bool:
+        """Did the user discard the mapping the pin was taken at while the pin existed (from
+        the start of the GUP call that took it)?"""
+        since = self.pin_since.get(pin.pin_id, 0)
+        for mm_id, rng, _start, end in self.discards.values():
+            if (mm_id == pin.mm_id and (rng is None or rng[0] <= pin.vpn < rng[1])
+                    and (end is None or end >= since)):
+                return True
+        return False
