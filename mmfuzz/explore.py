@@ -53,7 +53,7 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
     one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache); clear_refs
     takes none (the CPU's own process). Fast mode picks with a seeded random, the Hypothesis
     rule machine with draws, so both build the same syscalls."""
-    if op in ("madvise_dontneed", "munmap"):
+    if op in ("madvise_dontneed", "munmap", "madvise_free"):
         lo, hi = pick([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id], "vma")
         start = pick(range(lo, hi), "start")
         return ["start", cpu, op, start, pick(range(1, hi - start + 1), "npages")]
@@ -64,6 +64,9 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
         return ["start", cpu, op, 1]
     if op == "clear_refs":
         return ["start", cpu, op]
+    if op == "reclaim":
+        return ["start", cpu, op, pick((0, 1), "lru"), pick(range(3), "skip"),
+                pick((1, 1, 2), "nr")]
     return ["start", cpu, op, 1, pick(range(world["files"][0]["npages"]), "index")]
 
 

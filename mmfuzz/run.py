@@ -28,6 +28,8 @@ OPS = {
     "writeback": (("file",), False),
     "drop_cache": (("file", "index"), False),
     "clear_refs": ((), True),
+    "madvise_free": (("start", "npages"), True),
+    "reclaim": (("lru", "skip", "nr"), False),
 }
 
 

@@ -8,13 +8,15 @@ from .memory import Memory
 from .mmu_gather import MmuGatherOps
 from .page_writeback import PageWriteback
 from .rmap import Rmap
+from .swap import Swap
 from .task_mmu import TaskMmu
 from .tlbflush import TlbFlushX86
 from .vma import VmaOps
+from .vmscan import Vmscan
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               TlbFlushX86, KernelBase):
+               TlbFlushX86, Swap, Vmscan, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

@@ -8,7 +8,7 @@ pte_mkdirty() sets soft-dirty again, which is what /proc/PID/pagemap bit 55 repo
 
 Left out: the other clear_refs types (1-3, 5), VM_SOFTDIRTY itself and pagemap reads (the
 property checks the PTE-level contract that pagemap reports), mmu notifiers, the
-pte_is_pinned() skip (GUP pins are not modelled), swap PTEs, THP.
+pte_is_pinned() skip (GUP pins are not modelled), THP.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ class TaskMmu(KernelBase):
         m = self.m
         old = table.ptes[slot]
         if old is None:
+            return
+        if not old.present:  # is_swap_pte: pte_swp_clear_soft_dirty, set_pte_at
+            table.ptes[slot] = old._replace(soft_dirty=False)
+            yield f"clear_soft_dirty: swap PTE va {vpn:#x}: pte_swp_clear_soft_dirty"
             return
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)
