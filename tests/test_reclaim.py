@@ -231,3 +231,69 @@ def test_reclaim_of_dirty_file_folio_activates_and_clean_one_is_dropped():
     assert f0.freed and 0 not in r.m.files[1].cache
     assert r.m.files[1].disk[0] == 1
     assert r.quiesce() is None
+
+
+# ------------------------------------------------- each property tripped by a variant ------
+def step_until(r: Run, cpu: int, needle: str):
+    while True:
+        assert r.m.cpus[cpu].task is not None, f"{needle!r} never happened"
+        step = r.apply(["step", cpu])
+        if step is None:  # blocked: let the IPIs in
+            for c in r.ipi_cpus():
+                r.apply(["ipi", c])
+            continue
+        if needle in step.text:
+            return step
+
+
+def test_lazyfree_discard_must_recheck_dirty():
+    """Mainline keeps the folio (previous tests); without the dirty re-check the store made
+    after MADV_FREE returned is lost."""
+    from tests.variants import LazyfreeDiscardIgnoresDirty
+    for kernel, lost in ((MAINLINE, False), (LazyfreeDiscardIgnoresDirty, True)):
+        r = Run(kernel, anon_world())
+        run_op(r, 1, "madvise_free", ANON, 1)
+        access(r, 0, ANON, True)
+        run_op(r, 2, "reclaim", 1, 0, 1)
+        run_op(r, 2, "reclaim", 1, 0, 1)
+        v = r.quiesce()
+        assert (v is not None and v.prop == "no-lost-write-after-madv-free") == lost, v
+
+
+def test_zap_must_flush_what_reclaim_deferred():
+    from tests.variants import NoFlushTlbBatchedPending
+    for kernel, stale in ((MAINLINE, False), (NoFlushTlbBatchedPending, True)):
+        r = Run(kernel, anon_world())
+        run_op(r, 1, "madvise_free", ANON, 1)
+        access(r, 0, ANON, False)  # CPU0 caches the translation again (and the PTE is young)
+        run_op(r, 2, "reclaim", 1, 0, 1)  # ptep_clear_flush_young: no flush on x86
+        assert tlb_key(MM, ANON) in r.m.cpus[0].tlb
+        r.apply(["start", 2, "reclaim", 1, 0, 1])
+        step_until(r, 2, "try_to_unmap_one: ptep_get_and_clear + set_tlb_ubc_flush_pending")
+        step_until(r, 2, "page_vma_mapped_walk_done")  # PTL dropped, flush still deferred
+        r.apply(["start", 1, "madvise_dontneed", ANON, 1])
+        while r.m.cpus[1].task is not None and r.violation is None:
+            if r.apply(["step", 1]) is None:
+                assert r.ipi_cpus(), "madvise blocked on something but IPIs"
+                for c in r.ipi_cpus():
+                    r.apply(["ipi", c])
+        assert (r.violation is not None
+                and r.violation.prop == "no-stale-translation-after-return") == stale, r.violation
+        if not stale:
+            assert any("flush_tlb_batched_pending(mm1): tlb_flush_batched pending 1 != flushed 0"
+                       in t for t in texts(r))
+
+
+def test_pageout_must_flush_writable_entries_first():
+    from tests.variants import PageoutWithoutFlushDirty
+    for kernel, lost in ((MAINLINE, False), (PageoutWithoutFlushDirty, True)):
+        r = Run(kernel, anon_world())
+        assert r.m.cpus[0].tlb[tlb_key(MM, ANON)].dirty  # CPU0: writable, dirty
+        run_op(r, 2, "reclaim", 0, 0, 1)
+        r.apply(["start", 2, "reclaim", 0, 0, 1])
+        step_until(r, 2, "swap device writes")
+        step = access(r, 0, ANON, True)  # mainline: faults (flushed); variant: stale TLB hit
+        assert ("TLB hit" in step.text) == lost
+        r.drain()
+        v = r.quiesce()
+        assert (v is not None and v.prop == "no-lost-write-after-madv-free") == lost, v
