@@ -8,11 +8,14 @@ import json
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 
 from . import __version__
-from .corpus import (Counterexample, CorpusError, found_info, load, render_cx, replay, save)
+from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load, render_cx,
+                     replay, save)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
+from .model import OutOfFrames
 from .run import ModelError, execute
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
@@ -87,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
+    o = sub.add_parser("ops", help="every operation a schedule can start: its arguments, what "
+                       "it models, the kernel function")
+    o.add_argument("--json", action="store_true")
     e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
                        "up to a preemption bound (does a fix close them all?)")
     e.add_argument("file")
@@ -236,7 +242,7 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
     path = None
     if save_dir:
         rendered = render_cx(run, outcome, cx)
-        path = save(cx, save_dir, rendered)
+        path = save(cx, save_dir, rendered, kernel_cls=kcls)
     print(render_cx(run, outcome, cx, path), file=out_stream)
     return path
 
@@ -300,41 +306,46 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
 
 
 def cmd_replay(a) -> int:
+    """Replay each file on its own kernel (only mainline or bug:SLUG resolve from a file) or on
+    --kernel (which may be imported: the user named it). Every file is loaded and checked
+    before any runs. Exit 1 if any replay shows a violation."""
     status = EXIT_CLEAN
-    cxs = [(path, load(path)) for path in a.files]   # validate every file before running any
+    cxs = [load(path) for path in a.files]
     if a.kernel:
-        resolve_kernel(a.kernel)
-    for path, cx in cxs:
-        run, out, skipped = replay(cx, a.kernel)
-        kname = a.kernel or cx.kernel
-        note = f" ({skipped} actions not enabled on {kname}, skipped)" if skipped else ""
-        if out.violation is None:
-            print(f"{path}: clean on {kname}{note}")
-            continue
-        status = EXIT_VIOLATION
-        same = out.violation.prop == cx.prop
-        print(render_cx(run, out, cx, path))
-        print(f"{path}: {'reproduced' if same else 'a different violation'} "
-              f"({out.violation.prop}) on {kname}{note}")
+        kernel_for(cxs[0], a.kernel)
+    else:
+        for cx in cxs:
+            kernel_for(cx)
+    for cx in cxs:
+        v = check(cx, a.kernel)
+        if v.outcome.violation is not None:
+            status = EXIT_VIOLATION
+            print(render_cx(v.run, v.outcome, cx, cx.path))
+        print(v.message)
+        print(f"  why: {cx.why}")
     return status
 
 
 def cmd_show(a) -> int:
+    from .run import Run
+    from .trace import show
     cx = load(a.file)
+    _, kcls = kernel_for(cx)
     run, out, _ = replay(cx)
-    if out.violation is None:
-        print(f"{a.file}: the schedule runs clean on {cx.kernel} now")
-        return EXIT_CLEAN
-    print(render_cx(run, out, cx, a.file))
-    return EXIT_VIOLATION
+    print(show(run, out, cx, Run(kcls, cx.world)))
+    return EXIT_VIOLATION if out.violation is not None else EXIT_CLEAN
 
 
 def cmd_exhaust(a) -> int:
     from .exhaust import exhaust_cx
     cx = load(a.file)
-    kname = a.kernel or cx.kernel
-    resolve_kernel(kname)
-    res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    kname, _ = kernel_for(cx, a.kernel)   # a file's own kernel never causes an import
+    try:
+        res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    except OutOfFrames:
+        raise CorpusError(f"{a.file}: the world is too small for the scenario: it ran out of "
+                          f"page frames (world.nframes = {cx.world['nframes']}); raise "
+                          "world.nframes") from None
     head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
             f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:
@@ -350,6 +361,39 @@ def cmd_exhaust(a) -> int:
               f"{a.states_max}; raise it or lower --preemptions")
     else:
         print(f"{head}: every interleaving is clean")
+    return EXIT_CLEAN
+
+
+def cmd_ops(a) -> int:
+    """The operation registry (mmfuzz.ops) as a person writing a corpus file or a variant needs
+    it: name, context, arguments with their domains, the kernel function, what it models."""
+    from . import ops
+    from .run import ACTION_ARGS
+    from .kernel import Mainline
+    rows = []
+    for op in ops.operations().values():
+        row = op.to_json()
+        doc = (getattr(Mainline, op.method, None).__doc__ or "").strip()
+        # the first paragraph of the modelled function's docstring: the kernel path it follows
+        row["models"] = " ".join(doc.split("\n\n")[0].split())
+        rows.append(row)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_CLEAN
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        form = json.dumps(["start", "CPU", r["name"], *[n.upper() for n in r["arg_names"]]])
+        print(f"{r['name']:{width}}  {r['context']:8}  {r['doc']}")
+        print(f"{'':{width}}  action    {form}")
+        for arg in r["args"] or ["(no arguments)"]:
+            print(f"{'':{width}}  argument  {arg}")
+        print(f"{'':{width}}  function  {r['module']}.{r['kernel_function']}")
+        if r["models"]:
+            for k, piece in enumerate(textwrap.wrap(r["models"], 96 - width)):
+                print(f"{'':{width}}  {'models' if k == 0 else '':8}  {piece}")
+    kinds = ", ".join(ACTION_ARGS)
+    print(f"\nactions a schedule may hold: {kinds} (docs/corpus-format.md \"Actions\"); a variant "
+          "overrides the kernel function by name (docs/variants.md)")
     return EXIT_CLEAN
 
 
@@ -382,6 +426,8 @@ def main(argv=None) -> int:
             return cmd_show(a)
         if a.cmd == "exhaust":
             return cmd_exhaust(a)
+        if a.cmd == "ops":
+            return cmd_ops(a)
     except (UsageError, KernelNameError, CorpusError) as e:
         print(f"mmfuzz: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

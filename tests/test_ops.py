@@ -14,7 +14,8 @@ import pytest
 
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import Folio, PteTable, tlb_key
-from mmfuzz.run import OPS, Run, default_world
+from mmfuzz.ops import names as op_names
+from mmfuzz.run import Run, default_world
 
 MAINLINE = resolve_kernel("mainline")
 MM = 1
@@ -639,10 +640,12 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
         if kind == "access":
             acts.append(["access", cpu, rng.randrange(6), rng.randrange(2)])
             continue
-        op = rng.choice(sorted(OPS))
-        if op in ("madvise_dontneed", "munmap"):
+        op = rng.choice(sorted(op_names()))
+        if op in ("madvise_dontneed", "munmap", "madvise_free"):
             start = rng.randrange(6)
             args = [start, rng.randrange(1, 7 - start)]
+        elif op == "reclaim":
+            args = [rng.randrange(2), rng.randrange(3), rng.randrange(1, 3)]
         elif op == "mmap":
             args = [rng.randrange(2)]
         elif op == "writeback":

@@ -11,10 +11,13 @@ modelled yet. Left out: userfaultfd_remove, VM_LOCKED / VM_PFNMAP rejection, hug
 from __future__ import annotations
 
 from ..model import tlb_key
+from ..ops import VmaRange, operation
 from .base import KernelBase, Task
 
 
 class Madvise(KernelBase):
+    @operation("madvise_dontneed", VmaRange(),
+               doc="madvise(MADV_DONTNEED): zap a range under mmap_lock for read")
     def madvise_dontneed(self, t: Task, start: int, npages: int):
         """mm/madvise.c do_madvise -> madvise_lock (mmap_read_lock) -> madvise_walk_vmas ->
         madvise_dontneed_free -> madvise_dontneed_single_vma -> zap_page_range_single, per VMA
@@ -31,6 +34,8 @@ class Madvise(KernelBase):
         self.m.note_anon_freed(t.mm, start, end, lazy=False)
 
     # ------------------------------------------------------------------ MADV_FREE -----
+    @operation("madvise_free", VmaRange(),
+               doc="madvise(MADV_FREE): clean and age anon PTEs (keeping W), lazyfree the folios")
     def madvise_free(self, t: Task, start: int, npages: int):
         """mm/madvise.c do_madvise(MADV_FREE) -> madvise_lock (mmap_read_lock: MADV_FREE does
         not need the write lock) -> madvise_walk_vmas -> madvise_dontneed_free ->

@@ -14,10 +14,12 @@ pte_is_pinned() skip (GUP pins are not modelled), THP.
 from __future__ import annotations
 
 from ..model import tlb_key
+from ..ops import operation
 from .base import KernelBase, Task
 
 
 class TaskMmu(KernelBase):
+    @operation("clear_refs", doc="write 4 (CLEAR_REFS_SOFT_DIRTY) to /proc/self/clear_refs")
     def clear_refs(self, t: Task):
         """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) on the task's own mm."""
         mm = t.mm

@@ -16,6 +16,7 @@ a dirty file folio is activated, as for direct reclaim), buffer heads
 from __future__ import annotations
 
 from ..model import Folio
+from ..ops import Choice, operation
 from .base import KernelBase, Last, Task
 from .rmap import TTU_BATCH_FLUSH
 
@@ -25,6 +26,10 @@ PAGE_KEEP, PAGE_ACTIVATE, PAGE_SUCCESS, PAGE_CLEAN = range(4)
 
 
 class Vmscan(KernelBase):
+    @operation("reclaim", Choice("lru", (0, 1), "0: the anon LRU, 1: the file LRU"),
+               Choice("skip", (0, 1, 2), "folios of the LRU passed over"),
+               Choice("nr", (1, 2), "folios isolated"), context="kthread",
+               doc="reclaim (kswapd): isolate folios, shrink_folio_list, put back")
     def reclaim(self, t: Task, lru: int, skip: int, nr: int):
         """mm/vmscan.c shrink_inactive_list (as kswapd or direct reclaim run it) on the anon
         (0) or file (1) LRU: isolate_lru_folios, shrink_folio_list, move_folios_to_lru (the
