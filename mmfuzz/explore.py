@@ -20,8 +20,9 @@ ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
 
 
 def random_world(rng: random.Random) -> dict:
-    """A small world: 2-3 CPUs of one or two processes, a file of 2-4 pages mapped shared in
-    every process, an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
+    """A small world: 2-3 CPUs of one or two processes, sometimes one more CPU with no process
+    (for a forked child), a file of 2-4 pages mapped in every process (shared, or private in
+    the first, then sometimes read-only of a file opened read-only), an anonymous VMA in the first, 2 or 4 PTEs per table, the real or a tiny
     mmu_gather, and a few prefaulted pages."""
     ncpus = rng.choice((2, 3, 3))
     two_mm = ncpus == 3 and rng.random() < 0.25
@@ -43,8 +44,22 @@ def random_world(rng: random.Random) -> dict:
         cpu = rng.randrange(ncpus)
         vma = rng.choice([v for v in vmas if v["mm"] == cpu_mm[cpu]])
         prefault.append([cpu, rng.randrange(vma["start"], vma["end"]), int(rng.random() < 0.7)])
+    # drawn last, so that the shapes above stay what they were: sometimes a CPU with no
+    # process (a fork places its child there), sometimes the first process maps the file
+    # MAP_PRIVATE (read faults map the page cache read-only, writes COW it)
+    if rng.random() < 0.3:
+        ncpus += 1
+        cpu_mm = cpu_mm + [0]
+    files = [{"id": 1, "npages": npages}]
+    if rng.random() < 0.25:
+        vmas[0] = dict(vmas[0], shared=False)
+        # sometimes a file the process may only read (opened O_RDONLY), mapped private and
+        # read-only: a FOLL_FORCE write (/proc/PID/mem) must COW it, never write the file
+        if not two_mm and rng.random() < 0.5:
+            vmas[0]["writable"] = False
+            files = [{"id": 1, "npages": npages, "readonly": True}]
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
-            "nframes": 64, "files": [{"id": 1, "npages": npages}], "vmas": vmas,
+            "nframes": 64, "files": files, "vmas": vmas,
             "gather": gather, "prefault": prefault}
 
 
@@ -58,8 +73,16 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
 
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
                            store_bias: float):
-    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs."""
-    mm_id = run.m.cpus[cpu].mm_id
+    """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs (a
+    forked child's are its parent's). A CPU without a process can only start a kernel thread
+    (None if none of ``ops`` is one)."""
+    if run.m.cpus[cpu].mm_id == 0:
+        kthread_ops = [op for op in (ops or ()) if _ops.get(op).context == "kthread"]
+        if not kthread_ops:
+            return None
+        return syscall_action(lambda options, label: rng.choice(options), world, None, cpu,
+                              rng.choice(kthread_ops))
+    mm_id = run.process_origin(cpu)
     if ops is None:
         lo, hi = rng.choice([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id])
         return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < store_bias)]
@@ -86,6 +109,8 @@ class SwarmPolicy:
         self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
         self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
         self.world = world
+        # without an enabled kernel-thread operation, a CPU with no process has nothing to start
+        self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
@@ -98,9 +123,11 @@ class SwarmPolicy:
             choices.append((w, ("step", cpu)))
         for cpu in run.ipi_cpus():
             choices.append((kw["ipi"], ("ipi", cpu)))
-        idle = run.idle_cpus()
+        idle_proc = run.idle_process_cpus()
+        idle = idle_proc if self.process_only else run.idle_cpus()
+        if idle_proc:
+            choices.append((kw["access"] * len(idle_proc), ("access",)))
         if idle:
-            choices.append((kw["access"] * len(idle), ("access",)))
             choices.append((kw["start"] * len(idle), ("start",)))
         if kw["evict"] and any(c.tlb for c in m.cpus):
             choices.append((kw["evict"], ("evict",)))
@@ -117,6 +144,8 @@ class SwarmPolicy:
         if kind == "evict":
             cpu = rng.choice([x.cpu_id for x in m.cpus if x.tlb])
             return ["evict", cpu, rng.choice(list(m.cpus[cpu].tlb)) & 0xffffffff]
+        if kind == "access":
+            idle = idle_proc
         cpu = rng.choice(idle)
         if kind == "access" and self.tlb_hit and rng.random() < self.tlb_hit:
             # an access through a translation the CPU holds: where a stale entry shows
@@ -137,25 +166,29 @@ class UniformPolicy:
         self.world = world
         self._starts: dict[int, list] = {}
 
-    def _start_actions(self, cpu: int, mm_id: int) -> list:
-        """Every start action of every operation on ``cpu`` (the world is fixed for the run)."""
-        if cpu not in self._starts:
+    def _start_actions(self, cpu: int, mm_id: int | None) -> list:
+        """Every start action of every operation on ``cpu`` for a process whose VMAs are world
+        mm ``mm_id``'s (None: no process, kernel threads only)."""
+        key = (cpu, mm_id)
+        if key not in self._starts:
             ctx = _ops.Ctx(self.world, cpu, mm_id)
-            self._starts[cpu] = [["start", cpu, op.name, *vals]
+            self._starts[key] = [["start", cpu, op.name, *vals]
                                  for op in _ops.operations().values()
+                                 if mm_id is not None or op.context == "kthread"
                                  for vals in _ops.enumerate_values(op, ctx)]
-        return self._starts[cpu]
+        return self._starts[key]
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
         acts = [["step", c] for c in run.runnable_cpus()] + [["ipi", c] for c in run.ipi_cpus()]
         for cpu in run.idle_cpus():
-            mm_id = m.cpus[cpu].mm_id
+            mm_id = run.process_origin(cpu) if m.cpus[cpu].mm_id else None
             for v in self.world["vmas"]:
                 if v["mm"] == mm_id:
                     for vpn in range(v["start"], v["end"]):
                         acts += [["access", cpu, vpn, 0], ["access", cpu, vpn, 1]]
-            acts += self._start_actions(cpu, mm_id)
+            acts += [a for a in self._start_actions(cpu, mm_id)
+                     if a[2] != "fork" or run.enabled(a)]
         for c in m.cpus:
             acts += [["evict", c.cpu_id, k & 0xffffffff] for k in c.tlb]
         return rng.choice(acts) if acts else None
@@ -214,7 +247,9 @@ class PctPolicy:
             prog = []
             for _ in range(self._draft[cpu]):
                 kind_ops = None if rng.random() < 0.5 else ops
-                prog.append(_random_program_action(rng, run, self.world, cpu, kind_ops, store_bias))
+                action = _random_program_action(rng, run, self.world, cpu, kind_ops, store_bias)
+                if action is not None:  # None: nothing a CPU without a process can start
+                    prog.append(action)
             self.programs[cpu] = prog
         return self.programs[cpu]
 

@@ -73,6 +73,7 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
     frame = m.frames[entry.pfn]
     if not write:
         data = frame.data if isinstance(frame, Folio) else 0
+        m.events.append(("load", cpu_id, vpn, entry.pfn, data))
         return "done", f"load va {vpn:#x} -> pfn {entry.pfn} v{data} [{how} {flags}]"
     version = m.next_version
     m.next_version += 1
@@ -86,8 +87,6 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
                 return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
         if not frame.anon:
             m.events.append(("store_lost", cpu_id, vpn, entry.pfn, version, "file folio no longer in the page cache"))
-        else:
-            m.note_anon_store(cpu.mm_id, vpn, version)
     else:
         # the frame was freed or reused: the store corrupts whatever is there now
         if isinstance(frame, Folio):

@@ -92,13 +92,134 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
         tlb = yield from self.tlb_gather_mmu(t, mm)
-        yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
+        for vma in list(mm.vmas):
+            yield from self.vma_start_write(t, vma, f"clear_refs: vm_flags_clear(vma{vma.vid}, VM_SOFTDIRTY): vma_start_write + vma_set_page_prot")
         yield from self.clear_refs_walk(t)
         if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds):
             self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
         yield from self.tlb_finish_mmu(t, tlb)
         yield from self.up_write(t, mm.mmap_lock, "clear_refs: mmap_write_unlock, return", last=True)
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
+
+
+class WpReuseMapcount(Mainline):
+    """do_wp_page's reuse rule before 09854ba94c6a ("mm: do_wp_page() simplification", Aug
+    2020): an anon page is reused on a write fault when it is mapped once (reuse_swap_page:
+    total mapcount <= 1), whatever other references (a pipe's, a GUP pin) it has, and there is
+    no PG_anon_exclusive. The rule under which CVE-2020-29374 leaks: the child's vmsplice
+    reference does not stop the parent from reusing, and writing into, the page the pipe
+    still reads. Not in the catalogue itself (the GUP scenarios that show it live there)."""
+
+    name = "mmfuzz.kernels:WpReuseMapcount"
+
+    def wp_can_reuse_anon_folio(self, t, folio, vma):
+        """mm/memory.c do_wp_page, v5.8 (PageAnon branch, no KSM, no swap): trylock_page
+        (the kernel sleeps in lock_page after dropping the PTL when it fails; the model copies
+        instead), reuse_swap_page: reuse iff page_mapcount <= 1, then page_move_anon_rmap."""
+        if folio.locked is not None:
+            return False
+        if folio.mapcount <= 1:
+            self.folio_move_anon_rmap_now(folio, vma)
+            return True
+        return False
+
+
+class WpReusePageCount(Mainline):
+    """do_wp_page's reuse rule from 09854ba94c6a ("mm: do_wp_page() simplification") until
+    PG_anon_exclusive (v5.19): reuse only if page_count() == 1, so an extra reference (a
+    pipe's, a GUP pin) forces a copy, and there is no PG_anon_exclusive. It fixed
+    CVE-2020-29374 for small pages but made the COW of a pinned page go the wrong way: a
+    write fault on a pinned, read-only-mapped page copies it, and the pin and the page table
+    disagree. Not in the catalogue itself."""
+
+    name = "mmfuzz.kernels:WpReusePageCount"
+
+    def wp_can_reuse_anon_folio(self, t, folio, vma):
+        """mm/memory.c do_wp_page after 09854ba94c6a (PageAnon branch): "PageKsm() doesn't
+        necessarily raise the page refcount"; page_count != 1 -> copy; trylock_page, and
+        re-check page_mapcount == 1 and page_count == 1 under it ("it's dark out, and we're
+        wearing sunglasses"), then reuse."""
+        if folio.refcount != 1:
+            return False
+        if folio.locked is not None:
+            return False
+        return folio.mapcount == 1 and folio.refcount == 1
+
+
+class CowGupWrongDirection(WpReuseMapcount):
+    """CVE-2020-29374 ("COW can break either way", Jann Horn): mainline with the write
+    fault's reuse decision as it was before 09854ba94c6a ("mm: do_wp_page() simplification"):
+    reuse an anon page that is mapped once (reuse_swap_page), whatever references GUP holds
+    on it (WpReuseMapcount). The child vmsplice()s a page it shares with its parent (a R/O
+    FOLL_GET reference in the pipe) and unmaps it; the parent's write fault finds the page
+    mapped once and reuses it in place, so the child reads the parent's later data through
+    the pipe (selftests/mm/cow.c "vmsplice() + unmap in child"). Chosen: only the reuse
+    decision differs. GUP-triggered unsharing (FAULT_FLAG_UNSHARE) did not exist then either,
+    but it acts only on R/O FOLL_PIN, and vmsplice takes FOLL_GET: the CVE does not go through
+    it, so it stays as in mainline (where it decides through this rule); the 17839856fd58
+    workaround (GUP forcing a COW) is not modelled, and fork's early copy of pinned pages
+    (70e806e4e645) stays."""
+
+    name = "bug:cow-gup-wrong-direction"
+
+
+class CowGupWrongDirectionPageCount(WpReusePageCount):
+    """The "wrong COW" of a pinned page (COW fixes part 2, PG_anon_exclusive, 6c287605fd56
+    and 78fbe906cc90, v5.19): mainline with do_wp_page's reuse decision as it was from
+    09854ba94c6a until then, reuse only if page_count() == 1 (WpReusePageCount), so a pinned
+    page mapped read-only is copied by the write fault: "a loss of synchronicity" between the
+    pin and the page table. Reached e.g. by a R/O long-term pin of an exclusive page that
+    clear_refs mapped read-only, or a R/O pin after a fork whose child has gone
+    (selftests/mm/cow.c "R/O GUP pin on R/O-mapped exclusive page", "... previously-shared
+    page"). Chosen: only the reuse decision differs; GUP's unsharing stays as in mainline
+    (under this rule an unshare fault copies too, which does not save the pin)."""
+
+    name = "bug:cow-gup-wrong-direction-pagecount"
+
+
+class DirtyCow(Mainline):
+    """Mainline with 19be0eaffa3a ("mm: remove gup_flags FOLL_WRITE games from
+    __get_user_pages()", Linus Torvalds, Oct 2016; CVE-2016-5195, "Dirty COW") reverted, on
+    today's structure. Before it, a FOLL_FORCE write to a private mapping without VM_WRITE
+    followed the page only through a writable PTE, so after the write fault had broken COW
+    (VM_FAULT_WRITE) faultin_page dropped FOLL_WRITE: "We can thus safely do subsequent page
+    lookups as if they were reads". If MADV_DONTNEED zaps the COWed anon page before the
+    retried lookup, that read lookup faults the page-cache page in and returns it, and
+    /proc/PID/mem's write lands in a file the writer may only read. The revert is those two
+    places: can_follow_write_pte is pte_write() again (the fix added FOLL_COW there, since
+    replaced by the PG_anon_exclusive test of 5535be309971) and faultin_page clears
+    FOLL_WRITE; do_wp_page only reports VM_FAULT_WRITE, which today's fault path no longer
+    returns."""
+
+    name = "bug:dirty-cow"
+
+    def __init__(self, machine):
+        super().__init__(machine)
+        self.vm_fault_write: dict[int, bool] = {}   # task id -> the last fault's VM_FAULT_WRITE
+
+    def can_follow_write_pte(self, pte, folio, vma, flags):
+        """mm/gup.c follow_page_pte before 19be0eaffa3a: "if ((flags & FOLL_WRITE) &&
+        !pte_write(pte)) ... return NULL"."""
+        return pte.write
+
+    def do_wp_page(self, t, vma, table, slot, vpn, orig, unshare=False, vma_lock=False):
+        """mm/memory.c do_wp_page of v4.8 returned VM_FAULT_WRITE when it reused the page or
+        installed the copy."""
+        ret = yield from super().do_wp_page(t, vma, table, slot, vpn, orig, unshare, vma_lock)
+        if not unshare:
+            self.vm_fault_write[t.tid] = True
+        return ret
+
+    def faultin_page(self, t, vma, vpn, flags, fault):
+        """mm/gup.c faultin_page before 19be0eaffa3a: "if ((ret & VM_FAULT_WRITE) &&
+        !(vma->vm_flags & VM_WRITE)) *flags &= ~FOLL_WRITE;"."""
+        from .kernel.gup import FOLL_WRITE
+        self.vm_fault_write.pop(t.tid, None)
+        err, flags = yield from super().faultin_page(t, vma, vpn, flags, fault)
+        if err is None and self.vm_fault_write.pop(t.tid, False) and not vma.writable:
+            flags &= ~FOLL_WRITE
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        return err, flags
 
 
 BUGS: list[Bug] = [
@@ -111,6 +232,16 @@ BUGS: list[Bug] = [
     Bug("clear-refs-softdirty-no-flush", "912efa17e512",
         "mm: proc: Invalidate TLB after clearing soft-dirty page state",
         "soft-dirty-accurate", ClearRefsSoftDirtyNoFlush, 3),
+    Bug("cow-gup-wrong-direction", "09854ba94c6a", "mm: do_wp_page() simplification "
+        "(CVE-2020-29374: reuse by mapcount, no GUP unsharing)",
+        "cow-isolation", CowGupWrongDirection, 5),
+    Bug("cow-gup-wrong-direction-pagecount", "6c287605fd56",
+        "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive "
+        "(reuse by page_count: the wrong COW of a pinned page)",
+        "gup-pin-coherent", CowGupWrongDirectionPageCount, 4),
+    Bug("dirty-cow", "19be0eaffa3a",
+        "mm: remove gup_flags FOLL_WRITE games from __get_user_pages()",
+        "no-write-to-readonly-file", DirtyCow, 6),
 ]
 
 _BY_NAME = {"mainline": Mainline}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from .oracle import Oracle
+
 
 class Pte(NamedTuple):
     """A present x86 PTE (a none PTE is ``None``).
@@ -75,12 +77,13 @@ class SpinLock:
 class RwSem:
     """A reader/writer semaphore (mmap_lock, i_mmap_rwsem). Fairness is not modelled."""
 
-    __slots__ = ("name", "readers", "writer")
+    __slots__ = ("name", "readers", "writer", "mm")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, mm: "Optional[Mm]" = None):
         self.name = name
         self.readers: list[int] = []  # task ids, in acquisition order
         self.writer: Optional[int] = None
+        self.mm = mm  # set on an mm's mmap_lock: releasing the write side ends VMA write locks
 
 
 class Folio:
@@ -90,7 +93,7 @@ class Folio:
     __slots__ = (
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
-        "freed", "uptodate",
+        "freed", "uptodate", "anon_vma",
         "swapcache", "swap", "referenced", "isolated",
     )
 
@@ -118,6 +121,7 @@ class Folio:
         self.swap = 0              # folio->swap: swp_offset of its slot (0: none)
         self.referenced = False    # PG_referenced (folio_check_references' second chance)
         self.isolated = False      # !PG_lru: taken off the LRU by reclaim (isolate_lru_folios)
+        self.anon_vma: Optional[AnonVma] = None  # folio->mapping of an anon folio
 
 
 class PteTable:
@@ -135,9 +139,22 @@ class PteTable:
         self.pmd_index = pmd_index
 
 
+class AnonVma:
+    """struct anon_vma (mm/rmap.c): the VMAs whose pages its folios may be mapped by (the
+    anon_vma_chain entries of its interval tree, flattened into one list: every VMA linked
+    to this anon_vma, a forked child's included)."""
+
+    __slots__ = ("avid", "vmas", "rwsem")
+
+    def __init__(self, avid: int):
+        self.avid = avid
+        self.vmas: list[Vma] = []
+        self.rwsem = RwSem(f"anon_vma(av{avid})->rwsem")
+
+
 class Vma:
     __slots__ = ("vid", "mm_id", "start", "end", "file", "pgoff", "shared", "writable",
-                 "detached")
+                 "detached", "anon_vma", "anon_vma_chain", "vm_lock", "vm_lock_seq")
 
     def __init__(self, vid, mm_id, start, end, file, pgoff, shared, writable):
         self.vid = vid
@@ -149,6 +166,10 @@ class Vma:
         self.shared = shared
         self.writable = writable
         self.detached = False
+        self.anon_vma: Optional[AnonVma] = None    # set by anon_vma_prepare or anon_vma_fork
+        self.anon_vma_chain: list[AnonVma] = []    # every anon_vma this VMA is linked into
+        self.vm_lock = RwSem(f"vm_lock(vma{vid})")  # the per-VMA lock (CONFIG_PER_VMA_LOCK)
+        self.vm_lock_seq = -1                      # == mm.mm_lock_seq: write-locked
 
     def contains(self, vpn: int) -> bool:
         return self.start <= vpn < self.end
@@ -163,13 +184,14 @@ class Vma:
 
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
-                 "tlb_gen", "cpumask", "tlb_flush_batched")
+                 "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users", "origin",
+                 "tlb_flush_batched")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
         self.vmas: list[Vma] = []           # sorted by start; the mm's VMA tree
         self.pmd: list[Optional[PteTable]] = [None] * npmds
-        self.mmap_lock = RwSem(f"mmap_lock(mm{mm_id})")
+        self.mmap_lock = RwSem(f"mmap_lock(mm{mm_id})", self)
         self.page_table_lock = SpinLock(f"page_table_lock(mm{mm_id})")  # PMD-level lock
         self.tlb_flush_pending = 0
         self.tlb_gen = 0
@@ -178,6 +200,11 @@ class Mm:
         # (reclaim deferred a flush: set_tlb_ubc_flush_pending), bits 16-30 the flushed one
         # (flush_tlb_batched_pending caught up). See TLB_FLUSH_BATCH_* below.
         self.tlb_flush_batched = 0
+        self.mm_lock_seq = 0        # mm->mm_lock_seq: bumped by mmap_write_unlock/downgrade
+        self.write_protect_seq = 0  # mm->write_protect_seq (a seqcount: odd while fork copies)
+        self.users = 0              # mm_users: CPUs whose process runs this mm
+        self.origin = mm_id         # the world's mm this one was forked from (for the
+                                    # fuzzer's choice of addresses; not kernel state)
 
     def find_vma(self, vpn: int) -> Optional[Vma]:
         for vma in self.vmas:
@@ -245,6 +272,23 @@ class FileObj:
         self.disk = [0] * npages
 
 
+class Pin:
+    """A page reference GUP handed to its user and still held: a device's or io_uring's
+    array of pinned pages (FOLL_PIN), or a pipe buffer filled by vmsplice (FOLL_GET).
+    ``folio`` is None for the shared zero page (mm/gup.c: "Don't take a pin on the zero
+    page"); ``mm_id``/``vpn`` name the user address it was taken for, as the user's own
+    iovec does; ``flags`` are the FOLL_* bits of mmfuzz.kernel.gup."""
+
+    __slots__ = ("pin_id", "folio", "mm_id", "vpn", "flags")
+
+    def __init__(self, pin_id, folio, mm_id, vpn, flags):
+        self.pin_id = pin_id
+        self.folio = folio
+        self.mm_id = mm_id
+        self.vpn = vpn
+        self.flags = flags
+
+
 class FlushRequest:
     """An x86 TLB-shootdown request queued on one target CPU (flush_tlb_func's info)."""
 
@@ -259,11 +303,13 @@ class FlushRequest:
 
 
 class Cpu:
-    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "ipi_queue")
+    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "ipi_queue", "reserved")
 
     def __init__(self, cpu_id: int, mm_id: int):
         self.cpu_id = cpu_id
-        self.mm_id = mm_id                    # the mm of the user thread running here
+        self.mm_id = mm_id                    # the mm of the user thread running here; 0: no
+                                              # process (a fork may place its child here)
+        self.reserved = False                 # a fork in progress will place its child here
         self.tlb: dict[int, TlbEntry] = {}    # (mm_id << 32 | vpn) -> entry
         self.task = None                      # the kernel operation in progress, if any
         self.irqs_off = False
@@ -291,6 +337,7 @@ class Machine:
         self.next_tid = 1
         self.next_vid = 1
         self.next_version = 1
+        self.next_avid = 1
         self.clock = 0
         # Ground truth for dirty-data-preserved: (file, index) -> version of the last store
         # that landed in that file page's page-cache folio.
@@ -300,10 +347,12 @@ class Machine:
         self.revoked_at: dict[int, int] = {}
         self.events: list[tuple] = []  # facts emitted by the current step, for properties
         self.swap = SwapInfo(world.get("swap_slots", 4))
-        # Checker notes for no-lost-write-after-madv-free (anon memory as a process sees it):
-        # (mm << 32 | vpn) -> (vid of the VMA, version the page must read, or None after
-        # MADV_FREE returned, then the other version it may read besides 0).
-        self.anon_expected: dict[int, tuple] = {}
+        # GUP references still held by their users (pin id -> Pin), in creation order.
+        self.pins: dict[int, Pin] = {}
+        self.next_pin = 1
+        # The checker's notes (who wrote which version, which pins the user detached),
+        # kept apart from kernel state; see mmfuzz/oracle.py.
+        self.oracle = Oracle()
         self.stats: dict[str, int] = {}
 
     # --- allocation ------------------------------------------------------------------
@@ -352,10 +401,15 @@ class Machine:
         self.next_vid += 1
         return vma
 
+    def alloc_anon_vma(self) -> AnonVma:
+        av = AnonVma(self.next_avid)
+        self.next_avid += 1
+        return av
+
     def revoke(self, mm_id: int, vpn: int) -> None:
         self.revoked_at[tlb_key(mm_id, vpn)] = self.clock
 
-    # --- checker notes on anonymous memory (not kernel state) -------------------------
+    # --- what a process would read (for the checker; reads state, changes nothing) ------
     def anon_content(self, mm: Mm, vpn: int) -> int:
         """The version a load of ``vpn`` would read now, by the page tables and the swap
         device: a none PTE or the zero page reads 0 (the fault maps zeroes), a present PTE
@@ -371,24 +425,5 @@ class Machine:
         folio = self.swap.cache.get(pte.offset)
         return folio.data if folio is not None else self.swap.data[pte.offset]
 
-    def note_anon_store(self, mm_id: int, vpn: int, version: int) -> None:
-        """A store (by a CPU or through a pin) reached the anon page at ``vpn``."""
-        vma = self.mms[mm_id].find_vma(vpn)
-        if vma is not None:
-            self.anon_expected[tlb_key(mm_id, vpn)] = (vma.vid, version, version)
-
-    def note_anon_freed(self, mm: Mm, start: int, end: int, lazy: bool) -> None:
-        """madvise(MADV_DONTNEED) returned: each page reads what it holds now (0, unless a store
-        concurrent with the call faulted a new page in after the zap), or madvise(MADV_FREE)
-        returned: each page reads 0 or what it holds now, until the next store."""
-        for vpn in range(start, end):
-            vma = mm.find_vma(vpn)
-            if vma is None or vma.file is not None:
-                continue
-            was = self.anon_content(mm, vpn)
-            self.anon_expected[tlb_key(mm.mm_id, vpn)] = (vma.vid, None if lazy else was, was)
-
-
 class OutOfFrames(Exception):
     pass
-

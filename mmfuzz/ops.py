@@ -102,6 +102,34 @@ class VmaRange(Arg):
         return "start, npages: a page range inside one of the caller's VMAs"
 
 
+class VmaPage(Arg):
+    """``start``: one page inside one of the caller's VMAs of the world (``private``: only
+    its private VMAs, when it has one)."""
+
+    names = ("start",)
+
+    def __init__(self, private: bool = False):
+        self.private = private
+
+    def draw(self, pick, ctx):
+        vmas = [v for _, v in _own_vmas(ctx)]
+        if self.private and any(not v.get("shared", False) for v in vmas):
+            vmas = [v for v in vmas if not v.get("shared", False)]
+        lo, hi = pick([(v["start"], v["end"]) for v in vmas], "vma")
+        return [pick(range(lo, hi), "start")]
+
+    def check(self, values, world):
+        (start,) = values
+        limit = _pages(world)
+        if not (_is_int(start) and 0 <= start < limit):
+            return f"start must be a page inside the {limit} pages the page table covers"
+        return None
+
+    def describe(self):
+        return ("start: a page inside one of the caller's "
+                + ("private VMAs" if self.private else "VMAs"))
+
+
 class VmaTemplate(Arg):
     """``vma``: the index of one of the caller's VMAs in world["vmas"] (mmap maps it again)."""
 
@@ -161,6 +189,29 @@ class FilePage(Arg):
 
     def describe(self):
         return "file, index: a page of one of the world's files"
+
+
+class ChildCpu(Arg):
+    """``child_cpu``: a CPU of the world that starts without a process (cpu_mm 0), where a fork
+    places its child. The run refuses the fork while a process runs there or another fork is
+    bound to it (a CPU whose process exited is free again, but is not drawn)."""
+
+    names = ("child_cpu",)
+
+    def draw(self, pick, ctx):
+        free = [i for i, mm in enumerate(ctx.world["cpu_mm"]) if mm == 0]
+        if not free:
+            return [ctx.cpu]  # never enabled: the CPU runs the forking process
+        return [free[0] if len(free) == 1 else pick(free, "child_cpu")]
+
+    def check(self, values, world):
+        (cpu,) = values
+        if not (_is_int(cpu) and 0 <= cpu < world["ncpus"]):
+            return f"child_cpu must be one of the world's {world['ncpus']} CPUs"
+        return None
+
+    def describe(self):
+        return "child_cpu: a CPU with no process, where the child runs"
 
 
 class Choice(Arg):

@@ -147,7 +147,10 @@ def validate_world(world: dict) -> None:
     if type(cpu_mm) is not list or len(cpu_mm) != ncpus:
         raise ValueError(f"world.cpu_mm must be a list of one mm id per CPU ({ncpus} CPUs)")
     for i, mm_id in enumerate(cpu_mm):
-        _int_in(mm_id, *LIMITS["mm_id"], "world.cpu_mm[{}]", i)
+        # 0: a CPU with no process, where a fork may place its child
+        _int_in(mm_id, 0, LIMITS["mm_id"][1], "world.cpu_mm[{}]", i)
+    if not any(cpu_mm):
+        raise ValueError("world.cpu_mm: at least one CPU must run a process (0 means none)")
     ptrs = _int_in(world["ptrs_per_pte"], *LIMITS["ptrs_per_pte"], "world.ptrs_per_pte")
     npmds = _int_in(world["npmds"], *LIMITS["npmds"], "world.npmds")
     pages = ptrs * npmds
@@ -170,8 +173,11 @@ def validate_world(world: dict) -> None:
         raise ValueError(f"world.files must be a list of at most {LIMITS['files'][1]} files")
     npages_of: dict[int, int] = {}
     for i, f in enumerate(files):
-        if type(f) is not dict or set(f) != {"id", "npages"}:
-            raise ValueError(f"world.files[{i}] must be an object {{\"id\": N, \"npages\": N}}")
+        if type(f) is not dict or not {"id", "npages"} <= set(f) <= {"id", "npages", "readonly"}:
+            raise ValueError(f"world.files[{i}] must be an object {{\"id\": N, \"npages\": N}}"
+                             " (optionally \"readonly\": true: opened O_RDONLY)")
+        if type(f.get("readonly", False)) is not bool:
+            raise ValueError(f"world.files[{i}].readonly must be true or false")
         fid = _int_in(f["id"], *LIMITS["file_id"], "world.files[{}].id", i)
         if fid in npages_of:
             raise ValueError(f"world.files: file id {fid} appears twice")
@@ -211,6 +217,10 @@ def validate_world(world: dict) -> None:
             if pgoff + end - start > npages_of[fid]:
                 raise ValueError(f"{what} maps pages {pgoff}..{pgoff + end - start - 1} of file "
                                  f"{fid}, which has {npages_of[fid]} pages")
+        if (fid is not None and v.get("shared", False) and v.get("writable", True)
+                and any(f["id"] == fid and f.get("readonly") for f in files)):
+            raise ValueError(f"{what} maps read-only file {fid} shared and writable; make it "
+                             "private or read-only")
         for j in range(i):
             w = vmas[j]
             if w["mm"] == mm_id and w["start"] < end and start < w["end"]:
@@ -321,9 +331,12 @@ class Run:
         for fs in self.world["files"]:
             m.files[fs["id"]] = FileObj(fs["id"], fs["npages"])
         for mm_id in sorted(set(self.world["cpu_mm"])):
-            m.mms[mm_id] = Mm(mm_id, self.world["npmds"])
+            if mm_id:  # 0: a CPU with no process (a fork may place a child there)
+                m.mms[mm_id] = Mm(mm_id, self.world["npmds"])
         for cpu_id, mm_id in enumerate(self.world["cpu_mm"]):
-            m.mms[mm_id].cpumask.append(cpu_id)
+            if mm_id:
+                m.mms[mm_id].cpumask.append(cpu_id)
+                m.mms[mm_id].users += 1
         for spec in self.world["vmas"]:
             mm = m.mms.get(spec["mm"])
             if mm is None:
@@ -351,6 +364,15 @@ class Run:
     def idle_cpus(self) -> list[int]:
         return [c.cpu_id for c in self.m.cpus if c.task is None]
 
+    def idle_process_cpus(self) -> list[int]:
+        """Idle CPUs that run a process (user accesses and process syscalls need one)."""
+        return [c.cpu_id for c in self.m.cpus if c.task is None and c.mm_id != 0]
+
+    def process_origin(self, cpu: int) -> int:
+        """The world mm whose VMA list describes the process on ``cpu`` (a forked child
+        copies its parent's): where the fuzzer draws addresses and mmap templates."""
+        return self.m.mms[self.m.cpus[cpu].mm_id].origin
+
     def runnable_cpus(self) -> list[int]:
         out = []
         for c in self.m.cpus:
@@ -374,10 +396,13 @@ class Run:
         self.next_tid += 1
         k = self.kernel
         if name == "fault":
-            t.gen = k.handle_mm_fault(t, args[0], args[1])
+            t.gen = k.do_user_addr_fault(t, args[0], args[1])
         else:
             t.gen = getattr(k, ops.get(name).method)(t, *args)
+            if name == "fork":
+                m.cpus[args[0]].reserved = True  # the child's CPU is taken from now on
         c.task = t
+        m.oracle.task_started(m, t)
         return t
 
     def _step_task(self, cpu: int) -> str | None:
@@ -393,6 +418,7 @@ class Run:
             except StopIteration:
                 c.task = None
                 self._check_released(t)
+                self.m.oracle.task_returned(self.m, t)
                 return f"{t.name} returns"
             if isinstance(y, Wait):
                 if y.cond():
@@ -406,6 +432,7 @@ class Run:
                 except StopIteration:
                     c.task = None
                     self._check_released(t)
+                    self.m.oracle.task_returned(self.m, t)
                     return str(y)
                 raise ModelError(f"{t.name} yielded after its Last step {y!r}")
             return y
@@ -426,10 +453,16 @@ class Run:
             return c.task is not None and (c.task.wait is None or c.task.wait.cond())
         if kind == "start":
             op = ops.get(action[2])
-            return (c.task is None and op is not None and len(action) == 3 + op.arity
-                    and (op.context == "kthread" or c.mm_id in m.mms))
+            if not (c.task is None and op is not None and len(action) == 3 + op.arity
+                    and (op.context == "kthread" or c.mm_id in m.mms)):
+                return False
+            if op.name == "fork":  # the child's CPU must have no process and no fork bound there
+                child = action[3]
+                return (type(child) is int and 0 <= child < len(m.cpus)
+                        and m.cpus[child].mm_id == 0 and not m.cpus[child].reserved)
+            return True
         if kind == "access":
-            return c.task is None
+            return c.task is None and c.mm_id != 0
         if kind == "ipi":
             return bool(c.ipi_queue) and not c.irqs_off
         if kind == "evict":
@@ -471,6 +504,7 @@ class Run:
         step = Step(len(self.trace), cpu, text, action, op, tid)
         self.trace.append(step)
         self.actions.append(action)
+        m.oracle.observe(m, m.events)
         if self.check and self.violation is None:
             for prop in STEP_PROPERTIES:
                 v = prop(m, m.events)

@@ -9,16 +9,22 @@ from ._core import Violation
 from .accounting import accounting, accounting_quiescent
 from .anon import no_lost_write_after_madv_free_quiescent
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
+from .gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
+from .pgtable import no_freed_page_table_walk
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
                   no_use_after_free_via_tlb)
 
 STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
+    no_write_to_readonly_file,   # before dirty-data-preserved: the more specific of the two
     dirty_data_preserved,
     no_stale_translation_after_return,
     soft_dirty_accurate,
     accounting,
+    no_freed_page_table_walk,
+    cow_isolation,
+    gup_pin_coherent,
 )
 
 QUIESCENT_PROPERTIES = (
@@ -35,6 +41,10 @@ PROPERTY_NAMES = (
     "soft-dirty-accurate",
     "accounting",
     "no-lost-write-after-madv-free",
+    "no-freed-page-table-walk",
+    "cow-isolation",
+    "gup-pin-coherent",
+    "no-write-to-readonly-file",
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

@@ -7,6 +7,7 @@ __remove_mapping freezes the refcount at 1 + nr_pages to prove that nothing else
 
 from __future__ import annotations
 
+from mmfuzz.kernel.gup import FOLL_PIN, GUP_PIN_COUNTING_BIAS
 from mmfuzz.model import SWAP_HAS_CACHE, Folio, PteTable
 
 from ._core import Violation, mapped_ptes
@@ -47,11 +48,18 @@ def accounting(m, events) -> Violation | None:
     return None
 
 
+def gup_references(m, folio) -> int:
+    """The references GUP users still hold on ``folio``: GUP_PIN_COUNTING_BIAS per FOLL_PIN,
+    one per FOLL_GET (mm/gup.c try_grab_folio)."""
+    return sum(GUP_PIN_COUNTING_BIAS if pin.flags & FOLL_PIN else 1
+               for pin in m.pins.values() if pin.folio is folio)
+
+
 def accounting_quiescent(m) -> Violation | None:
     """With no operation in flight: every swap slot's swap_map counts the swap PTEs that refer
     to it, with SWAP_HAS_CACHE iff it is in the swap cache; every live folio's mapcount
     equals the PTEs that map it and its refcount equals those PTEs plus the page cache's or
-    swap cache's reference; nothing is leaked."""
+    swap cache's reference plus the GUP references still held; nothing is leaked."""
     sw = m.swap
     swap_ptes = [0] * len(sw.swap_map)
     for mm in m.mms.values():
@@ -73,7 +81,7 @@ def accounting_quiescent(m) -> Violation | None:
             ptes = mapped_ptes(m, frame)
             cached = (frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame) \
                 or sw.cache.get(frame.swap) is frame
-            want_ref = len(ptes) + (1 if cached else 0) + frame.pincount
+            want_ref = len(ptes) + (1 if cached else 0) + gup_references(m, frame)
             if frame.mapcount != len(ptes) or frame.refcount != want_ref:
                 return Violation(NAME, f"pfn {frame.pfn}: mapcount {frame.mapcount}, refcount "
                                  f"{frame.refcount}, but {len(ptes)} PTEs map it"

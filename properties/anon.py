@@ -22,10 +22,10 @@ def no_lost_write_after_madv_free_quiescent(m) -> Violation | None:
     what it held when madvise returned (0 after MADV_DONTNEED, unless a store concurrent with
     the call faulted a new page in); a page freed by MADV_FREE may read 0 instead.
     Pages whose VMA was unmapped or replaced since (another VMA id) are not checked."""
-    for key, (vid, want, was) in m.anon_expected.items():
+    for key, (vid, want, was) in m.oracle.anon_expected.items():
         mm_id, vpn = key >> 32, key & 0xffffffff
-        mm = m.mms[mm_id]
-        vma = mm.find_vma(vpn)
+        mm = m.mms.get(mm_id)
+        vma = mm.find_vma(vpn) if mm is not None else None
         if vma is None or vma.vid != vid:
             continue
         got = m.anon_content(mm, vpn)

@@ -43,6 +43,11 @@ def worlds(draw):
     prefault = draw(st.lists(st.tuples(st.integers(0, ncpus - 1), st.sampled_from(pages),
                                        st.sampled_from((1, 0))), min_size=0, max_size=3))
     prefault = [p for p in prefault if p[1] < npages or cpu_mm[p[0]] == 1]
+    if draw(st.booleans()):          # a CPU with no process, where a fork places its child
+        ncpus += 1
+        cpu_mm = cpu_mm + [0]
+    if draw(st.booleans()):          # the first process maps the file MAP_PRIVATE
+        vmas[0] = dict(vmas[0], shared=False)
     return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs,
             "npmds": (anon_start + 2 + ptrs - 1) // ptrs, "nframes": 64,
             "files": [{"id": 1, "npages": npages}], "vmas": vmas, "gather": gather,
@@ -94,8 +99,20 @@ class MmStateMachine(RuleBasedStateMachine):
     def _idle(self):
         return self.run is not None and bool(self.run.idle_cpus())
 
+    def _idle_process(self):
+        return self.run is not None and bool(self.run.idle_process_cpus())
+
+    def _syscalls(self, cpu):
+        """The entry points ``cpu`` can start now: a CPU without a process only kernel
+        threads; fork only while some CPU has no process."""
+        m = self.run.m
+        has_proc = m.cpus[cpu].mm_id != 0
+        free = any(c.mm_id == 0 and not c.reserved for c in m.cpus)
+        return tuple(op for op in SYSCALLS if (has_proc or _ops.get(op).context == "kthread")
+                     and (op != "fork" or free))
+
     def _spans(self, cpu):
-        mm_id = self.run.m.cpus[cpu].mm_id
+        mm_id = self.run.process_origin(cpu)
         return [(v["start"], v["end"]) for v in self.run.world["vmas"] if v["mm"] == mm_id]
 
     # ------------------------------------------------------------------- rules -------
@@ -124,11 +141,11 @@ class MmStateMachine(RuleBasedStateMachine):
         cpu = data.draw(st.sampled_from(tuple(self.run.ipi_cpus())), label="cpu")
         self._apply(["ipi", cpu])
 
-    @precondition(_idle)
+    @precondition(_idle_process)
     @rule(data=st.data())
     def user_access(self, data):
         """The user thread on an idle CPU loads or stores; a fault enters handle_mm_fault."""
-        cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
+        cpu = data.draw(st.sampled_from(tuple(self.run.idle_process_cpus())), label="cpu")
         lo, hi = data.draw(st.sampled_from(tuple(self._spans(cpu))), label="vma")
         vpn = data.draw(st.integers(lo, hi - 1), label="va")
         write = data.draw(st.sampled_from((1, 0)), label="write")
@@ -141,10 +158,13 @@ class MmStateMachine(RuleBasedStateMachine):
         writeback, drop_cache, clear_refs) is itself a drawn choice, so one rule serves them
         all and Hypothesis does not reject rules whose CPUs are busy."""
         cpu = data.draw(st.sampled_from(tuple(self.run.idle_cpus())), label="cpu")
-        op = data.draw(st.sampled_from(SYSCALLS), label="entry")
-        self._apply(syscall_action(lambda options, label: data.draw(st.sampled_from(options),
-                                                                    label=label),
-                                   self.run.world, self.run.m.cpus[cpu].mm_id, cpu, op))
+        op = data.draw(st.sampled_from(self._syscalls(cpu)), label="entry")
+        mm_id = self.run.process_origin(cpu) if self.run.m.cpus[cpu].mm_id else None
+        action = syscall_action(lambda options, label: data.draw(st.sampled_from(options),
+                                                                 label=label),
+                                self.run.world, mm_id, cpu, op)
+        if self.run.enabled(action):  # a fork's child CPU may be taken
+            self._apply(action)
 
     @precondition(lambda self: self.run is not None and any(c.tlb for c in self.run.m.cpus))
     @rule(data=st.data())

@@ -144,7 +144,7 @@ CASES = [
     ("cpu-string", sched(["start", "1", "madvise_dontneed", 0, 1]), "must be an integer"),
     ("access-write-bool", sched(["access", 0, 0, True]), "not a boolean"),
     ("access-write-2", sched(["access", 0, 0, 2]), "write"),
-    ("unknown-op", sched(["start", 1, "fork"]), "unknown operation"),
+    ("unknown-op", sched(["start", 1, "vfork"]), "unknown operation"),
     ("op-arg-count", sched(["start", 1, "madvise_dontneed", 0]), "takes 2 argument"),
     ("op-arg-huge", sched(["start", 1, "madvise_dontneed", 0, 10**12]), "must lie inside"),
     ("op-arg-negative", sched(["start", 1, "madvise_dontneed", -5, 1]), "range -5+1"),

@@ -8,7 +8,8 @@ import pytest
 
 import properties
 from mmfuzz.kernels import BUGS, resolve_kernel
-from mmfuzz.model import Folio, TlbEntry, tlb_key
+from mmfuzz.kernel.gup import FOLL_PIN, GUP_PIN_COUNTING_BIAS
+from mmfuzz.model import Folio, Pin, TlbEntry, tlb_key
 from mmfuzz.run import Run, default_world, execute
 from properties.accounting import accounting, accounting_quiescent
 from properties.anon import no_lost_write_after_madv_free_quiescent
@@ -433,7 +434,7 @@ def test_accounting_quiescent_fires(how):
     elif how == "refcount_short":
         f0.refcount -= 1
     elif how == "pincount":
-        f0.pincount = 1                                   # a pin without its reference
+        m.pins[1] = Pin(1, f0, MM, 0, FOLL_PIN)           # a pin without its reference
     elif how == "table_unreachable":
         m.mms[MM].pmd[0] = None
     else:
@@ -447,8 +448,8 @@ def test_accounting_quiescent_fires(how):
 def test_accounting_quiescent_pin_with_reference_is_fine():
     r = new_run()
     f0 = cached(r, 0)
-    f0.pincount = 1
-    f0.refcount += 1
+    r.m.pins[1] = Pin(1, f0, MM, 0, FOLL_PIN)
+    f0.refcount += GUP_PIN_COUNTING_BIAS
     assert accounting_quiescent(r.m) is None
 
 
@@ -460,6 +461,11 @@ def test_every_property_is_covered():
               soft_dirty_accurate, accounting, dirty_data_preserved_quiescent,
               no_stale_translation_quiescent, accounting_quiescent,
               no_lost_write_after_madv_free_quiescent}
+    # the COW/GUP properties and no-freed-page-table-walk: bad states in tests/test_gup_properties.py
+    from properties.gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
+    from properties.pgtable import no_freed_page_table_walk
+    tested |= {cow_isolation, gup_pin_coherent, no_write_to_readonly_file,
+               no_freed_page_table_walk}
     assert set(properties.STEP_PROPERTIES) | set(properties.QUIESCENT_PROPERTIES) == tested
     names = {v.prop for v in _one_violation_each()}
     assert names == set(properties.PROPERTY_NAMES)
@@ -482,6 +488,8 @@ def _one_violation_each():
     fault_in(r3, 0, 4, True)
     _anon_folio(r3).data = 0  # the store never reached the page
     out.append(no_lost_write_after_madv_free_quiescent(r3.m))
+    from .test_gup_properties import one_violation_each as gup_violations
+    out.extend(gup_violations())
     assert all(v is not None for v in out)
     return out
 

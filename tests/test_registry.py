@@ -24,6 +24,8 @@ def test_every_operation_names_a_generator_method_of_mainline():
 
 def test_drawn_start_actions_are_enabled_and_pass_validation():
     world = default_world()
+    # a fourth CPU with no process, so that a drawn fork has somewhere to place its child
+    world.update(ncpus=4, cpu_mm=[1, 1, 1, 0])
     rng = random.Random(1)
     for op in ops.names():
         for _ in range(20):

@@ -63,3 +63,29 @@ class PageoutWithoutFlushDirty(Mainline):
     def try_to_unmap_flush_dirty(self, t):
         return
         yield
+
+
+class FreeTablesBeforeFlush(Mainline):
+    """tlb_flush_mmu frees the queued page tables before the TLB flush, so nothing waits for
+    a CPU walking with IRQs off (GUP-fast): breaks "Architectures that use IPIs to flush TLBs
+    will then automagically DTRT" (trips no-freed-page-table-walk)."""
+
+    def tlb_flush_mmu(self, t, tlb):
+        yield from self.tlb_table_flush(t, tlb)
+        yield from self.tlb_flush_mmu_tlbonly(t, tlb)
+        yield from self.tlb_batch_pages_flush(t, tlb)
+
+
+class GupFastNoSeqcount(Mainline):
+    """GUP-fast without the FOLL_PIN write_protect_seq check (57efa1fe5957 "mm/gup: prevent
+    gup_fast from racing with COW during fork" undone): a pin taken while fork shares the
+    page makes a pinned page that is not exclusive (trips gup-pin-coherent)."""
+
+    def gup_fast(self, t, vpn, flags):
+        cpu = self.m.cpus[t.cpu]
+        cpu.irqs_off = True
+        yield "gup_fast: local_irq_save (no write_protect_seq check)"
+        got = yield from self.gup_fast_pgd_range(t, vpn, flags)
+        cpu.irqs_off = False
+        yield "gup_fast: local_irq_restore"
+        return got

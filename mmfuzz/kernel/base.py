@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..model import Folio, Machine, RwSem, SpinLock
+from ..model import Folio, Machine, RwSem, SpinLock, Vma
 
 
 class Last(str):
@@ -74,6 +74,18 @@ class KernelBase:
         t.locks += 1
         yield label
 
+    def spin_lock_and(self, t: Task, lock: SpinLock, check: Callable[[], bool],
+                      label: Callable[[bool], str]):
+        """spin_lock, then in the same step the re-check the caller makes first under the lock
+        (pte_same, pmd_same): the trace shows what the check read. Returns its result."""
+        if lock.owner is not None:
+            yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
+        lock.owner = t.tid
+        t.locks += 1
+        ok = check()
+        yield label(ok)
+        return ok
+
     def spin_unlock(self, t: Task, lock: SpinLock, label: str):
         """include/linux/spinlock.h spin_unlock."""
         assert lock.owner == t.tid, f"{lock.name} released by a task that does not hold it"
@@ -109,6 +121,8 @@ class KernelBase:
         assert sem.writer == t.tid
         sem.writer = None
         t.locks -= 1
+        if sem.mm is not None:
+            sem.mm.mm_lock_seq += 1  # mmap_write_unlock -> vma_end_write_all
         yield Last(label) if last else label
 
     def downgrade_write(self, t: Task, sem: RwSem, label: str):
@@ -118,7 +132,42 @@ class KernelBase:
         sem.writer = None
         sem.readers.append(t.tid)
         t.locks -= 1
+        if sem.mm is not None:
+            sem.mm.mm_lock_seq += 1  # mmap_write_downgrade -> vma_end_write_all
         yield label
+
+    # --- per-VMA locks (include/linux/mmap_lock.h, CONFIG_PER_VMA_LOCK, v6.12) -----------
+    def vma_start_write(self, t: Task, vma: Vma, label: str):
+        """include/linux/mm.h vma_start_write (mmap_lock held for write): nothing if the VMA is
+        already write-locked in this mmap_lock cycle (vm_lock_seq == mm_lock_seq); else
+        down_write(vm_lock), which waits for the VMA's readers (faults under the per-VMA lock),
+        vm_lock_seq = mm_lock_seq, up_write. The VMA stays write-locked until mmap_write_unlock
+        or mmap_write_downgrade (vma_end_write_all)."""
+        mm = self.m.mms[vma.mm_id]
+        assert mm.mmap_lock.writer == t.tid, "mmap_assert_write_locked"
+        if vma.vm_lock_seq == mm.mm_lock_seq:
+            return
+        sem = vma.vm_lock
+        if sem.readers or sem.writer is not None:
+            yield Wait(lambda: not sem.readers and sem.writer is None,
+                       f"sleeps on {sem.name} (write)")
+        vma.vm_lock_seq = mm.mm_lock_seq
+        yield label
+
+    def vma_start_read_now(self, t: Task, vma: Vma) -> bool:
+        """include/linux/mm.h vma_start_read (v6.12), atomic here (the caller labels the step):
+        fail if the VMA is write-locked (vm_lock_seq == mm_lock_seq, read locklessly), else
+        down_read_trylock(vm_lock) (fails while a writer holds it) and re-check the sequence.
+        Returns True with the VMA read-locked by ``t``."""
+        mm = self.m.mms[vma.mm_id]
+        if vma.vm_lock_seq == mm.mm_lock_seq or vma.vm_lock.writer is not None:
+            return False
+        vma.vm_lock.readers.append(t.tid)
+        return True
+
+    def vma_end_read_now(self, t: Task, vma: Vma) -> None:
+        """include/linux/mm.h vma_end_read: up_read(vm_lock)."""
+        vma.vm_lock.readers.remove(t.tid)
 
     # --- folio lock (PG_locked) ----------------------------------------------------------
     def folio_lock(self, t: Task, folio: Folio, label: str):

@@ -31,7 +31,6 @@ class Madvise(KernelBase):
             yield from self.zap_page_range_single(t, vma, max(start, vma.start), min(end, vma.end))
         yield from self.up_read(t, mm.mmap_lock, "madvise: mmap_read_unlock, return", last=True)
         self.m.events.append(("unmap_returned", t.mm.mm_id, start, end, t.tid, dict(t.observed)))
-        self.m.note_anon_freed(t.mm, start, end, lazy=False)
 
     # ------------------------------------------------------------------ MADV_FREE -----
     @operation("madvise_free", VmaRange(),
@@ -54,7 +53,6 @@ class Madvise(KernelBase):
                 break
         yield from self.up_read(t, mm.mmap_lock, "madvise: mmap_read_unlock, return", last=True)
         self.m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
-        self.m.note_anon_freed(mm, start, end, lazy=True)
 
     def madvise_free_single_vma(self, t: Task, vma, start: int, end: int):
         """mm/madvise.c madvise_free_single_vma: "MADV_FREE works for only anon vma at the

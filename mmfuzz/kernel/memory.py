@@ -9,11 +9,12 @@ when the VMA lock is not available).
 
 from __future__ import annotations
 
-from ..model import Folio, Pte, PteTable, Vma, tlb_key
-from .base import KernelBase, Task
+from ..model import Folio, Mm, Pte, PteTable, Vma, tlb_key
+from .base import KernelBase, Last, Task, Wait
 from .mmu_gather import MmuGather
 
 NOPAGE = "VM_FAULT_NOPAGE"
+RETRY = "VM_FAULT_RETRY"
 
 
 class Memory(KernelBase):
@@ -167,12 +168,17 @@ class Memory(KernelBase):
             yield from self.unmap_single_vma(t, tlb, vma, start, end)
 
     # ------------------------------------------------------- page-table freeing -------
-    def free_pgtables(self, t: Task, tlb: MmuGather, vmas: list[Vma]):
+    def free_pgtables(self, t: Task, tlb: MmuGather, vmas: list[Vma], mm_wr_locked: bool = False):
         """mm/memory.c free_pgtables: "Hide vma from rmap and truncate_pagecache before freeing
-        pgtables": unlink_file_vma under i_mmap_rwsem (write), then free_pgd_range with
+        pgtables": vma_start_write when the caller holds mmap_lock for write (exit_mmap),
+        unlink_anon_vmas, unlink_file_vma under i_mmap_rwsem (write), then free_pgd_range with
         floor/ceiling from the neighbouring VMAs."""
         m = self.m
         for vma in vmas:
+            if mm_wr_locked:
+                yield from self.vma_start_write(t, vma, f"free_pgtables: vma_start_write(vma{vma.vid})")
+            if vma.anon_vma_chain:
+                yield from self.unlink_anon_vmas(t, vma)
             if vma.file is not None:
                 f = m.files[vma.file]
                 yield from self.down_write(t, f.i_mmap_rwsem, f"unlink_file_vma: i_mmap_lock_write(file{f.file_id})")
@@ -202,85 +208,382 @@ class Memory(KernelBase):
             self.pte_free_tlb(tlb, table, lo)
             yield f"free_pte_range: pmd_clear + pte_free_tlb (table {table.tid}, va {lo:#x}-{hi:#x})"
 
+    # ------------------------------------------------------------- fork copy ---------
+    def vma_needs_copy(self, dst_vma: Vma, src_vma: Vma) -> bool:
+        """mm/memory.c vma_needs_copy: "The presence of an anon_vma indicates an anonymous VMA
+        has page tables which naturally cannot be reconstituted on page fault"; otherwise
+        "Don't copy ptes where a page fault will fill them correctly" (VM_COPY_ON_FORK, for
+        uffd-wp and PFN maps, is not modelled)."""
+        return src_vma.anon_vma is not None
+
+    def copy_page_range(self, t: Task, dst_vma: Vma, src_vma: Vma):
+        """mm/memory.c copy_page_range (fork, both mmap_locks held for write, src_vma
+        write-locked): skip unless vma_needs_copy; for a COW mapping hold
+        src_mm->write_protect_seq (raw_write_seqcount_begin/end) across the copy, which
+        GUP-fast checks for FOLL_PIN; copy_pte_range per PMD with a present source table
+        (pmd_none_or_clear_bad). Left out: mmu notifiers, hugetlb, THP PMDs."""
+        if not self.vma_needs_copy(dst_vma, src_vma):
+            return
+        m = self.m
+        src_mm = m.mms[src_vma.mm_id]
+        is_cow = not src_vma.shared
+        if is_cow:
+            src_mm.write_protect_seq += 1
+            yield (f"copy_page_range({src_vma.describe()}): raw_write_seqcount_begin("
+                   f"mm{src_mm.mm_id}->write_protect_seq) -> {src_mm.write_protect_seq}")
+        p = m.ptrs_per_pte
+        addr = src_vma.start
+        while addr < src_vma.end:
+            nxt = min((addr // p + 1) * p, src_vma.end)
+            if src_mm.pmd[addr // p] is not None:
+                yield from self.copy_pte_range(t, dst_vma, src_vma, addr, nxt)
+            addr = nxt
+        if is_cow:
+            src_mm.write_protect_seq += 1
+            yield (f"copy_page_range: raw_write_seqcount_end(mm{src_mm.mm_id}->write_protect_seq)"
+                   f" -> {src_mm.write_protect_seq}")
+
+    def copy_pte_range(self, t: Task, dst_vma: Vma, src_vma: Vma, addr: int, end: int):
+        """mm/memory.c copy_pte_range: pte_alloc_map_lock in the child, then the parent's
+        table (pte_offset_map_rw_nolock; "We already hold the exclusive mmap_lock ... the PTE
+        page is stable") and spin_lock_nested(src_ptl); copy_present_ptes per present PTE.
+        When a PTE needs a copy of its page (-EAGAIN: a possibly pinned exclusive anon page),
+        drop both PTLs, folio_prealloc, and start again at that address."""
+        m = self.m
+        src_mm = m.mms[src_vma.mm_id]
+        dst_mm = m.mms[dst_vma.mm_id]
+        prealloc = None
+        while True:
+            yield from self.pte_alloc(t, addr, dst_mm)
+            dst = yield from self.pte_offset_map_lock(t, dst_mm, addr, "copy_pte_range (child)")
+            if dst is None:  # -ENOMEM in the kernel; the child table cannot vanish here
+                break
+            src = src_mm.pmd[addr // m.ptrs_per_pte]
+            if src is None:
+                yield from self.spin_unlock(t, dst.ptl, "copy_pte_range: no parent table, unlock")
+                break
+            yield from self.spin_lock(t, src.ptl, f"copy_pte_range: spin_lock_nested {src.ptl.name} (parent)")
+            again = False
+            while addr < end:
+                ptent = src.ptes[addr % m.ptrs_per_pte]
+                if ptent is not None:
+                    ret, prealloc = yield from self.copy_present_ptes(
+                        t, dst_vma, src_vma, dst, src, addr, ptent, prealloc)
+                    if ret == "EAGAIN":
+                        again = True
+                        break
+                addr += 1
+            yield from self.spin_unlock(t, src.ptl, "copy_pte_range: pte_unmap_unlock (parent)")
+            yield from self.spin_unlock(t, dst.ptl, "copy_pte_range: pte_unmap_unlock (child)")
+            if not again:
+                break
+            prealloc = m.alloc_folio()
+            yield f"copy_pte_range: -EAGAIN: folio_prealloc pfn {prealloc.pfn}, again at va {addr:#x}"
+        if prealloc is not None:
+            self.folio_put_now(prealloc)
+            yield f"copy_pte_range: folio_put(unused prealloc pfn {prealloc.pfn})"
+
+    def copy_present_ptes(self, t: Task, dst_vma: Vma, src_vma: Vma, dst: PteTable,
+                          src: PteTable, vpn: int, pte: Pte, prealloc):
+        """mm/memory.c copy_present_ptes (one small folio, both PTLs held): vm_normal_page
+        (none for the zero page: just copy the PTE); folio_get; an anon folio needs
+        folio_try_dup_anon_rmap_pte, which refuses a possibly pinned PG_anon_exclusive folio
+        ("copy the page immediately for the child so that we'll always guarantee the pinned
+        page won't be randomly replaced in the future"): folio_put and copy_present_page; a
+        file folio gets folio_dup_file_rmap_pte. Then __copy_present_ptes: "If it's a COW
+        mapping, write protect it both processes" (wrprotect_ptes on the parent's PTE, an
+        atomic bit clear that keeps a D set by hardware), "If it's a shared mapping, mark it
+        clean in the child", pte_mkold, set_ptes in the child. One step: all of it is under
+        both PTLs. Returns (ret, prealloc)."""
+        m = self.m
+        slot = vpn % m.ptrs_per_pte
+        folio = None if pte.special else m.frames[pte.pfn]
+        note = "zero page"
+        if folio is not None:
+            folio.refcount += 1  # folio_get
+            if folio.anon:
+                if not self.folio_try_dup_anon_rmap_pte_now(folio, src_vma):
+                    folio.refcount -= 1  # folio_put: the PTE still holds its reference
+                    return (yield from self.copy_present_page(t, dst_vma, src_vma, dst, vpn,
+                                                              folio, prealloc))
+                note = f"folio_try_dup_anon_rmap_pte(pfn {folio.pfn}) -> mapcount {folio.mapcount}, shared"
+            else:
+                self.folio_dup_file_rmap_pte_now(folio)
+                note = f"folio_dup_file_rmap_pte(pfn {folio.pfn}) -> mapcount {folio.mapcount}"
+        src_note = ""
+        if not src_vma.shared and pte.write:
+            # re-read: the hardware may have set D since copy_pte_range read the PTE
+            cur = src.ptes[slot]
+            src.ptes[slot] = cur._replace(write=False)
+            m.revoke(src_vma.mm_id, vpn)
+            pte = cur._replace(write=False)
+            src_note = ", wrprotect_ptes(parent)"
+        child = pte._replace(young=False, dirty=pte.dirty and not src_vma.shared)
+        dst.ptes[slot] = child
+        yield (f"copy_present_ptes va {vpn:#x}: {note}{src_note}, set_ptes(child) "
+               f"{fmt_pte(child)}")
+        return 1, prealloc
+
+    def copy_present_page(self, t: Task, dst_vma: Vma, src_vma: Vma, dst: PteTable, vpn: int,
+                          folio: Folio, prealloc):
+        """mm/memory.c copy_present_page: without a preallocated folio return -EAGAIN (the
+        caller allocates outside the PTLs and comes back); with one, copy the page
+        (copy_mc_user_highpage), folio_add_new_anon_rmap(RMAP_EXCLUSIVE) in the child and
+        set_pte_at the child's maybe_mkwrite(pte_mkdirty()) PTE. The parent's PTE and folio
+        stay as they were (still exclusive, still writable)."""
+        if prealloc is None:
+            yield f"copy_present_ptes va {vpn:#x}: pfn {folio.pfn} may be pinned: copy_present_page -EAGAIN"
+            return "EAGAIN", None
+        new = prealloc
+        new.data = folio.data
+        self.folio_add_new_anon_rmap_now(new, dst_vma, vpn)
+        child = Pte(new.pfn, write=dst_vma.writable, dirty=True, young=True, soft_dirty=True)
+        dst.ptes[vpn % self.m.ptrs_per_pte] = child
+        yield (f"copy_present_page va {vpn:#x}: pfn {folio.pfn} may be pinned: copy "
+               f"(v{folio.data}) into pfn {new.pfn}, set_pte_at(child) {fmt_pte(child)}")
+        return 1, None
+
+    # ------------------------------------------------------ page-table lookup ---------
+    def pte_offset_map_lock(self, t: Task, mm: Mm, vpn: int, who: str):
+        """mm/pgtable-generic.c __pte_offset_map_lock: read the PMD locklessly (under RCU); a
+        none PMD gives NULL, which every caller treats as "the PTE changed, retry the fault";
+        else take the table's PTL and re-check pmd_same; a changed PMD drops the lock and
+        looks again. Returns the table with its PTL held, or None."""
+        idx = vpn // self.m.ptrs_per_pte
+        while True:
+            table = mm.pmd[idx]
+            if table is None:
+                yield f"{who}: pte_offset_map_lock va {vpn:#x}: pmd_none -> NULL"
+                return None
+            lock = table.ptl
+            if lock.owner is not None:
+                yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
+            lock.owner = t.tid
+            t.locks += 1
+            if mm.pmd[idx] is table:
+                yield f"{who}: pte_offset_map_lock va {vpn:#x}: {lock.name}"
+                return table
+            lock.owner = None
+            t.locks -= 1
+            yield (f"{who}: pte_offset_map_lock va {vpn:#x}: !pmd_same after spin_lock, "
+                   "unlock, again")
+
+    def pte_alloc(self, t: Task, vpn: int, mm: Mm | None = None):
+        """include/linux/mm.h pte_alloc: a lockless pmd_none(*pmd) test; only if it is none,
+        mm/memory.c __pte_alloc: pte_alloc_one (before any lock), pmd_install (under the PMD
+        lock, mm->page_table_lock here: "Has another populated it ?"), and pte_free of our
+        table if another did. A present PMD costs no step of its own: the read is folded into
+        the caller's next step (pte_offset_map_lock reads the PMD again)."""
+        m = self.m
+        mm = t.mm if mm is None else mm
+        pmd_index = vpn // m.ptrs_per_pte
+        if mm.pmd[pmd_index] is not None:
+            return
+        new = m.alloc_pte_table(mm.mm_id, pmd_index)
+        yield (f"pte_alloc: pmd_none(*pmd) va {vpn:#x} = 1 (lockless) -> __pte_alloc: "
+               f"pte_alloc_one table {new.tid}")
+        installed = yield from self.pmd_install(t, mm, pmd_index, new)
+        if not installed:
+            m.free_pte_table(new)
+            yield f"__pte_alloc: pte_free(table {new.tid}): another populated the PMD"
+
+    def pmd_install(self, t: Task, mm: Mm, pmd_index: int, new: PteTable):
+        """mm/memory.c pmd_install: under pmd_lock, populate the PMD only if it is still none.
+        Returns whether ``new`` was installed."""
+        yield from self.spin_lock(t, mm.page_table_lock, "pmd_install: pmd_lock")
+        installed = mm.pmd[pmd_index] is None
+        if installed:
+            mm.pmd[pmd_index] = new
+            note = f"pmd_none = 1, pmd_populate table {new.tid}"
+        else:
+            note = f"pmd_none = 0 (table {mm.pmd[pmd_index].tid} installed meanwhile)"
+        yield from self.spin_unlock(t, mm.page_table_lock, f"pmd_install: {note}, unlock")
+        return installed
+
     # ----------------------------------------------------------------- faults ---------
-    def handle_mm_fault(self, t: Task, vpn: int, write: bool):
-        """arch/x86/mm/fault.c do_user_addr_fault -> lock_mm_and_find_vma (mmap_lock read) ->
-        mm/memory.c handle_mm_fault -> handle_pte_fault."""
+    def do_user_addr_fault(self, t: Task, vpn: int, write: bool):
+        """arch/x86/mm/fault.c do_user_addr_fault (v6.12): a user fault first tries the per-VMA
+        lock (lock_vma_under_rcu); on success, access_error, handle_mm_fault with
+        FAULT_FLAG_VMA_LOCK, vma_end_read. Without the VMA lock, or when the fault returns
+        VM_FAULT_RETRY (the VMA lock dropped), lock_mm_and_find_vma takes mmap_lock for read
+        and the fault runs again under it. Left out: the fault's retry with FAULT_FLAG_TRIED
+        after filemap_fault drops mmap_lock for I/O (the model never drops it there)."""
         mm = t.mm
-        yield from self.down_read(t, mm.mmap_lock, f"do_user_addr_fault: mmap_read_lock (va {vpn:#x} {'W' if write else 'R'})")
+        rw = "W" if write else "R"
+        vma = yield from self.lock_vma_under_rcu(t, mm, vpn)
+        if vma is not None:
+            if write and not vma.writable:
+                self.vma_end_read_now(t, vma)
+                t.result = "SIGSEGV"
+                yield Last(f"bad_area_access_error: va {vpn:#x} {rw}: vma_end_read, SIGSEGV")
+                return
+            ret = yield from self.handle_mm_fault(t, vma, vpn, write=write, vma_lock=True)
+            if ret != RETRY:
+                self.vma_end_read_now(t, vma)
+                yield Last(f"do_user_addr_fault: va {vpn:#x} {rw} done under the VMA lock, "
+                           f"vma_end_read{_ret_note(ret)}")
+                return
+        # lock_mm_and_find_vma
+        yield from self.down_read(t, mm.mmap_lock, f"lock_mm_and_find_vma: mmap_read_lock (va {vpn:#x} {rw})")
         vma = mm.find_vma(vpn)
         if vma is None or (write and not vma.writable):
             t.result = "SIGSEGV"
             yield from self.up_read(t, mm.mmap_lock, f"bad_area: SIGSEGV va {vpn:#x}, mmap_read_unlock", last=True)
             return
-        yield from self.handle_pte_fault(t, vma, vpn, write)
-        yield from self.up_read(t, mm.mmap_lock, "handle_mm_fault done: mmap_read_unlock", last=True)
+        ret = yield from self.handle_mm_fault(t, vma, vpn, write=write)
+        yield from self.up_read(t, mm.mmap_lock, f"handle_mm_fault done{_ret_note(ret)}: mmap_read_unlock", last=True)
 
-    def handle_pte_fault(self, t: Task, vma: Vma, vpn: int, write: bool):
-        """mm/memory.c handle_pte_fault: lockless ptep_get_lockless; none -> do_pte_missing;
-        else take the PTL, give up if the PTE changed, do_wp_page for a write to a read-only PTE,
-        else ptep_set_access_flags (x86: writes the PTE if it changed, never flushes)."""
+    def lock_vma_under_rcu(self, t: Task, mm: Mm, vpn: int):
+        """mm/memory.c lock_vma_under_rcu (v6.12): mas_walk finds the VMA under RCU and
+        vma_start_read tries its lock (one step here: a writer write-locks a VMA before it
+        detaches or changes it, so a walk that raced with one only retries); a VMA detached
+        meanwhile is dropped and the walk retried; an address outside it or a failed
+        vma_start_read gives NULL (VMA_LOCK_ABORT: fall back to mmap_lock). Returns the VMA
+        read-locked, or None."""
+        while True:
+            vma = mm.find_vma(vpn)
+            if vma is None:
+                yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
+                return None
+            if not self.vma_start_read_now(t, vma):
+                yield (f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid}: "
+                       "vma_start_read(vma{0}) failed (write-locked), fall back to mmap_lock").format(vma.vid)
+                return None
+            if vma.detached:
+                self.vma_end_read_now(t, vma)
+                yield f"lock_vma_under_rcu: vma{vma.vid} detached meanwhile, vma_end_read, retry"
+                continue
+            if not vma.contains(vpn):
+                self.vma_end_read_now(t, vma)
+                yield f"lock_vma_under_rcu: vma{vma.vid} no longer covers va {vpn:#x}, vma_end_read, fall back"
+                return None
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid}: vma_start_read(vma{vma.vid})"
+            return vma
+
+    def handle_mm_fault(self, t: Task, vma: Vma, vpn: int, write: bool = False,
+                        unshare: bool = False, vma_lock: bool = False):
+        """mm/memory.c handle_mm_fault (entered with mmap_lock or the VMA lock held, as
+        ``vma_lock`` says): sanitize_fault_flags ("FAULT_FLAG_UNSHARE only applies to COW
+        mappings": dropped on a shared one), then __handle_mm_fault -> handle_pte_fault.
+        Returns 0, NOPAGE, RETRY (the VMA lock was dropped: retry under mmap_lock) or
+        SIGSEGV. Left out: THP and hugetlb, the p4d/pud/pmd allocation (the model has one PMD
+        page per mm), memcg OOM and fault accounting."""
+        if unshare:
+            assert not write, "WARN_ON_ONCE(*flags & FAULT_FLAG_WRITE)"
+            if vma.shared:  # !is_cow_mapping
+                unshare = False
+        return (yield from self.handle_pte_fault(t, vma, vpn, write, unshare, vma_lock))
+
+    def handle_pte_fault(self, t: Task, vma: Vma, vpn: int, write: bool, unshare: bool = False,
+                         vma_lock: bool = False):
+        """mm/memory.c handle_pte_fault. Lockless: pmd_none(*pmd), then (pte_offset_map_rw_nolock)
+        ptep_get_lockless, one step that shows both reads. No PTE -> do_pte_missing. Else take
+        the PTL and re-check pte_same (in that step): changed -> unlock and return (the access
+        retries). A write or unshare to a read-only PTE -> do_wp_page (PTL held); else
+        pte_mkdirty for a write, pte_mkyoung, ptep_set_access_flags (x86: writes the PTE if it
+        changed, never flushes; the spurious-fault flush is a no-op on x86)."""
         m = self.m
-        table, slot = m.pte_lookup(t.mm, vpn)
-        orig = table.ptes[slot] if table is not None else None
-        yield f"handle_pte_fault: ptep_get_lockless va {vpn:#x} = {fmt_pte(orig)}"
+        mm = t.mm
+        table, slot = m.pte_lookup(mm, vpn)
+        rw = "W" if write else ("unshare" if unshare else "R")
+        if table is None:
+            orig = None
+            yield f"handle_pte_fault: va {vpn:#x} {rw}: pmd_none(*pmd) = 1 (lockless)"
+        else:
+            orig = table.ptes[slot]
+            yield (f"handle_pte_fault: va {vpn:#x} {rw}: pmd -> table {table.tid}, "
+                   f"ptep_get_lockless = {fmt_pte(orig)}")
         if orig is not None and not orig.present:
-            yield from self.do_swap_page(t, vma, vpn, write, orig)
-            return
+            return (yield from self.do_swap_page(t, vma, vpn, write, orig, unshare, vma_lock))
         if orig is None:
-            if vma.file is None:
-                yield from self.do_anonymous_page(t, vma, vpn, write)
-            else:
-                yield from self.do_fault(t, vma, vpn, write)
-            return
-        yield from self.spin_lock(t, table.ptl, "handle_pte_fault: PTL")
-        if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
-            yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: PTE changed, unlock (retry)")
-            return
-        if write and not orig.write:
-            yield from self.do_wp_page(t, vma, table, slot, vpn, orig)
-            return
+            return (yield from self.do_pte_missing(t, vma, vpn, write, vma_lock))
+        same = yield from self.spin_lock_and(
+            t, table.ptl, lambda: table.ptes[slot] == orig,
+            lambda ok: f"handle_pte_fault: spin_lock {table.ptl.name}, pte_same(orig) = {int(ok)}")
+        if not same:
+            yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: PTE changed, unlock (the access retries)")
+            return 0
+        if (write or unshare) and not orig.write:
+            return (yield from self.do_wp_page(t, vma, table, slot, vpn, orig, unshare, vma_lock))
         entry = orig._replace(young=True, dirty=orig.dirty or write,
                               soft_dirty=orig.soft_dirty or write)
         if entry != orig:
             table.ptes[slot] = entry
         yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: ptep_set_access_flags, unlock")
+        return 0
 
-    def pte_alloc(self, t: Task, vpn: int):
-        """mm/memory.c __pte_alloc -> pmd_install: allocate a table, install it under the PMD lock
-        (mm->page_table_lock) unless someone else did; free ours in that case."""
-        m = self.m
+    def do_pte_missing(self, t: Task, vma: Vma, vpn: int, write: bool, vma_lock: bool):
+        """mm/memory.c do_pte_missing: anonymous VMA -> do_anonymous_page, else do_fault. (An
+        unshare fault on a missing PTE is a read fault: GUP only unshares a present page.)"""
+        if vma.file is None:
+            return (yield from self.do_anonymous_page(t, vma, vpn, write, vma_lock))
+        return (yield from self.do_fault(t, vma, vpn, write, vma_lock))
+
+    def vmf_anon_prepare(self, t: Task, vma: Vma, vma_lock: bool):
+        """mm/memory.c __vmf_anon_prepare: nothing if the VMA has an anon_vma; under the
+        per-VMA lock, __anon_vma_prepare needs mmap_lock too ("not safe to do with only the
+        per-VMA lock held"): mmap_read_trylock, or drop the VMA lock and return
+        VM_FAULT_RETRY. Returns 0 or RETRY."""
+        if vma.anon_vma is not None:
+            return 0
         mm = t.mm
-        pmd_index = vpn // m.ptrs_per_pte
-        if mm.pmd[pmd_index] is not None:
-            return
-        yield from self.spin_lock(t, mm.page_table_lock, "pmd_install: pmd_lock")
-        if mm.pmd[pmd_index] is None:
-            mm.pmd[pmd_index] = m.alloc_pte_table(mm.mm_id, pmd_index)
-            note = f"install PTE table {mm.pmd[pmd_index].tid}"
-        else:
-            note = "already installed"
-        yield from self.spin_unlock(t, mm.page_table_lock, f"pmd_install: {note}, unlock")
+        if vma_lock:
+            if mm.mmap_lock.writer is not None:
+                self.vma_end_read_now(t, vma)
+                yield "vmf_anon_prepare: mmap_read_trylock failed, vma_end_read: VM_FAULT_RETRY"
+                return RETRY
+            mm.mmap_lock.readers.append(t.tid)
+            yield "vmf_anon_prepare: mmap_read_trylock"
+        yield from self.anon_vma_prepare(t, vma)
+        if vma_lock:
+            yield from self.up_read(t, mm.mmap_lock, "vmf_anon_prepare: mmap_read_unlock")
+        return 0
 
-    def do_fault(self, t: Task, vma: Vma, vpn: int, write: bool):
-        """mm/memory.c do_fault: read -> do_read_fault, write to a shared mapping ->
-        do_shared_fault (private file COW is not modelled)."""
+    def do_fault(self, t: Task, vma: Vma, vpn: int, write: bool, vma_lock: bool = False):
+        """mm/memory.c do_fault: read -> do_read_fault, write to a private mapping ->
+        do_cow_fault, write to a shared one -> do_shared_fault. (The filesystem has ->fault
+        and ->map_pages, so vmf_can_call_fault never asks for a retry under the VMA lock.)"""
         if not write:
-            yield from self.do_read_fault(t, vma, vpn)
-        elif vma.shared:
-            yield from self.do_shared_fault(t, vma, vpn)
-        else:
-            raise NotImplementedError("do_cow_fault (private file mappings) is not modelled")
+            return (yield from self.do_read_fault(t, vma, vpn))
+        if not vma.shared:
+            return (yield from self.do_cow_fault(t, vma, vpn, vma_lock))
+        return (yield from self.do_shared_fault(t, vma, vpn))
 
     def do_read_fault(self, t: Task, vma: Vma, vpn: int):
         """mm/memory.c do_read_fault: __do_fault (folio locked, one ref), finish_fault,
-        folio_unlock; the ref is dropped if no PTE was installed. Fault-around is left out."""
+        folio_unlock; the ref is dropped if no PTE was installed. In a private mapping the
+        page-cache folio is mapped read-only (vm_page_prot of a COW mapping has no write bit).
+        Fault-around is left out."""
         folio = yield from self.filemap_fault(t, vma, vma.file_index(vpn))
         ret = yield from self.finish_fault(t, vma, vpn, folio, write=False)
         self.folio_unlock_now(t, folio)
         if ret == NOPAGE:
             self.folio_put_now(folio)
-        yield f"do_read_fault: folio_unlock(pfn {folio.pfn})"
+        yield f"do_read_fault: folio_unlock(pfn {folio.pfn}){' + folio_put' if ret == NOPAGE else ''}"
+        return ret
+
+    def do_cow_fault(self, t: Task, vma: Vma, vpn: int, vma_lock: bool = False):
+        """mm/memory.c do_cow_fault: vmf_anon_prepare; folio_prealloc the copy; __do_fault
+        (the page-cache folio, locked, one ref); copy_mc_user_highpage; finish_fault maps the
+        copy (folio_add_new_anon_rmap, maybe_mkwrite(pte_mkdirty)); unlock_page + put_page of
+        the page-cache folio; the copy is released if no PTE was installed."""
+        ret = yield from self.vmf_anon_prepare(t, vma, vma_lock)
+        if ret:
+            return ret
+        m = self.m
+        new = m.alloc_folio()
+        yield f"do_cow_fault: folio_prealloc pfn {new.pfn}"
+        folio = yield from self.filemap_fault(t, vma, vma.file_index(vpn))
+        new.data = folio.data
+        yield f"do_cow_fault: copy_mc_user_highpage pfn {folio.pfn} (v{folio.data}) -> pfn {new.pfn}"
+        ret = yield from self.finish_fault(t, vma, vpn, new, write=True)
+        self.folio_unlock_now(t, folio)
+        self.folio_put_now(folio)
+        yield f"do_cow_fault: unlock_page + put_page(pfn {folio.pfn})"
+        if ret == NOPAGE:
+            self.folio_put_now(new)
+            yield f"do_cow_fault: PTE changed, folio_put(pfn {new.pfn})"
+        return ret
 
     def do_shared_fault(self, t: Task, vma: Vma, vpn: int):
         """mm/memory.c do_shared_fault: __do_fault; with ->page_mkwrite, folio_unlock then
@@ -292,33 +595,46 @@ class Memory(KernelBase):
         if not ok:
             self.folio_put_now(folio)
             yield f"do_shared_fault: page_mkwrite NOPAGE, folio_put(pfn {folio.pfn})"
-            return
+            return NOPAGE
         ret = yield from self.finish_fault(t, vma, vpn, folio, write=True)
         if ret == NOPAGE:
             self.folio_unlock_now(t, folio)
             self.folio_put_now(folio)
             yield f"do_shared_fault: PTE changed, folio_unlock + folio_put(pfn {folio.pfn})"
-            return
+            return ret
         yield from self.fault_dirty_shared_page(t, folio)
+        return 0
 
     def finish_fault(self, t: Task, vma: Vma, vpn: int, folio: Folio, write: bool):
-        """mm/memory.c finish_fault -> set_pte_range: pte_alloc if needed; under the PTL, give
-        up if the PTE is no longer none (vmf_pte_changed); else the fault's reference becomes
-        the PTE's, folio_add_file_rmap_ptes then set_ptes: vm_page_prot (read-only in a
-        write-notify VMA), or maybe_mkwrite(pte_mkdirty()) for a write. The rmap add and the
-        PTE store are one step: both under the PTL and the folio lock."""
+        """mm/memory.c finish_fault -> set_pte_range. pte_alloc if the PMD is none (the
+        prealloc_pte that __do_fault makes before locking the folio is allocated here
+        instead); pte_offset_map_lock (NULL -> VM_FAULT_NOPAGE); "Re-check under ptl":
+        vmf_pte_changed -> NOPAGE. Else the fault's reference becomes the PTE's and
+        set_pte_range: a COW (write, private) folio_add_new_anon_rmap, else
+        folio_add_file_rmap_ptes; then set_ptes with mk_pte(vm_page_prot) (read-only in a
+        write-notify shared VMA and in any private one) or maybe_mkwrite(pte_mkdirty()) for a
+        write. The rmap add and the PTE store are one step: both under the PTL."""
         m = self.m
+        mm = t.mm
         yield from self.pte_alloc(t, vpn)
-        table, slot = m.pte_lookup(t.mm, vpn)
-        yield from self.spin_lock(t, table.ptl, f"finish_fault: pte_offset_map_lock va {vpn:#x}")
-        if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] is not None:
+        table = yield from self.pte_offset_map_lock(t, mm, vpn, "finish_fault")
+        if table is None:
+            return NOPAGE
+        slot = vpn % m.ptrs_per_pte
+        if table.ptes[slot] is not None:
             yield from self.spin_unlock(t, table.ptl, "finish_fault: vmf_pte_changed, unlock")
             return NOPAGE
-        self.folio_add_file_rmap_ptes_now(folio)
+        cow = write and not vma.shared
+        if cow:
+            self.folio_add_new_anon_rmap_now(folio, vma, vpn)
+            what = "folio_add_new_anon_rmap"
+        else:
+            self.folio_add_file_rmap_ptes_now(folio)
+            what = "folio_add_file_rmap_ptes"
         pte = Pte(folio.pfn, write=write and vma.writable, dirty=write, young=True,
                   soft_dirty=write)
         table.ptes[slot] = pte
-        yield f"set_pte_range: folio_add_file_rmap_ptes(pfn {folio.pfn}) + set_ptes va {vpn:#x} {fmt_pte(pte)}"
+        yield f"set_pte_range: {what}(pfn {folio.pfn}) + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "finish_fault: pte_unmap_unlock")
         return 0
 
@@ -329,38 +645,71 @@ class Memory(KernelBase):
         self.folio_unlock_now(t, folio)
         yield f"fault_dirty_shared_page: folio_mark_dirty + folio_unlock(pfn {folio.pfn})"
 
-    def do_wp_page(self, t: Task, vma: Vma, table: PteTable, slot: int, vpn: int, orig: Pte):
-        """mm/memory.c do_wp_page (entered with the PTL held): shared -> wp_page_shared; private
-        anon: reuse an exclusive folio (wp_page_reuse), else copy (the zero page always)."""
+    def do_wp_page(self, t: Task, vma: Vma, table: PteTable, slot: int, vpn: int, orig: Pte,
+                   unshare: bool = False, vma_lock: bool = False):
+        """mm/memory.c do_wp_page (entered with the PTL held; handles FAULT_FLAG_WRITE and
+        FAULT_FLAG_UNSHARE). vm_normal_page (none for the zero page). Shared mapping ->
+        wp_page_shared. Private: "If we encounter a page that is marked exclusive, we must
+        reuse the page without further checks": an anon folio that is PG_anon_exclusive or
+        passes wp_can_reuse_anon_folio is marked exclusive, and then an unshare fault is done
+        (unlock) and a write fault reuses it (wp_page_reuse). Otherwise "we need to copy":
+        folio_get, pte_unmap_unlock, wp_page_copy. Left out: uffd-wp."""
         m = self.m
-        if vma.shared:
-            yield from self.wp_page_shared(t, vma, table, slot, vpn, orig)
-            return
         folio = None if orig.special else m.frames[orig.pfn]
-        if folio is not None and folio.anon and self.wp_can_reuse_anon_folio(folio, vma):
-            yield from self.wp_page_reuse(t, table, slot, vpn, orig)
-            return
-        yield from self.spin_unlock(t, table.ptl, "do_wp_page: pte_unmap_unlock before copy")
-        yield from self.wp_page_copy(t, vma, vpn, orig, folio)
+        if vma.shared:
+            yield from self.wp_page_shared(t, vma, table, slot, vpn, orig, folio)
+            return 0
+        if folio is not None and folio.anon and self.wp_can_reuse_anon_folio(t, folio, vma):
+            folio.anon_exclusive = True  # SetPageAnonExclusive (a no-op if it was set)
+            if unshare:
+                yield from self.spin_unlock(t, table.ptl, f"do_wp_page: unshare: pfn {folio.pfn} is exclusive, nothing to do, unlock")
+                return 0
+            yield from self.wp_page_reuse(t, vma, table, slot, vpn, orig)
+            return 0
+        note = "zero page"
+        if folio is not None:
+            folio.refcount += 1
+            note = f"folio_get(pfn {folio.pfn}) -> refcount {folio.refcount}"
+        yield from self.spin_unlock(t, table.ptl, f"do_wp_page: copy needed: {note}, pte_unmap_unlock")
+        return (yield from self.wp_page_copy(t, vma, vpn, orig, folio, unshare, vma_lock))
 
-    def wp_can_reuse_anon_folio(self, folio: Folio, vma: Vma) -> bool:
-        """mm/memory.c wp_can_reuse_anon_folio, reduced to what the model has: reuse a folio
-        that is PG_anon_exclusive (no fork, so no shared anon folios, no swap cache, no KSM)."""
-        return folio.anon_exclusive
+    def wp_can_reuse_anon_folio(self, t: Task, folio: Folio, vma: Vma) -> bool:
+        """The reuse decision of do_wp_page for an anon folio, PTL held, one atomic step:
+        PageAnonExclusive (do_wp_page's own test, folded in here so that an older reuse rule is
+        one override), else mm/memory.c wp_can_reuse_anon_folio (v6.12, small folio): "KSM
+        doesn't necessarily raise the folio refcount" / refcount > 3 quick reject; refcount >
+        1 -> no; folio_trylock (fails -> no); refcount != 1 -> no; folio_move_anon_rmap (the
+        folio now belongs to this VMA's anon_vma); folio_unlock. Left out: KSM, the swap cache
+        (folio_free_swap) and lru_add_drain (no LRU batches in the model)."""
+        if folio.anon_exclusive:
+            return True
+        if folio.refcount > 3:
+            return False
+        if folio.refcount > 1:
+            return False
+        if folio.locked is not None:  # folio_trylock
+            return False
+        if folio.refcount != 1:
+            return False
+        self.folio_move_anon_rmap_now(folio, vma)
+        return True
 
-    def wp_page_reuse(self, t: Task, table: PteTable, slot: int, vpn: int, orig: Pte):
-        """mm/memory.c wp_page_reuse (PTL held): maybe_mkwrite(pte_mkdirty(pte_mkyoung(orig)))
-        via ptep_set_access_flags: a permission upgrade, so no TLB flush. Unlocks the PTL."""
-        table.ptes[slot] = orig._replace(write=True, dirty=True, young=True, soft_dirty=True)
+    def wp_page_reuse(self, t: Task, vma: Vma, table: PteTable, slot: int, vpn: int, orig: Pte):
+        """mm/memory.c wp_page_reuse (PTL held): entry = maybe_mkwrite(pte_mkdirty(
+        pte_mkyoung(orig))) via ptep_set_access_flags: a permission upgrade, so no TLB flush.
+        (x86 pte_mkdirty sets D and soft-dirty; maybe_mkwrite sets W only with VM_WRITE.)
+        Unlocks the PTL."""
+        table.ptes[slot] = orig._replace(write=vma.writable, dirty=True, young=True, soft_dirty=True)
         yield f"wp_page_reuse: va {vpn:#x} -> {fmt_pte(table.ptes[slot])} (no flush)"
         yield from self.spin_unlock(t, table.ptl, "wp_page_reuse: pte_unmap_unlock")
 
-    def wp_page_shared(self, t: Task, vma: Vma, table: PteTable, slot: int, vpn: int, orig: Pte):
+    def wp_page_shared(self, t: Task, vma: Vma, table: PteTable, slot: int, vpn: int, orig: Pte,
+                       folio: Folio):
         """mm/memory.c wp_page_shared: folio_get; with ->page_mkwrite: unlock the PTL,
-        do_page_mkwrite (folio locked, PG_dirty set), finish_mkwrite_fault (retake the PTL, give
-        up unless pte_same, else wp_page_reuse); then fault_dirty_shared_page and folio_put."""
+        do_page_mkwrite (folio locked, PG_dirty set), finish_mkwrite_fault
+        (pte_offset_map_lock, NULL -> NOPAGE; give up unless pte_same, else wp_page_reuse);
+        then fault_dirty_shared_page and folio_put."""
         m = self.m
-        folio = m.frames[orig.pfn]
         folio.refcount += 1
         yield from self.spin_unlock(t, table.ptl, f"wp_page_shared: folio_get(pfn {folio.pfn}), pte_unmap_unlock")
         ok = yield from self.filemap_page_mkwrite(t, vma, folio)
@@ -369,71 +718,96 @@ class Memory(KernelBase):
             yield f"wp_page_shared: page_mkwrite NOPAGE, folio_put(pfn {folio.pfn})"
             return
         # finish_mkwrite_fault
-        yield from self.spin_lock(t, table.ptl, f"finish_mkwrite_fault: PTL va {vpn:#x}")
-        if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
-            yield from self.spin_unlock(t, table.ptl, "finish_mkwrite_fault: !pte_same, unlock")
+        table = yield from self.pte_offset_map_lock(t, t.mm, vpn, "finish_mkwrite_fault")
+        slot = vpn % m.ptrs_per_pte
+        if table is None or table.ptes[slot] != orig:
+            if table is not None:
+                yield from self.spin_unlock(t, table.ptl, "finish_mkwrite_fault: !pte_same, unlock")
             self.folio_unlock_now(t, folio)
             self.folio_put_now(folio)
-            yield f"finish_mkwrite_fault: folio_unlock + folio_put(pfn {folio.pfn})"
+            yield f"wp_page_shared: NOPAGE: folio_unlock + folio_put(pfn {folio.pfn})"
             return
-        yield from self.wp_page_reuse(t, table, slot, vpn, orig)
+        yield from self.wp_page_reuse(t, vma, table, slot, vpn, orig)
         yield from self.fault_dirty_shared_page(t, folio)
         self.folio_put_now(folio)
         yield f"wp_page_shared: folio_put(pfn {folio.pfn})"
 
-    def wp_page_copy(self, t: Task, vma: Vma, vpn: int, orig: Pte, old: Folio | None):
-        """mm/memory.c wp_page_copy: allocate and copy outside the lock; under the PTL, give up
-        unless pte_same; "Clear the pte entry and flush it first, before updating the pte with
-        the new entry" (ptep_clear_flush), folio_add_new_anon_rmap, set_pte_at, remove the old
-        folio's rmap; unlock; folio_put(old)."""
+    def wp_page_copy(self, t: Task, vma: Vma, vpn: int, orig: Pte, old: Folio | None,
+                     unshare: bool = False, vma_lock: bool = False):
+        """mm/memory.c wp_page_copy ("Called with mmap_lock locked and the old page referenced,
+        but without the ptl held"): vmf_anon_prepare; allocate and copy (zeroed for the zero
+        page) outside the lock; pte_offset_map_lock and "Re-check the pte - we dropped the
+        lock" (pte_same); then "Clear the pte entry and flush it first, before updating the pte
+        with the new entry" (ptep_clear_flush), folio_add_new_anon_rmap, set_pte_at (an unshare
+        keeps the PTE read-only, with the old soft-dirty bit; a write gets
+        maybe_mkwrite(pte_mkdirty)), and only then folio_remove_rmap_pte of the old folio;
+        unlock. Finally folio_put of the PTE's old reference (or of the unused copy) and of
+        the reference do_wp_page took."""
         m = self.m
+        ret = yield from self.vmf_anon_prepare(t, vma, vma_lock)
+        if ret:
+            if old is not None:
+                self.folio_put_now(old)
+                yield f"wp_page_copy: {ret}, folio_put(pfn {old.pfn})"
+            return ret
         new = m.alloc_folio()
         new.data = 0 if old is None else old.data
-        yield f"wp_page_copy: alloc pfn {new.pfn}, copy {'zero page' if old is None else f'pfn {old.pfn}'}"
-        table, slot = m.pte_lookup(t.mm, vpn)
-        if table is None:
-            self.folio_put_now(new)
-            yield "wp_page_copy: table gone, release new folio"
-            return
-        yield from self.spin_lock(t, table.ptl, f"wp_page_copy: PTL va {vpn:#x}")
-        if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
+        yield f"wp_page_copy: alloc pfn {new.pfn}, copy {'zero page' if old is None else f'pfn {old.pfn} (v{old.data})'}"
+        table = yield from self.pte_offset_map_lock(t, t.mm, vpn, "wp_page_copy")
+        slot = vpn % m.ptrs_per_pte
+        put_first = new
+        if table is not None and table.ptes[slot] != orig:
             yield from self.spin_unlock(t, table.ptl, "wp_page_copy: !pte_same, unlock")
-            self.folio_put_now(new)
-            yield f"wp_page_copy: release pfn {new.pfn}"
-            return
-        table.ptes[slot] = None
-        m.revoke(t.mm.mm_id, vpn)
-        yield f"wp_page_copy: ptep_clear_flush va {vpn:#x}: clear"
-        yield from self.flush_tlb_page(t, t.mm, vpn)
-        self.folio_add_new_anon_rmap_now(new, vma, vpn)
-        table.ptes[slot] = Pte(new.pfn, write=vma.writable, dirty=True, young=True,
-                               soft_dirty=True)
-        yield f"wp_page_copy: folio_add_new_anon_rmap + set_pte_at va {vpn:#x} -> pfn {new.pfn}"
-        if old is not None:
-            yield from self.folio_remove_rmap_ptes(t, old, vma, "wp_page_copy: ")
-        yield from self.spin_unlock(t, table.ptl, "wp_page_copy: pte_unmap_unlock")
+        elif table is not None:
+            table.ptes[slot] = None
+            m.revoke(t.mm.mm_id, vpn)
+            yield f"wp_page_copy: pte_same; ptep_clear_flush va {vpn:#x}: clear"
+            yield from self.flush_tlb_page(t, t.mm, vpn)
+            self.folio_add_new_anon_rmap_now(new, vma, vpn)
+            if unshare:
+                pte = Pte(new.pfn, write=False, dirty=False, young=True,
+                          soft_dirty=orig.soft_dirty)
+            else:
+                pte = Pte(new.pfn, write=vma.writable, dirty=True, young=True, soft_dirty=True)
+            table.ptes[slot] = pte
+            yield f"wp_page_copy: folio_add_new_anon_rmap + set_pte_at va {vpn:#x} {fmt_pte(pte)}"
+            if old is not None:
+                yield from self.folio_remove_rmap_ptes(t, old, vma, "wp_page_copy: ")
+            yield from self.spin_unlock(t, table.ptl, "wp_page_copy: pte_unmap_unlock")
+            put_first = old  # "Free the old page..": the PTE's reference
+        if put_first is not None:
+            self.folio_put_now(put_first)
+            yield f"wp_page_copy: folio_put(pfn {put_first.pfn})"
         if old is not None:
             self.folio_put_now(old)
-            yield f"wp_page_copy: folio_put(old pfn {old.pfn})"
+            yield f"wp_page_copy: folio_put(pfn {old.pfn}) (do_wp_page's reference)"
+        return 0
 
-    def do_anonymous_page(self, t: Task, vma: Vma, vpn: int, write: bool):
-        """mm/memory.c do_anonymous_page: a read maps the shared zero page (special PTE, no rmap,
-        no reference); a write allocates a zeroed folio, and under the PTL (giving up if the PTE
-        is no longer none) folio_add_new_anon_rmap(RMAP_EXCLUSIVE) and set_ptes W+D."""
+    def do_anonymous_page(self, t: Task, vma: Vma, vpn: int, write: bool,
+                          vma_lock: bool = False):
+        """mm/memory.c do_anonymous_page: pte_alloc; a read maps the shared zero page (special
+        PTE, no rmap, no reference); a write does vmf_anon_prepare, allocates a zeroed folio,
+        and with VM_WRITE makes the entry pte_mkwrite(pte_mkdirty()). Then
+        pte_offset_map_lock (NULL: return, the access retries) and, giving up if
+        vmf_pte_changed, folio_add_new_anon_rmap(RMAP_EXCLUSIVE) and set_ptes."""
         m = self.m
         yield from self.pte_alloc(t, vpn)
-        table, slot = m.pte_lookup(t.mm, vpn)
         folio = None
         if write:
+            ret = yield from self.vmf_anon_prepare(t, vma, vma_lock)
+            if ret:
+                return ret
             folio = m.alloc_folio()
             yield f"do_anonymous_page: alloc_anon_folio pfn {folio.pfn} (zeroed)"
-        yield from self.spin_lock(t, table.ptl, f"do_anonymous_page: PTL va {vpn:#x}")
-        if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] is not None:
-            yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: vmf_pte_changed, unlock")
+        table = yield from self.pte_offset_map_lock(t, t.mm, vpn, "do_anonymous_page")
+        slot = vpn % m.ptrs_per_pte
+        if table is None or table.ptes[slot] is not None:
+            if table is not None:
+                yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: vmf_pte_changed, unlock")
             if folio is not None:
                 self.folio_put_now(folio)
                 yield f"do_anonymous_page: release pfn {folio.pfn}"
-            return
+            return 0
         if folio is None:
             pte = Pte(m.zero_pfn, write=False, dirty=False, young=True, special=True)
             note = "zero page"
@@ -445,9 +819,11 @@ class Memory(KernelBase):
         table.ptes[slot] = pte
         yield f"do_anonymous_page: {note} + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: pte_unmap_unlock")
+        return 0
 
     # ----------------------------------------------------------------- swap-in ---------
-    def do_swap_page(self, t: Task, vma: Vma, vpn: int, write: bool, orig):
+    def do_swap_page(self, t: Task, vma: Vma, vpn: int, write: bool, orig, unshare: bool = False,
+                     vma_lock: bool = False):
         """mm/memory.c do_swap_page for a genuine swap entry (entered from handle_pte_fault
         without the PTL; the swap-cache bypass of SWP_SYNCHRONOUS_IO devices is left out).
 
@@ -461,7 +837,7 @@ class Memory(KernelBase):
         and no soft-dirty write-protect is wanted, pte_mkwrite -- writable and CLEAN unless
         this is a write fault (then pte_mkdirty, and the write is done). folio_add_anon_rmap
         (RMAP_EXCLUSIVE then), set_ptes, folio_unlock; a write fault still pending goes to
-        do_wp_page with the PTL held."""
+        do_wp_page with the PTL held. Returns 0 (the access retries if nothing was mapped)."""
         m = self.m
         offset = orig.offset
         folio = yield from self.swap_cache_get_folio(t, offset)
@@ -469,26 +845,26 @@ class Memory(KernelBase):
             folio = yield from self.read_swap_cache_async(t, offset)
             if folio is None:
                 yield "do_swap_page: swap entry freed under us: retry"
-                return
+                return 0
         yield from self.folio_lock(t, folio, f"do_swap_page: folio_lock_or_retry(pfn {folio.pfn})")
         if not folio.swapcache or folio.swap != offset:
             self.folio_unlock_now(t, folio)
             self.folio_put_now(folio)
             yield f"do_swap_page: pfn {folio.pfn} left the swap cache: out_page, retry"
-            return
+            return 0
         table, slot = m.pte_lookup(t.mm, vpn)
         if table is None:
             self.folio_unlock_now(t, folio)
             self.folio_put_now(folio)
             yield "do_swap_page: no PTE table: out_page"
-            return
+            return 0
         yield from self.spin_lock(t, table.ptl, f"do_swap_page: pte_offset_map_lock va {vpn:#x}")
         if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
             yield from self.spin_unlock(t, table.ptl, "do_swap_page: !pte_same: out_nomap, unlock")
             self.folio_unlock_now(t, folio)
             self.folio_put_now(folio)
             yield f"do_swap_page: folio_unlock + folio_put(pfn {folio.pfn})"
-            return
+            return 0
         exclusive = orig.exclusive
         self.swap_free(offset)
         freed = False
@@ -506,11 +882,8 @@ class Memory(KernelBase):
             folio.mapcount += 1
             if exclusive:
                 folio.anon_exclusive = True
-        else:  # a folio read in just now: folio_add_new_anon_rmap
-            folio.anon = True
-            folio.mapping = None
-            folio.index = vpn
-            folio.mapcount = 1
+        else:  # a folio read in just now: folio_add_new_anon_rmap(rmap_flags)
+            self.folio_add_new_anon_rmap_now(folio, vma, vpn)
             folio.anon_exclusive = exclusive
         table.ptes[slot] = pte  # the lookup's reference becomes the PTE's
         self.folio_unlock_now(t, folio)
@@ -518,9 +891,9 @@ class Memory(KernelBase):
                f"folio_add_anon_rmap pfn {folio.pfn}{' exclusive' if exclusive else ''} + set_ptes "
                f"va {vpn:#x} {fmt_pte(pte)}, folio_unlock")
         if write:
-            yield from self.do_wp_page(t, vma, table, slot, vpn, pte)
-            return
+            return (yield from self.do_wp_page(t, vma, table, slot, vpn, pte, False, vma_lock))
         yield from self.spin_unlock(t, table.ptl, "do_swap_page: pte_unmap_unlock")
+        return 0
 
     def should_try_to_free_swap(self, folio: Folio, write: bool) -> bool:
         """mm/memory.c should_try_to_free_swap: "If we want to map a page that's in the
@@ -535,6 +908,10 @@ class Memory(KernelBase):
         (as after clear_refs 4), so a page swapped out clean of soft-dirty is mapped
         read-only and its first store faults to mark it."""
         return not pte.soft_dirty
+
+def _ret_note(ret) -> str:
+    return f" ({ret})" if ret else ""
+
 
 
 def fmt_pte(pte) -> str:

@@ -4,10 +4,11 @@ Lock order, from the comment at the top of mm/rmap.c: mmap_lock -> invalidate_lo
 folio_lock -> vma_start_write -> i_mmap_rwsem -> anon_vma->rwsem -> page_table_lock or PTL ->
 (i_pages lock, i_lock, wb list_lock taken inside the dirtying paths).
 
-Left out: anon_vma trees and their rwsem (the anon rmap walk visits every anonymous VMA of
-every mm that covers the folio's index, a superset of its anon_vma chain: page_vma_mapped_walk
-then matches the pfn), mmu notifiers, THP PMD mappings, large folios (order-0 only), mlock
-(VM_LOCKED), hugetlb, migration and HWPoison entries, MGLRU look-around.
+anon_vma: one object per anon_vma with the flat list of VMAs linked to it (the interval tree
+and its anon_vma_chain entries collapsed; no anon_vma reuse across neighbours, no degree
+counting). Left out: mmu notifiers, THP PMD mappings, large folios (order-0 only), mlock
+(VM_LOCKED), hugetlb, migration and HWPoison entries, MGLRU look-around, the anon_vma rwsem
+in reclaim's rmap walks (folio_lock_anon_vma_read).
 """
 
 from __future__ import annotations
@@ -43,9 +44,83 @@ class Rmap(KernelBase):
         mapping/index/mapcount are set plainly, and PG_anon_exclusive is set."""
         folio.anon = True
         folio.mapping = None
+        folio.anon_vma = vma.anon_vma
         folio.index = vpn
         folio.mapcount = 1
         folio.anon_exclusive = True
+
+    def folio_try_dup_anon_rmap_pte_now(self, folio: Folio, src_vma: Vma) -> bool:
+        """include/linux/rmap.h __folio_try_dup_anon_rmap (one PTE of a small folio, the
+        parent's PTL held): "If this folio may have been pinned by the parent process, don't
+        allow to duplicate the mappings": a PG_anon_exclusive folio for which
+        folio_needs_cow_for_dma (a COW mapping and folio_maybe_dma_pinned: the refcount at
+        GUP_PIN_COUNTING_BIAS or more; MMF_HAS_PINNED is implied by it) fails with -EBUSY;
+        otherwise ClearPageAnonExclusive and mapcount += 1. Returns True on success."""
+        from .gup import folio_maybe_dma_pinned
+        if folio.anon_exclusive:
+            if not src_vma.shared and folio_maybe_dma_pinned(folio):
+                return False
+            folio.anon_exclusive = False
+        folio.mapcount += 1
+        return True
+
+    def folio_dup_file_rmap_pte_now(self, folio: Folio) -> None:
+        """include/linux/rmap.h folio_dup_file_rmap_pte: mapcount += 1."""
+        folio.mapcount += 1
+
+    def anon_vma_fork(self, t: Task, vma: Vma, pvma: Vma):
+        """mm/rmap.c anon_vma_fork: nothing if the parent VMA has no anon_vma; else
+        anon_vma_clone (link the child VMA into every anon_vma the parent's is linked to, so
+        that rmap walks of the shared folios find it), then a new anon_vma of its own for the
+        child's future COW folios, linked last. Under the root anon_vma's rwsem (write)."""
+        if pvma.anon_vma is None:
+            return
+        m = self.m
+        root = pvma.anon_vma_chain[0]
+        yield from self.down_write(t, root.rwsem, f"anon_vma_fork: anon_vma_lock_write(av{root.avid})")
+        for av in pvma.anon_vma_chain:
+            av.vmas.append(vma)
+            vma.anon_vma_chain.append(av)
+        av = m.alloc_anon_vma()
+        av.vmas.append(vma)
+        vma.anon_vma_chain.append(av)
+        vma.anon_vma = av
+        yield from self.up_write(t, root.rwsem, f"anon_vma_fork: vma{vma.vid} cloned into "
+                                 f"{', '.join('av%d' % a.avid for a in pvma.anon_vma_chain)} + own av{av.avid}, unlock")
+
+    def unlink_anon_vmas(self, t: Task, vma: Vma):
+        """mm/rmap.c unlink_anon_vmas: take the VMA off every anon_vma it is linked into
+        (under the root's rwsem), so that rmap walks no longer find it; vma->anon_vma = NULL."""
+        root = vma.anon_vma_chain[0]
+        yield from self.down_write(t, root.rwsem, f"unlink_anon_vmas: anon_vma_lock_write(av{root.avid})")
+        for av in vma.anon_vma_chain:
+            av.vmas.remove(vma)
+        vma.anon_vma_chain = []
+        vma.anon_vma = None
+        yield from self.up_write(t, root.rwsem, f"unlink_anon_vmas: vma{vma.vid} unlinked, unlock")
+
+    def folio_move_anon_rmap_now(self, folio: Folio, vma: Vma) -> None:
+        """mm/rmap.c folio_move_anon_rmap (folio locked): "move a folio to our anon_vma", so
+        that rmap walks of this exclusive folio need look at this VMA's anon_vma only."""
+        folio.anon_vma = vma.anon_vma
+
+    def anon_vma_prepare(self, t: Task, vma: Vma):
+        """mm/rmap.c __anon_vma_prepare: anon_vma_alloc (find_mergeable_anon_vma, which may
+        reuse a neighbour's, is left out), then under anon_vma_lock_write and
+        mm->page_table_lock, "if (likely(!vma->anon_vma))" link the VMA to it
+        (anon_vma_chain_link)."""
+        m = self.m
+        mm = m.mms[vma.mm_id]
+        av = m.alloc_anon_vma()
+        yield from self.spin_lock(t, mm.page_table_lock, f"__anon_vma_prepare: anon_vma_alloc av{av.avid}, page_table_lock")
+        if vma.anon_vma is None:
+            vma.anon_vma = av
+            vma.anon_vma_chain.append(av)
+            av.vmas.append(vma)
+            note = f"vma{vma.vid}->anon_vma = av{av.avid}"
+        else:
+            note = "another fault prepared it"
+        yield from self.spin_unlock(t, mm.page_table_lock, f"__anon_vma_prepare: {note}, unlock")
 
     def folio_mkclean(self, t: Task, folio: Folio):
         """mm/rmap.c folio_mkclean (caller holds the folio lock).
@@ -190,14 +265,15 @@ class Rmap(KernelBase):
     def rmap_vmas(self, folio: Folio) -> list:
         """mm/rmap.c rmap_walk_anon / rmap_walk_file's VMA iteration: (vma, vpn) for every VMA
         that may map the folio. File: the VMAs of mapping->i_mmap overlapping folio->index.
-        Anon: every anonymous VMA covering folio->index (the model's anon_vma chain)."""
+        Anon: the VMAs linked to folio->anon_vma that cover folio->index. (The walks take no
+        anon_vma rwsem: the model's anon_vma has no root to share it with.)"""
         m = self.m
         out = []
         if folio.anon:
-            for mm in m.mms.values():
-                for vma in mm.vmas:
-                    if vma.file is None and vma.contains(folio.index):
-                        out.append((vma, folio.index))
+            av = folio.anon_vma
+            for vma in (av.vmas if av is not None else []):
+                if vma.contains(folio.index):
+                    out.append((vma, folio.index))
         elif folio.mapping is not None:
             for vma in m.files[folio.mapping].i_mmap:
                 if vma.pgoff <= folio.index < vma.pgoff + (vma.end - vma.start):
@@ -273,8 +349,10 @@ class Rmap(KernelBase):
         return int(young)
 
     def folio_maybe_dma_pinned(self, folio: Folio) -> bool:
-        """include/linux/mm.h folio_maybe_dma_pinned: a FOLL_PIN pin may be held."""
-        return folio.pincount > 0
+        """include/linux/mm.h folio_maybe_dma_pinned (mmfuzz.kernel.gup: the refcount reached
+        GUP_PIN_COUNTING_BIAS)."""
+        from .gup import folio_maybe_dma_pinned
+        return folio_maybe_dma_pinned(folio)
 
     def folio_try_share_anon_rmap_pte(self, folio: Folio) -> bool:
         """include/linux/rmap.h folio_try_share_anon_rmap_pte (PTE already cleared: "clear PTE;

@@ -7,8 +7,7 @@ PTE and clearing its soft-dirty bit, then flush_tlb_mm and dec_tlb_flush_pending
 pte_mkdirty() sets soft-dirty again, which is what /proc/PID/pagemap bit 55 reports.
 
 Left out: the other clear_refs types (1-3, 5), VM_SOFTDIRTY itself and pagemap reads (the
-property checks the PTE-level contract that pagemap reports), mmu notifiers, the
-pte_is_pinned() skip (GUP pins are not modelled), THP.
+property checks the PTE-level contract that pagemap reports), mmu notifiers, THP.
 """
 
 from __future__ import annotations
@@ -24,7 +23,10 @@ class TaskMmu(KernelBase):
         """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) on the task's own mm."""
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
-        yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
+        for vma in list(mm.vmas):
+            # vm_flags_clear write-locks the VMA (vma_start_write), as the walk would anyway
+            # (clear_refs_walk_ops.walk_lock = PGWALK_WRLOCK)
+            yield from self.vma_start_write(t, vma, f"clear_refs: vm_flags_clear(vma{vma.vid}, VM_SOFTDIRTY): vma_start_write + vma_set_page_prot")
         mm.tlb_flush_pending += 1
         yield f"clear_refs: inc_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"
         yield from self.clear_refs_walk(t)
@@ -60,6 +62,22 @@ class TaskMmu(KernelBase):
             t.observed[tlb_key(mm.mm_id, vpn)] = m.clock
         yield from self.spin_unlock(t, table.ptl, "clear_refs_pte_range: pte_unmap_unlock")
 
+    def pte_is_pinned(self, t: Task, vpn: int, pte):
+        """fs/proc/task_mmu.c pte_is_pinned: only a writable PTE of a COW mapping whose
+        vm_normal_folio is folio_maybe_dma_pinned (a lockless read of the refcount, its own
+        step when it is made) is skipped, so that a pinned page is not write-protected (the
+        MMF_HAS_PINNED shortcut is left out: it only saves the refcount read)."""
+        if not pte.write or pte.special:
+            return False
+        vma = t.mm.find_vma(vpn)
+        if vma is None or vma.shared:
+            return False
+        from .gup import folio_maybe_dma_pinned  # here: gup.py registers its ops after ours
+        folio = self.m.frames[pte.pfn]
+        pinned = folio_maybe_dma_pinned(folio)
+        yield f"clear_soft_dirty: pte_is_pinned va {vpn:#x} = {int(pinned)} (refcount {folio.refcount})"
+        return pinned
+
     def clear_soft_dirty(self, t: Task, table, slot: int, vpn: int):
         """fs/proc/task_mmu.c clear_soft_dirty, present PTE: ptep_modify_prot_start (x86:
         ptep_get_and_clear, so the PTE reads none to a concurrent hardware walk), then
@@ -71,6 +89,9 @@ class TaskMmu(KernelBase):
         if not old.present:  # is_swap_pte: pte_swp_clear_soft_dirty, set_pte_at
             table.ptes[slot] = old._replace(soft_dirty=False)
             yield f"clear_soft_dirty: swap PTE va {vpn:#x}: pte_swp_clear_soft_dirty"
+            return
+        pinned = yield from self.pte_is_pinned(t, vpn, old)
+        if pinned:
             return
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)

@@ -27,14 +27,18 @@ class VmaOps(KernelBase):
             yield from self.up_write(t, mm.mmap_lock, "munmap: nothing mapped, mmap_write_unlock", last=True)
             m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, {}))
             return
-        # vms_gather_munmap_vmas: split the edge VMAs (__split_vma), then detach
+        # vms_gather_munmap_vmas: split the edge VMAs (__split_vma, which write-locks the
+        # VMA it splits), then vma_start_write and detach each VMA in the range
         for cut in (start, end):
             for vma in list(mm.vmas):
                 if vma.start < cut < vma.end:
+                    yield from self.vma_start_write(t, vma, f"__split_vma: vma_start_write(vma{vma.vid})")
                     yield from self.split_vma(t, vma, cut)
         vmas = [v for v in mm.vmas if v.start < end and start < v.end]
         for vma in vmas:
-            vma.detached = True
+            yield from self.vma_start_write(t, vma, f"vms_gather_munmap_vmas: vma_start_write(vma{vma.vid})")
+        for vma in vmas:
+            vma.detached = True  # vma_mark_detached
             mm.vmas.remove(vma)
         yield f"vms_gather_munmap_vmas + vma_iter_clear_gfp: detach {', '.join(v.describe() for v in vmas)}"
         yield from self.downgrade_write(t, mm.mmap_lock, "vms_complete_munmap_vmas: mmap_write_downgrade")

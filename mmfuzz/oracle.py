@@ -1,0 +1,147 @@
+"""The checker's notes: ground truth the properties need that no kernel structure holds.
+
+TLA+ calls these auxiliary variables, Jepsen keeps a history beside the system. Kernel
+functions never write here: the run feeds the oracle the facts each step emitted
+(``observe``) and the syscall boundaries it saw (``task_started``, ``task_returned``), and
+the properties read it. Everything is keyed by ints and filled in program order.
+
+What it records:
+- which process wrote each version that landed in an anonymous folio (a store through a
+  mapping, a device store through a pin, a FOLL_FORCE write by the kernel on the process's
+  behalf), and when: versions stored into page-cache folios are public (any process that maps
+  the file may see them) and are not recorded;
+- the fork tree: child mm -> (parent mm, clock when fork returned);
+- which pins the user detached from their address by discarding the mapping there (munmap,
+  MADV_DONTNEED, exit) while the pin existed: from then on the pin no longer has to follow
+  that address;
+- what each anonymous page must read (no-lost-write-after-madv-free): the last store to it
+  (through a mapping or a pin), or, once madvise(MADV_DONTNEED / MADV_FREE) returned on it,
+  what it held then (MADV_FREE: or 0).
+"""
+
+from __future__ import annotations
+
+#: operations that discard the contents of a user range: name -> how to read (start, end)
+#: from the task's arguments (None: the whole address space)
+DISCARDING_OPS = {
+    "munmap": lambda args: (args[0], args[0] + args[1]),
+    "madvise_dontneed": lambda args: (args[0], args[0] + args[1]),
+    "exit": lambda args: None,
+}
+
+
+class Oracle:
+    __slots__ = ("writer", "parent", "detached_pins", "discarding", "anon_expected")
+
+    def __init__(self):
+        self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
+        self.parent: dict[int, tuple[int, int]] = {}   # child mm -> (parent mm, fork clock)
+        self.detached_pins: dict[int, int] = {}        # pin id -> clock of the discard
+        self.discarding: dict[int, tuple] = {}         # task id -> (mm, range or None), running
+        # (mm << 32 | vpn) -> (vid of the VMA, version the page must read or None after
+        # MADV_FREE, the version it may read besides 0 then)
+        self.anon_expected: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ notes -------
+    def observe(self, m, events) -> None:
+        """Take notes from the facts the last step emitted."""
+        for ev in events:
+            kind = ev[0]
+            if kind == "store":
+                _, cpu, vpn, pfn, version = ev
+                self._stored(m, m.cpus[cpu].mm_id, pfn, version)
+                self.anon_stored(m, m.cpus[cpu].mm_id, vpn, pfn, version)
+            elif kind == "pin_store" or kind == "gup_store":
+                _, mm_id, vpn, pfn, version = ev
+                self._stored(m, mm_id, pfn, version)
+                self.anon_stored(m, mm_id, vpn, pfn, version)
+
+    def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
+        frame = m.frames[pfn]
+        if getattr(frame, "anon", False):
+            self.writer[version] = (mm_id, m.clock)
+
+    def task_started(self, m, t) -> None:
+        """A syscall began: if it discards a range, pins taken in it stop following it, and
+        so do pins taken while it runs (it may zap them after they were taken)."""
+        how = DISCARDING_OPS.get(t.name)
+        if how is None or t.mm is None:
+            return
+        self.discarding[t.tid] = (t.mm.mm_id, how(t.args))
+        self._detach(m, t.tid)
+
+    def _detach(self, m, tid: int) -> None:
+        mm_id, rng = self.discarding[tid]
+        for pin in m.pins.values():
+            if pin.mm_id != mm_id or pin.pin_id in self.detached_pins:
+                continue
+            if rng is None or rng[0] <= pin.vpn < rng[1]:
+                self.detached_pins[pin.pin_id] = m.clock
+
+    def task_returned(self, m, t) -> None:
+        """A syscall returned: a fork that made a child separates the two address spaces."""
+        if t.name == "fork" and isinstance(t.result, int) and t.mm is not None:
+            self.forked(t.mm.mm_id, t.result, m.clock)
+        if t.tid in self.discarding:
+            self._detach(m, t.tid)
+            del self.discarding[t.tid]
+        if t.name in ("madvise_dontneed", "madvise_free") and t.mm is not None:
+            start, npages = t.args
+            self.anon_freed(m, t.mm, start, start + npages, t.name == "madvise_free")
+
+    def anon_stored(self, m, mm_id: int, vpn: int, pfn: int, version: int) -> None:
+        """A store (by a CPU or through a pin) reached an anon folio meant for ``vpn``."""
+        frame = m.frames[pfn]
+        mm = m.mms.get(mm_id)
+        if not getattr(frame, "anon", False) or mm is None:
+            return
+        vma = mm.find_vma(vpn)
+        if vma is not None:
+            self.anon_expected[(mm_id << 32) | vpn] = (vma.vid, version, version)
+
+    def anon_freed(self, m, mm, start: int, end: int, lazy: bool) -> None:
+        """madvise(MADV_DONTNEED) returned: each page reads what it holds now (0, unless a
+        store concurrent with the call faulted a new page in after the zap);
+        madvise(MADV_FREE) returned: each page reads 0 or what it holds now, until the next
+        store."""
+        for vpn in range(start, end):
+            vma = mm.find_vma(vpn)
+            if vma is None or vma.file is not None:
+                continue
+            was = m.anon_content(mm, vpn)
+            self.anon_expected[(mm.mm_id << 32) | vpn] = (vma.vid, None if lazy else was, was)
+
+    def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
+        """fork() returned: from now on neither side may see the other's stores."""
+        self.parent[child_mm] = (parent_mm, clock)
+
+    # ---------------------------------------------------------------- queries -------
+    def may_observe(self, reader_mm: int, version: int) -> bool:
+        """May process ``reader_mm`` see ``version`` (in its memory or through a reference it
+        took)? Yes for public versions and its own stores; for an ancestor's store only if it
+        was made before the fork that separated their lines returned."""
+        w = self.writer.get(version)
+        if w is None:
+            return True
+        writer_mm, when = w
+        if writer_mm == reader_mm:
+            return True
+        cur = reader_mm
+        while cur in self.parent:
+            up, fork_clock = self.parent[cur]
+            if up == writer_mm:
+                return when < fork_clock
+            cur = up
+        return False
+
+    def writer_of(self, version: int):
+        return self.writer.get(version)
+
+    def pin_detached(self, m, pin) -> bool:
+        """Has the user discarded the mapping the pin was taken at (or is discarding it)?"""
+        if pin.pin_id in self.detached_pins:
+            return True
+        for mm_id, rng in self.discarding.values():
+            if mm_id == pin.mm_id and (rng is None or rng[0] <= pin.vpn < rng[1]):
+                return True
+        return False

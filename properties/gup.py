@@ -1,0 +1,101 @@
+"""COW and GUP: what fork, the write-fault reuse decision and GUP references promise.
+
+tools/testing/selftests/mm/cow.c checks these from user space: after fork() "the child must
+not observe modifications of the parent" ("COW with vmsplice() not working"), and a long-term
+pin must stay "reliable" (the pinned page is the page mapped, and changes through the page
+tables are visible through the pin). include/linux/mm.h documents the pin side: pinned
+anonymous pages are exclusive and "PG_anon_exclusive ... cannot get cleared (e.g., by fork(),
+KSM) while the page is pinned" (6c287605fd56), so "the pin will be fully reliable and stay
+consistent with the pages mapped into the page table".
+
+The ground truth (who wrote which version, the fork tree, pins the user detached by
+discarding their range) is the checker's, in mmfuzz/oracle.py.
+"""
+
+from __future__ import annotations
+
+from mmfuzz.kernel.gup import FOLL_PIN
+
+from ._core import Violation, pte_at
+
+NAME_COW = "cow-isolation"
+NAME_PIN = "gup-pin-coherent"
+NAME_ROFILE = "no-write-to-readonly-file"
+
+
+def cow_isolation(m, events) -> Violation | None:
+    """cow-isolation: after fork, a store by one process is never observable by the other,
+    neither through its own mapping nor through a reference it took with GUP (cow.c
+    "vmsplice() + unmap in child": "This is CVE-2020-29374 reported by Jann Horn"). A
+    process may see its own stores, its ancestors' stores made before the fork that
+    separated them returned, and any store into a page-cache page."""
+    oracle = m.oracle
+    for ev in events:
+        kind = ev[0]
+        if kind == "load":
+            _, cpu, vpn, pfn, data = ev
+            reader, how = m.cpus[cpu].mm_id, f"CPU{cpu} loads va {vpn:#x}"
+        elif kind == "pin_load":
+            _, reader, vpn, pfn, data, pin_id = ev
+            how = f"a read through pin {pin_id} (taken at va {vpn:#x})"
+        else:
+            continue
+        if oracle.may_observe(reader, data):
+            continue
+        writer, when = oracle.writer_of(data)
+        return Violation(NAME_COW, f"mm{reader} observes v{data}, stored by mm{writer} after "
+                         f"they were separated by fork: {how} -> pfn {pfn}",
+                         {"reader": reader, "writer": writer, "version": data, "pfn": pfn,
+                          "va": vpn, "stored_at": when})
+    return None
+
+
+def gup_pin_coherent(m, events) -> Violation | None:
+    """gup-pin-coherent: a FOLL_PIN reference (every pin here is FOLL_LONGTERM, the reliable
+    kind) keeps referring to the page mapped at its address for as long as the user keeps the
+    mapping there (no munmap, MADV_DONTNEED or exit of that range): while a PTE maps that
+    address it maps the pinned page, so stores through the mapping and through the pin see
+    each other. A transiently cleared PTE is no violation; a different page mapped there is
+    the "wrong COW" that loses synchronicity (COW fixes part 2, 2022)."""
+    if not m.pins:
+        return None
+    oracle = m.oracle
+    for pin in m.pins.values():
+        if not pin.flags & FOLL_PIN or oracle.pin_detached(m, pin) or pin.mm_id not in m.mms:
+            continue
+        pte = pte_at(m, pin.mm_id, pin.vpn)
+        if pte is None:
+            continue
+        pinned = m.zero_pfn if pin.folio is None else pin.folio.pfn
+        if pte.pfn != pinned:
+            return Violation(NAME_PIN, f"pin {pin.pin_id} refers to pfn {pinned}, but mm{pin.mm_id} "
+                             f"va {pin.vpn:#x} now maps pfn {pte.pfn}: the pin and the page "
+                             "table disagree", {"pin": pin.pin_id, "mm": pin.mm_id,
+                                                "va": pin.vpn, "pinned": pinned,
+                                                "mapped": pte.pfn})
+    return None
+
+
+def no_write_to_readonly_file(m, events) -> Violation | None:
+    """no-write-to-readonly-file: no process changes the contents of a file it may only read
+    (the world marks such files ``readonly``: opened O_RDONLY, so mapped shared read-only or
+    private). FOLL_FORCE may write a private mapping only after breaking COW: mm/gup.c
+    can_follow_write_pte "FOLL_FORCE can write to even unwritable PTEs in COW mappings" only
+    for "an exclusive anonymous page" (Dirty COW, CVE-2016-5195, wrote the page cache)."""
+    for spec in m.world["files"]:
+        if not spec.get("readonly"):
+            continue
+        f = m.files[spec["id"]]
+        for index in range(f.npages):
+            folio = f.cache.get(index)
+            if f.disk[index] != 0:
+                return Violation(NAME_ROFILE, f"read-only file{f.file_id}[{index}] on disk became "
+                                 f"v{f.disk[index]}", {"file": f.file_id, "index": index,
+                                                       "disk": f.disk[index]})
+            if folio is not None and folio.uptodate and folio.data != f.disk[index]:
+                return Violation(NAME_ROFILE, f"read-only file{f.file_id}[{index}] (pfn "
+                                 f"{folio.pfn}) in the page cache holds v{folio.data}, not the "
+                                 f"disk's v{f.disk[index]}",
+                                 {"file": f.file_id, "index": index, "pfn": folio.pfn,
+                                  "data": folio.data})
+    return None

@@ -1,0 +1,24 @@
+"""Page-table pages: no walker dereferences a freed table.
+
+include/asm-generic/tlb.h (struct mmu_table_batch): "Architectures that use IPIs to flush TLBs
+will then automagically DTRT" because GUP-fast disables IRQs while it walks; mm/mmu_gather.c
+tlb_remove_table_sync_one: "It is however sufficient for software page-table walkers that rely
+on IRQ disabling". A table is freed only after every walker that may hold it has left.
+"""
+
+from __future__ import annotations
+
+from ._core import Violation
+
+NAME = "no-freed-page-table-walk"
+
+
+def no_freed_page_table_walk(m, events) -> Violation | None:
+    """no-freed-page-table-walk: no hardware walk and no software walker (GUP-fast) reads an
+    entry of a PTE table after the table was freed."""
+    for ev in events:
+        if ev[0] == "walk_freed_table":
+            _, cpu, tid, who = ev
+            return Violation(NAME, f"CPU{cpu} ({who}) read PTE table {tid} after it was freed",
+                             {"cpu": cpu, "table": tid, "walker": who})
+    return None
