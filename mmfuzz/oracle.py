@@ -16,7 +16,7 @@ What it records:
   that address;
 - what each anonymous page must read (no-lost-write-after-madv-free): the last store to it
   (through a mapping or a pin), or, once madvise(MADV_DONTNEED / MADV_FREE) returned on it,
-  what it held then (MADV_FREE: or 0).
+  0 or that last store.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Oracle:
         self.detached_pins: dict[int, int] = {}        # pin id -> clock of the discard
         self.discarding: dict[int, tuple] = {}         # task id -> (mm, range or None), running
         # (mm << 32 | vpn) -> (vid of the VMA, version the page must read or None after
-        # MADV_FREE, the version it may read besides 0 then)
+        # madvise returned, the version it may read besides 0 then)
         self.anon_expected: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ notes -------
@@ -100,16 +100,25 @@ class Oracle:
             self.anon_expected[(mm_id << 32) | vpn] = (vma.vid, version, version)
 
     def anon_freed(self, m, mm, start: int, end: int, lazy: bool) -> None:
-        """madvise(MADV_DONTNEED) returned: each page reads what it holds now (0, unless a
-        store concurrent with the call faulted a new page in after the zap);
-        madvise(MADV_FREE) returned: each page reads 0 or what it holds now, until the next
-        store."""
+        """madvise(MADV_DONTNEED or MADV_FREE) returned: until its next store, each anon page
+        the oracle knows reads 0 or the last version stored to it before the return (the
+        data is gone after DONTNEED unless a store concurrent with the call faulted a new page
+        in; after FREE it is gone if reclaim discarded the page). What the page tables show
+        at the return is not used: reclaim may hold a PTE cleared in the middle of
+        try_to_unmap_one then. A private file mapping's COW page that DONTNEED zapped reads
+        the file again: no longer checked."""
         for vpn in range(start, end):
             vma = mm.find_vma(vpn)
-            if vma is None or vma.file is not None:
+            key = (mm.mm_id << 32) | vpn
+            prev = self.anon_expected.get(key)
+            if vma is None or prev is None or prev[0] != vma.vid:
                 continue
-            was = m.anon_content(mm, vpn)
-            self.anon_expected[(mm.mm_id << 32) | vpn] = (vma.vid, None if lazy else was, was)
+            if vma.file is not None:
+                if not lazy:
+                    del self.anon_expected[key]
+                continue
+            last = prev[1] if prev[1] is not None else prev[2]
+            self.anon_expected[key] = (vma.vid, None, last)
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""

@@ -18,9 +18,8 @@ NAME = "no-lost-write-after-madv-free"
 
 def no_lost_write_after_madv_free_quiescent(m) -> Violation | None:
     """When every operation has finished: each anonymous page reads (through its PTE, the swap
-    cache or the swap device) the last store made to it, or, if madvise returned on it since,
-    what it held when madvise returned (0 after MADV_DONTNEED, unless a store concurrent with
-    the call faulted a new page in); a page freed by MADV_FREE may read 0 instead.
+    cache or the swap device) the last store made to it (by a CPU or through a pin); if
+    madvise(MADV_FREE or MADV_DONTNEED) returned on it since, 0 or that store.
     Pages whose VMA was unmapped or replaced since (another VMA id) are not checked."""
     for key, (vid, want, was) in m.oracle.anon_expected.items():
         mm_id, vpn = key >> 32, key & 0xffffffff
@@ -32,7 +31,7 @@ def no_lost_write_after_madv_free_quiescent(m) -> Violation | None:
         if want is None:
             if got == 0 or got == was:
                 continue
-            expect = f"0 or v{was} (freed by MADV_FREE)"
+            expect = f"0 or v{was} (madvise returned on it since)"
         else:
             if got == want:
                 continue

@@ -266,7 +266,9 @@ class Memory(KernelBase):
             again = False
             while addr < end:
                 ptent = src.ptes[addr % m.ptrs_per_pte]
-                if ptent is not None:
+                if ptent is not None and not ptent.present:
+                    yield from self.copy_nonpresent_pte(t, dst, src, addr, ptent)
+                elif ptent is not None:
                     ret, prealloc = yield from self.copy_present_ptes(
                         t, dst_vma, src_vma, dst, src, addr, ptent, prealloc)
                     if ret == "EAGAIN":
@@ -282,6 +284,19 @@ class Memory(KernelBase):
         if prealloc is not None:
             self.folio_put_now(prealloc)
             yield f"copy_pte_range: folio_put(unused prealloc pfn {prealloc.pfn})"
+
+    def copy_nonpresent_pte(self, t: Task, dst: PteTable, src: PteTable, vpn: int, pte):
+        """mm/memory.c copy_nonpresent_pte, a genuine swap entry (both PTLs held): swap_duplicate;
+        "Mark the swap entry as shared": an exclusive swap PTE loses SWP_EXCLUSIVE in the
+        parent (pte_swp_clear_exclusive) and the child gets the same entry. One step."""
+        m = self.m
+        slot = vpn % m.ptrs_per_pte
+        self.swap_duplicate(pte.offset)
+        if pte.exclusive:
+            pte = pte._replace(exclusive=False)
+            src.ptes[slot] = pte
+        dst.ptes[slot] = pte
+        yield f"copy_nonpresent_pte: swap_duplicate(slot {pte.offset}), shared swap PTE va {vpn:#x} in both"
 
     def copy_present_ptes(self, t: Task, dst_vma: Vma, src_vma: Vma, dst: PteTable,
                           src: PteTable, vpn: int, pte: Pte, prealloc):
