@@ -1,11 +1,12 @@
 """Reclaim as a kernel thread: mm/vmscan.c shrink_inactive_list -> shrink_folio_list, reduced
 to a short list of folios.
 
-Two LRUs, as folio_is_file_lru sorts them: ``lru`` 0 the anon LRU (swap-backed anon folios),
-1 the file LRU (page-cache folios and lazyfree anon folios, whose PG_swapbacked MADV_FREE
-cleared), each in allocation order (oldest first). One reclaim pass isolates ``nr`` folios
-of one LRU starting ``skip`` folios in (isolate_lru_folios takes a reference and clears
-PG_lru), runs shrink_folio_list on them and puts back what it keeps.
+Two LRUs, as folio_is_file_lru sorts them: the anon LRU (swap-backed anon folios) and the
+file LRU (page-cache folios and lazyfree anon folios, whose PG_swapbacked MADV_FREE
+cleared), each in allocation order (oldest first). One reclaim pass scans both (``lru`` 2)
+or one (0 anon, 1 file): per LRU it isolates ``nr`` folios starting ``skip`` folios in
+(isolate_lru_folios takes a reference and clears PG_lru), runs shrink_folio_list on them
+and puts back what it keeps.
 Left out: the active/inactive split (activation only keeps a folio), MGLRU, memcg, the
 watermarks that start kswapd, lru_add_drain, mlock and unevictable folios, large folios and
 THP splitting, demotion, kswapd's writeback of dirty file folios (PG_reclaim, PGDAT_DIRTY:
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from ..model import Folio
 from ..ops import Choice, operation
-from .base import KernelBase, Last, Task
+from .base import KernelBase, Task
 from .rmap import TTU_BATCH_FLUSH
 
 # mm/vmscan.c enum folio_references, enum pageout_t
@@ -26,31 +27,39 @@ PAGE_KEEP, PAGE_ACTIVATE, PAGE_SUCCESS, PAGE_CLEAN = range(4)
 
 
 class Vmscan(KernelBase):
-    @operation("reclaim", Choice("lru", (0, 1), "0: the anon LRU, 1: the file LRU"),
-               Choice("skip", (0, 1, 2), "folios of the LRU passed over"),
-               Choice("nr", (1, 2), "folios isolated"), context="kthread",
+    @operation("reclaim", Choice("lru", (2, 0, 1), "2: both, as shrink_lruvec scans them; "
+                                 "0: the anon LRU only, 1: the file LRU only"),
+               Choice("skip", (0, 1, 2), "folios of each LRU passed over"),
+               Choice("nr", (1, 2, 32), "folios isolated per LRU (32: SWAP_CLUSTER_MAX, the "
+                      "whole LRU of a small world)"), context="kthread",
                doc="reclaim (kswapd): isolate folios, shrink_folio_list, put back")
     def reclaim(self, t: Task, lru: int, skip: int, nr: int):
-        """mm/vmscan.c shrink_inactive_list (as kswapd or direct reclaim run it) on the anon
-        (0) or file (1) LRU: isolate_lru_folios, shrink_folio_list, move_folios_to_lru (the
-        kept folios lose the isolation reference)."""
+        """mm/vmscan.c shrink_lruvec -> shrink_list -> shrink_inactive_list (as kswapd or
+        direct reclaim run it) on the anon LRU then the file LRU (for_each_evictable_lru
+        order), or on one of them."""
+        for file_lru in ((False, True) if lru == 2 else (bool(lru),)):
+            yield from self.shrink_inactive_list(t, file_lru, skip, nr)
+
+    def shrink_inactive_list(self, t: Task, file_lru: bool, skip: int, nr: int):
+        """mm/vmscan.c shrink_inactive_list: isolate_lru_folios, shrink_folio_list,
+        move_folios_to_lru (the kept folios lose the isolation reference)."""
         m = self.m
-        file_lru = bool(lru)
         lru = [f for f in m.frames if isinstance(f, Folio) and not f.isolated
                and (f.anon or f.mapping is not None or f.swapcache)
                and (not f.anon or f.lazyfree) == file_lru]
         lru.sort(key=lambda f: f.uid)
         folios = lru[skip:skip + nr]
+        which = "file" if file_lru else "anon"
         for folio in folios:  # folio_try_get + folio_test_clear_lru
             folio.refcount += 1
             folio.isolated = True
-        yield (f"isolate_lru_folios: {', '.join('pfn %d' % f.pfn for f in folios)}" if folios
-               else "isolate_lru_folios: nothing to isolate")
+        yield (f"isolate_lru_folios({which}): {', '.join('pfn %d' % f.pfn for f in folios)}"
+               if folios else f"isolate_lru_folios({which}): nothing to isolate")
         kept = yield from self.shrink_folio_list(t, folios)
         for folio in kept:  # move_folios_to_lru: folio_set_lru, folio_put
             folio.isolated = False
             self.folio_put_now(folio)
-        yield Last(f"move_folios_to_lru: put back {len(kept)}")
+        yield f"move_folios_to_lru({which}): put back {len(kept)}"
 
     def shrink_folio_list(self, t: Task, folios: list):
         """mm/vmscan.c shrink_folio_list: each folio is locked (trylock, else kept), checked for
