@@ -16,7 +16,7 @@ What it records:
   that address;
 - what each anonymous page must read (no-lost-write-after-madv-free): the last store to it
   (through a mapping or a pin), or, once madvise(MADV_DONTNEED / MADV_FREE) returned on it,
-  0 or that last store.
+  0 or one of the versions stored to it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Oracle:
         self.detached_pins: dict[int, int] = {}        # pin id -> clock of the discard
         self.discarding: dict[int, tuple] = {}         # task id -> (mm, range or None), running
         # (mm << 32 | vpn) -> (vid of the VMA, version the page must read or None after
-        # madvise returned, the version it may read besides 0 then)
+        # madvise returned, the versions stored to it: what it may read besides 0 then)
         self.anon_expected: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ notes -------
@@ -97,13 +97,18 @@ class Oracle:
             return
         vma = mm.find_vma(vpn)
         if vma is not None:
-            self.anon_expected[(mm_id << 32) | vpn] = (vma.vid, version, version)
+            key = (mm_id << 32) | vpn
+            prev = self.anon_expected.get(key)
+            seen = prev[2] if prev is not None and prev[0] == vma.vid else ()
+            self.anon_expected[key] = (vma.vid, version, seen + (version,))
 
     def anon_freed(self, m, mm, start: int, end: int, lazy: bool) -> None:
         """madvise(MADV_DONTNEED or MADV_FREE) returned: until its next store, each anon page
-        the oracle knows reads 0 or the last version stored to it before the return (the
-        data is gone after DONTNEED unless a store concurrent with the call faulted a new page
-        in; after FREE it is gone if reclaim discarded the page). What the page tables show
+        the oracle knows reads 0 or some version stored to it before the return (after
+        DONTNEED only a store concurrent with the call survives, one that faulted a new page
+        in; after FREE the data is gone if reclaim discarded the page; a store concurrent
+        with the call may have landed through a stale TLB entry in a page already dropped, so
+        the last store is not necessarily the one that survives). What the page tables show
         at the return is not used: reclaim may hold a PTE cleared in the middle of
         try_to_unmap_one then. A private file mapping's COW page that DONTNEED zapped reads
         the file again: no longer checked."""
@@ -117,8 +122,7 @@ class Oracle:
                 if not lazy:
                     del self.anon_expected[key]
                 continue
-            last = prev[1] if prev[1] is not None else prev[2]
-            self.anon_expected[key] = (vma.vid, None, last)
+            self.anon_expected[key] = (vma.vid, None, prev[2])
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""
