@@ -54,7 +54,10 @@ class Oracle:
             elif kind == "pin_store" or kind == "gup_store":
                 _, mm_id, vpn, pfn, version = ev
                 self._stored(m, mm_id, pfn, version)
-                self.anon_stored(m, mm_id, vpn, pfn, version)
+                if kind == "gup_store" or not any(p.mm_id == mm_id and p.vpn == vpn and p.folio is not None
+                           and p.folio.pfn == pfn and self.pin_detached(m, p)
+                           for p in m.pins.values()):
+                    self.anon_stored(m, mm_id, vpn, pfn, version)
 
     def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
         frame = m.frames[pfn]
@@ -90,13 +93,14 @@ class Oracle:
             self.anon_freed(m, t.mm, start, start + npages, t.name == "madvise_free")
 
     def anon_stored(self, m, mm_id: int, vpn: int, pfn: int, version: int) -> None:
-        """A store (by a CPU or through a pin) reached an anon folio meant for ``vpn``."""
+        """A store (by a CPU or through a pin the user did not detach) reached an anon folio
+        meant for ``vpn`` of an anonymous VMA."""
         frame = m.frames[pfn]
         mm = m.mms.get(mm_id)
         if not getattr(frame, "anon", False) or mm is None:
             return
         vma = mm.find_vma(vpn)
-        if vma is not None:
+        if vma is not None and vma.file is None:  # private file COW pages are not tracked
             key = (mm_id << 32) | vpn
             prev = self.anon_expected.get(key)
             seen = prev[2] if prev is not None and prev[0] == vma.vid else ()
