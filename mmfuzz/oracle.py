@@ -54,10 +54,10 @@ class Oracle:
             elif kind == "pin_store" or kind == "gup_store":
                 _, mm_id, vpn, pfn, version = ev
                 self._stored(m, mm_id, pfn, version)
-                if kind == "gup_store" or not any(p.mm_id == mm_id and p.vpn == vpn and p.folio is not None
-                           and p.folio.pfn == pfn and self.pin_detached(m, p)
-                           for p in m.pins.values()):
-                    self.anon_stored(m, mm_id, vpn, pfn, version)
+                detached = kind == "pin_store" and any(
+                    p.mm_id == mm_id and p.vpn == vpn and p.folio is not None
+                    and p.folio.pfn == pfn and self.pin_detached(m, p) for p in m.pins.values())
+                self.anon_stored(m, mm_id, vpn, pfn, version, detached)
 
     def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
         frame = m.frames[pfn]
@@ -92,9 +92,11 @@ class Oracle:
             start, npages = t.args
             self.anon_freed(m, t.mm, start, start + npages, t.name == "madvise_free")
 
-    def anon_stored(self, m, mm_id: int, vpn: int, pfn: int, version: int) -> None:
-        """A store (by a CPU or through a pin the user did not detach) reached an anon folio
-        meant for ``vpn`` of an anonymous VMA."""
+    def anon_stored(self, m, mm_id: int, vpn: int, pfn: int, version: int,
+                    detached: bool = False) -> None:
+        """A store (by a CPU or through a pin) reached an anon folio meant for ``vpn`` of an
+        anonymous VMA; through a pin the user detached (it discarded the range while the pin
+        was held) the page may read either the store or what it read before."""
         frame = m.frames[pfn]
         mm = m.mms.get(mm_id)
         if not getattr(frame, "anon", False) or mm is None:
@@ -104,7 +106,12 @@ class Oracle:
             key = (mm_id << 32) | vpn
             prev = self.anon_expected.get(key)
             seen = prev[2] if prev is not None and prev[0] == vma.vid else ()
-            self.anon_expected[key] = (vma.vid, version, seen + (version,))
+            if detached:  # the page may or may not still be the pinned one: either is fine
+                want = None if prev is None or prev[0] != vma.vid else prev[1]
+                self.anon_expected[key] = (vma.vid, None, seen + (version,) +
+                                           (() if want is None else (want,)))
+            else:
+                self.anon_expected[key] = (vma.vid, version, seen + (version,))
 
     def anon_freed(self, m, mm, start: int, end: int, lazy: bool) -> None:
         """madvise(MADV_DONTNEED or MADV_FREE) returned: until its next store, each anon page
