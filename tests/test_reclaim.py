@@ -3,9 +3,6 @@ in hand-written interleavings, with concrete assertions on the machine state."""
 
 from __future__ import annotations
 
-import pytest
-
-from mmfuzz.explore import explore
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import TLB_FLUSH_BATCH_FLUSHED_SHIFT, tlb_key
 from mmfuzz.run import Run, default_world
@@ -331,17 +328,6 @@ def test_dio_read_into_lazyfree_page_is_lost_only_without_the_refcount_check():
     assert any("ref_count 1026 != 1 + map_count 1: set_pte_at restores" in t for t in texts(main))
     assert "pfn 0" not in step.text
     assert main.quiesce() is None
-
-
-@pytest.mark.fuzz
-def test_dio_bug_found_from_scratch_and_mainline_clean():
-    # seed 3 needs 4,922 runs today (the two new LRU choices moved nothing for it)
-    found, _ = explore(DIO_BUG, 3, runs_max=6000)
-    assert found is not None and found.prop in DIO_PROPS
-    assert found.runs <= 4922, f"search got worse: {found.runs} runs"
-    clean, stats = explore(MAINLINE, 3, runs_max=found.runs)
-    assert clean is None, clean and clean.prop
-    assert stats["runs"] == found.runs
 
 
 def test_mainline_runs_store_through_writable_clean_tlb_entries():
