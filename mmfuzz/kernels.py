@@ -225,6 +225,33 @@ class DirtyCow(Mainline):
         return err, flags
 
 
+class MadvFreeReclaimVsDio(Mainline):
+    """Mainline with 6c8e2a256915 ("mm: fix race between MADV_FREE reclaim and blkdev direct
+    IO read", Mauricio Faria de Oliveira, 2022) reverted: try_to_unmap_one discards a clean
+    lazyfree folio without "ref_count == 1 + map_count". A direct-IO read pinned the page
+    with GUP-fast after MADV_FREE (no PG_dirty: the fast path does not mark the folio dirty);
+    reclaim clears the PTE and drops the folio from the page table although the pin still
+    holds it, so the DMA's data lands in a folio the process no longer maps, and its next
+    read of the buffer faults in zeroes. The fix pairs "clear PTE; barrier; read refcount"
+    with GUP-fast's "inc refcount; barrier; read PTE"."""
+
+    name = "bug:madvfree-reclaim-vs-dio"
+
+    def try_to_unmap_lazyfree(self, t, folio, mm, table, slot, vpn, pteval):
+        """mm/rmap.c try_to_unmap_one before 6c8e2a256915: "if (!PageDirty(page)) { ... goto
+        discard; }" -- else remap and SetPageSwapBacked."""
+        if not folio.dirty:
+            if folio.refcount != 1 + folio.mapcount:
+                self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+            yield f"try_to_unmap_one: lazyfree pfn {folio.pfn} clean: discard"
+            return True
+        table.ptes[slot] = pteval
+        folio.lazyfree = False  # SetPageSwapBacked
+        yield (f"try_to_unmap_one: lazyfree pfn {folio.pfn} dirty: set_pte_at restores va "
+               f"{vpn:#x}, SetPageSwapBacked")
+        return False
+
+
 BUGS: list[Bug] = [
     Bug("zap-rmap-before-flush", "5df397dec7c4",
         "mm: delay page_remove_rmap() until after the TLB has been flushed",
@@ -245,6 +272,9 @@ BUGS: list[Bug] = [
     Bug("dirty-cow", "19be0eaffa3a",
         "mm: remove gup_flags FOLL_WRITE games from __get_user_pages()",
         "no-write-to-readonly-file", DirtyCow, 6, actions_max=200),
+    Bug("madvfree-reclaim-vs-dio", "6c8e2a256915",
+        "mm: fix race between MADV_FREE reclaim and blkdev direct IO read",
+        "no-lost-write-after-madv-free", MadvFreeReclaimVsDio, 6),
 ]
 
 _BY_NAME = {"mainline": Mainline}

@@ -30,6 +30,27 @@ class Pte(NamedTuple):
     young: bool
     special: bool = False
     soft_dirty: bool = False
+    present = True  # pte_present(); a SwapPte is not
+
+
+class SwapPte(NamedTuple):
+    """A non-present PTE holding a swap entry (include/linux/swapops.h): ``offset`` is
+    swp_offset() into the one swap device (Machine.swap); ``exclusive`` is SWP_EXCLUSIVE
+    (pte_swp_exclusive: the page was PG_anon_exclusive when it was unmapped, so do_swap_page
+    may map it writable again); ``soft_dirty`` is _PAGE_SWP_SOFT_DIRTY.
+
+    Code reading a PTE must test ``present`` before ``pfn``: a swap PTE has pfn None (an index
+    with it fails loudly) and reads as neither writable, dirty, young nor special."""
+
+    offset: int
+    exclusive: bool = False
+    soft_dirty: bool = False
+    present = False
+    pfn = None
+    write = False
+    dirty = False
+    young = False
+    special = False
 
 
 class TlbEntry(NamedTuple):
@@ -73,6 +94,7 @@ class Folio:
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
         "freed", "uptodate", "anon_vma",
+        "swapcache", "swap", "referenced", "isolated",
     )
 
     def __init__(self, uid: int, pfn: int):
@@ -93,6 +115,12 @@ class Folio:
         self.data = 0
         self.freed = False
         self.uptodate = True       # PG_uptodate: false while a read from disk is pending
+        # Reclaim and swap (mm/vmscan.c, mm/swap_state.c). ``lazyfree`` above is an anon
+        # folio's !PG_swapbacked (MADV_FREE's folio_mark_lazyfree clears PG_swapbacked).
+        self.swapcache = False     # PG_swapcache: in the swap cache, folio->swap valid
+        self.swap = 0              # folio->swap: swp_offset of its slot (0: none)
+        self.referenced = False    # PG_referenced (folio_check_references' second chance)
+        self.isolated = False      # !PG_lru: taken off the LRU by reclaim (isolate_lru_folios)
         self.anon_vma: Optional[AnonVma] = None  # folio->mapping of an anon folio
 
 
@@ -156,7 +184,8 @@ class Vma:
 
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
-                 "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users", "origin")
+                 "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users", "origin",
+                 "tlb_flush_batched")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
@@ -167,6 +196,10 @@ class Mm:
         self.tlb_flush_pending = 0
         self.tlb_gen = 0
         self.cpumask: list[int] = []
+        # mm->tlb_flush_batched (mm/rmap.c): one atomic int, bits 0-14 the pending generation
+        # (reclaim deferred a flush: set_tlb_ubc_flush_pending), bits 16-30 the flushed one
+        # (flush_tlb_batched_pending caught up). See TLB_FLUSH_BATCH_* below.
+        self.tlb_flush_batched = 0
         self.mm_lock_seq = 0        # mm->mm_lock_seq: bumped by mmap_write_unlock/downgrade
         self.write_protect_seq = 0  # mm->write_protect_seq (a seqcount: odd while fork copies)
         self.users = 0              # mm_users: CPUs whose process runs this mm
@@ -178,6 +211,51 @@ class Mm:
             if vma.contains(vpn):
                 return vma
         return None
+
+
+#: mm/rmap.c: "Bits 0-14 of mm->tlb_flush_batched record pending generations. Bits 16-30 of
+#: mm->tlb_flush_batched bit record flushed generations."
+TLB_FLUSH_BATCH_FLUSHED_SHIFT = 16
+TLB_FLUSH_BATCH_PENDING_MASK = (1 << (TLB_FLUSH_BATCH_FLUSHED_SHIFT - 1)) - 1
+TLB_FLUSH_BATCH_PENDING_LARGE = TLB_FLUSH_BATCH_PENDING_MASK // 2
+
+
+class TlbflushUnmapBatch:
+    """include/linux/mm_types_task.h struct tlbflush_unmap_batch (current->tlb_ubc): the
+    flushes reclaim deferred. ``cpumask`` is x86's arch_tlbflush_unmap_batch (the CPUs to
+    flush, ascending); ``flush_required`` "True if a flush is needed"; ``writable`` "If true
+    then the PTE was dirty when unmapped. The entry must be flushed before IO is initiated
+    or a stale TLB entry potentially allows an update without redirtying the page"."""
+
+    __slots__ = ("cpumask", "flush_required", "writable")
+
+    def __init__(self):
+        self.cpumask: list[int] = []
+        self.flush_required = False
+        self.writable = False
+
+
+SWAP_HAS_CACHE = 0x40  # include/linux/swap.h: "Flag page is cached, in first swap_map"
+
+
+class SwapInfo:
+    """The one swap device: mm/swapfile.c struct swap_info_struct with the swap cache of
+    mm/swap_state.c. The swap model every path shares:
+
+    - ``swap_map[offset]``: the number of swap PTEs that refer to the slot (swap_duplicate
+      adds one, swap_free drops one), | SWAP_HAS_CACHE while a folio for the slot is in the
+      swap cache. 0 = free. Slot 0 is the header page and never allocated.
+    - ``data[offset]``: the version the device holds for the slot (like FileObj.disk).
+    - ``cache``: the swap cache, offset -> folio (PG_swapcache, folio->swap == offset); the
+      cache holds one reference on the folio.
+    """
+
+    __slots__ = ("swap_map", "data", "cache")
+
+    def __init__(self, nslots: int):
+        self.swap_map = [0] * nslots
+        self.data = [0] * nslots
+        self.cache: dict[int, Folio] = {}
 
 
 class FileObj:
@@ -268,6 +346,7 @@ class Machine:
         # write-protected); used by no-stale-translation-after-return.
         self.revoked_at: dict[int, int] = {}
         self.events: list[tuple] = []  # facts emitted by the current step, for properties
+        self.swap = SwapInfo(world.get("swap_slots", 4))
         # GUP references still held by their users (pin id -> Pin), in creation order.
         self.pins: dict[int, Pin] = {}
         self.next_pin = 1
@@ -294,7 +373,8 @@ class Machine:
         self.frames[folio.pfn] = None
         self.free_pfns.append(folio.pfn)  # LIFO: a freed frame is the next one reused
         cached = (folio.mapping is not None
-                  and self.files[folio.mapping].cache.get(folio.index) is folio)
+                  and self.files[folio.mapping].cache.get(folio.index) is folio) \
+            or self.swap.cache.get(folio.swap) is folio
         self.events.append(("free", folio.pfn, folio.uid, folio.mapcount, cached))
 
     def alloc_pte_table(self, mm_id: int, pmd_index: int) -> PteTable:
@@ -329,7 +409,21 @@ class Machine:
     def revoke(self, mm_id: int, vpn: int) -> None:
         self.revoked_at[tlb_key(mm_id, vpn)] = self.clock
 
+    # --- what a process would read (for the checker; reads state, changes nothing) ------
+    def anon_content(self, mm: Mm, vpn: int) -> int:
+        """The version a load of ``vpn`` would read now, by the page tables and the swap
+        device: a none PTE or the zero page reads 0 (the fault maps zeroes), a present PTE
+        its frame, a swap PTE the swap-cache folio if there is one, else the device slot."""
+        pmd_index, slot = divmod(vpn, self.ptrs_per_pte)
+        table = mm.pmd[pmd_index] if pmd_index < len(mm.pmd) else None
+        pte = table.ptes[slot] if table is not None else None
+        if pte is None or pte.special:
+            return 0
+        if pte.present:
+            frame = self.frames[pte.pfn]
+            return frame.data if isinstance(frame, Folio) else 0
+        folio = self.swap.cache.get(pte.offset)
+        return folio.data if folio is not None else self.swap.data[pte.offset]
 
 class OutOfFrames(Exception):
     pass
-

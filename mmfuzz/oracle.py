@@ -13,7 +13,10 @@ What it records:
 - the fork tree: child mm -> (parent mm, clock when fork returned);
 - every discard of a user range (munmap, MADV_DONTNEED, exit) with its start and end, and
   when the GUP call that took each pin started: a pin whose range was discarded while it
-  existed no longer has to follow that address.
+  existed no longer has to follow that address;
+- what each anonymous page must read (no-lost-write-after-madv-free): the last store to it
+  (through a mapping or a pin), or, once madvise(MADV_DONTNEED / MADV_FREE) returned on it,
+  0 or one of the versions stored to it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ GUP_OPS = ("pin_user_pages", "vmsplice")
 
 
 class Oracle:
-    __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since")
+    __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since", "anon_expected")
 
     def __init__(self):
         self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
@@ -39,6 +42,9 @@ class Oracle:
         self.discards: dict[int, list] = {}   # task id -> [mm, range or None, start, end]
         self.gup_started: dict[int, int] = {}  # task id of a running GUP call -> start clock
         self.pin_since: dict[int, int] = {}    # pin id -> start clock of the call that took it
+        # (mm << 32 | vpn) -> (vid of the VMA, version the page must read or None after
+        # madvise returned, the versions stored to it: what it may read besides 0 then)
+        self.anon_expected: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ notes -------
     def observe(self, m, events) -> None:
@@ -46,11 +52,16 @@ class Oracle:
         for ev in events:
             kind = ev[0]
             if kind == "store":
-                _, cpu, _vpn, pfn, version = ev
+                _, cpu, vpn, pfn, version = ev
                 self._stored(m, m.cpus[cpu].mm_id, pfn, version)
+                self.anon_stored(m, m.cpus[cpu].mm_id, vpn, pfn, version)
             elif kind == "pin_store" or kind == "gup_store":
-                _, mm_id, _vpn, pfn, version = ev
+                _, mm_id, vpn, pfn, version = ev
                 self._stored(m, mm_id, pfn, version)
+                detached = kind == "pin_store" and any(
+                    p.mm_id == mm_id and p.vpn == vpn and p.folio is not None
+                    and p.folio.pfn == pfn and self.pin_detached(m, p) for p in m.pins.values())
+                self.anon_stored(m, mm_id, vpn, pfn, version, detached)
 
     def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
         frame = m.frames[pfn]
@@ -76,6 +87,52 @@ class Oracle:
             self.pin_since[t.result] = started
         if t.tid in self.discards:
             self.discards[t.tid][3] = m.clock
+        if t.name in ("madvise_dontneed", "madvise_free") and t.mm is not None:
+            start, npages = t.args
+            self.anon_freed(m, t.mm, start, start + npages, t.name == "madvise_free")
+
+    def anon_stored(self, m, mm_id: int, vpn: int, pfn: int, version: int,
+                    detached: bool = False) -> None:
+        """A store (by a CPU or through a pin) reached an anon folio meant for ``vpn`` of an
+        anonymous VMA; through a pin the user detached (it discarded the range while the pin
+        was held) the page may read either the store or what it read before."""
+        frame = m.frames[pfn]
+        mm = m.mms.get(mm_id)
+        if not getattr(frame, "anon", False) or mm is None:
+            return
+        vma = mm.find_vma(vpn)
+        if vma is not None and vma.file is None:  # private file COW pages are not tracked
+            key = (mm_id << 32) | vpn
+            prev = self.anon_expected.get(key)
+            seen = prev[2] if prev is not None and prev[0] == vma.vid else ()
+            if detached:  # the page may or may not still be the pinned one: either is fine
+                want = None if prev is None or prev[0] != vma.vid else prev[1]
+                self.anon_expected[key] = (vma.vid, None, seen + (version,) +
+                                           (() if want is None else (want,)))
+            else:
+                self.anon_expected[key] = (vma.vid, version, seen + (version,))
+
+    def anon_freed(self, m, mm, start: int, end: int, lazy: bool) -> None:
+        """madvise(MADV_DONTNEED or MADV_FREE) returned: until its next store, each anon page
+        the oracle knows reads 0 or some version stored to it before the return (after
+        DONTNEED only a store concurrent with the call survives, one that faulted a new page
+        in; after FREE the data is gone if reclaim discarded the page; a store concurrent
+        with the call may have landed through a stale TLB entry in a page already dropped, so
+        the last store is not necessarily the one that survives). What the page tables show
+        at the return is not used: reclaim may hold a PTE cleared in the middle of
+        try_to_unmap_one then. A private file mapping's COW page that DONTNEED zapped reads
+        the file again: no longer checked."""
+        for vpn in range(start, end):
+            vma = mm.find_vma(vpn)
+            key = (mm.mm_id << 32) | vpn
+            prev = self.anon_expected.get(key)
+            if vma is None or prev is None or prev[0] != vma.vid:
+                continue
+            if vma.file is not None:
+                if not lazy:
+                    del self.anon_expected[key]
+                continue
+            self.anon_expected[key] = (vma.vid, None, prev[2])
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""

@@ -7,6 +7,7 @@ synced and dropped (the "eventually" half of the same properties).
 
 from ._core import Violation
 from .accounting import accounting, accounting_quiescent
+from .anon import no_lost_write_after_madv_free_quiescent
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
 from .gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
 from .pgtable import no_freed_page_table_walk
@@ -30,6 +31,7 @@ QUIESCENT_PROPERTIES = (
     dirty_data_preserved_quiescent,
     no_stale_translation_quiescent,
     accounting_quiescent,
+    no_lost_write_after_madv_free_quiescent,
 )
 
 PROPERTY_NAMES = (
@@ -38,6 +40,7 @@ PROPERTY_NAMES = (
     "no-stale-translation-after-return",
     "soft-dirty-accurate",
     "accounting",
+    "no-lost-write-after-madv-free",
     "no-freed-page-table-walk",
     "cow-isolation",
     "gup-pin-coherent",

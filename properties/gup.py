@@ -67,12 +67,16 @@ def gup_pin_coherent(m, events) -> Violation | None:
         if pte is None:
             continue
         pinned = m.zero_pfn if pin.folio is None else pin.folio.pfn
-        if pte.pfn != pinned:
-            return Violation(NAME_PIN, f"pin {pin.pin_id} refers to pfn {pinned}, but "
-                             f"mm{pin.mm_id} va {pin.vpn:#x} now maps pfn {pte.pfn}: the pin "
-                             "and the page table disagree", {"pin": pin.pin_id, "mm": pin.mm_id,
+        mapped = pte.pfn
+        if not pte.present:  # swapped out: a swap-in maps the swap cache's folio, if any
+            cached = m.swap.cache.get(pte.offset)
+            mapped = cached.pfn if cached is not None else None
+        if mapped != pinned:
+            return Violation(NAME_PIN, f"pin {pin.pin_id} refers to pfn {pinned}, but mm{pin.mm_id} "
+                             f"va {pin.vpn:#x} now maps pfn {mapped}: the pin and the page "
+                             "table disagree", {"pin": pin.pin_id, "mm": pin.mm_id,
                                                 "va": pin.vpn, "pinned": pinned,
-                                                "mapped": pte.pfn})
+                                                "mapped": mapped})
     return None
 
 

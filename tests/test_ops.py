@@ -663,9 +663,11 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
             continue
         # fork and exit need a CPU without a process and end one (tests/test_fork.py)
         op = rng.choice(sorted(o for o in op_names() if o not in ("fork", "exit")))
-        if op in ("madvise_dontneed", "munmap"):
+        if op in ("madvise_dontneed", "munmap", "madvise_free"):
             start = rng.randrange(6)
             args = [start, rng.randrange(1, 7 - start)]
+        elif op == "reclaim":
+            args = [rng.randrange(2), rng.randrange(3), rng.randrange(1, 3)]
         elif op == "mmap":
             args = [rng.randrange(2)]
         elif op == "writeback":

@@ -12,6 +12,7 @@ from mmfuzz.kernel.gup import FOLL_PIN, GUP_PIN_COUNTING_BIAS
 from mmfuzz.model import Folio, Pin, TlbEntry, tlb_key
 from mmfuzz.run import Run, default_world, execute
 from properties.accounting import accounting, accounting_quiescent
+from properties.anon import no_lost_write_after_madv_free_quiescent
 from properties.dirty import dirty_data_preserved, dirty_data_preserved_quiescent
 from properties.softdirty import soft_dirty_accurate
 from properties.tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
@@ -458,7 +459,8 @@ def test_accounting_quiescent_pin_with_reference_is_fine():
 def test_every_property_is_covered():
     tested = {no_use_after_free_via_tlb, dirty_data_preserved, no_stale_translation_after_return,
               soft_dirty_accurate, accounting, dirty_data_preserved_quiescent,
-              no_stale_translation_quiescent, accounting_quiescent}
+              no_stale_translation_quiescent, accounting_quiescent,
+              no_lost_write_after_madv_free_quiescent}
     # the COW/GUP properties and no-freed-page-table-walk: bad states in tests/test_gup_properties.py
     from properties.gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
     from properties.pgtable import no_freed_page_table_walk
@@ -482,10 +484,58 @@ def _one_violation_each():
     entry, events = _clear_refs_after_store(r2)
     r2.m.cpus[2].tlb[tlb_key(MM, 4)] = entry
     out.append(soft_dirty_accurate(r2.m, events))
+    r3 = new_run()
+    fault_in(r3, 0, 4, True)
+    _anon_folio(r3).data = 0  # the store never reached the page
+    out.append(no_lost_write_after_madv_free_quiescent(r3.m))
     from .test_gup_properties import one_violation_each as gup_violations
     out.extend(gup_violations())
     assert all(v is not None for v in out)
     return out
+
+
+# ======================================================================================
+# no-lost-write-after-madv-free and the swap half of accounting
+# ======================================================================================
+def _anon_folio(r: Run):
+    table, slot = pte_slot(r, 4)
+    return r.m.frames[table.ptes[slot].pfn]
+
+
+def test_no_lost_write_good_and_bad_states():
+    r = new_run()
+    fault_in(r, 0, 4, True)                      # v3 stored to the anon page
+    assert no_lost_write_after_madv_free_quiescent(r.m) is None
+    folio = _anon_folio(r)
+    want = folio.data
+    folio.data = 0                               # as if the folio had been discarded
+    v = no_lost_write_after_madv_free_quiescent(r.m)
+    assert v is not None and v.prop == "no-lost-write-after-madv-free"
+    assert v.facts["reads"] == 0 and v.facts["want"] == want
+    # after MADV_FREE returns, reading 0 is allowed: the page may have been freed
+    folio.data = want
+    run_op(r, 1, "madvise_free", 4, 1)
+    folio.data = 0
+    assert no_lost_write_after_madv_free_quiescent(r.m) is None
+    folio.data = 12345                           # but not some other data
+    assert no_lost_write_after_madv_free_quiescent(r.m) is not None
+
+
+def test_accounting_quiescent_swap_map_must_count_swap_ptes():
+    from mmfuzz.model import SwapPte
+    r = new_run()
+    fault_in(r, 0, 4, True)
+    folio = _anon_folio(r)
+    table, slot = pte_slot(r, 4)
+    table.ptes[slot] = SwapPte(1, exclusive=True)  # a swap PTE whose slot swap_map ignores
+    folio.mapcount = 0
+    folio.refcount = 0
+    r.m.free_folio(folio)
+    v = accounting_quiescent(r.m)
+    assert v is not None and "swap slot 1" in v.why
+    r.m.swap.swap_map[1] = 1
+    r.m.swap.data[1] = folio.data
+    assert accounting_quiescent(r.m) is None
 
 
 # ======================================================================================

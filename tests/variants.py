@@ -158,6 +158,43 @@ class ZeroPageNoRecheckWhileZapping(Mainline):
         yield f"do_anonymous_page: zero page + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: pte_unmap_unlock")
         return 0
+class LazyfreeDiscardIgnoresDirty(Mainline):
+    """try_to_unmap_one discards a lazyfree folio on the refcount test alone, without
+    "!folio_test_dirty" after the PTE was cleared: a store made after MADV_FREE returned set
+    D in the PTE, try_to_unmap_one moved it to PG_dirty, and the folio is dropped anyway
+    (trips no-lost-write-after-madv-free)."""
+
+    def try_to_unmap_lazyfree(self, t, folio, mm, table, slot, vpn, pteval):
+        if folio.refcount == 1 + folio.mapcount:
+            yield f"try_to_unmap_one: lazyfree pfn {folio.pfn}: discard (dirty not checked)"
+            return True
+        return (yield from super().try_to_unmap_lazyfree(t, folio, mm, table, slot, vpn, pteval))
+
+
+class NoFlushTlbBatchedPending(Mainline):
+    """No path catches up with a flush reclaim deferred (flush_tlb_batched_pending does
+    nothing, as before 3ea277194daa "mm, mprotect: flush TLB if potentially racing with a
+    parallel reclaim leaving stale TLB entries"): MADV_DONTNEED finds the PTE reclaim already
+    cleared, has nothing to flush and returns while a CPU still translates the page (trips
+    no-stale-translation-after-return)."""
+
+    def flush_tlb_batched_pending(self, t, mm):
+        return
+        yield
+
+
+class PageoutWithoutFlushDirty(Mainline):
+    """shrink_folio_list writes a dirty folio out without try_to_unmap_flush_dirty ("Folio is
+    dirty. Flush the TLB if a writable entry potentially exists to avoid CPU writes after
+    I/O starts"): a store through the stale writable TLB entry lands after the swap device
+    read the folio, and the folio is then freed (trips no-lost-write-after-madv-free, the
+    anon half of dirty-data-preserved)."""
+
+    def try_to_unmap_flush_dirty(self, t):
+        return
+        yield
+
+
 class FreeTablesBeforeFlush(Mainline):
     """tlb_flush_mmu frees the queued page tables before the TLB flush, so nothing waits for
     a CPU walking with IRQs off (GUP-fast): breaks "Architectures that use IPIs to flush TLBs

@@ -15,10 +15,12 @@ from .rmap import Rmap  # isort: skip
 from .tlbflush import TlbFlushX86  # isort: skip
 from .fork import ForkOps  # isort: skip
 from .gup import Gup  # isort: skip
+from .swap import Swap  # isort: skip
+from .vmscan import Vmscan  # isort: skip
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               ForkOps, Gup, TlbFlushX86, KernelBase):
+               ForkOps, Gup, TlbFlushX86, Swap, Vmscan, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

@@ -4,7 +4,7 @@
 The filesystem is a generic block filesystem whose ->page_mkwrite is filemap_page_mkwrite,
 so shared writable mappings are write-notify: read faults install read-only PTEs and the
 first store takes a write-protect fault. Left out: readahead, invalidate_lock, i_size checks,
-private data (buffer heads), shadow entries, swap cache.
+private data (buffer heads), shadow entries (the swap cache is mmfuzz/kernel/swap.py).
 """
 
 from __future__ import annotations

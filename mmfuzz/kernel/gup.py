@@ -148,7 +148,7 @@ class Gup(KernelBase):
         if table is None:  # no_page_table
             return "fault", fault
         pte = table.ptes[vpn % m.ptrs_per_pte]
-        if pte is None:
+        if pte is None or not pte.present:  # !pte_present: no_page (a swap PTE faults in)
             yield from self.spin_unlock(t, table.ptl, "follow_page_pte: no page, pte_unmap_unlock")
             return "fault", fault
         folio = None if pte.special else m.frames[pte.pfn]
@@ -282,7 +282,7 @@ class Gup(KernelBase):
             return False
         pte = table.ptes[slot]
         yield f"gup_fast_pte_range: ptep_get_lockless va {vpn:#x} = {_fmt(pte)}"
-        if pte is None or (flags & FOLL_WRITE and not pte.write) or pte.special:
+        if pte is None or not pte.present or (flags & FOLL_WRITE and not pte.write) or pte.special:
             return False
         frame = m.frames[pte.pfn]
         folio = yield from self.try_grab_folio_fast(t, frame, pte.pfn, flags)
@@ -502,5 +502,7 @@ class Gup(KernelBase):
 def _fmt(pte) -> str:
     if pte is None:
         return "none"
+    if not pte.present:
+        return f"swap slot {pte.offset}"
     return f"pfn {pte.pfn} {'W' if pte.write else '-'}{'D' if pte.dirty else '-'}" + \
         (" zero" if pte.special else "")

@@ -7,8 +7,7 @@ PTE and clearing its soft-dirty bit, then flush_tlb_mm and dec_tlb_flush_pending
 pte_mkdirty() sets soft-dirty again, which is what /proc/PID/pagemap bit 55 reports.
 
 Left out: the other clear_refs types (1-3, 5), VM_SOFTDIRTY itself and pagemap reads (the
-property checks the PTE-level contract that pagemap reports), mmu notifiers,
-swap PTEs, THP.
+property checks the PTE-level contract that pagemap reports), mmu notifiers, THP.
 """
 
 from __future__ import annotations
@@ -87,6 +86,10 @@ class TaskMmu(KernelBase):
         m = self.m
         old = table.ptes[slot]
         if old is None:
+            return
+        if not old.present:  # is_swap_pte: pte_swp_clear_soft_dirty, set_pte_at
+            table.ptes[slot] = old._replace(soft_dirty=False)
+            yield f"clear_soft_dirty: swap PTE va {vpn:#x}: pte_swp_clear_soft_dirty"
             return
         pinned = yield from self.pte_is_pinned(t, vpn, old)
         if pinned:
