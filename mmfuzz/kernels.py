@@ -92,6 +92,8 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
         tlb = yield from self.tlb_gather_mmu(t, mm)
+        for vma in mm.vmas:
+            vma.softdirty = False
         yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
         yield from self.clear_refs_walk(t)
         if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds):

@@ -109,7 +109,7 @@ class PteTable:
 
 class Vma:
     __slots__ = ("vid", "mm_id", "start", "end", "file", "pgoff", "shared", "writable",
-                 "detached")
+                 "detached", "softdirty")
 
     def __init__(self, vid, mm_id, start, end, file, pgoff, shared, writable):
         self.vid = vid
@@ -121,6 +121,9 @@ class Vma:
         self.shared = shared
         self.writable = writable
         self.detached = False
+        # VM_SOFTDIRTY: set on every new VMA (mm/vma.c __mmap_region), cleared by clear_refs 4;
+        # while set, soft-dirty write-fault tracking is off for the VMA (vma_soft_dirty_enabled)
+        self.softdirty = True
 
     def contains(self, vpn: int) -> bool:
         return self.start <= vpn < self.end

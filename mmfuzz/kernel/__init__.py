@@ -6,6 +6,7 @@ from .filemap import Filemap
 from .madvise import Madvise
 from .memory import Memory
 from .mmu_gather import MmuGatherOps
+from .mprotect import Mprotect
 from .page_writeback import PageWriteback
 from .rmap import Rmap
 from .task_mmu import TaskMmu
@@ -14,7 +15,7 @@ from .vma import VmaOps
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               TlbFlushX86, KernelBase):
+               TlbFlushX86, Mprotect, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

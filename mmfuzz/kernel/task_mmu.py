@@ -22,6 +22,8 @@ class TaskMmu(KernelBase):
         """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) on the task's own mm."""
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
+        for vma in mm.vmas:
+            vma.softdirty = False
         yield "clear_refs: for_each_vma: vm_flags_clear(VM_SOFTDIRTY) + vma_set_page_prot"
         mm.tlb_flush_pending += 1
         yield f"clear_refs: inc_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"

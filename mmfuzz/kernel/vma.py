@@ -52,6 +52,7 @@ class VmaOps(KernelBase):
         new = Vma(m.next_vid, mm.mm_id, cut, vma.end, vma.file,
                   vma.pgoff + (cut - vma.start) if vma.file is not None else 0,
                   vma.shared, vma.writable)
+        new.softdirty = vma.softdirty
         m.next_vid += 1
         if vma.file is not None:
             f = m.files[vma.file]
