@@ -69,7 +69,7 @@ class Folio:
     __slots__ = (
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
-        "freed", "uptodate",
+        "freed", "uptodate", "referenced",
     )
 
     def __init__(self, uid: int, pfn: int):
@@ -90,6 +90,7 @@ class Folio:
         self.data = 0
         self.freed = False
         self.uptodate = True       # PG_uptodate: false while a read from disk is pending
+        self.referenced = False    # PG_referenced (folio_mark_accessed sets, clear_refs 1 clears)
 
 
 class PteTable:
