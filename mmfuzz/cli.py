@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scheduling strategy: swarm (default), pct or uniform, with either "
                        "engine; rules = Hypothesis's rule-based state machine")
         q.add_argument("--quiet", action="store_true", help="no progress line")
+        q.add_argument("--cost", nargs="?", const="", metavar="KERNEL",
+                       help="print TLB flushes, flush IPIs and CPUs interrupted per operation; "
+                       "with KERNEL, also replay every run's schedule on KERNEL and print both")
 
     f = sub.add_parser("fuzz", help="fuzz a kernel variant")
     fuzz_opts(f)
@@ -260,6 +263,12 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     print(f"mmfuzz {__version__}: kernel={kname} engine={engine} seed={a.seed} budget={limit} "
           f"workers={workers}", file=sys.stderr)
     progress = Progress(f"{kname} {engine}", a.quiet)
+    collector = None
+    if a.cost is not None:
+        if workers > 1:
+            raise UsageError("--cost records in one process; add --workers 1")
+        from . import cost
+        collector = cost.start(resolve_kernel(a.cost) if a.cost else None)
     t0 = time.perf_counter()
     if fast:
         found, stats = _fuzz_fast(kname, kcls, a.seed, None if a.examples is not None else budget,
@@ -275,10 +284,17 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     progress.update(stats["runs"], stats["steps"], force=True)
     progress.done()
     elapsed = time.perf_counter() - t0
+    cost_note = ""
+    if collector is not None:
+        cost.stop()
+        print(cost.render(collector.record, kname, collector.compare, a.cost))
+        cost_note = f"; cost: {collector.record.summary()}" + (
+            f" (on {a.cost}: {collector.compare.summary()})" if collector.compare else "")
     rate = stats["steps"] / elapsed if elapsed > 0 else 0
     if found is None:
         print(f"summary: kernel={kname} engine={engine} seed={a.seed}: no violation in "
-              f"{stats['runs']} runs, {stats['steps']} steps, {elapsed:.1f}s ({rate:,.0f} steps/s)")
+              f"{stats['runs']} runs, {stats['steps']} steps, {elapsed:.1f}s ({rate:,.0f} steps/s)"
+              f"{cost_note}")
         return EXIT_CLEAN
     if fast:
         from .explore import shrink
@@ -295,7 +311,7 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     path = _report_found(kname, kcls, world, schedule, a.seed, engine, a.save, extra, sys.stdout)
     print(f"summary: kernel={kname} engine={engine} seed={a.seed}: {prop} after "
           f"{stats['runs']} runs, {elapsed:.1f}s; shrunk to {len(schedule)} actions"
-          + (f"; saved {path}" if path else ""))
+          + (f"; saved {path}" if path else "") + cost_note)
     return EXIT_VIOLATION
 
 

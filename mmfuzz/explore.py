@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from . import cost
 from .run import OPS, Divergence, ModelError, Run, execute
 
 ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
@@ -310,8 +311,11 @@ def run_policy(kernel_cls, world: dict, pol, rng, actions_max: int = 60):
         if after is not None:
             after(run, step)
         if run.violation is not None:
-            return run, run.violation
-    return run, run.quiesce()
+            break
+    v = run.violation if run.violation is not None else run.quiesce()
+    if cost.ACTIVE is not None:
+        cost.ACTIVE.after_run(run)
+    return run, v
 
 
 def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int | None = None,

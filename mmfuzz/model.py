@@ -227,6 +227,10 @@ class Machine:
         self.revoked_at: dict[int, int] = {}
         self.events: list[tuple] = []  # facts emitted by the current step, for properties
         self.stats: dict[str, int] = {}
+        # the cost record (mmfuzz.cost): op -> [flushes, IPIs, CPUs interrupted]; task id ->
+        # CPUs it interrupted. Checker's notes: no kernel function reads them.
+        self.cost: dict[str, list[int]] = {}
+        self.cost_cpus: dict[int, list[int]] = {}
 
     # --- allocation ------------------------------------------------------------------
     def alloc_pfn(self) -> int:

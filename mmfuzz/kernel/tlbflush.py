@@ -7,6 +7,7 @@ flush of the mm differ only in cost here), PCID/ASIDs and INVLPGB broadcast.
 
 from __future__ import annotations
 
+from ..cost import note_flush
 from ..model import FlushRequest, Mm, tlb_key
 from .base import KernelBase, Task, Wait
 
@@ -48,6 +49,7 @@ class TlbFlushX86(KernelBase):
             cpu.ipi_queue.append(req)
             requests.append((cpu, req))
             targets.append(cpu_id)
+        note_flush(m, t, targets)
         what = "all" if full else f"[{start:#x}-{end:#x})"
         yield f"flush_tlb_mm_range(mm{mm.mm_id}, {what}): IPI to CPU{targets}" if targets \
             else f"flush_tlb_mm_range(mm{mm.mm_id}, {what}): local only"
