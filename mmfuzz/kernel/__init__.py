@@ -4,6 +4,7 @@ them; a kernel variant is a subclass that overrides exactly the functions a patc
 from .base import KernelBase, Task, Wait
 from .filemap import Filemap
 from .madvise import Madvise
+from .mapping_dirty_helpers import MappingDirtyHelpers
 from .memory import Memory
 from .mmu_gather import MmuGatherOps
 from .mprotect import Mprotect
@@ -15,7 +16,7 @@ from .vma import VmaOps
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               TlbFlushX86, Mprotect, KernelBase):
+               TlbFlushX86, Mprotect, MappingDirtyHelpers, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"
