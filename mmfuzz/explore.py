@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 
 from . import cost
-from .run import OPS, Divergence, ModelError, Run, execute
+from . import ops as _ops
+from .run import Divergence, ModelError, Run, execute
 
 ACTION_KINDS = ("step", "ipi", "access", "start", "evict")
 
@@ -49,23 +50,11 @@ def random_world(rng: random.Random) -> dict:
 
 
 def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
-    """The start action of syscall ``op`` on ``cpu`` with its arguments chosen by
-    ``pick(options, label)``: a range inside one of the process's VMAs (madvise, munmap),
-    one of its VMAs (mmap), a file (writeback) or a page of it (drop_cache); clear_refs
-    takes none (the CPU's own process). Fast mode picks with a seeded random, the Hypothesis
-    rule machine with draws, so both build the same syscalls."""
-    if op in ("madvise_dontneed", "munmap"):
-        lo, hi = pick([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id], "vma")
-        start = pick(range(lo, hi), "start")
-        return ["start", cpu, op, start, pick(range(1, hi - start + 1), "npages")]
-    if op == "mmap":
-        return ["start", cpu, op, pick([i for i, v in enumerate(world["vmas"])
-                                        if v["mm"] == mm_id], "vma")]
-    if op == "writeback":
-        return ["start", cpu, op, 1]
-    if op == "clear_refs":
-        return ["start", cpu, op]
-    return ["start", cpu, op, 1, pick(range(world["files"][0]["npages"]), "index")]
+    """The start action of operation ``op`` on ``cpu`` with its arguments chosen by
+    ``pick(options, label)`` from the domains the operation declares (mmfuzz.ops). Fast mode
+    picks with a seeded random, the Hypothesis rule machine with draws, so both build the same
+    operations."""
+    return ["start", cpu, op, *_ops.get(op).draw(pick, _ops.Ctx(world, cpu, mm_id))]
 
 
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
@@ -93,7 +82,7 @@ class SwarmPolicy:
         self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
                             "access": rng.choice((1, 2, 4)), "start": rng.choice((0.5, 1, 2)),
                             "evict": rng.choice((0, 0, 0.2))}
-        self.ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+        self.ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
         self.store_bias = rng.choice((0.5, 0.8))
         self.lock_hold = rng.choice((1.0, 1.0, 0.2))   # step weight of a lock holder
         self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
@@ -147,24 +136,27 @@ class UniformPolicy:
 
     def __init__(self, rng: random.Random, world: dict):
         self.world = world
-        self.npages = world["files"][0]["npages"]
+        self._starts: dict[int, list] = {}
+
+    def _start_actions(self, cpu: int, mm_id: int) -> list:
+        """Every start action of every operation on ``cpu`` (the world is fixed for the run)."""
+        if cpu not in self._starts:
+            ctx = _ops.Ctx(self.world, cpu, mm_id)
+            self._starts[cpu] = [["start", cpu, op.name, *vals]
+                                 for op in _ops.operations().values()
+                                 for vals in _ops.enumerate_values(op, ctx)]
+        return self._starts[cpu]
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
         acts = [["step", c] for c in run.runnable_cpus()] + [["ipi", c] for c in run.ipi_cpus()]
         for cpu in run.idle_cpus():
             mm_id = m.cpus[cpu].mm_id
-            mine = [(i, v) for i, v in enumerate(self.world["vmas"]) if v["mm"] == mm_id]
-            for i, v in mine:
-                for vpn in range(v["start"], v["end"]):
-                    acts += [["access", cpu, vpn, 0], ["access", cpu, vpn, 1]]
-                    for n in range(1, v["end"] - vpn + 1):
-                        acts += [["start", cpu, "madvise_dontneed", vpn, n],
-                                 ["start", cpu, "munmap", vpn, n]]
-                acts.append(["start", cpu, "mmap", i])
-            acts.append(["start", cpu, "writeback", 1])
-            acts.append(["start", cpu, "clear_refs"])
-            acts += [["start", cpu, "drop_cache", 1, x] for x in range(self.npages)]
+            for v in self.world["vmas"]:
+                if v["mm"] == mm_id:
+                    for vpn in range(v["start"], v["end"]):
+                        acts += [["access", cpu, vpn, 0], ["access", cpu, vpn, 1]]
+            acts += self._start_actions(cpu, mm_id)
         for c in m.cpus:
             acts += [["evict", c.cpu_id, k & 0xffffffff] for k in c.tlb]
         return rng.choice(acts) if acts else None
@@ -187,7 +179,7 @@ class PctPolicy:
         depth = rng.choice((1, 2, 3, 3, 4))
         change_points = [rng.randrange(steps_max) for _ in range(depth - 1)]
         ipi_take = rng.choice((1.0, 0.5, 0.1))
-        ops = tuple(op for op in OPS if rng.random() < 0.7) or ("madvise_dontneed",)
+        ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
         store_bias = rng.choice((0.5, 0.8))
         self._setup(world, order, change_points, ipi_take, {}, (ops, store_bias),
                     [rng.randint(0, 3) for _ in range(ncpus)])

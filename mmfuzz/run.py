@@ -1,7 +1,8 @@
 """One run of a kernel variant in a world: actions in, trace and verdict out.
 
 An action is plain JSON data, the unit of the schedule:
-  ["start", cpu, op, *args]   a syscall or kernel thread begins on an idle CPU
+  ["start", cpu, op, *args]   a syscall or kernel thread begins on an idle CPU (the operations
+                              and their arguments are declared in mmfuzz.ops)
   ["step", cpu]               that CPU's kernel operation advances one atomic step
   ["access", cpu, vpn, write] the user thread on an idle CPU loads (0) or stores (1); a fault
                               starts handle_mm_fault on that CPU
@@ -18,18 +19,8 @@ from properties import QUIESCENT_PROPERTIES, STEP_PROPERTIES, Violation
 
 from .hw import deliver_ipi, evict, user_access
 from .kernel.base import Last, Task, Wait
+from . import ops
 from .model import FileObj, Machine, Mm, tlb_key
-
-#: operations the fuzzer can start: name -> (argument names, runs in a process context)
-OPS = {
-    "madvise_dontneed": (("start", "npages"), True),
-    "munmap": (("start", "npages"), True),
-    "mmap": (("vma",), True),
-    "writeback": (("file",), False),
-    "drop_cache": (("file", "index"), False),
-    "clear_refs": ((), True),
-}
-
 
 class ModelError(Exception):
     """The model itself misbehaved (deadlock, a step that does not progress)."""
@@ -168,14 +159,14 @@ class Run:
     def _start_task(self, cpu: int, name: str, args: tuple) -> Task:
         m = self.m
         c = m.cpus[cpu]
-        mm = m.mms[c.mm_id]
+        mm = m.mms.get(c.mm_id)  # None: a kernel thread on a CPU with no process
         t = Task(self.next_tid, cpu, name, args, mm)
         self.next_tid += 1
         k = self.kernel
         if name == "fault":
             t.gen = k.handle_mm_fault(t, args[0], args[1])
         else:
-            t.gen = getattr(k, name)(t, *args)
+            t.gen = getattr(k, ops.get(name).method)(t, *args)
         c.task = t
         return t
 
@@ -224,7 +215,9 @@ class Run:
         if kind == "step":
             return c.task is not None and (c.task.wait is None or c.task.wait.cond())
         if kind == "start":
-            return c.task is None and action[2] in OPS and len(action) == 3 + len(OPS[action[2]][0])
+            op = ops.get(action[2])
+            return (c.task is None and op is not None and len(action) == 3 + op.arity
+                    and (op.context == "kthread" or c.mm_id in m.mms))
         if kind == "access":
             return c.task is None
         if kind == "ipi":

@@ -8,7 +8,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition
 from mmfuzz.explore import syscall_action
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
-from mmfuzz.run import OPS, Run
+from mmfuzz import ops as _ops
+from mmfuzz.run import Run
 
 from .determinism import no_source_constants
 
@@ -18,7 +19,7 @@ class PropertyViolated(AssertionError):
 
 
 BURSTS = st.integers(1, 8)
-SYSCALLS = tuple(OPS)   # every syscall the model has, in mmfuzz.run.OPS order
+SYSCALLS = _ops.names()   # every operation the model declares, in mmfuzz.ops order
 
 
 @st.composite

@@ -14,7 +14,8 @@ import pytest
 
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import Folio, PteTable, tlb_key
-from mmfuzz.run import OPS, Run, default_world
+from mmfuzz.ops import names as op_names
+from mmfuzz.run import Run, default_world
 
 MAINLINE = resolve_kernel("mainline")
 MM = 1
@@ -639,7 +640,7 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
         if kind == "access":
             acts.append(["access", cpu, rng.randrange(6), rng.randrange(2)])
             continue
-        op = rng.choice(sorted(OPS))
+        op = rng.choice(sorted(op_names()))
         if op in ("madvise_dontneed", "munmap"):
             start = rng.randrange(6)
             args = [start, rng.randrange(1, 7 - start)]

@@ -19,10 +19,13 @@ def test_policies_are_deterministic_per_seed():
         assert sa["steps"] == sb["steps"] and sa["steps"] > 0
 
 
+# Uniform choice is the baseline and rarely finds the race: seed 29 is one of 2 seeds in 5-39
+# that find it within 1,500 runs since the operation registry (mmfuzz.ops) changed the order in
+# which its action list is enumerated (the same set of actions, another random stream).
 @pytest.mark.fuzz
 @pytest.mark.parametrize("policy,seed,needed", [("pct", 1, 262),
-                                                 pytest.param("uniform", 4, 600,
-                                                             marks=pytest.mark.cost(1))])
+                                                 pytest.param("uniform", 29, 1221,
+                                                             marks=pytest.mark.cost(2))])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
     found, _ = explore(bug, seed, runs_max=needed, policy=policy)
@@ -70,9 +73,10 @@ def test_random_worlds_are_valid():
 
 
 # Each policy as a Hypothesis strategy: (policy, kernel, seed, examples that seed needs today
+# (uniform: 76 since mmfuzz.ops enumerates its actions in another order; was 55)
 # with max_examples=1500; Hypothesis's generation depends on max_examples, so it is fixed).
 # The counts are the same in a script and under pytest (strategies/determinism.py).
-HYP_HUNTS = [("swarm", "fbf", 1, 10), ("pct", "fbf", 3, 6), ("uniform", "fbf", 3, 55),
+HYP_HUNTS = [("swarm", "fbf", 1, 10), ("pct", "fbf", 3, 6), ("uniform", "fbf", 3, 76),
              pytest.param("swarm", "bug:madv-parallel-flush-miss", 1, 466,
                           marks=pytest.mark.cost(7))]
 

@@ -2,17 +2,19 @@
 them; a kernel variant is a subclass that overrides exactly the functions a patch changes."""
 
 from .base import KernelBase, Task, Wait
-from .filemap import Filemap
-from .madvise import Madvise
-from .mapping_dirty_helpers import MappingDirtyHelpers
-from .memory import Memory
-from .mmu_gather import MmuGatherOps
-from .mprotect import Mprotect
-from .page_writeback import PageWriteback
-from .rmap import Rmap
-from .task_mmu import TaskMmu
-from .tlbflush import TlbFlushX86
-from .vma import VmaOps
+# The import order is the registration order of the operations (mmfuzz.ops): the order in
+# which engines list them and swarm testing switches them on or off. Append new modules.
+from .madvise import Madvise  # isort: skip
+from .vma import VmaOps  # isort: skip
+from .page_writeback import PageWriteback  # isort: skip
+from .filemap import Filemap  # isort: skip
+from .task_mmu import TaskMmu  # isort: skip
+from .memory import Memory  # isort: skip
+from .mmu_gather import MmuGatherOps  # isort: skip
+from .rmap import Rmap  # isort: skip
+from .tlbflush import TlbFlushX86  # isort: skip
+from .mprotect import Mprotect  # isort: skip
+from .mapping_dirty_helpers import MappingDirtyHelpers  # isort: skip
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,

@@ -10,6 +10,7 @@ private data (buffer heads), shadow entries, swap cache.
 from __future__ import annotations
 
 from ..model import Folio, Vma
+from ..ops import FilePage, operation
 from .base import KernelBase, Last, Task
 
 
@@ -87,6 +88,8 @@ class Filemap(KernelBase):
         yield f"__remove_mapping: __filemap_remove_folio(file{f.file_id}[{folio.index}]) pfn {folio.pfn}"
         return True
 
+    @operation("drop_cache", FilePage(), context="kthread",
+               doc="fadvise(DONTNEED)-style eviction of one clean page-cache folio")
     def drop_cache(self, t: Task, file_id: int, index: int):
         """An fadvise(POSIX_FADV_DONTNEED)-style eviction of one clean page-cache folio
         (mm/fadvise.c -> mapping_try_invalidate -> mapping_evict_folio): lookup with

@@ -8,10 +8,13 @@ VM_LOCKED / VM_PFNMAP rejection, hugetlb.
 
 from __future__ import annotations
 
+from ..ops import VmaRange, operation
 from .base import KernelBase, Task
 
 
 class Madvise(KernelBase):
+    @operation("madvise_dontneed", VmaRange(),
+               doc="madvise(MADV_DONTNEED): zap a range under mmap_lock for read")
     def madvise_dontneed(self, t: Task, start: int, npages: int):
         """mm/madvise.c do_madvise -> madvise_lock (mmap_read_lock) -> madvise_walk_vmas ->
         madvise_dontneed_free -> madvise_dontneed_single_vma -> zap_page_range_single, per VMA

@@ -23,10 +23,14 @@ write-protecting twin), mmu notifiers, flush_cache_range (no-op on x86), huge PM
 from __future__ import annotations
 
 from ..model import Vma
+from ..ops import Choice, FilePage, operation
 from .base import KernelBase, Task
 
 
 class MappingDirtyHelpers(KernelBase):
+    @operation("clean_record_shared_mapping_range", FilePage(), Choice("nr", (1, 2, 4)),
+               context="kthread",
+               doc="a driver's PTE cleaner: pte_mkclean keeping W, flush deferred to the VMA end")
     def clean_record_shared_mapping_range(self, t: Task, file_id: int, first_index: int,
                                           nr: int):
         """mm/mapping_dirty_helpers.c clean_record_shared_mapping_range: i_mmap_lock_read,

@@ -17,6 +17,7 @@ false), mmu notifiers, lazy MMU mode.
 from __future__ import annotations
 
 from ..model import Pte, Vma, tlb_key
+from ..ops import Choice, VmaRange, operation
 from .base import KernelBase, Task
 from .mmu_gather import MmuGather
 
@@ -25,6 +26,8 @@ MPROTECT_PROTS = (PROT_READ, PROT_READ | PROT_WRITE)
 
 
 class Mprotect(KernelBase):
+    @operation("mprotect", VmaRange(), Choice("prot", MPROTECT_PROTS, "1 PROT_READ, 3 PROT_READ|PROT_WRITE"),
+               doc="mprotect: split, change_protection under mmap_write_lock, flush at VMA end")
     def mprotect(self, t: Task, start: int, npages: int, prot: int):
         """mm/mprotect.c do_mprotect_pkey (SYSCALL mprotect): mmap_write_lock; the first VMA
         must start at or below ``start`` (else -ENOMEM); tlb_gather_mmu; mprotect_fixup on every

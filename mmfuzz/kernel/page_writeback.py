@@ -8,10 +8,13 @@ writeback_index, nr_to_write, I/O errors, stable pages, bdi/wb accounting.
 
 from __future__ import annotations
 
+from ..ops import FileId, operation
 from .base import KernelBase, Task, Wait
 
 
 class PageWriteback(KernelBase):
+    @operation("writeback", FileId(), context="kthread",
+               doc="fsync-style writeback of every dirty page-cache folio of a file (WB_SYNC_ALL)")
     def writeback(self, t: Task, file_id: int):
         """mm/filemap.c filemap_fdatawrite_wbc -> mm/page-writeback.c do_writepages (from
         fsync/msync/sync_file_range) ->

@@ -23,6 +23,7 @@ swap PTEs, THP.
 from __future__ import annotations
 
 from ..model import tlb_key
+from ..ops import operation
 from .base import KernelBase, Task
 
 #: enum clear_refs_types (fs/proc/task_mmu.c)
@@ -30,6 +31,7 @@ CLEAR_REFS_ALL, CLEAR_REFS_SOFT_DIRTY = 1, 4
 
 
 class TaskMmu(KernelBase):
+    @operation("clear_refs", doc="write 4 (CLEAR_REFS_SOFT_DIRTY) to /proc/self/clear_refs")
     def clear_refs(self, t: Task, type: int = CLEAR_REFS_SOFT_DIRTY):
         """fs/proc/task_mmu.c clear_refs_write on the task's own mm: type 4
         (CLEAR_REFS_SOFT_DIRTY) or 1 (CLEAR_REFS_ALL)."""
@@ -54,6 +56,13 @@ class TaskMmu(KernelBase):
         yield f"clear_refs: flush_tlb_mm done, dec_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"
         yield from self.up_write(t, mm.mmap_lock, "clear_refs: mmap_write_unlock, return", last=True)
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
+
+    @operation("clear_refs_all", doc="write 1 (CLEAR_REFS_ALL: young and referenced bits) to "
+               "/proc/self/clear_refs")
+    def clear_refs_all(self, t: Task):
+        """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_ALL): clear_refs with type 1 (its own
+        operation so that "clear_refs", type 4, keeps the argument list saved files use)."""
+        yield from self.clear_refs(t, CLEAR_REFS_ALL)
 
     def clear_refs_walk(self, t: Task, type: int = CLEAR_REFS_SOFT_DIRTY):
         """mm/pagewalk.c walk_page_range(mm, 0, -1, &clear_refs_walk_ops): clear_refs_pte_range

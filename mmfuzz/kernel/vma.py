@@ -10,10 +10,12 @@ unmap it; not modelled). Left out: accounting, mlock, anon_vma, mmap_region merg
 from __future__ import annotations
 
 from ..model import Vma
+from ..ops import VmaRange, VmaTemplate, operation
 from .base import KernelBase, Task
 
 
 class VmaOps(KernelBase):
+    @operation("munmap", VmaRange(), doc="munmap: split, detach, downgrade, zap, free_pgtables")
     def munmap(self, t: Task, start: int, npages: int):
         """mm/mmap.c __vm_munmap -> do_vmi_munmap -> do_vmi_align_munmap."""
         m = self.m
@@ -66,6 +68,8 @@ class VmaOps(KernelBase):
             mm.vmas.insert(mm.vmas.index(vma) + 1, new)
             yield f"__split_vma: {vma.describe()} + {new.describe()}"
 
+    @operation("mmap", VmaTemplate(),
+               doc="mmap(MAP_FIXED_NOREPLACE) of a world VMA again (EEXIST if the range is used)")
     def mmap(self, t: Task, template: int):
         """mm/mmap.c do_mmap -> mmap_region (MAP_FIXED_NOREPLACE): under mmap_write_lock, fail
         with EEXIST if the range is in use, else vma_link: into the mm's tree and, for a file,

@@ -1,0 +1,317 @@
+"""The operation registry: every operation the fuzzer can start is declared once, beside the
+kernel function that runs it, and everything else reads that declaration (syzkaller's
+sys/linux/*.txt in miniature).
+
+Declaring an operation
+    Decorate the kernel entry point (a generator method of a mixin in mmfuzz/kernel/)::
+
+        @operation("madvise_dontneed", VmaRange(),
+                   doc="madvise(MADV_DONTNEED) of a range inside one of the caller's VMAs")
+        def madvise_dontneed(self, t, start, npages): ...
+
+    ``operation(name, *args, context=..., doc=...)``: ``name`` is what schedules, corpus files
+    and the CLI say (``["start", cpu, name, *values]``); ``args`` are Arg objects, each giving
+    one or more values in order; ``context`` is ``"process"`` (a syscall or fault: it needs a
+    process on the CPU, ``t.mm`` is that process's mm) or ``"kthread"`` (a kernel thread or
+    device: any CPU, ``t.mm`` is the CPU's mm if it has one, else None); ``doc`` is one line of
+    what it models (``mmfuzz ops`` prints it). The method is found by name on the kernel
+    class, so a variant that overrides it needs no decorator.
+    Mistakes are caught when the class body runs (a duplicate name, an argument that is not an
+    Arg, a bad context), with a message saying what to write instead.
+
+Argument domains
+    An Arg draws its values with ``pick(options, label)``, the one primitive every engine
+    supplies (a seeded random.Random's choice in fast mode, a Hypothesis draw in the rule
+    machine), from a ``Ctx`` (the world, the CPU, its mm). It checks values from a file with
+    ``check(values, world)`` and describes itself for ``mmfuzz ops``. Add a new kind of
+    argument here as a subclass of Arg when none fits.
+
+Order
+    ``OPERATIONS`` lists the operations in registration order, i.e. the import order of the
+    modules in mmfuzz/kernel/__init__.py and the definition order inside each: deterministic,
+    and the order in which swarm testing switches operations on or off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONTEXTS = ("process", "kthread")
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What an argument's domain may depend on: the world (plain data), the CPU the operation
+    starts on and the mm of the process running there (None: no process)."""
+
+    world: dict
+    cpu: int
+    mm_id: int | None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class Arg:
+    """One or more values of a start action. Subclasses define ``names``, ``draw``,
+    ``check`` and ``describe``."""
+
+    names: tuple[str, ...] = ()
+
+    def draw(self, pick, ctx: Ctx) -> list:
+        raise NotImplementedError
+
+    def check(self, values: list, world: dict) -> str | None:
+        """None if ``values`` (one per name) fit ``world``, else what is wrong."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _own_vmas(ctx: Ctx) -> list[tuple[int, dict]]:
+    return [(i, v) for i, v in enumerate(ctx.world["vmas"]) if v["mm"] == ctx.mm_id]
+
+
+def _pages(world: dict) -> int:
+    return world["ptrs_per_pte"] * world["npmds"]
+
+
+class VmaRange(Arg):
+    """``start, npages``: a range of pages inside one of the caller's VMAs of the world (the
+    VMA tree may have changed since; the kernel copes with what is there now)."""
+
+    names = ("start", "npages")
+
+    def draw(self, pick, ctx):
+        lo, hi = pick([(v["start"], v["end"]) for _, v in _own_vmas(ctx)], "vma")
+        start = pick(range(lo, hi), "start")
+        return [start, pick(range(1, hi - start + 1), "npages")]
+
+    def check(self, values, world):
+        start, npages = values
+        limit = _pages(world)
+        if not (_is_int(start) and _is_int(npages)):
+            return "start and npages must be integers"
+        if not (0 <= start < limit and 1 <= npages <= limit - start):
+            return f"range {start}+{npages} must lie inside the {limit} pages the page table covers"
+        return None
+
+    def describe(self):
+        return "start, npages: a page range inside one of the caller's VMAs"
+
+
+class VmaTemplate(Arg):
+    """``vma``: the index of one of the caller's VMAs in world["vmas"] (mmap maps it again)."""
+
+    names = ("vma",)
+
+    def draw(self, pick, ctx):
+        return [pick([i for i, _ in _own_vmas(ctx)], "vma")]
+
+    def check(self, values, world):
+        (i,) = values
+        if not (_is_int(i) and 0 <= i < len(world["vmas"])):
+            return f"vma must be an index into the world's {len(world['vmas'])} VMAs"
+        return None
+
+    def describe(self):
+        return "vma: index of one of the caller's VMAs in world.vmas"
+
+
+class FileId(Arg):
+    """``file``: the id of one of the world's files (drawn only when there is a choice)."""
+
+    names = ("file",)
+
+    def draw(self, pick, ctx):
+        ids = [f["id"] for f in ctx.world["files"]]
+        return [ids[0] if len(ids) == 1 else pick(ids, "file")]
+
+    def check(self, values, world):
+        (fid,) = values
+        if not (_is_int(fid) and any(f["id"] == fid for f in world["files"])):
+            return f"file must be one of the world's file ids {[f['id'] for f in world['files']]}"
+        return None
+
+    def describe(self):
+        return "file: id of one of the world's files"
+
+
+class FilePage(Arg):
+    """``file, index``: a page of one of the world's files."""
+
+    names = ("file", "index")
+
+    def draw(self, pick, ctx):
+        (fid,) = FileId().draw(pick, ctx)
+        npages = next(f["npages"] for f in ctx.world["files"] if f["id"] == fid)
+        return [fid, pick(range(npages), "index")]
+
+    def check(self, values, world):
+        fid, index = values
+        bad = FileId().check([fid], world)
+        if bad:
+            return bad
+        npages = next(f["npages"] for f in world["files"] if f["id"] == fid)
+        if not (_is_int(index) and 0 <= index < npages):
+            return f"index must be a page of file {fid} (0-{npages - 1})"
+        return None
+
+    def describe(self):
+        return "file, index: a page of one of the world's files"
+
+
+class Choice(Arg):
+    """One named value out of a fixed tuple (e.g. a clear_refs type, a FOLL_* flag set)."""
+
+    def __init__(self, name: str, values: tuple, doc: str = ""):
+        if not values:
+            raise ValueError(f"Choice({name!r}) needs at least one value")
+        self.names = (name,)
+        self.values = tuple(values)
+        self.doc = doc
+
+    def draw(self, pick, ctx):
+        return [self.values[0] if len(self.values) == 1 else pick(list(self.values), self.names[0])]
+
+    def check(self, values, world):
+        (v,) = values
+        if isinstance(v, bool) or v not in self.values:
+            return f"{self.names[0]} must be one of {list(self.values)}"
+        return None
+
+    def describe(self):
+        return f"{self.names[0]}: one of {list(self.values)}" + (f" ({self.doc})" if self.doc else "")
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    method: str
+    args: tuple = ()
+    context: str = "process"
+    doc: str = ""
+    module: str = ""
+    arg_names: tuple = field(default=())
+
+    @property
+    def arity(self) -> int:
+        return len(self.arg_names)
+
+    def draw(self, pick, ctx: Ctx) -> list:
+        """The values of a start action, drawn with ``pick``."""
+        out: list = []
+        for a in self.args:
+            out.extend(a.draw(pick, ctx))
+        return out
+
+    def check(self, values: list, world: dict) -> str | None:
+        """None if ``values`` fit this operation in ``world``, else what is wrong."""
+        if len(values) != self.arity:
+            return (f"{self.name} takes {self.arity} argument(s) ({', '.join(self.arg_names)}), "
+                    f"not {len(values)}")
+        i = 0
+        for a in self.args:
+            n = len(a.names)
+            bad = a.check(list(values[i:i + n]), world)
+            if bad:
+                return f"{self.name}: {bad}"
+            i += n
+        return None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "context": self.context, "kernel_function": self.method,
+                "module": self.module, "args": [a.describe() for a in self.args],
+                "arg_names": list(self.arg_names), "doc": self.doc}
+
+
+_REGISTRY: dict[str, Operation] = {}
+
+
+def operation(name: str, *args: Arg, context: str = "process", doc: str = ""):
+    """Decorator declaring the kernel entry point of operation ``name`` (see the module doc)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(f"operation name {name!r} must be an identifier such as 'madvise_free'")
+    for a in args:
+        if not isinstance(a, Arg):
+            raise TypeError(f"operation {name!r}: argument {a!r} is not an mmfuzz.ops.Arg; use "
+                            "VmaRange(), VmaTemplate(), FileId(), FilePage(), Choice(...) or a "
+                            "new Arg subclass")
+    if context not in CONTEXTS:
+        raise ValueError(f"operation {name!r}: context must be one of {CONTEXTS}, not {context!r}")
+
+    def register(fn):
+        if name in _REGISTRY and _REGISTRY[name].method != fn.__name__:
+            raise ValueError(f"operation {name!r} is declared twice ({_REGISTRY[name].module}."
+                             f"{_REGISTRY[name].method} and {fn.__module__}.{fn.__name__}); "
+                             "give the new one another name")
+        names = tuple(n for a in args for n in a.names)
+        _REGISTRY[name] = Operation(name, fn.__name__, tuple(args), context, doc or
+                                    (fn.__doc__ or "").strip().split("\n")[0], fn.__module__,
+                                    names)
+        return fn
+
+    return register
+
+
+def _load() -> dict[str, Operation]:
+    from . import kernel  # noqa: F401  (importing the kernel modules registers their operations)
+    return _REGISTRY
+
+
+def operations() -> dict[str, Operation]:
+    """name -> Operation, in registration order."""
+    return _load()
+
+
+def get(name) -> Operation | None:
+    return _load().get(name) if isinstance(name, str) else None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_load())
+
+
+class _More(Exception):
+    pass
+
+
+def enumerate_values(op: Operation, ctx: Ctx) -> list[list]:
+    """Every value list ``op.draw`` can produce in ``ctx``, in pick order (the uniform
+    baseline enumerates the concrete enabled actions with it)."""
+    out: list[list] = []
+
+    def rec(prefix: list[int]) -> None:
+        pos = [0]
+        width = [0]
+
+        def pick(options, label):
+            options = list(options)
+            i = pos[0]
+            pos[0] += 1
+            if i < len(prefix):
+                return options[prefix[i]]
+            width[0] = len(options)
+            raise _More
+
+        try:
+            out.append(op.draw(pick, ctx))
+        except _More:
+            for j in range(width[0]):
+                rec(prefix + [j])
+
+    rec([])
+    return out
+
+
+def check_start(action: list, world: dict) -> str | None:
+    """None if ``["start", cpu, op, *values]`` names a known operation with values that fit
+    ``world``, else one sentence of what is wrong (corpus validation)."""
+    if len(action) < 3:
+        return "a start action is [\"start\", cpu, operation, *arguments]"
+    op = get(action[2])
+    if op is None:
+        return f"unknown operation {action[2]!r}; `mmfuzz ops` lists them: {', '.join(names())}"
+    return op.check(list(action[3:]), world)
