@@ -139,7 +139,7 @@ class Vma:
 
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
-                 "tlb_gen", "cpumask")
+                 "tlb_gen", "cpumask", "tlb_flush_batched")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
@@ -150,12 +150,38 @@ class Mm:
         self.tlb_flush_pending = 0
         self.tlb_gen = 0
         self.cpumask: list[int] = []
+        # mm->tlb_flush_batched (mm/rmap.c): one atomic int, bits 0-14 the pending generation
+        # (reclaim deferred a flush: set_tlb_ubc_flush_pending), bits 16-30 the flushed one
+        # (flush_tlb_batched_pending caught up). See TLB_FLUSH_BATCH_* below.
+        self.tlb_flush_batched = 0
 
     def find_vma(self, vpn: int) -> Optional[Vma]:
         for vma in self.vmas:
             if vma.contains(vpn):
                 return vma
         return None
+
+
+#: mm/rmap.c: "Bits 0-14 of mm->tlb_flush_batched record pending generations. Bits 16-30 of
+#: mm->tlb_flush_batched bit record flushed generations."
+TLB_FLUSH_BATCH_FLUSHED_SHIFT = 16
+TLB_FLUSH_BATCH_PENDING_MASK = (1 << (TLB_FLUSH_BATCH_FLUSHED_SHIFT - 1)) - 1
+TLB_FLUSH_BATCH_PENDING_LARGE = TLB_FLUSH_BATCH_PENDING_MASK // 2
+
+
+class TlbflushUnmapBatch:
+    """include/linux/mm_types_task.h struct tlbflush_unmap_batch (current->tlb_ubc): the
+    flushes reclaim deferred. ``cpumask`` is x86's arch_tlbflush_unmap_batch (the CPUs to
+    flush, ascending); ``flush_required`` "True if a flush is needed"; ``writable`` "If true
+    then the PTE was dirty when unmapped. The entry must be flushed before IO is initiated
+    or a stale TLB entry potentially allows an update without redirtying the page"."""
+
+    __slots__ = ("cpumask", "flush_required", "writable")
+
+    def __init__(self):
+        self.cpumask: list[int] = []
+        self.flush_required = False
+        self.writable = False
 
 
 class FileObj:

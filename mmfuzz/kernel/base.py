@@ -33,7 +33,7 @@ class Task:
     """A kernel operation in progress on one CPU (a syscall, a fault, a kernel thread)."""
 
     __slots__ = ("tid", "cpu", "name", "args", "gen", "wait", "mm", "result", "steps",
-                 "observed", "locks")
+                 "observed", "locks", "tlb_ubc")
 
     def __init__(self, tid, cpu, name, args, mm):
         self.tid = tid
@@ -50,6 +50,7 @@ class Task:
         self.observed = {}
         self.locks = 0           # exclusive locks held now (spinlocks, rwsems for write,
                                  # folio locks); a downgrade to read drops it
+        self.tlb_ubc = None      # current->tlb_ubc (model.TlbflushUnmapBatch), made on first use
 
 
 class KernelBase:

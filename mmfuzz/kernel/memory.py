@@ -53,10 +53,10 @@ class Memory(KernelBase):
     def zap_pte_range(self, t: Task, tlb: MmuGather, vma: Vma, addr: int, end: int):
         """mm/memory.c zap_pte_range (v6.12 form: returns addr, the caller re-enters).
 
-        Under the PTL: clear each present PTE (zap_present_ptes); if force_flush, "Do the actual
-        TLB flush before dropping ptl": tlb_flush_mmu_tlbonly, then tlb_flush_rmaps; unlock;
-        then, still if force_flush, tlb_flush_mmu frees the batched pages.
-        Left out: flush_tlb_batched_pending (reclaim's deferred flush is not modelled)."""
+        Under the PTL: flush_tlb_batched_pending (a flush reclaim deferred for this mm); clear
+        each present PTE (zap_present_ptes); if force_flush, "Do the actual TLB flush before
+        dropping ptl": tlb_flush_mmu_tlbonly, then tlb_flush_rmaps; unlock; then, still if
+        force_flush, tlb_flush_mmu frees the batched pages."""
         m = self.m
         mm = t.mm
         pmd_index = addr // m.ptrs_per_pte
@@ -67,6 +67,7 @@ class Memory(KernelBase):
         if mm.pmd[pmd_index] is not table:
             yield from self.spin_unlock(t, table.ptl, "zap_pte_range: table changed, unlock")
             return addr
+        yield from self.flush_tlb_batched_pending(t, mm)
         force_flush = False
         first = addr
         while addr < end:

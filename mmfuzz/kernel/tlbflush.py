@@ -60,3 +60,50 @@ class TlbFlushX86(KernelBase):
     def flush_tlb_page(self, t: Task, mm: Mm, vpn: int):
         """include/asm-generic/tlb.h, x86 flush_tlb_page = flush_tlb_mm_range of one page."""
         yield from self.flush_tlb_mm_range(t, mm, vpn, vpn + 1, False, False)
+
+    # --- reclaim's batched unmap flush (CONFIG_ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH) ---------
+    def flush_tlb_mm(self, t: Task, mm: Mm):
+        """arch/x86/include/asm/tlbflush.h flush_tlb_mm = flush_tlb_mm_range(mm, 0,
+        TLB_FLUSH_ALL, 0UL, true)."""
+        yield from self.flush_tlb_mm_range(t, mm, 0, 0, True, True)
+
+    def arch_tlbbatch_should_defer(self, t: Task, mm: Mm) -> bool:
+        """arch/x86/include/asm/tlbflush.h arch_tlbbatch_should_defer: "If remote CPUs need to
+        be flushed then defer batch the flush" (a CPU other than this one is in mm_cpumask)."""
+        return any(c != t.cpu for c in mm.cpumask)
+
+    def arch_tlbbatch_add_pending(self, batch, mm: Mm, vpn: int) -> None:
+        """arch/x86/include/asm/tlbflush.h arch_tlbbatch_add_pending: inc_mm_tlb_gen(mm) and
+        cpumask_or(&batch->cpumask, mm_cpumask(mm)) (the address is unused on x86)."""
+        mm.tlb_gen += 1
+        for c in mm.cpumask:
+            if c not in batch.cpumask:
+                batch.cpumask.append(c)
+        batch.cpumask.sort()
+
+    def arch_tlbbatch_flush(self, t: Task, batch):
+        """arch/x86/mm/tlb.c arch_tlbbatch_flush: a full flush (get_flush_tlb_info(NULL, 0,
+        TLB_FLUSH_ALL, ...)) on every CPU of the batch's cpumask, by flush_tlb_multi (this CPU
+        at once, the others by IPI, waiting for every one) or locally only; then
+        cpumask_clear. With info->mm NULL each target flushes the mm it has loaded."""
+        m = self.m
+        requests = []
+        for cpu_id in batch.cpumask:
+            cpu = m.cpus[cpu_id]
+            if cpu_id == t.cpu:
+                flush_cpu_tlb(cpu, cpu.mm_id, 0, 0, True)
+                continue
+            req = FlushRequest(cpu.mm_id, 0, 0, True, t.tid)
+            cpu.ipi_queue.append(req)
+            requests.append((cpu, req))
+        targets = [cpu.cpu_id for cpu, _ in requests]
+        batch.cpumask = []
+        yield (f"arch_tlbbatch_flush: flush_tlb_multi IPI to CPU{targets}" if targets
+               else "arch_tlbbatch_flush: local flush only")
+        if requests:
+            yield Wait(lambda: all(req not in cpu.ipi_queue for cpu, req in requests),
+                       "waits for flush IPIs")
+
+    def arch_flush_tlb_batched_pending(self, t: Task, mm: Mm):
+        """arch/x86/include/asm/tlbflush.h arch_flush_tlb_batched_pending = flush_tlb_mm."""
+        yield from self.flush_tlb_mm(t, mm)
