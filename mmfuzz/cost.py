@@ -113,13 +113,13 @@ def render(record: CostRecord, label: str, other: CostRecord | None = None,
     ops = sorted(set(record.ops) | set(other.ops if other else {}))
     lines = [f"cost per operation ({label}" + (f" vs {other_label}, same schedules" if other else "")
              + f", {record.runs} runs):"]
-    head = f"  {'operation':24} {'flushes':>8} {'IPIs':>8} {'CPUs':>8}"
+    head = f"  {'operation':34} {'flushes':>8} {'IPIs':>8} {'CPUs':>8}"
     if other:
         head += f"   | {'flushes':>8} {'IPIs':>8} {'CPUs':>8}"
     lines.append(head)
     for op in ops + ["(total)"]:
         a = record.totals() if op == "(total)" else record.ops.get(op, [0, 0, 0])
-        row = f"  {op:24} {a[0]:8} {a[1]:8} {a[2]:8}"
+        row = f"  {op:34} {a[0]:8} {a[1]:8} {a[2]:8}"
         if other:
             b = other.totals() if op == "(total)" else other.ops.get(op, [0, 0, 0])
             row += f"   | {b[0]:8} {b[1]:8} {b[2]:8}"

@@ -138,9 +138,7 @@ class Mprotect(KernelBase):
         if mm.pmd[pmd_index] is not table:
             yield from self.spin_unlock(t, table.ptl, "change_pte_range: table gone, unlock")
             return
-        batched = getattr(self, "flush_tlb_batched_pending", None)
-        if batched is not None:
-            yield from batched(t, mm)
+        yield from self.flush_tlb_batched_pending(t, mm)
         for vpn in range(addr, end):
             slot = vpn % m.ptrs_per_pte
             old = table.ptes[slot]
