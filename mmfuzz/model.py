@@ -96,7 +96,7 @@ class Folio:
 class PteTable:
     """A PTE-table page: PTRS_PER_PTE entries and its own split PTL."""
 
-    __slots__ = ("tid", "pfn", "ptes", "ptl", "freed", "mm_id", "pmd_index")
+    __slots__ = ("tid", "pfn", "ptes", "ptl", "freed", "mm_id", "pmd_index", "tlb_gen")
 
     def __init__(self, tid: int, pfn: int, nptes: int, mm_id: int, pmd_index: int):
         self.tid = tid
@@ -106,6 +106,9 @@ class PteTable:
         self.freed = False
         self.mm_id = mm_id
         self.pmd_index = pmd_index
+        # the table's pending TLB generation: used only by Nadav Amit's proposal (the
+        # generation variant in mmfuzz/kernels.py); mainline never writes it
+        self.tlb_gen = 0
 
 
 class Vma:
@@ -139,7 +142,7 @@ class Vma:
 
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
-                 "tlb_gen", "cpumask", "tlb_flush_batched")
+                 "tlb_gen", "cpumask", "tlb_flush_batched", "tlb_gen_completed")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
@@ -149,6 +152,8 @@ class Mm:
         self.page_table_lock = SpinLock(f"page_table_lock(mm{mm_id})")  # PMD-level lock
         self.tlb_flush_pending = 0
         self.tlb_gen = 0
+        # the completed TLB generation of Nadav Amit's proposal (the generation variant only)
+        self.tlb_gen_completed = 0
         self.cpumask: list[int] = []
         # mm->tlb_flush_batched (mm/rmap.c): one atomic int, bits 0-14 the pending generation
         # (reclaim deferred a flush: set_tlb_ubc_flush_pending), bits 16-30 the flushed one

@@ -112,6 +112,7 @@ class MappingDirtyHelpers(KernelBase):
         yield f"clean_record_pte: ptep_modify_prot_start va {vpn:#x} (mm{mm.mm_id}, PTE none)"
         new = old._replace(dirty=False)
         table.ptes[slot] = new
+        self.pte_table_flush_deferred(mm, table)
         walk["total"] += 1
         walk["flush_start"] = min(walk["flush_start"], vpn)
         walk["flush_end"] = max(walk["flush_end"], vpn + 1)

@@ -101,6 +101,7 @@ class Memory(KernelBase):
         if ptent.special:
             table.ptes[slot] = None  # ptep_get_and_clear_full
             m.revoke(t.mm.mm_id, vpn)
+            self.pte_table_flush_deferred(t.mm, table)
             self.tlb_remove_tlb_entry(tlb, vpn)
             yield f"zap_present_ptes: ptep_get_and_clear_full va {vpn:#x} (zero page)"
             return force_flush, False
@@ -126,6 +127,7 @@ class Memory(KernelBase):
         old = table.ptes[slot]
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)
+        self.pte_table_flush_deferred(t.mm, table)
         delay_rmap = False
         dirty_note = ""
         if not folio.anon:
@@ -220,6 +222,8 @@ class Memory(KernelBase):
         if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
             yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: PTE changed, unlock (retry)")
             return
+        if write:
+            yield from self.pte_table_flush_check(t, t.mm, table)  # generation variants only
         if write and not orig.write:
             yield from self.do_wp_page(t, vma, table, slot, vpn, orig)
             return

@@ -156,6 +156,7 @@ class Mprotect(KernelBase):
             table.ptes[slot] = ptent
             if self.pte_needs_flush(old, ptent):
                 self.tlb_flush_pte_range(tlb, vpn)
+                self.pte_table_flush_deferred(mm, table)
             yield (f"change_pte_range: ptep_modify_prot_commit va {vpn:#x} "
                    f"{'W' if ptent.write else 'RO'}{'D' if ptent.dirty else ''}"
                    f"{' + tlb_flush_pte_range' if self.pte_needs_flush(old, ptent) else ''}")

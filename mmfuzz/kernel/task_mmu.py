@@ -109,6 +109,7 @@ class TaskMmu(KernelBase):
         m.revoke(t.mm.mm_id, vpn)
         yield f"clear_soft_dirty: ptep_modify_prot_start va {vpn:#x} (PTE none)"
         table.ptes[slot] = old._replace(write=False, soft_dirty=False)
+        self.pte_table_flush_deferred(t.mm, table)
         yield f"clear_soft_dirty: ptep_modify_prot_commit va {vpn:#x} wrprotect, clear soft-dirty"
 
     def clear_refs_young(self, t: Task, table, slot: int, vpn: int):
