@@ -36,6 +36,8 @@ def page_walk(m: Machine, cpu, vpn: int, write: bool):
     new = pte._replace(young=True, dirty=pte.dirty or write)
     if new != pte:
         table.ptes[slot] = new
+        if write and not pte.dirty:  # checker's note: the hardware set D in a writable PTE
+            m.stats["hw_set_dirty"] = m.stats.get("hw_set_dirty", 0) + 1
     frame = m.frames[pte.pfn]
     uid = frame.uid if isinstance(frame, Folio) else 0
     return TlbEntry(pte.pfn, uid, new.write, new.dirty)

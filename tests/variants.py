@@ -26,3 +26,13 @@ class LeakRmap(Mainline):
             yield f"{prefix}(rmap of pfn {folio.pfn} leaked)"
             return
         yield from super().folio_remove_rmap_ptes(t, folio, vma, prefix)
+
+
+class MprotectNoFlush(Mainline):
+    """mprotect's change_pte_range records no flush for a write-protected PTE (as if
+    pte_needs_flush said no): PROT_READ returns while a CPU still holds a writable entry
+    (trips no-stale-translation-after-return)."""
+
+    @staticmethod
+    def pte_needs_flush(old, new):
+        return False
