@@ -31,13 +31,14 @@ def page_walk(m: Machine, cpu, vpn: int, write: bool):
         m.events.append(("walk_freed_table", cpu.cpu_id, table.tid, "hardware walk"))
         return None
     pte = table.ptes[slot]
-    if pte is None or (write and not pte.write):
+    if pte is None or not pte.present or (write and not pte.write):
         return None
     new = pte._replace(young=True, dirty=pte.dirty or write)
     if new != pte:
         table.ptes[slot] = new
-        if write and not pte.dirty:  # checker's note: the hardware set D in a writable PTE
-            m.stats["hw_set_dirty"] = m.stats.get("hw_set_dirty", 0) + 1
+        if write and not pte.dirty:
+            # checker's note: a store through a writable, clean PTE set D in hardware
+            m.stats["hw_dirty_set"] = m.stats.get("hw_dirty_set", 0) + 1
     frame = m.frames[pte.pfn]
     uid = frame.uid if isinstance(frame, Folio) else 0
     return TlbEntry(pte.pfn, uid, new.write, new.dirty)
@@ -50,11 +51,13 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
     key = tlb_key(cpu.mm_id, vpn)
     entry = cpu.tlb.get(key)
     how = "TLB hit"
+    wclean = False
     if entry is not None and write and not (entry.write and entry.dirty):
         # W=1,D=0: the CPU re-walks to set D; W=0: permission fault drops the entry.
         del cpu.tlb[key]
-        entry = None
         how = "TLB re-walk"
+        wclean = entry.write
+        entry = None
     if entry is None:
         entry = page_walk(m, cpu, vpn, write)
         if entry is None:
@@ -63,6 +66,9 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
         cpu.tlb[key] = entry
         if how == "TLB hit":
             how = "TLB fill"
+        elif wclean:
+            # checker's note: a store through a writable-clean TLB entry re-walked and set D
+            m.stats["wclean_tlb_store"] = m.stats.get("wclean_tlb_store", 0) + 1
     flags = ("W" if entry.write else "-") + ("D" if entry.dirty else "-")
     frame = m.frames[entry.pfn]
     if not write:
@@ -80,6 +86,8 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
                 return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
         if not frame.anon:
             m.events.append(("store_lost", cpu_id, vpn, entry.pfn, version, "file folio no longer in the page cache"))
+        else:
+            m.note_anon_store(cpu.mm_id, vpn, version)
     else:
         # the frame was freed or reused: the store corrupts whatever is there now
         if isinstance(frame, Folio):

@@ -28,6 +28,27 @@ class Pte(NamedTuple):
     young: bool
     special: bool = False
     soft_dirty: bool = False
+    present = True  # pte_present(); a SwapPte is not
+
+
+class SwapPte(NamedTuple):
+    """A non-present PTE holding a swap entry (include/linux/swapops.h): ``offset`` is
+    swp_offset() into the one swap device (Machine.swap); ``exclusive`` is SWP_EXCLUSIVE
+    (pte_swp_exclusive: the page was PG_anon_exclusive when it was unmapped, so do_swap_page
+    may map it writable again); ``soft_dirty`` is _PAGE_SWP_SOFT_DIRTY.
+
+    Code reading a PTE must test ``present`` before ``pfn``: a swap PTE has pfn None (an index
+    with it fails loudly) and reads as neither writable, dirty, young nor special."""
+
+    offset: int
+    exclusive: bool = False
+    soft_dirty: bool = False
+    present = False
+    pfn = None
+    write = False
+    dirty = False
+    young = False
+    special = False
 
 
 class TlbEntry(NamedTuple):
@@ -69,7 +90,8 @@ class Folio:
     __slots__ = (
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
-        "freed", "uptodate", "referenced",
+        "freed", "uptodate",
+        "swapcache", "swap", "referenced", "isolated",
     )
 
     def __init__(self, uid: int, pfn: int):
@@ -90,7 +112,12 @@ class Folio:
         self.data = 0
         self.freed = False
         self.uptodate = True       # PG_uptodate: false while a read from disk is pending
-        self.referenced = False    # PG_referenced (folio_mark_accessed sets, clear_refs 1 clears)
+        # Reclaim and swap (mm/vmscan.c, mm/swap_state.c). ``lazyfree`` above is an anon
+        # folio's !PG_swapbacked (MADV_FREE's folio_mark_lazyfree clears PG_swapbacked).
+        self.swapcache = False     # PG_swapcache: in the swap cache, folio->swap valid
+        self.swap = 0              # folio->swap: swp_offset of its slot (0: none)
+        self.referenced = False    # PG_referenced (folio_check_references' second chance)
+        self.isolated = False      # !PG_lru: taken off the LRU by reclaim (isolate_lru_folios)
 
 
 class PteTable:
@@ -189,6 +216,29 @@ class TlbflushUnmapBatch:
         self.writable = False
 
 
+SWAP_HAS_CACHE = 0x40  # include/linux/swap.h: "Flag page is cached, in first swap_map"
+
+
+class SwapInfo:
+    """The one swap device: mm/swapfile.c struct swap_info_struct with the swap cache of
+    mm/swap_state.c. The swap model every path shares:
+
+    - ``swap_map[offset]``: the number of swap PTEs that refer to the slot (swap_duplicate
+      adds one, swap_free drops one), | SWAP_HAS_CACHE while a folio for the slot is in the
+      swap cache. 0 = free. Slot 0 is the header page and never allocated.
+    - ``data[offset]``: the version the device holds for the slot (like FileObj.disk).
+    - ``cache``: the swap cache, offset -> folio (PG_swapcache, folio->swap == offset); the
+      cache holds one reference on the folio.
+    """
+
+    __slots__ = ("swap_map", "data", "cache")
+
+    def __init__(self, nslots: int):
+        self.swap_map = [0] * nslots
+        self.data = [0] * nslots
+        self.cache: dict[int, Folio] = {}
+
+
 class FileObj:
     """An inode: its page cache (index -> folio), i_mmap (VMAs that map it) and its disk."""
 
@@ -257,6 +307,11 @@ class Machine:
         # write-protected); used by no-stale-translation-after-return.
         self.revoked_at: dict[int, int] = {}
         self.events: list[tuple] = []  # facts emitted by the current step, for properties
+        self.swap = SwapInfo(world.get("swap_slots", 4))
+        # Checker notes for no-lost-write-after-madv-free (anon memory as a process sees it):
+        # (mm << 32 | vpn) -> (vid of the VMA, version the page must read, or None after
+        # MADV_FREE returned, then the other version it may read besides 0).
+        self.anon_expected: dict[int, tuple] = {}
         self.stats: dict[str, int] = {}
         # the cost record (mmfuzz.cost): op -> [flushes, IPIs, CPUs interrupted]; task id ->
         # CPUs it interrupted. Checker's notes: no kernel function reads them.
@@ -281,7 +336,8 @@ class Machine:
         self.frames[folio.pfn] = None
         self.free_pfns.append(folio.pfn)  # LIFO: a freed frame is the next one reused
         cached = (folio.mapping is not None
-                  and self.files[folio.mapping].cache.get(folio.index) is folio)
+                  and self.files[folio.mapping].cache.get(folio.index) is folio) \
+            or self.swap.cache.get(folio.swap) is folio
         self.events.append(("free", folio.pfn, folio.uid, folio.mapcount, cached))
 
     def alloc_pte_table(self, mm_id: int, pmd_index: int) -> PteTable:
@@ -310,6 +366,39 @@ class Machine:
 
     def revoke(self, mm_id: int, vpn: int) -> None:
         self.revoked_at[tlb_key(mm_id, vpn)] = self.clock
+
+    # --- checker notes on anonymous memory (not kernel state) -------------------------
+    def anon_content(self, mm: Mm, vpn: int) -> int:
+        """The version a load of ``vpn`` would read now, by the page tables and the swap
+        device: a none PTE or the zero page reads 0 (the fault maps zeroes), a present PTE
+        its frame, a swap PTE the swap-cache folio if there is one, else the device slot."""
+        pmd_index, slot = divmod(vpn, self.ptrs_per_pte)
+        table = mm.pmd[pmd_index] if pmd_index < len(mm.pmd) else None
+        pte = table.ptes[slot] if table is not None else None
+        if pte is None or pte.special:
+            return 0
+        if pte.present:
+            frame = self.frames[pte.pfn]
+            return frame.data if isinstance(frame, Folio) else 0
+        folio = self.swap.cache.get(pte.offset)
+        return folio.data if folio is not None else self.swap.data[pte.offset]
+
+    def note_anon_store(self, mm_id: int, vpn: int, version: int) -> None:
+        """A store (by a CPU or through a pin) reached the anon page at ``vpn``."""
+        vma = self.mms[mm_id].find_vma(vpn)
+        if vma is not None:
+            self.anon_expected[tlb_key(mm_id, vpn)] = (vma.vid, version, version)
+
+    def note_anon_freed(self, mm: Mm, start: int, end: int, lazy: bool) -> None:
+        """madvise(MADV_DONTNEED) returned: each page reads what it holds now (0, unless a store
+        concurrent with the call faulted a new page in after the zap), or madvise(MADV_FREE)
+        returned: each page reads 0 or what it holds now, until the next store."""
+        for vpn in range(start, end):
+            vma = mm.find_vma(vpn)
+            if vma is None or vma.file is not None:
+                continue
+            was = self.anon_content(mm, vpn)
+            self.anon_expected[tlb_key(mm.mm_id, vpn)] = (vma.vid, None if lazy else was, was)
 
 
 class OutOfFrames(Exception):

@@ -7,6 +7,7 @@ synced and dropped (the "eventually" half of the same properties).
 
 from ._core import Violation
 from .accounting import accounting, accounting_quiescent
+from .anon import no_lost_write_after_madv_free_quiescent
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
@@ -24,6 +25,7 @@ QUIESCENT_PROPERTIES = (
     dirty_data_preserved_quiescent,
     no_stale_translation_quiescent,
     accounting_quiescent,
+    no_lost_write_after_madv_free_quiescent,
 )
 
 PROPERTY_NAMES = (
@@ -32,6 +34,7 @@ PROPERTY_NAMES = (
     "no-stale-translation-after-return",
     "soft-dirty-accurate",
     "accounting",
+    "no-lost-write-after-madv-free",
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

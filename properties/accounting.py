@@ -7,7 +7,7 @@ __remove_mapping freezes the refcount at 1 + nr_pages to prove that nothing else
 
 from __future__ import annotations
 
-from mmfuzz.model import Folio, PteTable
+from mmfuzz.model import SWAP_HAS_CACHE, Folio, PteTable
 
 from ._core import Violation, mapped_ptes
 
@@ -32,7 +32,7 @@ def accounting(m, events) -> Violation | None:
                                  {"mm": mm.mm_id, "table": table.tid})
             base = table.pmd_index * m.ptrs_per_pte
             for slot, pte in enumerate(table.ptes):
-                if pte is None or pte.special:
+                if pte is None or pte.special or not pte.present:
                     continue
                 frame = m.frames[pte.pfn]
                 if not isinstance(frame, Folio):
@@ -48,12 +48,31 @@ def accounting(m, events) -> Violation | None:
 
 
 def accounting_quiescent(m) -> Violation | None:
-    """With no operation in flight: every live folio's mapcount equals the PTEs that map it and
-    its refcount equals those PTEs plus the page cache's reference; nothing is leaked."""
+    """With no operation in flight: every swap slot's swap_map counts the swap PTEs that refer
+    to it, with SWAP_HAS_CACHE iff it is in the swap cache; every live folio's mapcount
+    equals the PTEs that map it and its refcount equals those PTEs plus the page cache's or
+    swap cache's reference; nothing is leaked."""
+    sw = m.swap
+    swap_ptes = [0] * len(sw.swap_map)
+    for mm in m.mms.values():
+        for table in mm.pmd:
+            if table is not None:
+                for pte in table.ptes:
+                    if pte is not None and not pte.present:
+                        swap_ptes[pte.offset] += 1
+    for offset, count in enumerate(sw.swap_map):
+        in_cache = offset in sw.cache
+        if count != swap_ptes[offset] | (SWAP_HAS_CACHE if in_cache else 0):
+            return Violation(NAME, f"swap slot {offset}: swap_map {count:#x}, but "
+                             f"{swap_ptes[offset]} swap PTEs refer to it and it is "
+                             f"{'' if in_cache else 'not '}in the swap cache",
+                             {"slot": offset, "swap_map": count, "ptes": swap_ptes[offset],
+                              "cached": in_cache})
     for frame in m.frames:
         if isinstance(frame, Folio):
             ptes = mapped_ptes(m, frame)
-            cached = frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame
+            cached = (frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame) \
+                or sw.cache.get(frame.swap) is frame
             want_ref = len(ptes) + (1 if cached else 0) + frame.pincount
             if frame.mapcount != len(ptes) or frame.refcount != want_ref:
                 return Violation(NAME, f"pfn {frame.pfn}: mapcount {frame.mapcount}, refcount "

@@ -14,7 +14,7 @@ import pytest
 
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import Folio, PteTable, tlb_key
-from mmfuzz.ops import names as op_names
+from mmfuzz.ops import Ctx, get as get_op, names as op_names
 from mmfuzz.run import Run, default_world
 
 MAINLINE = resolve_kernel("mainline")
@@ -641,17 +641,9 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
             acts.append(["access", cpu, rng.randrange(6), rng.randrange(2)])
             continue
         op = rng.choice(sorted(op_names()))
-        if op in ("madvise_dontneed", "munmap"):
-            start = rng.randrange(6)
-            args = [start, rng.randrange(1, 7 - start)]
-        elif op == "mmap":
-            args = [rng.randrange(2)]
-        elif op == "writeback":
-            args = [FILE]
-        elif op == "clear_refs":
-            args = []
-        else:
-            args = [FILE, rng.randrange(4)]
+        # each operation's own declared argument domains (mmfuzz.ops)
+        args = get_op(op).draw(lambda options, label: rng.choice(list(options)),
+                               Ctx(default_world(), cpu, MM))
         acts.append(["start", cpu, op, *args])
     return acts
 

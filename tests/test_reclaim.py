@@ -57,3 +57,177 @@ def test_a_flush_batched_during_flush_tlb_batched_pending_stays_pending():
     r.drain()
     assert any("failed (a new batched flush is pending)" in t for t in texts(r))
     assert mm.tlb_flush_batched == 2
+
+
+# ------------------------------------------------------------------ helpers ------------
+ANON = 4  # the default world's anonymous VMA is [4, 6)
+
+
+def anon_world(prefault=((0, 4, 1),)):
+    w = default_world()
+    w["prefault"] = [list(p) for p in prefault]
+    return w
+
+
+def run_op(r: Run, cpu: int, op: str, *args):
+    assert r.apply(["start", cpu, op, *args]) is not None, op
+    task = r.m.cpus[cpu].task
+    r.drain()
+    assert r.violation is None, r.violation
+    return task
+
+
+def access(r: Run, cpu: int, vpn: int, write: bool):
+    """A user access, with its fault run to completion and the access retried once."""
+    step = r.apply(["access", cpu, vpn, int(write)])
+    if step.op == "fault":
+        r.drain()
+        step = r.apply(["access", cpu, vpn, int(write)])
+        assert step.op != "fault", step.text
+    assert r.violation is None, r.violation
+    return step
+
+
+def pte_of(r: Run, vpn: int):
+    table, slot = r.m.pte_lookup(r.m.mms[MM], vpn)
+    return None if table is None else table.ptes[slot]
+
+
+def folio_at(r: Run, vpn: int):
+    return r.m.frames[pte_of(r, vpn).pfn]
+
+
+# ----------------------------------------------------------------------- MADV_FREE ------
+def test_madvise_free_cleans_keeps_write_and_flushes():
+    r = new_run(anon_world())
+    folio = folio_at(r, ANON)
+    assert pte_of(r, ANON).dirty and tlb_key(MM, ANON) in r.m.cpus[0].tlb
+    task = run_op(r, 1, "madvise_free", ANON, 2)
+    assert task.result is None
+    pte = pte_of(r, ANON)
+    assert pte.write and not pte.dirty and not pte.young, pte  # writable and clean
+    assert folio.lazyfree and folio.anon and not folio.freed and folio.mapcount == 1
+    assert tlb_key(MM, ANON) not in r.m.cpus[0].tlb  # tlb_remove_tlb_entry -> flushed
+    assert r.m.mms[MM].tlb_flush_pending == 0
+    # a store now re-walks and sets D in hardware: MADV_FREE is cancelled for the page
+    before = r.m.stats.get("hw_dirty_set", 0)
+    access(r, 0, ANON, True)
+    assert pte_of(r, ANON).dirty and r.m.stats["hw_dirty_set"] == before + 1
+    assert r.quiesce() is None
+
+
+def test_madvise_free_of_file_vma_is_einval():
+    r = new_run()
+    task = run_op(r, 1, "madvise_free", 0, 1)
+    assert task.result == "EINVAL"
+    assert pte_of(r, 0).dirty
+
+
+def test_store_through_writable_clean_tlb_entry_sets_pte_dirty():
+    r = new_run(anon_world())
+    run_op(r, 1, "madvise_free", ANON, 1)
+    access(r, 0, ANON, False)  # the load caches the writable, clean translation
+    e = r.m.cpus[0].tlb[tlb_key(MM, ANON)]
+    assert e.write and not e.dirty
+    step = access(r, 0, ANON, True)
+    assert "TLB re-walk" in step.text
+    assert r.m.stats["wclean_tlb_store"] == 1 and pte_of(r, ANON).dirty
+
+
+# -------------------------------------------------------------------------- reclaim -----
+def test_reclaim_discards_clean_lazyfree_folio_and_page_reads_zero():
+    r = new_run(anon_world())
+    folio = folio_at(r, ANON)
+    run_op(r, 1, "madvise_free", ANON, 1)
+    run_op(r, 2, "reclaim", 1, 0, 1)  # file LRU: the lazyfree folio is its only folio
+    tx = texts(r)
+    assert any("ref_count 2 == 1 + map_count 1, clean: discard" in t for t in tx)
+    assert any("PGLAZYFREED" in t for t in tx)
+    assert folio.freed and pte_of(r, ANON) is None
+    # the deferred flush ran before the frame was freed
+    i_flush = max(i for i, t in enumerate(tx) if "arch_tlbbatch_flush" in t)
+    i_free = max(i for i, t in enumerate(tx) if "free_unref_folios" in t)
+    assert i_flush < i_free
+    # the flush stays pending for the mm until the next PTE change catches up with it
+    mm = r.m.mms[MM]
+    assert mm.tlb_flush_batched == 1
+    access(r, 0, ANON, False)
+    assert r.m.frames[pte_of(r, ANON).pfn] is None or pte_of(r, ANON).special  # zero page
+    assert r.quiesce() is None
+
+
+def test_reclaim_keeps_lazyfree_folio_written_after_madvise_free():
+    r = new_run(anon_world())
+    folio = folio_at(r, ANON)
+    run_op(r, 1, "madvise_free", ANON, 1)
+    access(r, 0, ANON, True)  # v2: the hardware sets D (and A) in the PTE
+    version = folio.data
+    run_op(r, 2, "reclaim", 1, 0, 1)  # young: folio_set_referenced, keep
+    assert folio.referenced and folio.lazyfree
+    run_op(r, 2, "reclaim", 1, 0, 1)
+    assert any("lazyfree pfn" in t and "dirty: set_pte_at restores" in t for t in texts(r))
+    assert not folio.freed and not folio.lazyfree  # folio_set_swapbacked
+    assert pte_of(r, ANON).pfn == folio.pfn and folio.data == version
+    assert r.quiesce() is None
+
+
+def test_reclaim_swaps_out_and_swap_in_maps_writable_clean():
+    r = new_run(anon_world())
+    folio = folio_at(r, ANON)
+    version = folio.data
+    run_op(r, 2, "reclaim", 0, 0, 1)  # young: folio_set_referenced, keep
+    assert folio.referenced and not folio.swapcache and pte_of(r, ANON).present
+    run_op(r, 2, "reclaim", 0, 0, 1)  # not young now: add_to_swap, unmap, pageout, free
+    pte = pte_of(r, ANON)
+    assert not pte.present and pte.exclusive and pte.soft_dirty
+    sw = r.m.swap
+    assert folio.freed and sw.data[pte.offset] == version and sw.swap_map[pte.offset] == 1
+    assert sw.cache == {}
+    # swap-in by a load: exclusive -> writable but clean; the store then sets D in hardware
+    access(r, 1, ANON, False)
+    new = pte_of(r, ANON)
+    assert new.present and new.write and not new.dirty
+    f2 = r.m.frames[new.pfn]
+    assert f2.data == version and f2.anon_exclusive and f2.swapcache  # kept in the swap cache
+    assert sw.swap_map[f2.swap] == 0x40  # SWAP_HAS_CACHE only
+    access(r, 1, ANON, True)
+    assert pte_of(r, ANON).dirty and r.m.stats["wclean_tlb_store"] == 1
+    assert r.quiesce() is None
+
+
+def test_swap_in_by_write_fault_frees_the_swap_slot():
+    r = new_run(anon_world())
+    run_op(r, 2, "reclaim", 0, 0, 1)
+    run_op(r, 2, "reclaim", 0, 0, 1)
+    slot = pte_of(r, ANON).offset
+    access(r, 1, ANON, True)
+    pte = pte_of(r, ANON)
+    assert pte.write and pte.dirty
+    f2 = r.m.frames[pte.pfn]
+    assert not f2.swapcache and f2.dirty  # should_try_to_free_swap -> folio_free_swap
+    assert r.m.swap.swap_map[slot] == 0
+    assert r.quiesce() is None
+
+
+def test_zap_of_swap_entry_frees_the_slot():
+    r = new_run(anon_world())
+    run_op(r, 2, "reclaim", 0, 0, 1)
+    run_op(r, 2, "reclaim", 0, 0, 1)
+    slot = pte_of(r, ANON).offset
+    run_op(r, 1, "madvise_dontneed", ANON, 1)
+    assert pte_of(r, ANON) is None and r.m.swap.swap_map[slot] == 0
+    assert any("zap_nonpresent_ptes: free_swap_and_cache" in t for t in texts(r))
+    assert r.quiesce() is None
+
+
+def test_reclaim_of_dirty_file_folio_activates_and_clean_one_is_dropped():
+    r = new_run()
+    f0 = r.m.files[1].cache[0]
+    run_op(r, 2, "reclaim", 1, 0, 1)  # young -> referenced, keep
+    run_op(r, 2, "reclaim", 1, 0, 1)  # unmapped; dirty: activate
+    assert f0.dirty and not f0.freed and f0.mapcount == 0 and r.m.files[1].cache[0] is f0
+    run_op(r, 0, "writeback", 1)
+    run_op(r, 2, "reclaim", 1, 0, 1)  # clean, unmapped: __remove_mapping, freed
+    assert f0.freed and 0 not in r.m.files[1].cache
+    assert r.m.files[1].disk[0] == 1
+    assert r.quiesce() is None

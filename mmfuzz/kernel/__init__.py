@@ -13,12 +13,14 @@ from .memory import Memory  # isort: skip
 from .mmu_gather import MmuGatherOps  # isort: skip
 from .rmap import Rmap  # isort: skip
 from .tlbflush import TlbFlushX86  # isort: skip
+from .swap import Swap  # isort: skip
+from .vmscan import Vmscan  # isort: skip
 from .mprotect import Mprotect  # isort: skip
 from .mapping_dirty_helpers import MappingDirtyHelpers  # isort: skip
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               TlbFlushX86, Mprotect, MappingDirtyHelpers, KernelBase):
+               TlbFlushX86, Swap, Vmscan, Mprotect, MappingDirtyHelpers, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

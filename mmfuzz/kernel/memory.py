@@ -2,8 +2,9 @@
 v6.14 PT_RECLAIM table freeing from MADV_DONTNEED is not modelled).
 
 Left out everywhere here: mmu notifiers, rss counters, lazy MMU mode, uprobes, hugetlb, THP
-PMDs, swap and non-present PTEs, uffd markers, fault-around, the per-VMA lock (faults take
-mmap_lock for read, as lock_mm_and_find_vma does when the VMA lock is not available).
+PMDs, non-present PTEs other than swap entries (migration, device, uffd markers),
+fault-around, the per-VMA lock (faults take mmap_lock for read, as lock_mm_and_find_vma does
+when the VMA lock is not available).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class Memory(KernelBase):
             if ptent is None:
                 addr += 1
                 continue
+            if not ptent.present:
+                yield from self.zap_nonpresent_ptes(t, table, slot, addr)
+                addr += 1
+                continue
             force_flush, force_break = yield from self.zap_present_ptes(
                 t, tlb, vma, table, slot, addr, force_flush)
             addr += 1
@@ -90,6 +95,15 @@ class Memory(KernelBase):
         if force_flush:
             yield from self.tlb_flush_mmu(t, tlb)
         return addr
+
+    def zap_nonpresent_ptes(self, t: Task, table: PteTable, slot: int, vpn: int):
+        """mm/memory.c zap_nonpresent_ptes, a genuine swap entry ("hence a private anon
+        page"): free_swap_and_cache, then pte_clear_not_present_full. No TLB entry to flush."""
+        ptent = table.ptes[slot]
+        yield from self.free_swap_and_cache(t, ptent)
+        table.ptes[slot] = None
+        t.observed[tlb_key(t.mm.mm_id, vpn)] = self.m.clock
+        yield f"zap_nonpresent_ptes: free_swap_and_cache(slot {ptent.offset}), pte_clear va {vpn:#x}"
 
     def zap_present_ptes(self, t: Task, tlb: MmuGather, vma: Vma, table: PteTable, slot: int,
                          vpn: int, force_flush: bool):
@@ -212,6 +226,9 @@ class Memory(KernelBase):
         table, slot = m.pte_lookup(t.mm, vpn)
         orig = table.ptes[slot] if table is not None else None
         yield f"handle_pte_fault: ptep_get_lockless va {vpn:#x} = {fmt_pte(orig)}"
+        if orig is not None and not orig.present:
+            yield from self.do_swap_page(t, vma, vpn, write, orig)
+            return
         if orig is None:
             if vma.file is None:
                 yield from self.do_anonymous_page(t, vma, vpn, write)
@@ -433,9 +450,101 @@ class Memory(KernelBase):
         yield f"do_anonymous_page: {note} + set_ptes va {vpn:#x} {fmt_pte(pte)}"
         yield from self.spin_unlock(t, table.ptl, "do_anonymous_page: pte_unmap_unlock")
 
+    # ----------------------------------------------------------------- swap-in ---------
+    def do_swap_page(self, t: Task, vma: Vma, vpn: int, write: bool, orig):
+        """mm/memory.c do_swap_page for a genuine swap entry (entered from handle_pte_fault
+        without the PTL; the swap-cache bypass of SWP_SYNCHRONOUS_IO devices is left out).
+
+        swap_cache_get_folio, else swapin_readahead -> read_swap_cache_async (None: the slot
+        was freed meanwhile, "Back out if somebody else faulted in this pte"); folio_lock;
+        the folio must still be the slot's swap-cache folio; under the PTL give up unless
+        pte_same. exclusive = pte_swp_exclusive(orig). swap_free; should_try_to_free_swap
+        (a write fault on a folio nobody else references) -> folio_free_swap. The new PTE is
+        mk_pte(vm_page_prot): read-only, clean, young, soft-dirty from the swap PTE; if the
+        page is exclusive (or the folio's only reference is ours) and the VMA is writable
+        and no soft-dirty write-protect is wanted, pte_mkwrite -- writable and CLEAN unless
+        this is a write fault (then pte_mkdirty, and the write is done). folio_add_anon_rmap
+        (RMAP_EXCLUSIVE then), set_ptes, folio_unlock; a write fault still pending goes to
+        do_wp_page with the PTL held."""
+        m = self.m
+        offset = orig.offset
+        folio = yield from self.swap_cache_get_folio(t, offset)
+        if folio is None:
+            folio = yield from self.read_swap_cache_async(t, offset)
+            if folio is None:
+                yield "do_swap_page: swap entry freed under us: retry"
+                return
+        yield from self.folio_lock(t, folio, f"do_swap_page: folio_lock_or_retry(pfn {folio.pfn})")
+        if not folio.swapcache or folio.swap != offset:
+            self.folio_unlock_now(t, folio)
+            self.folio_put_now(folio)
+            yield f"do_swap_page: pfn {folio.pfn} left the swap cache: out_page, retry"
+            return
+        table, slot = m.pte_lookup(t.mm, vpn)
+        if table is None:
+            self.folio_unlock_now(t, folio)
+            self.folio_put_now(folio)
+            yield "do_swap_page: no PTE table: out_page"
+            return
+        yield from self.spin_lock(t, table.ptl, f"do_swap_page: pte_offset_map_lock va {vpn:#x}")
+        if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
+            yield from self.spin_unlock(t, table.ptl, "do_swap_page: !pte_same: out_nomap, unlock")
+            self.folio_unlock_now(t, folio)
+            self.folio_put_now(folio)
+            yield f"do_swap_page: folio_unlock + folio_put(pfn {folio.pfn})"
+            return
+        exclusive = orig.exclusive
+        self.swap_free(offset)
+        freed = False
+        if self.should_try_to_free_swap(folio, write):
+            freed = yield from self.folio_free_swap(t, folio)
+        pte = Pte(folio.pfn, write=False, dirty=False, young=True, soft_dirty=orig.soft_dirty)
+        if exclusive or folio.refcount == 1:
+            if vma.writable and not self.pte_needs_soft_dirty_wp(vma, pte):
+                pte = pte._replace(write=True)
+                if write:
+                    pte = pte._replace(dirty=True, soft_dirty=True)
+                    write = False
+            exclusive = True  # rmap_flags |= RMAP_EXCLUSIVE
+        if folio.anon:  # folio_add_anon_rmap_ptes
+            folio.mapcount += 1
+            if exclusive:
+                folio.anon_exclusive = True
+        else:  # a folio read in just now: folio_add_new_anon_rmap
+            folio.anon = True
+            folio.mapping = None
+            folio.index = vpn
+            folio.mapcount = 1
+            folio.anon_exclusive = exclusive
+        table.ptes[slot] = pte  # the lookup's reference becomes the PTE's
+        self.folio_unlock_now(t, folio)
+        yield (f"do_swap_page: swap_free(slot {offset}){', folio_free_swap' if freed else ''}, "
+               f"folio_add_anon_rmap pfn {folio.pfn}{' exclusive' if exclusive else ''} + set_ptes "
+               f"va {vpn:#x} {fmt_pte(pte)}, folio_unlock")
+        if write:
+            yield from self.do_wp_page(t, vma, table, slot, vpn, pte)
+            return
+        yield from self.spin_unlock(t, table.ptl, "do_swap_page: pte_unmap_unlock")
+
+    def should_try_to_free_swap(self, folio: Folio, write: bool) -> bool:
+        """mm/memory.c should_try_to_free_swap: "If we want to map a page that's in the
+        swapcache writable, we have to detect via the refcount if we're really the exclusive
+        user": a write fault and folio_ref_count == 1 + nr_pages (ours and the swap cache's).
+        Swap-full and mlock cases are left out."""
+        return folio.swapcache and write and folio.refcount == 2
+
+    def pte_needs_soft_dirty_wp(self, vma: Vma, pte: Pte) -> bool:
+        """include/linux/mm.h pte_needs_soft_dirty_wp = vma_soft_dirty_enabled(vma) &&
+        !pte_soft_dirty(pte). VM_SOFTDIRTY is not modelled: tracking is taken as enabled
+        (as after clear_refs 4), so a page swapped out clean of soft-dirty is mapped
+        read-only and its first store faults to mark it."""
+        return not pte.soft_dirty
+
 
 def fmt_pte(pte) -> str:
     if pte is None:
         return "none"
+    if not pte.present:
+        return f"swap slot {pte.offset}{' excl' if pte.exclusive else ''}"
     flags = ("W" if pte.write else "-") + ("D" if pte.dirty else "-") + ("S" if pte.soft_dirty else "")
     return f"pfn {pte.pfn} {flags}" + (" zero" if pte.special else "")

@@ -149,10 +149,12 @@ class MmuGatherOps(KernelBase):
 
     def tlb_batch_pages_flush(self, t: Task, tlb: MmuGather):
         """mm/mmu_gather.c tlb_batch_pages_flush: free_pages_and_swap_cache on every batch from
-        local on, one reference per entry (may free the folio), then active = local."""
+        local on (free_swap_cache, then one reference per entry; may free the folio), then
+        active = local."""
         for batch in tlb.batches:
             while batch:
                 folio, _ = batch.pop(0)
+                yield from self.free_swap_cache(t, folio)
                 self.folio_put_now(folio)
                 state = "freed" if folio.freed else f"refcount {folio.refcount}"
                 yield f"tlb_batch_pages_flush: folio_put(pfn {folio.pfn}) -> {state}"

@@ -4,14 +4,17 @@ Lock order, from the comment at the top of mm/rmap.c: mmap_lock -> invalidate_lo
 folio_lock -> vma_start_write -> i_mmap_rwsem -> anon_vma->rwsem -> page_table_lock or PTL ->
 (i_pages lock, i_lock, wb list_lock taken inside the dirtying paths).
 
-Left out: anon_vma trees (anon folios are exclusive to one VMA until fork is modelled),
-mmu notifiers, THP PMD mappings, large folios (order-0 only).
+Left out: anon_vma trees and their rwsem (the anon rmap walk visits every anonymous VMA of
+every mm that covers the folio's index, a superset of its anon_vma chain: page_vma_mapped_walk
+then matches the pfn), mmu notifiers, THP PMD mappings, large folios (order-0 only), mlock
+(VM_LOCKED), hugetlb, migration and HWPoison entries, MGLRU look-around.
 """
 
 from __future__ import annotations
 
 from ..model import (TLB_FLUSH_BATCH_FLUSHED_SHIFT, TLB_FLUSH_BATCH_PENDING_LARGE,
-                     TLB_FLUSH_BATCH_PENDING_MASK, Folio, Mm, Pte, TlbflushUnmapBatch, Vma)
+                     TLB_FLUSH_BATCH_PENDING_MASK, Folio, Mm, Pte, SwapPte, TlbflushUnmapBatch,
+                     Vma, tlb_key)
 from .base import KernelBase, Task
 
 # include/linux/rmap.h enum ttu_flags
@@ -191,3 +194,210 @@ class Rmap(KernelBase):
         else:
             note = "failed (a new batched flush is pending), left as is"
         yield f"flush_tlb_batched_pending: atomic_cmpxchg(tlb_flush_batched) {note}"
+
+    # ------------------------------------------- rmap walks for reclaim (mm/rmap.c) ---------
+    def rmap_vmas(self, folio: Folio) -> list:
+        """mm/rmap.c rmap_walk_anon / rmap_walk_file's VMA iteration: (vma, vpn) for every VMA
+        that may map the folio. File: the VMAs of mapping->i_mmap overlapping folio->index.
+        Anon: every anonymous VMA covering folio->index (the model's anon_vma chain)."""
+        m = self.m
+        out = []
+        if folio.anon:
+            for mm in m.mms.values():
+                for vma in mm.vmas:
+                    if vma.file is None and vma.contains(folio.index):
+                        out.append((vma, folio.index))
+        elif folio.mapping is not None:
+            for vma in m.files[folio.mapping].i_mmap:
+                if vma.pgoff <= folio.index < vma.pgoff + (vma.end - vma.start):
+                    out.append((vma, vma.start + folio.index - vma.pgoff))
+        return out
+
+    def page_vma_mapped_walk(self, t: Task, folio: Folio, vma: Vma, vpn: int, sync: bool,
+                             who: str):
+        """mm/page_vma_mapped.c page_vma_mapped_walk for an order-0 folio: lockless descent to
+        the PTE table; without PVMW_SYNC map_pte reads the PTE locklessly and gives up unless it
+        is present, before taking the PTL; then check_pte (the pfn matches) under the PTL.
+        Returns (mm, table, slot) with the PTL held, or None (nothing locked)."""
+        m = self.m
+        mm = m.mms[vma.mm_id]
+        table, slot = m.pte_lookup(mm, vpn)
+        if table is None:
+            return None
+        if not sync:
+            pte = table.ptes[slot]
+            if pte is None or not pte.present:
+                return None
+        yield from self.spin_lock(t, table.ptl, f"{who}: page_vma_mapped_walk: PTL of va {vpn:#x} (mm{mm.mm_id})")
+        pte = table.ptes[slot]
+        if mm.pmd[vpn // m.ptrs_per_pte] is not table or pte is None or not pte.present \
+                or pte.special or pte.pfn != folio.pfn:
+            yield from self.spin_unlock(t, table.ptl, f"{who}: check_pte: not mapped here, unlock")
+            return None
+        return mm, table, slot
+
+    def folio_referenced(self, t: Task, folio: Folio):
+        """mm/rmap.c folio_referenced(folio, is_locked=1) from folio_check_references: 0 if not
+        mapped; rmap_walk with try_lock (file: i_mmap_trylock_read; contended -> -1) calling
+        folio_referenced_one until every mapping was seen. Returns the number of mappings
+        whose PTE was young."""
+        if folio.mapcount == 0:
+            return 0
+        sem = None
+        if not folio.anon:
+            sem = self.m.files[folio.mapping].i_mmap_rwsem
+            if sem.writer is not None:
+                yield f"folio_referenced(pfn {folio.pfn}): i_mmap_trylock_read failed: contended"
+                return -1
+            sem.readers.append(t.tid)
+            yield f"folio_referenced(pfn {folio.pfn}): i_mmap_trylock_read"
+        referenced = 0
+        mapcount = folio.mapcount
+        for vma, vpn in self.rmap_vmas(folio):
+            found = yield from self.folio_referenced_one(t, folio, vma, vpn)
+            if found is None:
+                continue
+            referenced += found
+            mapcount -= 1
+            if mapcount <= 0:
+                break
+        if sem is not None:
+            yield from self.up_read(t, sem, f"folio_referenced(pfn {folio.pfn}): i_mmap_unlock_read")
+        return referenced
+
+    def folio_referenced_one(self, t: Task, folio: Folio, vma: Vma, vpn: int):
+        """mm/rmap.c folio_referenced_one: under the PTL, ptep_clear_flush_young_notify. On x86
+        ptep_clear_flush_young only clears the accessed bit: "clearing the accessed bit
+        without a TLB flush doesn't cause data corruption", so no flush (a CPU that caches
+        the entry will not set A again). Returns 1/0 (young or not), None if not mapped."""
+        found = yield from self.page_vma_mapped_walk(t, folio, vma, vpn, False, "folio_referenced_one")
+        if found is None:
+            return None
+        mm, table, slot = found
+        pte = table.ptes[slot]
+        young = pte.young
+        if young:
+            table.ptes[slot] = pte._replace(young=False)
+        yield from self.spin_unlock(t, table.ptl, f"folio_referenced_one: ptep_clear_flush_young va {vpn:#x} = {int(young)} (no flush), unlock")
+        return int(young)
+
+    def folio_maybe_dma_pinned(self, folio: Folio) -> bool:
+        """include/linux/mm.h folio_maybe_dma_pinned: a FOLL_PIN pin may be held."""
+        return folio.pincount > 0
+
+    def folio_try_share_anon_rmap_pte(self, folio: Folio) -> bool:
+        """include/linux/rmap.h folio_try_share_anon_rmap_pte (PTE already cleared: "clear PTE;
+        smp_mb; check pinned", pairing with GUP-fast's "pin; smp_mb; re-check PTE"): fails
+        (True, -EBUSY) for a maybe-pinned folio, else ClearPageAnonExclusive."""
+        if self.folio_maybe_dma_pinned(folio):
+            return True
+        folio.anon_exclusive = False
+        return False
+
+    def try_to_unmap(self, t: Task, folio: Folio, flags: int):
+        """mm/rmap.c try_to_unmap (folio locked): rmap_walk (file: i_mmap_lock_read) calling
+        try_to_unmap_one, stopping when it fails or when folio_not_mapped (.done)."""
+        assert folio.locked == t.tid
+        sem = None
+        if not folio.anon:
+            sem = self.m.files[folio.mapping].i_mmap_rwsem
+            yield from self.down_read(t, sem, f"try_to_unmap(pfn {folio.pfn}): i_mmap_lock_read")
+        for vma, vpn in self.rmap_vmas(folio):
+            ok = yield from self.try_to_unmap_one(t, folio, vma, vpn, flags)
+            if not ok or folio.mapcount == 0:
+                break
+        if sem is not None:
+            yield from self.up_read(t, sem, f"try_to_unmap(pfn {folio.pfn}): i_mmap_unlock_read")
+
+    def try_to_unmap_one(self, t: Task, folio: Folio, vma: Vma, vpn: int, flags: int):
+        """mm/rmap.c try_to_unmap_one for a PTE-mapped order-0 folio. Returns False to stop the
+        walk (a PTE was restored).
+
+        Clear the PTE: with should_defer_flush, ptep_get_and_clear + set_tlb_ubc_flush_pending
+        ("We clear the PTE but do not flush so potentially a remote CPU could still be writing
+        to the folio. If the entry was previously clean then the architecture must guarantee
+        that a clear->dirty transition on a cached TLB entry is written through and traps if
+        the PTE is unmapped"), else ptep_clear_flush; a dirty PTE -> folio_mark_dirty. Then
+        anon lazyfree (!swapbacked): "Synchronize with gup_pte_range(): clear PTE; barrier;
+        read refcount", and discard only if "The only page refs must be one from isolation
+        plus the rmap(s)" (ref_count == 1 + map_count) and the folio is not dirty; else
+        restore the PTE and folio_set_swapbacked ("If the folio was redirtied, it cannot be
+        discarded"). Anon swap-backed: swap_duplicate, folio_try_share_anon_rmap_pte for an
+        exclusive page (restore on failure: maybe pinned), set the swap PTE (SWP_EXCLUSIVE iff
+        it was exclusive, soft-dirty kept). File: nothing more. discard: folio_remove_rmap_pte,
+        folio_put (the mapping's reference)."""
+        m = self.m
+        found = yield from self.page_vma_mapped_walk(t, folio, vma, vpn, bool(flags & TTU_SYNC),
+                                                     "try_to_unmap_one")
+        if found is None:
+            return True
+        mm, table, slot = found
+        anon_exclusive = folio.anon and folio.anon_exclusive
+        pteval = table.ptes[slot]
+        if self.should_defer_flush(t, mm, flags):
+            table.ptes[slot] = None  # ptep_get_and_clear
+            m.revoke(mm.mm_id, vpn)
+            self.set_tlb_ubc_flush_pending(t, mm, pteval, vpn)
+            how = "ptep_get_and_clear + set_tlb_ubc_flush_pending"
+        else:
+            table.ptes[slot] = None
+            m.revoke(mm.mm_id, vpn)
+            how = "ptep_clear_flush"
+        dirty = ""
+        if pteval.dirty:
+            self.folio_mark_dirty_now(folio)
+            dirty = ", dirty -> folio_mark_dirty"
+        yield f"try_to_unmap_one: {how} va {vpn:#x} (mm{mm.mm_id}) pfn {folio.pfn}{dirty}"
+        if how == "ptep_clear_flush":
+            yield from self.flush_tlb_page(t, mm, vpn)
+        ok = yield from self.try_to_unmap_one_anon(t, folio, mm, table, slot, vpn, pteval,
+                                                   anon_exclusive)
+        if ok:
+            t.observed[tlb_key(mm.mm_id, vpn)] = m.clock
+            yield from self.folio_remove_rmap_ptes(t, folio, vma, "try_to_unmap_one: ")
+            self.folio_put_now(folio)
+            what = "folio_put"
+        else:
+            what = "PTE restored"
+        yield from self.spin_unlock(t, table.ptl, f"try_to_unmap_one: {what}, page_vma_mapped_walk_done")
+        return ok
+
+    def try_to_unmap_one_anon(self, t: Task, folio: Folio, mm: Mm, table, slot: int, vpn: int,
+                              pteval: Pte, anon_exclusive: bool):
+        """The anon half of try_to_unmap_one after the PTE was cleared (PTL held): returns True
+        to go on to discard, False after restoring the PTE (walk_abort). A file folio: True."""
+        if not folio.anon:
+            return True
+        if folio.lazyfree:  # !folio_test_swapbacked: a MADV_FREE folio
+            return (yield from self.try_to_unmap_lazyfree(t, folio, mm, table, slot, vpn, pteval))
+        assert folio.swapcache, "try_to_unmap_one: swap-backed anon folio not in the swap cache"
+        self.swap_duplicate(folio.swap)
+        if anon_exclusive and self.folio_try_share_anon_rmap_pte(folio):
+            self.swap_free(folio.swap)
+            table.ptes[slot] = pteval
+            yield f"try_to_unmap_one: folio_try_share_anon_rmap_pte(pfn {folio.pfn}) failed (maybe pinned): set_pte_at restores va {vpn:#x}"
+            return False
+        table.ptes[slot] = SwapPte(folio.swap, exclusive=anon_exclusive,
+                                   soft_dirty=pteval.soft_dirty)
+        yield (f"try_to_unmap_one: swap_duplicate(slot {folio.swap}) + set_pte_at va {vpn:#x} "
+               f"swap entry{' SWP_EXCLUSIVE' if anon_exclusive else ''}")
+        return True
+
+    def try_to_unmap_lazyfree(self, t: Task, folio: Folio, mm: Mm, table, slot: int, vpn: int,
+                              pteval: Pte):
+        """mm/rmap.c try_to_unmap_one, "MADV_FREE page check" (6c8e2a256915): smp_mb, read
+        ref_count and map_count; discard iff ref_count == 1 + map_count and
+        !folio_test_dirty (VM_DROPPABLE is not modelled); else set_pte_at(pteval) and
+        folio_set_swapbacked."""
+        ref_count = folio.refcount
+        map_count = folio.mapcount
+        if ref_count == 1 + map_count and not folio.dirty:
+            yield (f"try_to_unmap_one: lazyfree pfn {folio.pfn}: ref_count {ref_count} == 1 + "
+                   f"map_count {map_count}, clean: discard")
+            return True
+        table.ptes[slot] = pteval
+        folio.lazyfree = False  # folio_set_swapbacked
+        why = "dirty" if folio.dirty else f"ref_count {ref_count} != 1 + map_count {map_count}"
+        yield (f"try_to_unmap_one: lazyfree pfn {folio.pfn} {why}: set_pte_at restores va "
+               f"{vpn:#x}, folio_set_swapbacked")
+        return False

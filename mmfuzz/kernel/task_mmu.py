@@ -105,6 +105,10 @@ class TaskMmu(KernelBase):
         old = table.ptes[slot]
         if old is None:
             return
+        if not old.present:  # is_swap_pte: pte_swp_clear_soft_dirty, set_pte_at
+            table.ptes[slot] = old._replace(soft_dirty=False)
+            yield f"clear_soft_dirty: swap PTE va {vpn:#x}: pte_swp_clear_soft_dirty"
+            return
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)
         yield f"clear_soft_dirty: ptep_modify_prot_start va {vpn:#x} (PTE none)"
