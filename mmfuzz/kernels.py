@@ -104,6 +104,54 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
 
 
+class KsmMadvfreeClearrefs(Mainline):
+    """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
+    The fix changed two functions: KSM's write_protect_page learned to flush when
+    mm_tlb_flush_pending(mm), and clear_refs_write replaced its bare flush_tlb_mm with a
+    tlb_gather_mmu/tlb_finish_mmu pair so that its deferred flush raises tlb_flush_pending.
+    Both are put back as they were just before the fix. Two later commits rewrote the same
+    lines and each closes the race on its own, so their lines go back with them: the
+    anon_exclusive term of write_protect_page (6c287605fd56, PG_anon_exclusive, 2022) and
+    clear_refs_write's mmap_write_lock (29a951dfb3c3 "mm: fix clear_refs_write locking",
+    2021: "Turning page table entries read-only requires the mmap_sem held for writing"). The
+    pre-fix clear_refs walked under mmap_read_lock, so MADV_FREE (pte_mkclean, flush
+    deferred), clear_refs (pte_wrprotect, flush deferred) and ksmd can overlap, and KSM sees a
+    clean read-only PTE, skips the flush and merges a page a CPU can still write through its
+    TLB (Nadav Amit's scenario, quoted in the fix)."""
+
+    name = "bug:ksm-madvfree-clearrefs"
+
+    def ksm_write_protect_must_flush(self, mm, table, entry, anon_exclusive):
+        """mm/ksm.c write_protect_page before b3a81d0841a9: "if (pte_write(*pvmw.pte) ||
+        pte_dirty(*pvmw.pte) ...)" (the savedwrite/protnone term needs NUMA hinting, not
+        modelled)."""
+        if not (entry.write or entry.dirty) and mm.tlb_flush_pending > 0:
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        return entry.write or entry.dirty
+
+    def clear_refs(self, t, type=4):
+        """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) before b3a81d0841a9:
+        down_read(mmap_sem); only if some VMA still has VM_SOFTDIRTY: up_read, down_write, clear
+        it on every VMA, downgrade_write; the walk; flush_tlb_mm; up_read. Nothing raises
+        tlb_flush_pending."""
+        mm = t.mm
+        if type != 4:
+            yield from super().clear_refs(t, type)
+            return
+        yield from self.down_read(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): down_read(mmap_sem)")
+        if any(v.softdirty for v in mm.vmas):
+            yield from self.up_read(t, mm.mmap_lock, "clear_refs: up_read (to clear VM_SOFTDIRTY)")
+            yield from self.down_write(t, mm.mmap_lock, "clear_refs: down_write(mmap_sem)")
+            for vma in mm.vmas:
+                vma.softdirty = False
+            yield "clear_refs: vma->vm_flags &= ~VM_SOFTDIRTY + vma_set_page_prot"
+            yield from self.downgrade_write(t, mm.mmap_lock, "clear_refs: downgrade_write(mmap_sem)")
+        yield from self.clear_refs_walk(t)
+        yield from self.flush_tlb_mm_range(t, mm, 0, 0, True, True)  # flush_tlb_mm
+        yield from self.up_read(t, mm.mmap_lock, "clear_refs: flush_tlb_mm, up_read, return", last=True)
+        self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
+
+
 BUGS: list[Bug] = [
     Bug("zap-rmap-before-flush", "5df397dec7c4",
         "mm: delay page_remove_rmap() until after the TLB has been flushed",
@@ -310,6 +358,8 @@ _BY_NAME = {"mainline": Mainline}
 _BY_NAME.update({f"bug:{b.slug}": b.kernel for b in BUGS})
 _BY_NAME[YuZhaoMkcleanFix.name] = YuZhaoMkcleanFix
 _BY_NAME[TlbGeneration.name] = TlbGeneration
+# Not in BUGS yet: the model cannot show its lost store (tests/test_deferred.py says why).
+_BY_NAME[KsmMadvfreeClearrefs.name] = KsmMadvfreeClearrefs
 _BY_NAME[ZapRmapInFlushRegion.name] = ZapRmapInFlushRegion
 _BY_NAME[ZapRmapInFlushRegionWithTlbGeneration.name] = ZapRmapInFlushRegionWithTlbGeneration
 _BY_NAME[ZapRmapBeforeFlushWithTlbGeneration.name] = ZapRmapBeforeFlushWithTlbGeneration

@@ -91,7 +91,7 @@ class Folio:
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
         "freed", "uptodate",
-        "swapcache", "swap", "referenced", "isolated",
+        "swapcache", "swap", "referenced", "isolated", "ksm", "ksm_rmap",
     )
 
     def __init__(self, uid: int, pfn: int):
@@ -118,6 +118,8 @@ class Folio:
         self.swap = 0              # folio->swap: swp_offset of its slot (0: none)
         self.referenced = False    # PG_referenced (folio_check_references' second chance)
         self.isolated = False      # !PG_lru: taken off the LRU by reclaim (isolate_lru_folios)
+        self.ksm = False           # folio_test_ksm (mm/ksm.c): a KSM folio, stable node set
+        self.ksm_rmap: list[tuple[int, int]] = []  # its stable node's rmap items: (mm, vpn)
 
 
 class PteTable:

@@ -105,7 +105,7 @@ class MappingDirtyHelpers(KernelBase):
         m = self.m
         slot = vpn % m.ptrs_per_pte
         old = table.ptes[slot]
-        if old is None or not old.dirty:
+        if old is None or not old.present or not old.dirty:
             return
         table.ptes[slot] = None
         m.revoke(mm.mm_id, vpn)

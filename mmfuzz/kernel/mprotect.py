@@ -144,6 +144,8 @@ class Mprotect(KernelBase):
             old = table.ptes[slot]
             if old is None:       # "Nobody plays with any none ptes besides userfaultfd"
                 continue
+            if not old.present:   # a swap entry: no writable migration/device entries here,
+                continue          # so newpte == oldpte (uffd-wp markers are not modelled)
             # ptep_modify_prot_start: x86 ptep_get_and_clear, one atomic xchg (it returns any D
             # the hardware set until now); a walker sees none until the commit.
             table.ptes[slot] = None

@@ -202,7 +202,12 @@ class Rmap(KernelBase):
         Anon: every anonymous VMA covering folio->index (the model's anon_vma chain)."""
         m = self.m
         out = []
-        if folio.anon:
+        if folio.ksm:   # rmap_walk_ksm: the stable node's rmap items (mm/ksm.c)
+            for mm_id, vpn in folio.ksm_rmap:
+                vma = m.mms[mm_id].find_vma(vpn)
+                if vma is not None and vma.file is None:
+                    out.append((vma, vpn))
+        elif folio.anon:
             for mm in m.mms.values():
                 for vma in mm.vmas:
                     if vma.file is None and vma.contains(folio.index):

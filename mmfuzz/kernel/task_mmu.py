@@ -123,7 +123,7 @@ class TaskMmu(KernelBase):
         folio_clear_referenced clears PG_referenced. A PTE that is none, or maps the zero page,
         is skipped."""
         old = table.ptes[slot]
-        if old is None or old.special:
+        if old is None or not old.present or old.special:
             return
         folio = self.m.frames[old.pfn]
         table.ptes[slot] = old._replace(young=False)
