@@ -349,7 +349,9 @@ class Memory(KernelBase):
 
     def wp_can_reuse_anon_folio(self, folio: Folio, vma: Vma) -> bool:
         """mm/memory.c wp_can_reuse_anon_folio, reduced to what the model has: reuse a folio
-        that is PG_anon_exclusive (no fork, so no shared anon folios, no swap cache, no KSM)."""
+        that is PG_anon_exclusive (no fork, so no shared anon folios, no swap cache). A KSM
+        folio is never exclusive (write_protect_page shared it), so it is copied, as
+        folio_test_ksm makes mainline do."""
         return folio.anon_exclusive
 
     def wp_page_reuse(self, t: Task, table: PteTable, slot: int, vpn: int, orig: Pte):
