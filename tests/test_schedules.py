@@ -24,9 +24,10 @@ def test_policies_are_deterministic_per_seed():
 # which its action list is enumerated (the same set of actions, another random stream).
 @pytest.mark.fuzz
 # pct: seed 1 no longer finds it within 8,000 runs since six operations joined (branch
-# deferred); seed 2 needs 1,764.
+# deferred); seed 2 needs 1,764. uniform: seeds 1-22 do not find it within 2,000-2,500 runs
+# (the action list grew with the new operations); seed 23 needs 1,929.
 @pytest.mark.parametrize("policy,seed,needed", [pytest.param("pct", 2, 1764, marks=pytest.mark.cost(2)),
-                                                 pytest.param("uniform", 29, 1221,
+                                                 pytest.param("uniform", 23, 1929,
                                                              marks=pytest.mark.cost(2))])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")
