@@ -8,14 +8,18 @@ import json
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 
 from . import __version__
-from .corpus import (Counterexample, CorpusError, found_info, load, render_cx, replay, save)
+from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load, render_cx,
+                     replay, save)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
+from .model import OutOfFrames
 from .run import ModelError, execute
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(Exception):
@@ -63,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         lim = q.add_mutually_exclusive_group()
         lim.add_argument("--budget", type=_pos_float, help="seconds to fuzz (default 30)")
         lim.add_argument("--examples", type=_nonneg_int, help="number of runs instead of a time budget")
-        q.add_argument("--seed", type=_nonneg_int, default=0)
+        q.add_argument("--seed", type=_nonneg_int, default=None,
+                       help="reproduce a campaign (default: a fresh seed, printed)")
         q.add_argument("--workers", type=_nonneg_int, default=1, help="processes (0: one per core)")
         q.add_argument("--save", metavar="DIR", help="save a counterexample under DIR")
         eng = q.add_mutually_exclusive_group()
@@ -79,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--cost", nargs="?", const="", metavar="KERNEL",
                        help="print TLB flushes, flush IPIs and CPUs interrupted per operation; "
                        "with KERNEL, also replay every run's schedule on KERNEL and print both")
+        q.add_argument("--json", action="store_true",
+                       help="print one JSON object (the summary) on stdout; reports go to stderr")
+        q.add_argument("--coverage", action="store_true",
+                       help="report which lines of the modelled kernel functions (and of the "
+                       "variant's module) the campaign ran; one worker")
 
     f = sub.add_parser("fuzz", help="fuzz a kernel variant")
     fuzz_opts(f)
@@ -90,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", help="replay on this kernel instead of the file's own")
     s = sub.add_parser("show", help="render a counterexample as CPU columns")
     s.add_argument("file")
+    o = sub.add_parser("ops", help="every operation a schedule can start: its arguments, what "
+                       "it models, the kernel function")
+    o.add_argument("--json", action="store_true")
     e = sub.add_parser("exhaust", help="every interleaving of a counterexample's scenario, "
                        "up to a preemption bound (does a fix close them all?)")
     e.add_argument("file")
@@ -100,36 +113,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Progress:
-    """One live line on stderr (rewritten in place on a terminal, every 5 s otherwise)."""
+    """The live progress of a campaign on stderr: a rich progress bar (budget used, runs, steps,
+    steps/s) rewritten in place on a terminal; a plain line every 5 s otherwise (a log file, a
+    CI job); nothing with --quiet."""
 
-    def __init__(self, label: str, quiet: bool):
+    def __init__(self, label: str, quiet: bool, seconds: float | None = None,
+                 examples: int | None = None):
         self.label = label
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.t0 = time.perf_counter()
         self.last = 0.0
+        self.shown = None
+        self.seconds, self.examples = seconds, examples
+        self._rich = None
+        if self.tty and not quiet:
+            self._start_rich()
+
+    def _start_rich(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+        self._rich = RichProgress(TextColumn("[bold]mmfuzz[/] {task.description}"),
+                                  BarColumn(bar_width=20),
+                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                  console=Console(stderr=True), transient=False,
+                                  refresh_per_second=4)
+        total = self.examples if self.examples is not None else self.seconds
+        self._task = self._rich.add_task(self.label, total=total, stats="")
+        self._rich.start()
 
     def update(self, runs: int, steps: int, force: bool = False):
         if self.quiet:
             return
         now = time.perf_counter()
+        el = now - self.t0
+        rate = steps / el if el > 0 else 0
+        if self._rich is not None:
+            done = runs if self.examples is not None else min(el, self.seconds or el)
+            self._rich.update(self._task, completed=done,
+                              stats=f"runs {runs:,}  steps {steps:,}  {rate:,.0f} steps/s")
+            return
         period = 0.25 if self.tty else 5.0
-        if not force and now - self.last < period:
+        if (not force and now - self.last < period) or (force and self.shown == (runs, steps)):
             return
         self.last = now
-        el = now - self.t0
+        self.shown = (runs, steps)
         line = (f"[mmfuzz] {self.label}  {el:6.1f}s  runs {runs}  steps {steps}  "
-                f"{steps / el if el > 0 else 0:,.0f} steps/s")
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(100))
-        else:
-            sys.stderr.write(line + "\n")
+                f"{rate:,.0f} steps/s")
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     def done(self):
-        if not self.quiet and self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None
 
 
 # ---------------------------------------------------------------- engines -------------
@@ -239,9 +277,9 @@ def _report_found(kname, kcls, world, schedule, seed, engine, save_dir, extra, o
     path = None
     if save_dir:
         rendered = render_cx(run, outcome, cx)
-        path = save(cx, save_dir, rendered)
+        path = save(cx, save_dir, rendered, kernel_cls=kcls)
     print(render_cx(run, outcome, cx, path), file=out_stream)
-    return path
+    return path, outcome.violation
 
 
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
@@ -259,10 +297,21 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
             os.makedirs(a.save, exist_ok=True)
         except OSError as e:
             raise UsageError(f"--save {a.save}: cannot create the directory ({e.strerror})") from None
+    if a.coverage and workers > 1:
+        raise UsageError("--coverage measures this one process: drop --workers (or use "
+                         "--workers 1)")
+    seed, fresh = (a.seed, False) if a.seed is not None else (_fresh_seed(), True)
     limit = f"{a.examples} runs" if a.examples is not None else f"{budget:g}s"
-    print(f"mmfuzz {__version__}: kernel={kname} engine={engine} seed={a.seed} budget={limit} "
-          f"workers={workers}", file=sys.stderr)
-    progress = Progress(f"{kname} {engine}", a.quiet)
+    note = f" (fresh; reproduce with --seed {seed})" if fresh else ""
+    print(f"mmfuzz {__version__}: kernel={kname} engine={engine} seed={seed}{note} "
+          f"budget={limit} workers={workers}", file=sys.stderr)
+    progress = Progress(f"{kname} {engine}", a.quiet,
+                        None if a.examples is not None else budget, a.examples)
+    cov = None
+    if a.coverage:
+        from .modelcov import ModelCoverage
+        cov = ModelCoverage(kcls)
+        cov.__enter__()
     collector = None
     if a.cost is not None:
         if workers > 1:
@@ -271,86 +320,133 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
         collector = cost.start(resolve_kernel(a.cost) if a.cost else None)
     t0 = time.perf_counter()
     if fast:
-        found, stats = _fuzz_fast(kname, kcls, a.seed, None if a.examples is not None else budget,
+        found, stats = _fuzz_fast(kname, kcls, seed, None if a.examples is not None else budget,
                                   a.examples, workers, progress, a.strategy)
     else:
         if workers > 1:
-            failure, stats = _fuzz_hypothesis_parallel(kname, a.seed, budget, a.examples,
+            failure, stats = _fuzz_hypothesis_parallel(kname, seed, budget, a.examples,
                                                        workers, progress, a.strategy)
         else:
-            failure, stats = _fuzz_hypothesis(kcls, a.seed, budget, a.examples, progress,
+            failure, stats = _fuzz_hypothesis(kcls, seed, budget, a.examples, progress,
                                               a.strategy)
         found = failure
+    if cov is not None:
+        cov.__exit__(None, None, None)
     progress.update(stats["runs"], stats["steps"], force=True)
     progress.done()
     elapsed = time.perf_counter() - t0
-    cost_note = ""
+    summary = {"mmfuzz": __version__, "kernel": kname, "engine": engine, "strategy": a.strategy,
+               "seed": seed, "seed_fresh": fresh,
+               "budget": ({"examples": a.examples} if a.examples is not None
+                          else {"seconds": budget}),
+               "workers": workers, "runs": stats["runs"], "steps": stats["steps"],
+               "verdict": "clean", "property": None, "why": None, "schedule_len": None,
+               "saved": None}
+    path = None
+    if found is not None:
+        if fast:
+            from .explore import shrink
+            t1 = time.perf_counter()
+            world, schedule = shrink(kcls, found.world, found.actions, found.prop)
+            extra = {"run": found.run_index, "found_after_s": round(found.seconds, 2),
+                     "found_after_runs": found.runs, "shrink_s": round(time.perf_counter() - t1, 2),
+                     "schedule_len_before_shrink": len(found.actions)}
+            prop = found.prop
+        else:
+            world, schedule = found["world"], found["schedule"]
+            extra = {"chunk": stats.get("chunk")}
+            prop = found["violation"].prop
+        path, v = _report_found(kname, kcls, world, schedule, seed, engine, a.save, extra,
+                                sys.stderr if a.json else sys.stdout)
+        summary.update(verdict="violation", property=prop, schedule_len=len(schedule),
+                       saved=path, why=v.why, facts=v.facts)
     if collector is not None:
         cost.stop()
-        print(cost.render(collector.record, kname, collector.compare, a.cost))
-        cost_note = f"; cost: {collector.record.summary()}" + (
+        print(cost.render(collector.record, kname, collector.compare, a.cost),
+              file=sys.stderr if a.json else sys.stdout)
+        summary["cost"] = collector.record.to_json()
+        summary["cost_note"] = f"; cost: {collector.record.summary()}" + (
             f" (on {a.cost}: {collector.compare.summary()})" if collector.compare else "")
-    rate = stats["steps"] / elapsed if elapsed > 0 else 0
-    if found is None:
-        print(f"summary: kernel={kname} engine={engine} seed={a.seed}: no violation in "
-              f"{stats['runs']} runs, {stats['steps']} steps, {elapsed:.1f}s ({rate:,.0f} steps/s)"
-              f"{cost_note}")
-        return EXIT_CLEAN
-    if fast:
-        from .explore import shrink
-        t1 = time.perf_counter()
-        world, schedule = shrink(kcls, found.world, found.actions, found.prop)
-        extra = {"run": found.run_index, "found_after_s": round(found.seconds, 2),
-                 "found_after_runs": found.runs, "shrink_s": round(time.perf_counter() - t1, 2),
-                 "schedule_len_before_shrink": len(found.actions)}
-        prop = found.prop
+        if collector.compare:
+            summary["cost_on"] = {"kernel": a.cost, **collector.compare.to_json()}
+    status = EXIT_CLEAN if found is None else EXIT_VIOLATION
+    _print_summary(summary, elapsed, cov, a.json)
+    return status
+
+
+def _fresh_seed() -> int:
+    """A seed no earlier run used (with overwhelming odds): 32 bits from os.urandom."""
+    return int.from_bytes(os.urandom(4), "big")
+
+
+def _print_summary(summary: dict, elapsed: float, cov, as_json: bool) -> None:
+    """The summary line depends only on the kernel, engine, seed and an --examples budget (so
+    two runs with the same seed print the same line); timings are on the `time:` line after
+    it. With --json, one JSON object on stdout instead (the human lines go to stderr)."""
+    rate = summary["steps"] / elapsed if elapsed > 0 else 0
+    head = (f"summary: kernel={summary['kernel']} engine={summary['engine']} "
+            f"seed={summary['seed']}: ")
+    if summary["verdict"] == "clean":
+        line = head + f"no violation in {summary['runs']} runs, {summary['steps']} steps"
     else:
-        world, schedule = found["world"], found["schedule"]
-        extra = {"chunk": stats.get("chunk")}
-        prop = found["violation"].prop
-    path = _report_found(kname, kcls, world, schedule, a.seed, engine, a.save, extra, sys.stdout)
-    print(f"summary: kernel={kname} engine={engine} seed={a.seed}: {prop} after "
-          f"{stats['runs']} runs, {elapsed:.1f}s; shrunk to {len(schedule)} actions"
-          + (f"; saved {path}" if path else "") + cost_note)
-    return EXIT_VIOLATION
+        line = (head + f"{summary['property']} after {summary['runs']} runs; shrunk to "
+                f"{summary['schedule_len']} actions"
+                + (f"; saved {summary['saved']}" if summary["saved"] else ""))
+    line += summary.pop("cost_note", "")
+    timing = f"time: {elapsed:.1f}s, {rate:,.0f} steps/s"
+    out = sys.stderr if as_json else sys.stdout
+    if cov is not None and not as_json:
+        print(cov.report(), file=out)
+    print(line, file=out)
+    print(timing, file=out)
+    if as_json:
+        data = dict(summary, elapsed_s=round(elapsed, 3), steps_per_s=round(rate))
+        if cov is not None:
+            data["coverage"] = cov.to_json()
+        print(json.dumps(data))
 
 
 def cmd_replay(a) -> int:
+    """Replay each file on its own kernel (only mainline or bug:SLUG resolve from a file) or on
+    --kernel (which may be imported: the user named it). Every file is loaded and checked
+    before any runs. Exit 1 if any replay shows a violation."""
     status = EXIT_CLEAN
-    cxs = [(path, load(path)) for path in a.files]   # validate every file before running any
+    cxs = [load(path) for path in a.files]
     if a.kernel:
-        resolve_kernel(a.kernel)
-    for path, cx in cxs:
-        run, out, skipped = replay(cx, a.kernel)
-        kname = a.kernel or cx.kernel
-        note = f" ({skipped} actions not enabled on {kname}, skipped)" if skipped else ""
-        if out.violation is None:
-            print(f"{path}: clean on {kname}{note}")
-            continue
-        status = EXIT_VIOLATION
-        same = out.violation.prop == cx.prop
-        print(render_cx(run, out, cx, path))
-        print(f"{path}: {'reproduced' if same else 'a different violation'} "
-              f"({out.violation.prop}) on {kname}{note}")
+        kernel_for(cxs[0], a.kernel)
+    else:
+        for cx in cxs:
+            kernel_for(cx)
+    for cx in cxs:
+        v = check(cx, a.kernel)
+        if v.outcome.violation is not None:
+            status = EXIT_VIOLATION
+            print(render_cx(v.run, v.outcome, cx, cx.path))
+        print(v.message)
+        print(f"  why: {cx.why}")
     return status
 
 
 def cmd_show(a) -> int:
+    from .run import Run
+    from .trace import show
     cx = load(a.file)
+    _, kcls = kernel_for(cx)
     run, out, _ = replay(cx)
-    if out.violation is None:
-        print(f"{a.file}: the schedule runs clean on {cx.kernel} now")
-        return EXIT_CLEAN
-    print(render_cx(run, out, cx, a.file))
-    return EXIT_VIOLATION
+    print(show(run, out, cx, Run(kcls, cx.world)))
+    return EXIT_VIOLATION if out.violation is not None else EXIT_CLEAN
 
 
 def cmd_exhaust(a) -> int:
     from .exhaust import exhaust_cx
     cx = load(a.file)
-    kname = a.kernel or cx.kernel
-    resolve_kernel(kname)
-    res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    kname, _ = kernel_for(cx, a.kernel)   # a file's own kernel never causes an import
+    try:
+        res = exhaust_cx(cx, kname, preemptions_max=a.preemptions, states_max=a.states_max)
+    except OutOfFrames:
+        raise CorpusError(f"{a.file}: the world is too small for the scenario: it ran out of "
+                          f"page frames (world.nframes = {cx.world['nframes']}); raise "
+                          "world.nframes") from None
     head = (f"{a.file}: {res.interleavings} interleavings, {res.states} states, preemption "
             f"bound {a.preemptions}, kernel {kname}, {res.elapsed_s:.1f}s")
     if res.violation is not None:
@@ -369,6 +465,39 @@ def cmd_exhaust(a) -> int:
     return EXIT_CLEAN
 
 
+def cmd_ops(a) -> int:
+    """The operation registry (mmfuzz.ops) as a person writing a corpus file or a variant needs
+    it: name, context, arguments with their domains, the kernel function, what it models."""
+    from . import ops
+    from .run import ACTION_ARGS
+    from .kernel import Mainline
+    rows = []
+    for op in ops.operations().values():
+        row = op.to_json()
+        doc = (getattr(Mainline, op.method, None).__doc__ or "").strip()
+        # the first paragraph of the modelled function's docstring: the kernel path it follows
+        row["models"] = " ".join(doc.split("\n\n")[0].split())
+        rows.append(row)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_CLEAN
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        form = json.dumps(["start", "CPU", r["name"], *[n.upper() for n in r["arg_names"]]])
+        print(f"{r['name']:{width}}  {r['context']:8}  {r['doc']}")
+        print(f"{'':{width}}  action    {form}")
+        for arg in r["args"] or ["(no arguments)"]:
+            print(f"{'':{width}}  argument  {arg}")
+        print(f"{'':{width}}  function  {r['module']}.{r['kernel_function']}")
+        if r["models"]:
+            for k, piece in enumerate(textwrap.wrap(r["models"], 96 - width)):
+                print(f"{'':{width}}  {'models' if k == 0 else '':8}  {piece}")
+    kinds = ", ".join(ACTION_ARGS)
+    print(f"\nactions a schedule may hold: {kinds} (docs/corpus-format.md \"Actions\"); a variant "
+          "overrides the kernel function by name (docs/variants.md)")
+    return EXIT_CLEAN
+
+
 def cmd_bugs(a) -> int:
     rows = [{"slug": b.slug, "kernel": f"bug:{b.slug}", "fix": b.fix, "property": b.prop,
              "title": b.title} for b in BUGS]
@@ -383,6 +512,24 @@ def cmd_bugs(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Run one command. A closed output pipe (``mmfuzz bugs --json | head -c 400``) ends it
+    quietly, as Unix tools do: exit 141 (128 + SIGPIPE, what a shell reports for a tool killed
+    by the signal), no traceback, no further output."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv=None) -> int:
     try:
         a = build_parser().parse_args(argv)
         if a.cmd == "bugs":
@@ -398,9 +545,13 @@ def main(argv=None) -> int:
             return cmd_show(a)
         if a.cmd == "exhaust":
             return cmd_exhaust(a)
+        if a.cmd == "ops":
+            return cmd_ops(a)
     except (UsageError, KernelNameError, CorpusError) as e:
         print(f"mmfuzz: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        raise   # main() ends the command quietly; keep this before any catch-all clause
     except KeyboardInterrupt:
         print("mmfuzz: interrupted", file=sys.stderr)
         return 130

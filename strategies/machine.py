@@ -12,6 +12,7 @@ from mmfuzz import ops as _ops
 from mmfuzz.run import Run
 
 from .determinism import no_source_constants
+from .profiles import database_key
 
 
 class PropertyViolated(AssertionError):
@@ -173,21 +174,38 @@ def machine_for(kernel_cls) -> type:
 
 
 def settings_for(max_examples: int, stateful_step_count: int = 60,
-                 shrink: bool = True) -> settings:
+                 shrink: bool = True, profile: str | None = None,
+                 database_key: str = "") -> settings:
     """Explicit settings: never rely on Hypothesis's automatic `ci` profile, which
     derandomizes and drops the database when CI is set. No example database (counterexamples
     live in corpus/ as JSON), no deadline, no explain phase (it is slow and the trace already
-    explains)."""
-    return settings(max_examples=max_examples, stateful_step_count=stateful_step_count,
-                    deadline=None, derandomize=False, database=None, print_blob=False,
-                    phases=((Phase.explicit, Phase.generate)
-                            + ((Phase.shrink,) if shrink else ())),
-                    suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+    explains).
+
+    With ``profile`` (dev, pr, nightly: strategies/profiles.py) the settings derive from that
+    named profile instead: its database, under keys prefixed by ``database_key`` (the kernel
+    and strategy), with the reuse phase first so saved failures are tried again."""
+    phases = (Phase.explicit, Phase.generate) + ((Phase.shrink,) if shrink else ())
+    if profile is None:
+        return settings(max_examples=max_examples, stateful_step_count=stateful_step_count,
+                        deadline=None, derandomize=False, database=None, print_blob=False,
+                        phases=phases, suppress_health_check=list(HealthCheck),
+                        report_multiple_bugs=False)
+    from .profiles import KeyedDatabase, campaign_database
+    from .profiles import profile as named
+    parent = settings.get_profile(named(profile).hypothesis)
+    db = KeyedDatabase(campaign_database(profile), database_key)
+    phases = (Phase.explicit, Phase.reuse) + phases[1:]
+    # derandomize off: a campaign is seeded (the seed decorator), which Hypothesis allows
+    # together with a database
+    return settings(parent=parent, max_examples=max_examples, derandomize=False,
+                    stateful_step_count=stateful_step_count, deadline=None, database=db,
+                    print_blob=False, phases=phases, suppress_health_check=list(HealthCheck),
+                    report_multiple_bugs=False)
 
 
 def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
                    stateful_step_count: int = 60, on_progress=None, polish: bool = True,
-                   hypothesis_shrink: bool = True):
+                   hypothesis_shrink: bool = True, profile: str | None = None):
     """One Hypothesis campaign. Returns (failure or None, the machine class with its counters).
     Hypothesis's shrinker works on its choice sequence, where a CPU is an index into the CPUs
     enabled at that moment; the schedule shrinker then polishes the result as plain actions.
@@ -196,7 +214,8 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     cls = machine_for(kernel_cls)
     cls.on_progress = on_progress
     seeded = seed(seed_value)(cls)
-    s = settings_for(max_examples, stateful_step_count, shrink=hypothesis_shrink)
+    s = settings_for(max_examples, stateful_step_count, shrink=hypothesis_shrink,
+                     profile=profile, database_key=database_key(kernel_cls, "rules"))
     try:
         with no_source_constants():
             run_state_machine_as_test(seeded, settings=s)

@@ -30,6 +30,7 @@ from mmfuzz.explore import POLICIES, run_policy
 
 from .determinism import no_source_constants
 from .machine import polish_failure, settings_for, worlds
+from .profiles import database_key
 
 STRATEGIES = tuple(POLICIES)   # swarm, uniform, pct
 ACTIONS_MAX = 60
@@ -61,7 +62,8 @@ class _Stats:
 
 def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
                              policy: str = "swarm", on_progress=None,
-                             hypothesis_shrink: bool = False, polish: bool = True):
+                             hypothesis_shrink: bool = False, polish: bool = True,
+                             profile: str | None = None):
     """One Hypothesis campaign over ``schedules(policy)``. Returns (failure or None, stats with
     runs_total and steps_total). The failure is the run Hypothesis shrank to: its world and the
     schedule of actions up to the violation (or the whole schedule, for a violation found at
@@ -70,12 +72,16 @@ def run_schedules_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     shrinker does all the shrinking: the random's choices are
     consumed in order, so a change to one early choice re-rolls every later one and
     Hypothesis's shrinker spends seconds where explore.shrink, which deletes actions from
-    the concrete schedule, needs a fraction of one."""
+    the concrete schedule, needs a fraction of one. ``profile`` names a settings profile
+    (strategies/profiles.py); without one the settings are settings_for's explicit ones."""
     stats = _Stats()
     box: dict = {}
 
+    # settings outside seed: @seed drops the database of the settings under it (a seeded test
+    # normally reproduces, it does not search), and a profiled campaign's database is real
+    @settings(settings_for(max_examples, shrink=hypothesis_shrink, profile=profile,
+                           database_key=database_key(kernel_cls, policy)))
     @seed(seed_value)
-    @settings(settings_for(max_examples, shrink=hypothesis_shrink))
     @given(schedules(policy))
     def search(case):
         world, rng = case

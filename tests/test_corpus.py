@@ -1,30 +1,42 @@
-"""Every saved counterexample in corpus/ replays forever after: on its own kernel it still
-shows the recorded violation, and a catalogued bug's schedule runs clean on mainline. Never
-skipped: an empty corpus fails."""
+"""The corpus itself. The pytest plugin (mmfuzz/pytest_plugin.py) turns every file into replay
+tests (its own kernel, then mainline), the way a user's corpus is tested; what is left here is
+what the plugin does not check: our corpus's layout (violations/SLUG/ and passes/) and the
+rendered trace beside each file. Never skipped: an empty corpus fails."""
 
 import os
 
 import pytest
 
-from mmfuzz.corpus import load, replay
-from mmfuzz.pytest_plugin import corpus_files
+from mmfuzz.corpus import files, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = corpus_files(os.path.join(ROOT, "corpus"))
+FILES = files(os.path.join(ROOT, "corpus"))
 
 
 def test_corpus_is_not_empty():
     assert FILES, "corpus/ holds no counterexample"
+    assert any("/passes/" in p for p in FILES) and any("/violations/" in p for p in FILES)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[os.path.relpath(p, ROOT) for p in FILES])
-def test_corpus_entry_replays(path):
+def test_corpus_entry_is_filed_by_verdict_with_its_rendered_trace(path):
     cx = load(path)
-    run, out, skipped = replay(cx)
-    assert skipped == 0
-    assert out.violation is not None and out.violation.prop == cx.prop
-    assert out.step == cx.step
     assert os.path.exists(path[:-5] + ".txt"), "rendered trace missing beside the JSON"
-    if cx.kernel.startswith("bug:"):
-        _, main_out, _ = replay(cx, "mainline")
-        assert main_out.violation is None, main_out.violation
+    if cx.prop:
+        assert "/violations/" in path
+    else:
+        assert "/passes/" in path
+
+
+def test_plugin_replays_every_corpus_file_in_our_own_run(request):
+    """In a run over the default test paths (``pytest -n auto``, .ci/run) every corpus file is
+    a replay item on its own kernel, and every file of another kernel also on mainline."""
+    if request.config.args_source == pytest.Config.ArgsSource.ARGS:
+        pytest.skip("test paths named on the command line: the corpus is not collected")
+    ids = {it.nodeid for it in request.session.items}
+    for path in FILES:
+        rel = os.path.relpath(path, str(request.config.rootpath))
+        kernel = load(path).kernel
+        assert f"{rel}::replay[{kernel}]" in ids
+        if kernel != "mainline":
+            assert f"{rel}::replay[mainline]" in ids

@@ -12,7 +12,8 @@ from mmfuzz.pytest_plugin import corpus_files
 from mmfuzz.run import execute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = corpus_files(os.path.join(ROOT, "corpus"))
+# violation files only: a pass file (corpus/passes/) has no bug for exhaust to find
+FILES = corpus_files(os.path.join(ROOT, "corpus", "violations"))
 IDS = [os.path.relpath(p, ROOT) for p in FILES]
 
 #: the bound the mainline check uses per corpus entry (by directory). The issue asks for 2;
@@ -146,7 +147,7 @@ def test_shortest_violating_interleaving_is_kept():
     """With stop_at_first off, every violating leaf is seen and the shortest is kept: on the
     zap scenario at bound 1 the first violation found is 21 actions, the shortest 18; it
     replays to the same property."""
-    [path] = [p for p in FILES if "zap-rmap-before-flush" in p]
+    [path] = [p for p in FILES if "zap-rmap-before-flush" in p and "handwritten" not in p]
     cx = load(path)
     res = exhaust_cx(cx, preemptions_max=1, stop_at_first=False)
     assert res.violations > 1 and not res.truncated
