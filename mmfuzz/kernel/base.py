@@ -120,6 +120,15 @@ class KernelBase:
         t.locks -= 1
         yield label
 
+    # --- per-VMA lock ---------------------------------------------------------------------
+    def vma_start_write(self, t: Task, vma, label: str):
+        """include/linux/mm.h vma_start_write (mmap_lock held for write), minimal form until the
+        per-VMA lock lands (branch forkcow has the full one, same signature: take it): faults
+        take mmap_lock for read in this model, so mmap_write_lock already excludes them and
+        there is no VMA reader to wait for; the step is kept as a label."""
+        assert self.m.mms[vma.mm_id].mmap_lock.writer == t.tid, "mmap_assert_write_locked"
+        yield label
+
     # --- folio lock (PG_locked) ----------------------------------------------------------
     def folio_lock(self, t: Task, folio: Folio, label: str):
         """include/linux/pagemap.h folio_lock: sleeps until PG_locked is clear, then sets it."""

@@ -80,22 +80,13 @@ class Mprotect(KernelBase):
             vma = t.mm.find_vma(start)
         if end < vma.end:
             yield from self.split_vma(t, vma, end)
-        yield from self.vma_start_write(t, vma)
+        yield from self.vma_start_write(t, vma, f"vma_start_write({vma.describe()})")
         vma.writable = writable
         try_change_writable = self.vma_wants_manual_pte_write_upgrade(vma)
         yield (f"mprotect_fixup: vm_flags_reset_once {vma.describe()} "
                f"{'VM_WRITE' if writable else '~VM_WRITE'}, vma_set_page_prot"
                f"{', MM_CP_TRY_CHANGE_WRITABLE' if try_change_writable else ''}")
         yield from self.change_protection(t, tlb, vma, start, end, try_change_writable)
-
-    def vma_start_write(self, t: Task, vma: Vma):
-        """include/linux/mm.h vma_start_write: mark the VMA write-locked (vm_lock_seq =
-        mm_lock_seq) so that lock_vma_under_rcu() readers fall back to mmap_lock. The caller
-        holds mmap_write_lock. Minimal form: faults take mmap_lock for read in this model
-        (memory.py), so mmap_write_lock already excludes them and the per-VMA lock has no
-        waiter to wait for; the step is kept as a label. (The per-VMA lock itself belongs to
-        the fork/COW/fault work.)"""
-        yield f"vma_start_write({vma.describe()})"
 
     @staticmethod
     def vma_wants_manual_pte_write_upgrade(vma: Vma) -> bool:
