@@ -297,3 +297,26 @@ def test_ksmd_merges_two_zero_pages_on_mainline():
     run.drain()
     assert _pte(run, 5).pfn != k.pfn and k.mapcount == 1
     assert run.quiesce() is None
+
+
+def test_the_fuzz_loop_sets_example_1_aside_and_reports_a_real_bug():
+    """run_policy (where both engines end a run) lists a known-open race instead of
+    reporting it, and still reports what its fix does not close."""
+    import random
+    from mmfuzz.explore import run_policy
+
+    class Replay:
+        def __init__(self, actions):
+            self.actions = [list(a) for a in actions]
+
+        def pick(self, rng, run):
+            return self.actions.pop(0) if self.actions else None
+
+    ex1 = _yu_zhao_example_1()
+    run, v = run_policy(Mainline, ex1.world, Replay(ex1.actions), random.Random(0))
+    assert v is None and run.violation is not None and run.known_open == "yu-zhao-example-1"
+    from mmfuzz.corpus import load
+    cx = load("corpus/violations/zap-rmap-before-flush/dirty-data-preserved-7054216c6e8c.json")
+    bug = resolve_kernel("bug:zap-rmap-before-flush")
+    run, v = run_policy(bug, cx.world, Replay(cx.schedule), random.Random(0))
+    assert v is not None and v.prop == "dirty-data-preserved" and run.known_open is None
