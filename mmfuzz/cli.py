@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "engine; rules = Hypothesis's rule-based state machine (implies "
                        "--hypothesis)")
         q.add_argument("--quiet", action="store_true", help="no progress line")
+        q.add_argument("--cost", nargs="?", const="", metavar="KERNEL",
+                       help="print TLB flushes, flush IPIs and CPUs interrupted per operation; "
+                       "with KERNEL, also replay every run's schedule on KERNEL and print both")
         q.add_argument("--json", action="store_true",
                        help="print one JSON object (the summary) on stdout; reports go to stderr")
         q.add_argument("--coverage", action="store_true",
@@ -434,20 +437,32 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
         from .modelcov import ModelCoverage
         cov = ModelCoverage(kcls)
         cov.__enter__()
+    from .kernels import KNOWN_SEEN
+    KNOWN_SEEN.clear()
+    collector = None
+    if a.cost is not None:
+        if workers > 1:
+            raise UsageError("--cost records in one process; add --workers 1")
+        from . import cost
+        collector = cost.start(resolve_kernel(a.cost) if a.cost else None)
     t0 = time.perf_counter()
     try:
         return _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed,
-                         fresh, cov)
+                         fresh, cov, collector)
     except ModelFailure as mf:
         if cov is not None:
             cov.__exit__(None, None, None)
+        if collector is not None:
+            from . import cost
+            cost.stop()
         progress.done()
         return report_model_failure(mf, kname, engine, seed, a.save,
                                     elapsed=time.perf_counter() - t0)
 
 
 def _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed, fresh,
-              cov) -> int:
+              cov, collector) -> int:
+    from .kernels import KNOWN_SEEN
     if fast:
         found, stats = _fuzz_fast(kname, kcls, seed, None if a.examples is not None else budget,
                                   a.examples, workers, progress, a.strategy)
@@ -488,6 +503,20 @@ def _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed,
                                            extra, sys.stderr if a.json else sys.stdout)
         summary.update(verdict="violation", property=prop, schedule_len=len(schedule),
                        quiescence_len=quiescent, saved=path, why=v.why, facts=v.facts)
+    if collector is not None:
+        from . import cost
+        cost.stop()
+        print(cost.render(collector.record, kname, collector.compare, a.cost),
+              file=sys.stderr if a.json else sys.stdout)
+        summary["cost"] = collector.record.to_json()
+        summary["cost_note"] = f"; cost: {collector.record.summary()}" + (
+            f" (on {a.cost}: {collector.compare.summary()})" if collector.compare else "")
+        if collector.compare:
+            summary["cost_on"] = {"kernel": a.cost, **collector.compare.to_json()}
+    if KNOWN_SEEN:   # known-open races of mainline (mmfuzz.kernels.KNOWN_OPEN), set aside
+        summary["known_open"] = dict(KNOWN_SEEN)
+        summary["cost_note"] = summary.get("cost_note", "") + "; known-open races set aside: " + \
+            ", ".join(f"{k} x{n}" for k, n in KNOWN_SEEN.items())
     status = EXIT_CLEAN if found is None else EXIT_VIOLATION
     _print_summary(summary, elapsed, cov, a.json)
     return status
@@ -512,6 +541,7 @@ def _print_summary(summary: dict, elapsed: float, cov, as_json: bool) -> None:
         line = (head + f"{summary['property']} after {summary['runs']} runs; shrunk to "
                 f"{_lengths(shrunk, summary['quiescence_len'] or 0)}"
                 + (f"; saved {summary['saved']}" if summary["saved"] else ""))
+    line += summary.pop("cost_note", "")
     timing = f"time: {elapsed:.1f}s, {rate:,.0f} steps/s"
     out = sys.stderr if as_json else sys.stdout
     if cov is not None and not as_json:

@@ -41,6 +41,7 @@ class ZapRmapBeforeFlush(Mainline):
         old = table.ptes[slot]
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)
+        self.pte_table_flush_deferred(t.mm, table)
         dirty_note = ""
         if not folio.anon and old.dirty:
             force_flush = True
@@ -97,6 +98,7 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
         tlb = yield from self.tlb_gather_mmu(t, mm)
         for vma in list(mm.vmas):
             yield from self.vma_start_write(t, vma, f"clear_refs: vm_flags_clear(vma{vma.vid}, VM_SOFTDIRTY): vma_start_write + vma_set_page_prot")
+            vma.softdirty = False   # vm_flags_clear(VM_SOFTDIRTY), under the VMA write lock
         yield from self.clear_refs_walk(t)
         if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds):
             self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
@@ -252,6 +254,54 @@ class MadvFreeReclaimVsDio(Mainline):
         return False
 
 
+class KsmMadvfreeClearrefs(Mainline):
+    """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
+    The fix changed two functions: KSM's write_protect_page learned to flush when
+    mm_tlb_flush_pending(mm), and clear_refs_write replaced its bare flush_tlb_mm with a
+    tlb_gather_mmu/tlb_finish_mmu pair so that its deferred flush raises tlb_flush_pending.
+    Both are put back as they were just before the fix. Two later commits rewrote the same
+    lines and each closes the race on its own, so their lines go back with them: the
+    anon_exclusive term of write_protect_page (6c287605fd56, PG_anon_exclusive, 2022) and
+    clear_refs_write's mmap_write_lock (29a951dfb3c3 "mm: fix clear_refs_write locking",
+    2021: "Turning page table entries read-only requires the mmap_sem held for writing"). The
+    pre-fix clear_refs walked under mmap_read_lock, so MADV_FREE (pte_mkclean, flush
+    deferred), clear_refs (pte_wrprotect, flush deferred) and ksmd can overlap, and KSM sees a
+    clean read-only PTE, skips the flush and merges a page a CPU can still write through its
+    TLB (Nadav Amit's scenario, quoted in the fix)."""
+
+    name = "bug:ksm-madvfree-clearrefs"
+
+    def ksm_write_protect_must_flush(self, mm, table, entry, anon_exclusive):
+        """mm/ksm.c write_protect_page before b3a81d0841a9: "if (pte_write(*pvmw.pte) ||
+        pte_dirty(*pvmw.pte) ...)" (the savedwrite/protnone term needs NUMA hinting, not
+        modelled)."""
+        if not (entry.write or entry.dirty) and mm.tlb_flush_pending > 0:
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        return entry.write or entry.dirty
+
+    def clear_refs(self, t, type=4):
+        """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) before b3a81d0841a9:
+        down_read(mmap_sem); only if some VMA still has VM_SOFTDIRTY: up_read, down_write, clear
+        it on every VMA, downgrade_write; the walk; flush_tlb_mm; up_read. Nothing raises
+        tlb_flush_pending."""
+        mm = t.mm
+        if type != 4:
+            yield from super().clear_refs(t, type)
+            return
+        yield from self.down_read(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): down_read(mmap_sem)")
+        if any(v.softdirty for v in mm.vmas):
+            yield from self.up_read(t, mm.mmap_lock, "clear_refs: up_read (to clear VM_SOFTDIRTY)")
+            yield from self.down_write(t, mm.mmap_lock, "clear_refs: down_write(mmap_sem)")
+            for vma in mm.vmas:
+                vma.softdirty = False
+            yield "clear_refs: vma->vm_flags &= ~VM_SOFTDIRTY + vma_set_page_prot"
+            yield from self.downgrade_write(t, mm.mmap_lock, "clear_refs: downgrade_write(mmap_sem)")
+        yield from self.clear_refs_walk(t)
+        yield from self.flush_tlb_mm_range(t, mm, 0, 0, True, True)  # flush_tlb_mm
+        yield from self.up_read(t, mm.mmap_lock, "clear_refs: flush_tlb_mm, up_read, return", last=True)
+        self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
+
+
 BUGS: list[Bug] = [
     Bug("zap-rmap-before-flush", "5df397dec7c4",
         "mm: delay page_remove_rmap() until after the TLB has been flushed",
@@ -277,8 +327,205 @@ BUGS: list[Bug] = [
         "no-lost-write-after-madv-free", MadvFreeReclaimVsDio, 6),
 ]
 
+class MkcleanChecksFlushPending:
+    """Yu Zhao's proposal (linux-mm, 23 Nov 2020, Re: [PATCH 6/6] mm: proc: Avoid fullmm flush
+    for young/dirty bit toggling; Minchan Kim agreed "we need to fix page writeback path"):
+    page_vma_mkclean_one also acts on a clean read-only PTE while mm_tlb_flush_pending(mm),
+    "!pte_dirty() && !pte_write() && !mm_tlb_flush_pending()". Never merged. A mixin: it
+    overrides only the test, so it composes with any kernel variant."""
+
+    def mkclean_pte_needs_flush(self, mm, table, pte) -> bool:
+        """mm/rmap.c page_vma_mkclean_one with Yu Zhao's extra term."""
+        return pte.dirty or pte.write or mm.tlb_flush_pending > 0
+
+
+class YuZhaoMkcleanFix(MkcleanChecksFlushPending, Mainline):
+    """Mainline plus Yu Zhao's page_vma_mkclean_one check (the proposal, as a kernel)."""
+
+    name = "proposal:mkclean-flush-pending"
+
+
+class TlbGenerationTracking:
+    """Nadav Amit's proposal (LKML, 30 Oct 2022, Re: [PATCH 01/13] mm: Update
+    ptep_get_lockless()s comment, seed 001; earlier RFC "TLB batching consolidation and
+    enhancements", 2021), never merged, as a mixin over any kernel:
+
+    - x86's mm->tlb_gen becomes the *pending* generation; a per-mm *completed* generation
+      advances when a flush has really completed;
+    - "Whenever you update the page-tables in a manner that might require a TLB flush, you
+      would increase the pending TLB-generation and save the pending TLB-generation in the
+      page-table's page-struct. All of that is done once under the page-table lock";
+    - a path that relies on a PTE read from a table first checks "if the page-table's
+      TLB-generation is greater than the completed TLB-generation ... In that case you would
+      just flush the TLB": page_vma_mkclean_one, KSM's write_protect_page (instead of its
+      coarse mm_tlb_flush_pending) and the write fault.
+
+    What completes a generation is this model's reading of "When you finish a TLB-flush, you
+    update the completed TLB-generation": a flush that took generation N completes N if it
+    was a full flush or if every table with a pending generation below N lies inside its
+    range; otherwise the completed generation stays where it is (conservative: one more
+    flush at the next check, never a missed one). Reclaim's batched flush does not complete
+    generations (it does not record the mm). Left out: fast-GUP ("may need extra thought"),
+    the cost of the contended counters."""
+
+    def pte_table_flush_deferred(self, mm, table) -> None:
+        """Proposal: inc the pending generation, store it in the table (PTL held)."""
+        mm.tlb_gen += 1
+        table.tlb_gen = mm.tlb_gen
+
+    def tlb_flush_completed(self, mm, gen, start, end, full) -> None:
+        """Proposal: advance the completed generation to ``gen`` if this flush covered every
+        table change made before it was sent."""
+        if gen <= mm.tlb_gen_completed:
+            return
+        if not full:
+            p = self.m.ptrs_per_pte
+            for tbl in mm.pmd:
+                if tbl is None or not mm.tlb_gen_completed < tbl.tlb_gen < gen:
+                    continue
+                if not (start <= tbl.pmd_index * p and (tbl.pmd_index + 1) * p <= end):
+                    return
+        mm.tlb_gen_completed = gen
+
+    def pte_table_flush_check(self, t, mm, table):
+        """Proposal: the table's pending generation is ahead of the completed one, so TLB
+        entries for its PTEs may be stale: flush the mm before relying on the PTE."""
+        if table.tlb_gen > mm.tlb_gen_completed:
+            yield (f"tlb-gen check: table {table.tid} gen {table.tlb_gen} > completed "
+                   f"{mm.tlb_gen_completed}: flush first")
+            yield from self.flush_tlb_mm_range(t, mm, 0, 0, True, False)
+
+    def ksm_needs_flush_pending(self, mm, table) -> bool:
+        """KSM's write_protect_page asks the table generation instead of
+        mm_tlb_flush_pending (the check above has flushed already if it was ahead)."""
+        return False
+
+
+class TlbGeneration(TlbGenerationTracking, Mainline):
+    """Mainline plus Nadav Amit's per-table pending / per-mm completed TLB generations."""
+
+    name = "proposal:tlb-generation"
+
+
+class ZapRmapBeforeFlushWithTlbGeneration(TlbGenerationTracking, ZapRmapBeforeFlush):
+    """The buggy zap of zap-rmap-before-flush (5df397dec7c4 reverted) under Nadav Amit's
+    generation check: does the proposal close the seed-000 bug?"""
+
+    name = "proposal:tlb-generation+bug:zap-rmap-before-flush"
+
+
+class ZapRmapInFlushRegion(Mainline):
+    """The design Linus Torvalds weighed in the thread of seed 001 (30 Oct 2022) before
+    5df397dec7c4: "we *could* move page_remove_rmap() later into the TLB flush region, but then
+    we would have lost the page table lock anyway, so folio_mkclean() can come in regardless".
+    A dirty file PTE's rmap removal is delayed as in mainline, but nothing forces the flush
+    under the PTL: the delayed rmaps are removed in tlb_flush_mmu right after its TLB flush,
+    outside the PTL. Nadav Amit answered that combined with his generation check "this could
+    work". Not a historic kernel: a design, to test that claim."""
+
+    name = "design:zap-rmap-in-flush-region"
+
+    def zap_present_folio_ptes(self, t, tlb, vma, folio, table, slot, vpn, force_flush):
+        """mainline's zap_present_folio_ptes, without "force_flush = true" for a delayed rmap."""
+        m = self.m
+        old = table.ptes[slot]
+        table.ptes[slot] = None
+        m.revoke(t.mm.mm_id, vpn)
+        self.pte_table_flush_deferred(t.mm, table)
+        delay_rmap = False
+        if not folio.anon and old.dirty:
+            self.folio_mark_dirty_now(folio)
+            delay_rmap = self.tlb_delay_rmap(tlb)
+        self.tlb_remove_tlb_entry(tlb, vpn)
+        yield (f"zap_present_folio_ptes: get_and_clear_full_ptes va {vpn:#x} pfn {folio.pfn} "
+               f"({'anon' if folio.anon else 'file'}){' [delay rmap to the flush]' if delay_rmap else ''}")
+        if not delay_rmap:
+            yield from self.folio_remove_rmap_ptes(t, folio, vma)
+        force_break = False
+        if self.tlb_remove_folio_pages_size(tlb, folio, delay_rmap):
+            force_flush = force_break = True
+        return force_flush, force_break
+
+    def tlb_flush_mmu(self, t, tlb):
+        """tlb_flush_mmu with the delayed rmaps removed after the TLB flush, before any page
+        is freed (no PTL held)."""
+        yield from self.tlb_flush_mmu_tlbonly(t, tlb)
+        yield from self.tlb_flush_rmaps(t, tlb, None)
+        yield from self.tlb_table_flush(t, tlb)
+        yield from self.tlb_batch_pages_flush(t, tlb)
+
+    def tlb_end_vma(self, t, tlb, vma):
+        """tlb_end_vma; the delayed rmaps wait for tlb_flush_mmu (a gather keeps its pages and
+        their delayed rmaps across VMAs)."""
+        yield from super().tlb_end_vma(t, tlb, vma)
+
+
+class ZapRmapInFlushRegionWithTlbGeneration(TlbGenerationTracking, ZapRmapInFlushRegion):
+    """Linus's later-rmap design under Nadav Amit's generation check (his claim in seed 001)."""
+
+    name = "design:zap-rmap-in-flush-region+proposal:tlb-generation"
+
+
+@dataclass(frozen=True)
+class KnownOpen:
+    """A race the model finds on mainline and that mainline has not fixed. A violation counts
+    as this race when the same schedule is clean once ``fix`` (a mixin holding the proposed
+    fix) is added to the kernel under test: the race is named by what closes it, never by its
+    scenario."""
+
+    slug: str
+    prop: str
+    title: str
+    source: str
+    fix: type
+
+
+KNOWN_OPEN: list[KnownOpen] = [
+    KnownOpen("yu-zhao-example-1", "dirty-data-preserved",
+              "page_vma_mkclean_one skips a clean read-only PTE whose flush another thread "
+              "still owes (a PTE cleaner cleaned it, a write-protect followed)",
+              "Yu Zhao, linux-mm 23 Nov 2020, Message-ID 20201124011334.GA140483@google.com "
+              "(seed 002); tests/test_deferred.py has the diagram",
+              MkcleanChecksFlushPending),
+]
+
+#: how often each known-open race was met (and set aside) in this process
+KNOWN_SEEN: dict[str, int] = {}
+_WITH_FIX: dict[tuple, type] = {}
+
+
+def known_open_race(kernel_cls, world: dict, actions: list, violation) -> str | None:
+    """The slug of the known-open race ``violation`` is an instance of, or None: replay
+    ``actions`` on ``kernel_cls`` with each matching race's fix mixed in; clean means the
+    violation is that race."""
+    from .run import Divergence, ModelError, execute
+    for k in KNOWN_OPEN:
+        if violation.prop != k.prop or issubclass(kernel_cls, k.fix):
+            continue
+        fixed = _WITH_FIX.get((kernel_cls, k.slug))
+        if fixed is None:
+            fixed = type(f"{kernel_cls.__name__}+{k.fix.__name__}", (k.fix, kernel_cls),
+                         {"name": f"{kernel_cls.name}+{k.slug}-fix"})
+            _WITH_FIX[(kernel_cls, k.slug)] = fixed
+        try:
+            _, out = execute(fixed, world, actions)
+        except (ModelError, Divergence):
+            continue
+        if out.violation is None:
+            KNOWN_SEEN[k.slug] = KNOWN_SEEN.get(k.slug, 0) + 1
+            return k.slug
+    return None
+
+
 _BY_NAME = {"mainline": Mainline}
 _BY_NAME.update({f"bug:{b.slug}": b.kernel for b in BUGS})
+_BY_NAME[YuZhaoMkcleanFix.name] = YuZhaoMkcleanFix
+_BY_NAME[TlbGeneration.name] = TlbGeneration
+# Not in BUGS yet: the model cannot show its lost store (tests/test_deferred.py says why).
+_BY_NAME[KsmMadvfreeClearrefs.name] = KsmMadvfreeClearrefs
+_BY_NAME[ZapRmapInFlushRegion.name] = ZapRmapInFlushRegion
+_BY_NAME[ZapRmapInFlushRegionWithTlbGeneration.name] = ZapRmapInFlushRegionWithTlbGeneration
+_BY_NAME[ZapRmapBeforeFlushWithTlbGeneration.name] = ZapRmapBeforeFlushWithTlbGeneration
 
 
 def kernel_names() -> list[str]:

@@ -94,7 +94,7 @@ class Folio:
         "uid", "pfn", "refcount", "mapcount", "pincount", "dirty", "locked", "writeback",
         "wb_pending", "anon", "anon_exclusive", "lazyfree", "mapping", "index", "data",
         "freed", "uptodate", "anon_vma",
-        "swapcache", "swap", "referenced", "isolated",
+        "swapcache", "swap", "referenced", "isolated", "ksm", "ksm_rmap",
     )
 
     def __init__(self, uid: int, pfn: int):
@@ -122,12 +122,14 @@ class Folio:
         self.referenced = False    # PG_referenced (folio_check_references' second chance)
         self.isolated = False      # !PG_lru: taken off the LRU by reclaim (isolate_lru_folios)
         self.anon_vma: Optional[AnonVma] = None  # folio->mapping of an anon folio
+        self.ksm = False           # folio_test_ksm (mm/ksm.c): a KSM folio, stable node set
+        self.ksm_rmap: list[tuple[int, int]] = []  # its stable node's rmap items: (mm, vpn)
 
 
 class PteTable:
     """A PTE-table page: PTRS_PER_PTE entries and its own split PTL."""
 
-    __slots__ = ("tid", "pfn", "ptes", "ptl", "freed", "mm_id", "pmd_index")
+    __slots__ = ("tid", "pfn", "ptes", "ptl", "freed", "mm_id", "pmd_index", "tlb_gen")
 
     def __init__(self, tid: int, pfn: int, nptes: int, mm_id: int, pmd_index: int):
         self.tid = tid
@@ -137,6 +139,9 @@ class PteTable:
         self.freed = False
         self.mm_id = mm_id
         self.pmd_index = pmd_index
+        # the table's pending TLB generation: used only by Nadav Amit's proposal (the
+        # generation variant in mmfuzz/kernels.py); mainline never writes it
+        self.tlb_gen = 0
 
 
 class AnonVma:
@@ -154,7 +159,8 @@ class AnonVma:
 
 class Vma:
     __slots__ = ("vid", "mm_id", "start", "end", "file", "pgoff", "shared", "writable",
-                 "detached", "anon_vma", "anon_vma_chain", "vm_lock", "vm_lock_seq")
+                 "detached", "anon_vma", "anon_vma_chain", "vm_lock", "vm_lock_seq",
+                 "softdirty")
 
     def __init__(self, vid, mm_id, start, end, file, pgoff, shared, writable):
         self.vid = vid
@@ -170,6 +176,9 @@ class Vma:
         self.anon_vma_chain: list[AnonVma] = []    # every anon_vma this VMA is linked into
         self.vm_lock = RwSem(f"vm_lock(vma{vid})")  # the per-VMA lock (CONFIG_PER_VMA_LOCK)
         self.vm_lock_seq = -1                      # == mm.mm_lock_seq: write-locked
+        # VM_SOFTDIRTY: set on every new VMA (mm/vma.c __mmap_region), cleared by clear_refs 4;
+        # while set, soft-dirty write-fault tracking is off for the VMA (vma_soft_dirty_enabled)
+        self.softdirty = True
 
     def contains(self, vpn: int) -> bool:
         return self.start <= vpn < self.end
@@ -185,7 +194,7 @@ class Vma:
 class Mm:
     __slots__ = ("mm_id", "vmas", "pmd", "mmap_lock", "page_table_lock", "tlb_flush_pending",
                  "tlb_gen", "cpumask", "mm_lock_seq", "write_protect_seq", "users", "origin",
-                 "tlb_flush_batched")
+                 "tlb_flush_batched", "tlb_gen_completed")
 
     def __init__(self, mm_id: int, npmds: int):
         self.mm_id = mm_id
@@ -195,6 +204,8 @@ class Mm:
         self.page_table_lock = SpinLock(f"page_table_lock(mm{mm_id})")  # PMD-level lock
         self.tlb_flush_pending = 0
         self.tlb_gen = 0
+        # the completed TLB generation of Nadav Amit's proposal (the generation variant only)
+        self.tlb_gen_completed = 0
         self.cpumask: list[int] = []
         # mm->tlb_flush_batched (mm/rmap.c): one atomic int, bits 0-14 the pending generation
         # (reclaim deferred a flush: set_tlb_ubc_flush_pending), bits 16-30 the flushed one
@@ -354,6 +365,10 @@ class Machine:
         # kept apart from kernel state; see mmfuzz/oracle.py.
         self.oracle = Oracle()
         self.stats: dict[str, int] = {}
+        # the cost record (mmfuzz.cost): op -> [flushes, IPIs, CPUs interrupted]; task id ->
+        # CPUs it interrupted. Checker's notes: no kernel function reads them.
+        self.cost: dict[str, list[int]] = {}
+        self.cost_cpus: dict[int, list[int]] = {}
 
     # --- allocation ------------------------------------------------------------------
     def alloc_pfn(self) -> int:

@@ -116,6 +116,20 @@ def test_fuzz_mainline_short_budget_is_clean():
     assert "summary: kernel=mainline engine=explore/swarm seed=1: no violation in" in r.stdout
 
 
+def test_fuzz_cost_prints_mainline_against_the_generation_variant():
+    r = mmfuzz("fuzz", "--fast", "--examples", "200", "--seed", "1", "--quiet",
+               "--cost", "proposal:tlb-generation")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "cost per operation (mainline vs proposal:tlb-generation, same schedules, 200 runs)" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("writeback"))
+    flushes_a, ipis_a, _, bar, flushes_b, ipis_b, _ = row.split()[1:]
+    assert bar == "|" and int(flushes_a) > 0 and int(ipis_a) > 0 and int(flushes_b) > 0
+    assert "; cost: " in out and "(on proposal:tlb-generation: " in out
+    bad = mmfuzz("fuzz", "--fast", "--examples", "10", "--cost", "nosuchkernel")
+    assert bad.returncode == 2 and "unknown kernel" in bad.stderr
+
+
 @pytest.mark.cost(2)
 def test_fuzz_rule_machine_strategy_runs():
     r = mmfuzz("fuzz", "--strategy", "rules", "--examples", "60", "--seed", "1", "--quiet")

@@ -14,7 +14,7 @@ import pytest
 
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import Folio, PteTable, tlb_key
-from mmfuzz.ops import names as op_names
+from mmfuzz.ops import Ctx, get as get_op, names as op_names
 from mmfuzz.run import Run, default_world
 
 MAINLINE = resolve_kernel("mainline")
@@ -663,24 +663,9 @@ def _random_serial_actions(seed: int, n: int = 25) -> list[list]:
             continue
         # fork and exit need a CPU without a process and end one (tests/test_fork.py)
         op = rng.choice(sorted(o for o in op_names() if o not in ("fork", "exit")))
-        if op in ("madvise_dontneed", "munmap", "madvise_free"):
-            start = rng.randrange(6)
-            args = [start, rng.randrange(1, 7 - start)]
-        elif op == "reclaim":
-            args = [rng.randrange(2), rng.randrange(3), rng.randrange(1, 3)]
-        elif op == "mmap":
-            args = [rng.randrange(2)]
-        elif op == "writeback":
-            args = [FILE]
-        elif op == "clear_refs":
-            args = []
-        elif op != "drop_cache":
-            # any other operation: its declared argument domains (mmfuzz.ops)
-            from mmfuzz import ops as _ops
-            args = _ops.get(op).draw(lambda options, label: rng.choice(list(options)),
-                                     _ops.Ctx(default_world(), cpu, MM))
-        else:
-            args = [FILE, rng.randrange(4)]
+        # each operation's own declared argument domains (mmfuzz.ops)
+        args = get_op(op).draw(lambda options, label: rng.choice(list(options)),
+                               Ctx(default_world(), cpu, MM))
         acts.append(["start", cpu, op, *args])
     return acts
 

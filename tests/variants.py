@@ -28,6 +28,16 @@ class LeakRmap(Mainline):
         yield from super().folio_remove_rmap_ptes(t, folio, vma, prefix)
 
 
+class MprotectNoFlush(Mainline):
+    """mprotect's change_pte_range records no flush for a write-protected PTE (as if
+    pte_needs_flush said no): PROT_READ returns while a CPU still holds a writable entry
+    (trips no-stale-translation-after-return)."""
+
+    @staticmethod
+    def pte_needs_flush(old, new):
+        return False
+
+
 class DelayRmapNoForceFlush(Mainline):
     """A patch idea, the worked example of docs/variants.md: "with the rmap of a dirty file
     folio delayed until after the flush (5df397dec7c4), forcing that flush under the PTL looks

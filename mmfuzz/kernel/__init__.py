@@ -17,10 +17,14 @@ from .fork import ForkOps  # isort: skip
 from .gup import Gup  # isort: skip
 from .swap import Swap  # isort: skip
 from .vmscan import Vmscan  # isort: skip
+from .mprotect import Mprotect  # isort: skip
+from .mapping_dirty_helpers import MappingDirtyHelpers  # isort: skip
+from .ksm import Ksm  # isort: skip
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
-               ForkOps, Gup, TlbFlushX86, Swap, Vmscan, KernelBase):
+               ForkOps, Gup, TlbFlushX86, Swap, Vmscan, Mprotect, MappingDirtyHelpers, Ksm,
+               KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

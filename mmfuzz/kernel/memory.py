@@ -123,6 +123,7 @@ class Memory(KernelBase):
         if ptent.special:
             table.ptes[slot] = None  # ptep_get_and_clear_full
             m.revoke(t.mm.mm_id, vpn)
+            self.pte_table_flush_deferred(t.mm, table)
             self.tlb_remove_tlb_entry(tlb, vpn)
             yield f"zap_present_ptes: ptep_get_and_clear_full va {vpn:#x} (zero page)"
             return force_flush, False
@@ -148,6 +149,7 @@ class Memory(KernelBase):
         old = table.ptes[slot]
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)
+        self.pte_table_flush_deferred(t.mm, table)
         delay_rmap = False
         dirty_note = ""
         if not folio.anon:
@@ -525,6 +527,8 @@ class Memory(KernelBase):
         if not same:
             yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: PTE changed, unlock (the access retries)")
             return 0
+        if write:
+            yield from self.pte_table_flush_check(t, t.mm, table)  # generation variants only
         if (write or unshare) and not orig.write:
             return (yield from self.do_wp_page(t, vma, table, slot, vpn, orig, unshare, vma_lock))
         entry = orig._replace(young=True, dirty=orig.dirty or write,
@@ -701,10 +705,12 @@ class Memory(KernelBase):
         one override), else mm/memory.c wp_can_reuse_anon_folio (v6.12, small folio): "KSM
         doesn't necessarily raise the folio refcount" / refcount > 3 quick reject; refcount >
         1 -> no; folio_trylock (fails -> no); refcount != 1 -> no; folio_move_anon_rmap (the
-        folio now belongs to this VMA's anon_vma); folio_unlock. Left out: KSM, the swap cache
+        folio now belongs to this VMA's anon_vma); folio_unlock. Left out: the swap cache
         (folio_free_swap) and lru_add_drain (no LRU batches in the model)."""
         if folio.anon_exclusive:
             return True
+        if folio.ksm:   # "KSM doesn't necessarily raise the folio refcount"
+            return False
         if folio.refcount > 3:
             return False
         if folio.refcount > 1:

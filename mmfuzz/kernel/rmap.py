@@ -146,6 +146,13 @@ class Rmap(KernelBase):
         yield from self.up_read(t, f.i_mmap_rwsem, f"rmap_walk_file: i_mmap_unlock_read(file{f.file_id})")
         return cleaned
 
+    def mkclean_pte_needs_flush(self, mm, table, pte) -> bool:
+        """The test of mm/rmap.c page_vma_mkclean_one, "if (!pte_dirty(entry) &&
+        !pte_write(entry)) continue;": a clean read-only PTE is skipped with no flush, whatever
+        flush another thread may still owe for it (a hook: variants that also consult
+        mm_tlb_flush_pending or a table generation override only this)."""
+        return pte.dirty or pte.write
+
     def page_vma_mkclean_one(self, t: Task, folio: Folio, vma: Vma):
         """mm/rmap.c page_vma_mkclean_one with PVMW_SYNC (mm/page_vma_mapped.c): the walker takes
         the table's PTL before looking at the PTE. A PTE that is neither dirty nor writable is
@@ -162,9 +169,11 @@ class Rmap(KernelBase):
             # the table was unhooked while we waited (free_pgtables): nothing mapped here
             yield from self.spin_unlock(t, table.ptl, "page_vma_mapped_walk: table gone, unlock")
             return 0
+        yield from self.pte_table_flush_check(t, mm, table)
         pte = table.ptes[slot]
         cleaned = 0
-        if pte is not None and not pte.special and pte.pfn == folio.pfn and (pte.dirty or pte.write):
+        if pte is not None and not pte.special and pte.pfn == folio.pfn and \
+                self.mkclean_pte_needs_flush(mm, table, pte):
             # ptep_clear_flush: atomic get-and-clear catches a D set by hardware meanwhile.
             old = table.ptes[slot]
             table.ptes[slot] = None
@@ -269,7 +278,12 @@ class Rmap(KernelBase):
         anon_vma rwsem: the model's anon_vma has no root to share it with.)"""
         m = self.m
         out = []
-        if folio.anon:
+        if folio.ksm:   # rmap_walk_ksm: the stable node's rmap items (mm/ksm.c)
+            for mm_id, vpn in folio.ksm_rmap:
+                vma = m.mms[mm_id].find_vma(vpn)
+                if vma is not None and vma.file is None:
+                    out.append((vma, vpn))
+        elif folio.anon:
             av = folio.anon_vma
             for vma in (av.vmas if av is not None else []):
                 if vma.contains(folio.index):

@@ -1,4 +1,4 @@
-"""/proc/PID/clear_refs: fs/proc/task_mmu.c clear_refs_write (v6.12 structure), soft-dirty only.
+"""/proc/PID/clear_refs: fs/proc/task_mmu.c clear_refs_write (v6.12 structure), types 4 and 1.
 
 Writing "4" (CLEAR_REFS_SOFT_DIRTY) under mmap_write_lock: clear VM_SOFTDIRTY on every VMA
 (vma_set_page_prot), inc_tlb_flush_pending, walk every PTE table write-protecting each present
@@ -6,8 +6,17 @@ PTE and clearing its soft-dirty bit, then flush_tlb_mm and dec_tlb_flush_pending
 "much like mprotect() does already"). After that a store to any page faults, and the fault's
 pte_mkdirty() sets soft-dirty again, which is what /proc/PID/pagemap bit 55 reports.
 
-Left out: the other clear_refs types (1-3, 5), VM_SOFTDIRTY itself and pagemap reads (the
-property checks the PTE-level contract that pagemap reports), mmu notifiers, THP.
+Writing "1" (CLEAR_REFS_ALL), also under mmap_write_lock (29a951dfb3c3 "mm: fix
+clear_refs_write locking" takes it for every type): for every present PTE of a normal page,
+ptep_test_and_clear_young and folio_clear_referenced, and no TLB flush at all (912efa17e512
+kept the flush for soft-dirty only). x86 sets A only on a page walk, so a CPU that keeps the
+translation cached goes on using the page without setting young again: the bit under-reports
+use until the entry leaves the TLB, which is accurate enough for aging and never a
+correctness matter.
+
+Left out: types 2, 3 (anon-only / file-only variants of 1) and 5 (hiwater RSS), pagemap reads
+(the property checks the PTE-level contract that pagemap reports), mmu notifiers,
+folio_test_clear_young (the page-idle flag), THP.
 """
 
 from __future__ import annotations
@@ -16,17 +25,30 @@ from ..model import tlb_key
 from ..ops import operation
 from .base import KernelBase, Task
 
+#: enum clear_refs_types (fs/proc/task_mmu.c)
+CLEAR_REFS_ALL, CLEAR_REFS_SOFT_DIRTY = 1, 4
+
 
 class TaskMmu(KernelBase):
     @operation("clear_refs", doc="write 4 (CLEAR_REFS_SOFT_DIRTY) to /proc/self/clear_refs")
-    def clear_refs(self, t: Task):
-        """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY) on the task's own mm."""
+    def clear_refs(self, t: Task, type: int = CLEAR_REFS_SOFT_DIRTY):
+        """fs/proc/task_mmu.c clear_refs_write on the task's own mm: type 4
+        (CLEAR_REFS_SOFT_DIRTY) or 1 (CLEAR_REFS_ALL)."""
         mm = t.mm
+        if type == CLEAR_REFS_ALL:
+            yield from self.down_write(t, mm.mmap_lock, "clear_refs(ALL): mmap_write_lock")
+            yield from self.clear_refs_walk(t, type)
+            yield from self.up_write(t, mm.mmap_lock, "clear_refs(ALL): mmap_write_unlock, "
+                                     "return (no TLB flush)", last=True)
+            return
+        if type != CLEAR_REFS_SOFT_DIRTY:
+            raise ValueError(f"clear_refs type {type} is not modelled (1 or 4)")
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
         for vma in list(mm.vmas):
             # vm_flags_clear write-locks the VMA (vma_start_write), as the walk would anyway
             # (clear_refs_walk_ops.walk_lock = PGWALK_WRLOCK)
             yield from self.vma_start_write(t, vma, f"clear_refs: vm_flags_clear(vma{vma.vid}, VM_SOFTDIRTY): vma_start_write + vma_set_page_prot")
+            vma.softdirty = False   # vm_flags_clear(VM_SOFTDIRTY), under the VMA write lock
         mm.tlb_flush_pending += 1
         yield f"clear_refs: inc_tlb_flush_pending(mm{mm.mm_id}) -> {mm.tlb_flush_pending}"
         yield from self.clear_refs_walk(t)
@@ -36,21 +58,32 @@ class TaskMmu(KernelBase):
         yield from self.up_write(t, mm.mmap_lock, "clear_refs: mmap_write_unlock, return", last=True)
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
 
-    def clear_refs_walk(self, t: Task):
+    @operation("clear_refs_all", doc="write 1 (CLEAR_REFS_ALL: young and referenced bits) to "
+               "/proc/self/clear_refs")
+    def clear_refs_all(self, t: Task):
+        """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_ALL): clear_refs with type 1 (its own
+        operation so that "clear_refs", type 4, keeps the argument list saved files use)."""
+        yield from self.clear_refs(t, CLEAR_REFS_ALL)
+
+    def clear_refs_walk(self, t: Task, type: int = CLEAR_REFS_SOFT_DIRTY):
         """mm/pagewalk.c walk_page_range(mm, 0, -1, &clear_refs_walk_ops): clear_refs_pte_range
-        on every PTE table under a VMA, in address order."""
+        on every PTE table under a VMA, in address order (clear_refs_test_walk skips only
+        VM_PFNMAP VMAs for types 1 and 4)."""
         m = self.m
         for vma in list(t.mm.vmas):
             addr = vma.start
             while addr < vma.end:
                 pmd_index = addr // m.ptrs_per_pte
                 end = min(vma.end, (pmd_index + 1) * m.ptrs_per_pte)
-                yield from self.clear_refs_pte_range(t, pmd_index, addr, end)
+                yield from self.clear_refs_pte_range(t, pmd_index, addr, end, type)
                 addr = end
 
-    def clear_refs_pte_range(self, t: Task, pmd_index: int, addr: int, end: int):
+    def clear_refs_pte_range(self, t: Task, pmd_index: int, addr: int, end: int,
+                             type: int = CLEAR_REFS_SOFT_DIRTY):
         """fs/proc/task_mmu.c clear_refs_pte_range: pte_offset_map_lock (nothing to do without
-        a table), clear_soft_dirty on each PTE, pte_unmap_unlock."""
+        a table); type 4: clear_soft_dirty on each PTE; otherwise, for a present PTE of a
+        normal page (vm_normal_folio: not the zero page), "Clear accessed and referenced
+        bits": ptep_test_and_clear_young and folio_clear_referenced; pte_unmap_unlock."""
         m = self.m
         mm = t.mm
         table = mm.pmd[pmd_index]
@@ -58,6 +91,9 @@ class TaskMmu(KernelBase):
             return
         yield from self.spin_lock(t, table.ptl, f"clear_refs_pte_range: pte_offset_map_lock va {addr:#x}")
         for vpn in range(addr, end):
+            if type != CLEAR_REFS_SOFT_DIRTY:
+                yield from self.clear_refs_young(t, table, vpn % m.ptrs_per_pte, vpn)
+                continue
             yield from self.clear_soft_dirty(t, table, vpn % m.ptrs_per_pte, vpn)
             t.observed[tlb_key(mm.mm_id, vpn)] = m.clock
         yield from self.spin_unlock(t, table.ptl, "clear_refs_pte_range: pte_unmap_unlock")
@@ -98,4 +134,20 @@ class TaskMmu(KernelBase):
         m.revoke(t.mm.mm_id, vpn)
         yield f"clear_soft_dirty: ptep_modify_prot_start va {vpn:#x} (PTE none)"
         table.ptes[slot] = old._replace(write=False, soft_dirty=False)
+        self.pte_table_flush_deferred(t.mm, table)
         yield f"clear_soft_dirty: ptep_modify_prot_commit va {vpn:#x} wrprotect, clear soft-dirty"
+
+    def clear_refs_young(self, t: Task, table, slot: int, vpn: int):
+        """fs/proc/task_mmu.c clear_refs_pte_range, CLEAR_REFS_ALL body: x86
+        ptep_test_and_clear_young is an atomic clear of _PAGE_ACCESSED in the live PTE (a
+        locked bit op, so a concurrent hardware D update is never lost) with no flush;
+        folio_clear_referenced clears PG_referenced. A PTE that is none, or maps the zero page,
+        is skipped."""
+        old = table.ptes[slot]
+        if old is None or not old.present or old.special:
+            return
+        folio = self.m.frames[old.pfn]
+        table.ptes[slot] = old._replace(young=False)
+        folio.referenced = False
+        yield (f"clear_refs_pte_range: ptep_test_and_clear_young va {vpn:#x} "
+               f"(was {'young' if old.young else 'old'}) + folio_clear_referenced(pfn {folio.pfn})")

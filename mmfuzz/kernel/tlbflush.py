@@ -8,6 +8,7 @@ flush of the mm differ only in cost here), PCID/ASIDs and INVLPGB broadcast.
 
 from __future__ import annotations
 
+from ..cost import note_flush
 from ..model import FlushRequest, Mm, tlb_key
 from .base import KernelBase, Task, Wait
 
@@ -38,6 +39,7 @@ class TlbFlushX86(KernelBase):
         """
         m = self.m
         mm.tlb_gen += 1
+        gen = mm.tlb_gen
         requests = []
         targets = []
         for cpu_id in mm.cpumask:
@@ -49,12 +51,31 @@ class TlbFlushX86(KernelBase):
             cpu.ipi_queue.append(req)
             requests.append((cpu, req))
             targets.append(cpu_id)
+        note_flush(m, t, targets)
         what = "all" if full else f"[{start:#x}-{end:#x})"
         yield f"flush_tlb_mm_range(mm{mm.mm_id}, {what}): IPI to CPU{targets}" if targets \
             else f"flush_tlb_mm_range(mm{mm.mm_id}, {what}): local only"
         if requests:
             yield Wait(lambda: all(req not in cpu.ipi_queue for cpu, req in requests),
                        "waits for flush IPIs")
+        self.tlb_flush_completed(mm, gen, start, end, full)
+
+    # --- hooks for TLB-generation schemes (mainline: nothing) -------------------------------
+    def pte_table_flush_deferred(self, mm: Mm, table) -> None:
+        """Called under ``table``'s PTL wherever a PTE change needs a TLB flush that comes
+        later (an mmu_gather, an inc_tlb_flush_pending bracket, a forced flush after the
+        loop). Mainline records nothing per table: mm->tlb_flush_pending was raised before the
+        PTL was taken. Nadav Amit's proposal stores a pending generation here."""
+
+    def tlb_flush_completed(self, mm: Mm, gen: int, start: int, end: int, full: bool) -> None:
+        """Called when a flush_tlb_mm_range that took generation ``gen`` has completed on every
+        target. Mainline keeps no completed generation."""
+
+    def pte_table_flush_check(self, t: Task, mm: Mm, table):
+        """Called with ``table``'s PTL held before a path relies on a PTE read from it
+        (page_vma_mkclean_one, KSM's write_protect_page, the write fault). Mainline: no step."""
+        return
+        yield
 
     def flush_tlb_page(self, t: Task, mm: Mm, vpn: int):
         """include/asm-generic/tlb.h, x86 flush_tlb_page = flush_tlb_mm_range of one page."""
@@ -96,6 +117,7 @@ class TlbFlushX86(KernelBase):
             cpu.ipi_queue.append(req)
             requests.append((cpu, req))
         targets = [cpu.cpu_id for cpu, _ in requests]
+        note_flush(m, t, targets)
         batch.cpumask = []
         yield (f"arch_tlbbatch_flush: flush_tlb_multi IPI to CPU{targets}" if targets
                else "arch_tlbbatch_flush: local flush only")

@@ -61,6 +61,7 @@ class VmaOps(KernelBase):
         new = Vma(m.next_vid, mm.mm_id, cut, vma.end, vma.file,
                   vma.pgoff + (cut - vma.start) if vma.file is not None else 0,
                   vma.shared, vma.writable)
+        new.softdirty = vma.softdirty
         m.next_vid += 1
         # vm_area_dup copies vma->anon_vma and anon_vma_clone links the new VMA into every
         # anon_vma the old one is in, so rmap walks and fork still find its anon folios

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..model import Folio
 from ..ops import Choice, operation
-from .base import KernelBase, Task
+from .base import KernelBase, Last, Task
 from .rmap import TTU_BATCH_FLUSH
 
 # mm/vmscan.c enum folio_references, enum pageout_t

@@ -1,0 +1,215 @@
+"""KSM: mm/ksm.c, ksmd merging two identical anonymous pages into one KSM page.
+
+One ksmd pass here is cmp_and_merge_page finding its match in the unstable tree and calling
+try_to_merge_two_pages: the scanned page is write-protected and becomes the KSM page
+(try_to_merge_with_ksm_page with kpage NULL), then the tree page is write-protected, compared
+(pages_identical) and its PTE replaced by one mapping the KSM page (replace_page).
+write_protect_page is where the deferred-flush rule lives: it clears the PTE and flushes
+("ptep_clear_flush") if "pte_write(entry) || pte_dirty(entry) || anon_exclusive ||
+mm_tlb_flush_pending(mm)", and only then compares the refcount with the mapcount (GUP-fast
+takes no lock, so the check must follow the flush).
+
+The scanned mm is the world's first process and its anonymous VMA is taken as VM_MERGEABLE
+(madvise(MADV_MERGEABLE) is not modelled); ``page`` (0 or 1) says which of its first two
+pages is the scanned one, the other being the tree page. Left out: the stable and unstable
+rbtrees, stable_node chains and ksm_max_page_sharing (the KSM folio keeps its rmap items in
+``Folio.ksm_rmap``, the stable node's hlist), checksums (calc_checksum's "has it changed since
+the last scan" filter), break_cow when the second merge fails (the first page stays a KSM
+page with one mapping), the KSM zero page, large folios, swapped KSM pages, mmu notifiers.
+"""
+
+from __future__ import annotations
+
+from ..model import Folio, Pte, Vma
+from ..ops import Choice, operation
+from .base import KernelBase, Task
+
+KSM_MM = 1
+
+
+class Ksm(KernelBase):
+    @operation("ksmd", Choice("page", (0, 1), "which of the anon VMA's first two pages is scanned"),
+               context="kthread",
+               doc="ksmd: write_protect_page, pages_identical, replace_page on two anon pages")
+    def ksmd(self, t: Task, page: int):
+        """mm/ksm.c ksm_do_scan -> cmp_and_merge_page -> try_to_merge_two_pages, for the pages
+        at the anon VMA's start + page (scanned) and start + 1 - page (tree page)."""
+        m = self.m
+        mm = m.mms.get(KSM_MM)
+        spec = next((v for v in m.world["vmas"] if v["mm"] == KSM_MM and v["file"] is None
+                     and v["end"] - v["start"] >= 2), None)
+        if mm is None or spec is None:
+            yield "ksm_do_scan: no mergeable VMA"
+            return
+        va, tree_va = spec["start"] + page, spec["start"] + 1 - page
+        yield from self.down_read(t, mm.mmap_lock, f"scan_get_next_rmap_item: mmap_read_lock(mm{mm.mm_id})")
+        folio = yield from self.ksm_get_mergeable_folio(t, mm, va)
+        tree_folio = yield from self.ksm_get_mergeable_folio(t, mm, tree_va)
+        yield from self.up_read(t, mm.mmap_lock, "scan_get_next_rmap_item: mmap_read_unlock")
+        if folio is not None and tree_folio is not None and folio is not tree_folio:
+            # unstable_tree_search_insert: memcmp_pages(page, tree_page) == 0 is the match
+            same = folio.data == tree_folio.data
+            yield (f"unstable_tree_search_insert: memcmp_pages(pfn {folio.pfn}, pfn "
+                   f"{tree_folio.pfn}) {'== 0' if same else '!= 0'}")
+            if same and not folio.ksm and not tree_folio.ksm:
+                ok = yield from self.try_to_merge_with_ksm_page(t, mm, va, folio, None)
+                if ok:
+                    yield from self.try_to_merge_with_ksm_page(t, mm, tree_va, tree_folio, folio)
+        for f in (folio, tree_folio):
+            if f is not None:
+                self.folio_put_now(f)
+                yield f"cmp_and_merge_page: folio_put(pfn {f.pfn})"
+
+    def ksm_get_mergeable_folio(self, t: Task, mm, vpn: int):
+        """mm/ksm.c scan_get_next_rmap_item's folio_walk_start (PTL held): the normal anon
+        folio mapped at ``vpn``, with a reference (folio_get), or None."""
+        m = self.m
+        table, slot = m.pte_lookup(mm, vpn)
+        if table is None:
+            return None
+        yield from self.spin_lock(t, table.ptl, f"folio_walk_start: PTL va {vpn:#x}")
+        pte = table.ptes[slot]
+        folio = None
+        if pte is not None and pte.present and not pte.special:
+            frame = m.frames[pte.pfn]
+            if isinstance(frame, Folio) and frame.anon:
+                folio = frame
+                folio.refcount += 1
+        yield from self.spin_unlock(t, table.ptl, f"folio_walk_end: "
+                                    f"{f'folio_get(pfn {folio.pfn})' if folio else 'no anon folio'}")
+        return folio
+
+    def try_to_merge_with_ksm_page(self, t: Task, mm, vpn: int, folio: Folio,
+                                   kfolio: Folio | None):
+        """mm/ksm.c try_to_merge_with_ksm_page: mmap_read_lock, find_mergeable_vma,
+        try_to_merge_one_page, mmap_read_unlock. Returns True on success."""
+        yield from self.down_read(t, mm.mmap_lock, f"try_to_merge_with_ksm_page: mmap_read_lock(mm{mm.mm_id})")
+        vma = mm.find_vma(vpn)
+        ok = False
+        if vma is not None and vma.file is None:     # find_mergeable_vma
+            ok = yield from self.try_to_merge_one_page(t, mm, vma, vpn, folio, kfolio)
+        yield from self.up_read(t, mm.mmap_lock, f"try_to_merge_with_ksm_page: "
+                                f"{'merged' if ok else 'failed'}, mmap_read_unlock")
+        return ok
+
+    def try_to_merge_one_page(self, t: Task, mm, vma: Vma, vpn: int, folio: Folio,
+                              kfolio: Folio | None):
+        """mm/ksm.c try_to_merge_one_page: folio_trylock (give up if locked); if
+        write_protect_page succeeds: with no kpage the folio becomes a KSM folio
+        (folio_set_stable_node, folio_mark_accessed, folio_mark_dirty "so that the ksm page
+        would be swapped"), else if pages_identical, replace_page; folio_unlock."""
+        if folio.locked is not None:
+            yield f"try_to_merge_one_page: folio_trylock(pfn {folio.pfn}) failed"
+            return False
+        folio.locked = t.tid
+        t.locks += 1
+        yield f"try_to_merge_one_page: folio_trylock(pfn {folio.pfn})"
+        ok = False
+        orig = yield from self.write_protect_page(t, mm, vma, vpn, folio)
+        if orig is not None:
+            if kfolio is None:
+                folio.ksm = True
+                folio.ksm_rmap = [(mm.mm_id, vpn)]
+                folio.referenced = True
+                self.folio_mark_dirty_now(folio)
+                yield f"try_to_merge_one_page: folio_set_stable_node(pfn {folio.pfn}): a KSM folio"
+                ok = True
+            else:
+                same = folio.data == kfolio.data
+                yield (f"pages_identical(pfn {folio.pfn} v{folio.data}, pfn {kfolio.pfn} "
+                       f"v{kfolio.data}) = {int(same)}")
+                if same:
+                    ok = yield from self.replace_page(t, mm, vma, vpn, folio, kfolio, orig)
+        self.folio_unlock_now(t, folio)
+        yield f"try_to_merge_one_page: folio_unlock(pfn {folio.pfn})"
+        return ok
+
+    def ksm_write_protect_must_flush(self, mm, table, entry: Pte, anon_exclusive: bool) -> bool:
+        """The test of mm/ksm.c write_protect_page: "if (pte_write(entry) || pte_dirty(entry)
+        || anon_exclusive || mm_tlb_flush_pending(mm))" (b3a81d0841a9 added the last term;
+        variants override only this)."""
+        return entry.write or entry.dirty or anon_exclusive or self.ksm_needs_flush_pending(mm, table)
+
+    def ksm_needs_flush_pending(self, mm, table) -> bool:
+        """include/linux/mm_inline.h mm_tlb_flush_pending: someone may still have stale TLB
+        entries for a PTE behind this PTL (valid because the caller holds it)."""
+        return mm.tlb_flush_pending > 0
+
+    def write_protect_page(self, t: Task, mm, vma: Vma, vpn: int, folio: Folio):
+        """mm/ksm.c write_protect_page: page_vma_mapped_walk (PTL); give up unless the PTE is
+        present and maps the folio. If the test says so: ptep_clear_flush (clear, then flush),
+        then "Check that no O_DIRECT or similar I/O is in progress": mapcount + 1 + swapped
+        must equal the refcount, else restore the PTE and fail; an exclusive page must be
+        shared (folio_try_share_anon_rmap_pte: fails while pinned); folio_mark_dirty if the
+        PTE was dirty; set_pte_at(wrprotect(mkclean(entry))). Returns the final PTE (the
+        orig_pte replace_page compares against) or None."""
+        m = self.m
+        table, slot = m.pte_lookup(mm, vpn)
+        if table is None:
+            return None
+        yield from self.spin_lock(t, table.ptl, f"write_protect_page: page_vma_mapped_walk PTL va {vpn:#x}")
+        entry = table.ptes[slot]
+        if mm.pmd[vpn // m.ptrs_per_pte] is not table or entry is None or not entry.present \
+                or entry.special or entry.pfn != folio.pfn:
+            yield from self.spin_unlock(t, table.ptl, "write_protect_page: not mapped here, unlock")
+            return None
+        yield from self.pte_table_flush_check(t, mm, table)   # generation variants only
+        entry = table.ptes[slot]
+        anon_exclusive = folio.anon_exclusive
+        if not self.ksm_write_protect_must_flush(mm, table, entry, anon_exclusive):
+            yield from self.spin_unlock(t, table.ptl,
+                                        f"write_protect_page: va {vpn:#x} clean and read-only, "
+                                        "no flush, unlock")
+            return entry
+        swapped = 1 if folio.swapcache else 0
+        table.ptes[slot] = None
+        m.revoke(mm.mm_id, vpn)
+        yield f"write_protect_page: ptep_clear_flush va {vpn:#x}: clear"
+        yield from self.flush_tlb_page(t, mm, vpn)
+        if folio.mapcount + 1 + swapped != folio.refcount or \
+                (anon_exclusive and folio.pincount):
+            table.ptes[slot] = entry
+            yield from self.spin_unlock(t, table.ptl,
+                                        f"write_protect_page: refcount {folio.refcount} != "
+                                        f"mapcount {folio.mapcount} + 1 + {swapped} (or pinned): "
+                                        "set_pte_at(orig), unlock")
+            return None
+        folio.anon_exclusive = False              # folio_try_share_anon_rmap_pte
+        if entry.dirty:
+            self.folio_mark_dirty_now(folio)
+        entry = entry._replace(write=False, dirty=False)
+        table.ptes[slot] = entry
+        yield f"write_protect_page: set_pte_at va {vpn:#x} read-only, clean"
+        yield from self.spin_unlock(t, table.ptl, "write_protect_page: page_vma_mapped_walk_done")
+        return entry
+
+    def replace_page(self, t: Task, mm, vma: Vma, vpn: int, folio: Folio, kfolio: Folio,
+                     orig: Pte):
+        """mm/ksm.c replace_page: PTL; give up unless pte_same(orig_pte); folio_get(kfolio),
+        folio_add_anon_rmap_pte(kfolio, RMAP_NONE), newpte = mk_pte(kpage, vm_page_prot)
+        (read-only: a private mapping's vm_page_prot); ptep_clear_flush; set_pte_at;
+        folio_remove_rmap_pte(folio); folio_put(folio); unlock."""
+        m = self.m
+        table, slot = m.pte_lookup(mm, vpn)
+        if table is None:
+            return False
+        yield from self.spin_lock(t, table.ptl, f"replace_page: pte_offset_map_lock va {vpn:#x}")
+        if mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
+            yield from self.spin_unlock(t, table.ptl, "replace_page: !pte_same, unlock")
+            return False
+        kfolio.refcount += 1
+        kfolio.mapcount += 1
+        kfolio.ksm_rmap.append((mm.mm_id, vpn))
+        table.ptes[slot] = None
+        m.revoke(mm.mm_id, vpn)
+        yield (f"replace_page: folio_get + folio_add_anon_rmap_pte(pfn {kfolio.pfn}), "
+               f"ptep_clear_flush va {vpn:#x}: clear")
+        yield from self.flush_tlb_page(t, mm, vpn)
+        table.ptes[slot] = Pte(kfolio.pfn, write=False, dirty=False, young=False,
+                               soft_dirty=orig.soft_dirty)
+        yield f"replace_page: set_pte_at va {vpn:#x} -> KSM pfn {kfolio.pfn} (read-only)"
+        yield from self.folio_remove_rmap_ptes(t, folio, vma, "replace_page: ")
+        self.folio_put_now(folio)
+        yield from self.spin_unlock(t, table.ptl, f"replace_page: folio_put(pfn {folio.pfn}), "
+                                    "pte_unmap_unlock")
+        return True
