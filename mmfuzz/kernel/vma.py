@@ -52,16 +52,21 @@ class VmaOps(KernelBase):
         m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
 
     def split_vma(self, t: Task, vma: Vma, cut: int):
-        """mm/vma.c __split_vma: the new VMA (vm_area_dup + anon_vma_clone, whose anon_vma
+        """mm/vma.c __split_vma: both VMAs are write-locked (vma_start_write), then the new VMA
+        (vm_area_dup + anon_vma_clone, whose anon_vma
         root lock is left out: no rmap walker of anon folios runs under it in the model) is
         inserted into the tree and into i_mmap (under i_mmap_rwsem, write) before the old one
         is shrunk."""
         m = self.m
         mm = t.mm
+        # "vma_start_write(vma); vma_start_write(new);": a fault holding the VMA's read lock
+        # finishes first, and none starts under it until mmap_write_unlock
+        yield from self.vma_start_write(t, vma, f"__split_vma: vma_start_write(vma{vma.vid})")
         new = Vma(m.next_vid, mm.mm_id, cut, vma.end, vma.file,
                   vma.pgoff + (cut - vma.start) if vma.file is not None else 0,
                   vma.shared, vma.writable)
         new.softdirty = vma.softdirty
+        new.vm_lock_seq = mm.mm_lock_seq   # vma_start_write(new): not yet visible, no waiting
         m.next_vid += 1
         # vm_area_dup copies vma->anon_vma and anon_vma_clone links the new VMA into every
         # anon_vma the old one is in, so rmap walks and fork still find its anon folios
