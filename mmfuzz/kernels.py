@@ -90,9 +90,13 @@ class ClearRefsSoftDirtyNoFlush(Mainline):
 
     name = "bug:clear-refs-softdirty-no-flush"
 
-    def clear_refs(self, t):
+    def clear_refs(self, t, type=4):
         """fs/proc/task_mmu.c clear_refs_write before 912efa17e512 (on today's structure):
-        tlb_gather_mmu(&tlb, mm) ... walk ... tlb_finish_mmu(&tlb)."""
+        tlb_gather_mmu(&tlb, mm) ... walk ... tlb_finish_mmu(&tlb). The fix changed the
+        soft-dirty path only; the other types are mainline's."""
+        if type != 4:
+            yield from super().clear_refs(t, type)
+            return
         mm = t.mm
         yield from self.down_write(t, mm.mmap_lock, "clear_refs(SOFT_DIRTY): mmap_write_lock")
         tlb = yield from self.tlb_gather_mmu(t, mm)
@@ -322,9 +326,6 @@ BUGS: list[Bug] = [
     Bug("dirty-cow", "19be0eaffa3a",
         "mm: remove gup_flags FOLL_WRITE games from __get_user_pages()",
         "no-write-to-readonly-file", DirtyCow, 6, actions_max=200),
-    Bug("madvfree-reclaim-vs-dio", "6c8e2a256915",
-        "mm: fix race between MADV_FREE reclaim and blkdev direct IO read",
-        "no-lost-write-after-madv-free", MadvFreeReclaimVsDio, 6),
 ]
 
 class MkcleanChecksFlushPending:
@@ -498,7 +499,18 @@ def known_open_race(kernel_cls, world: dict, actions: list, violation) -> str | 
     """The slug of the known-open race ``violation`` is an instance of, or None: replay
     ``actions`` on ``kernel_cls`` with each matching race's fix mixed in; clean means the
     violation is that race."""
-    from .run import Divergence, ModelError, execute
+    from .run import Divergence, ModelError, ModelFailure, execute
+    if not any(violation.prop == k.prop for k in KNOWN_OPEN):
+        return None
+    if kernel_cls is not Mainline:
+        # a variant's violation is set aside only if mainline has it too on the same schedule:
+        # a race the variant itself opens is its find, whatever else would close it
+        try:
+            _, main_out = execute(Mainline, world, actions)
+        except (ModelError, ModelFailure, Divergence):
+            return None
+        if main_out.violation is None or main_out.violation.prop != violation.prop:
+            return None
     for k in KNOWN_OPEN:
         if violation.prop != k.prop or issubclass(kernel_cls, k.fix):
             continue
@@ -509,7 +521,7 @@ def known_open_race(kernel_cls, world: dict, actions: list, violation) -> str | 
             _WITH_FIX[(kernel_cls, k.slug)] = fixed
         try:
             _, out = execute(fixed, world, actions)
-        except (ModelError, Divergence):
+        except (ModelError, ModelFailure, Divergence):
             continue
         if out.violation is None:
             KNOWN_SEEN[k.slug] = KNOWN_SEEN.get(k.slug, 0) + 1
@@ -523,6 +535,9 @@ _BY_NAME[YuZhaoMkcleanFix.name] = YuZhaoMkcleanFix
 _BY_NAME[TlbGeneration.name] = TlbGeneration
 # Not in BUGS yet: the model cannot show its lost store (tests/test_deferred.py says why).
 _BY_NAME[KsmMadvfreeClearrefs.name] = KsmMadvfreeClearrefs
+# Not in BUGS yet: the fuzzer does not find it from scratch (no seed of 1-16 within 6,000-8,000
+# runs); a hand-written schedule shows it (tests/test_reclaim.py).
+_BY_NAME[MadvFreeReclaimVsDio.name] = MadvFreeReclaimVsDio
 _BY_NAME[ZapRmapInFlushRegion.name] = ZapRmapInFlushRegion
 _BY_NAME[ZapRmapInFlushRegionWithTlbGeneration.name] = ZapRmapInFlushRegionWithTlbGeneration
 _BY_NAME[ZapRmapBeforeFlushWithTlbGeneration.name] = ZapRmapBeforeFlushWithTlbGeneration

@@ -107,8 +107,9 @@ def test_mainline_runs_store_through_writable_clean_ptes_and_the_cpu_sets_dirty(
         _, run, v = random_run(Mainline, random.Random(f"mmfuzz:1:{i}"))
         assert v is None
         hw_dirty += run.m.stats.get("hw_dirty_set", 0)
-    # measured 13 in these 1,000 runs (the PTE cleaner, then a flush, then a store that walks)
-    assert hw_dirty >= 10, hw_dirty
+    # measured 13 in these 1,000 runs on branch deferred, 6 with every operation of the merged
+    # model in the mix (the PTE cleaner or MADV_FREE, then a flush, then a store that walks)
+    assert hw_dirty >= 3, hw_dirty
 
 
 # ------------------------------------------------------- Yu Zhao's Example 1 ----------
