@@ -346,6 +346,22 @@ class YuZhaoMkcleanFix(MkcleanChecksFlushPending, Mainline):
     name = "proposal:mkclean-flush-pending"
 
 
+class ReclaimFlushDirtyBeforeUnlock:
+    """A candidate fix of mmfuzz's own (not a posted patch), the "fix" that names the
+    known-open race reclaim-unlock-before-batched-flush: shrink_folio_list unmaps a dirty file
+    folio with TTU_BATCH_FLUSH (its TLB flush deferred to try_to_unmap_flush() after the
+    loop), then keeps or activates it (a dirty file folio is not written by direct reclaim)
+    and unlocks it before that flush; writeback may then lock it, find it unmapped
+    (folio_mkclean: folio_mapped() = 0), clean and write it, while a CPU still stores through
+    its stale writable, dirty TLB entry: the store lands in a clean folio. The candidate does
+    try_to_unmap_flush_dirty() ("Flush iff there are potentially writable TLB entries that can
+    race with IO") before unlocking a kept folio. A mixin, composable with any variant."""
+
+    def keep_locked(self, t, folio, why):
+        yield from self.try_to_unmap_flush_dirty(t)
+        return (yield from super().keep_locked(t, folio, why))
+
+
 class TlbGenerationTracking:
     """Nadav Amit's proposal (LKML, 30 Oct 2022, Re: [PATCH 01/13] mm: Update
     ptep_get_lockless()s comment, seed 001; earlier RFC "TLB batching consolidation and
@@ -488,6 +504,13 @@ KNOWN_OPEN: list[KnownOpen] = [
               "Yu Zhao, linux-mm 23 Nov 2020, Message-ID 20201124011334.GA140483@google.com "
               "(seed 002); tests/test_deferred.py has the diagram",
               MkcleanChecksFlushPending),
+    KnownOpen("reclaim-unlock-before-batched-flush", "dirty-data-preserved",
+              "shrink_folio_list keeps (activates) a dirty file folio it unmapped with its TLB "
+              "flush still batched, and unlocks it before try_to_unmap_flush(): writeback "
+              "cleans it while a CPU still stores through a stale writable entry",
+              "found by mmfuzz on the merged model (issue 10 work); not yet reported to "
+              "linux-mm; tests/test_known_open.py has the diagram",
+              ReclaimFlushDirtyBeforeUnlock),
 ]
 
 #: how often each known-open race was met (and set aside) in this process

@@ -80,7 +80,15 @@ def accounting_quiescent(m) -> Violation | None:
     for frame in m.frames:
         if isinstance(frame, Folio):
             ptes = mapped_ptes(m, frame)
-            if frame.anon:
+            if frame.ksm:
+                # mm/ksm.c rmap_walk_ksm: a KSM folio is found through its stable node's rmap
+                # items, not an anon_vma
+                for mm_id, vpn, _pte in ptes:
+                    if (mm_id, vpn) not in frame.ksm_rmap:
+                        return Violation(NAME, f"KSM pfn {frame.pfn} is mapped at mm{mm_id} va "
+                                         f"{vpn:#x}, but its stable node has no rmap item for "
+                                         "it", {"pfn": frame.pfn, "mm": mm_id, "va": vpn})
+            elif frame.anon:
                 for mm_id, vpn, _pte in ptes:
                     # mm/rmap.c: an anon folio is found through folio->mapping, its anon_vma,
                     # whose VMAs (anon_vma_chain) must include every VMA that maps it
