@@ -82,9 +82,14 @@ def accounting_quiescent(m) -> Violation | None:
             ptes = mapped_ptes(m, frame)
             if frame.ksm:
                 # mm/ksm.c rmap_walk_ksm: a KSM folio is found through its stable node's rmap
-                # items, not an anon_vma
+                # items, not its anon_vma; a forked child's mapping through the item's anon_vma
+                # ("covering vmas in other mms ... forked from the original")
+                origin = m.mms
                 for mm_id, vpn, _pte in ptes:
-                    if (mm_id, vpn) not in frame.ksm_rmap:
+                    if not any(v == vpn and (i == mm_id or (i in origin and
+                                                             origin[i].origin ==
+                                                             origin[mm_id].origin))
+                               for i, v in frame.ksm_rmap):
                         return Violation(NAME, f"KSM pfn {frame.pfn} is mapped at mm{mm_id} va "
                                          f"{vpn:#x}, but its stable node has no rmap item for "
                                          "it", {"pfn": frame.pfn, "mm": mm_id, "va": vpn})

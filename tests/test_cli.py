@@ -20,8 +20,8 @@ def mmfuzz(*args, cwd=ROOT):
 def hunted(tmp_path_factory):
     """`mmfuzz hunt` from scratch, with a deterministic run budget, saving to a temp dir."""
     d = tmp_path_factory.mktemp("cx")
-    # seed 3 needs 28,301 runs since fork, exit and the GUP operations joined the mix
-    r = mmfuzz("hunt", "zap-rmap-before-flush", "--seed", "3", "--examples", "32000",
+    # seed 1 finds the race at run 393 (tests/test_bugs.py)
+    r = mmfuzz("hunt", "zap-rmap-before-flush", "--seed", "1", "--examples", "2000",
                "--save", str(d), "--quiet")
     files = sorted(str(p) for p in d.rglob("*.json"))
     return r, files, d
@@ -41,7 +41,7 @@ def test_hunt_finds_saves_and_prints_rmap_before_flush(hunted):
     data = json.load(open(files[0]))
     assert data["format_version"] == 1 and data["kernel"] == "bug:zap-rmap-before-flush"
     assert data["violation"]["property"] == "dirty-data-preserved"
-    assert data["found"]["seed"] == 18 and data["schedule"]
+    assert data["found"]["seed"] == 1 and data["schedule"]
 
 
 def test_replay_round_trip(hunted):
@@ -173,5 +173,5 @@ def test_hybrid_strategy_is_a_fast_engine():
     r = mmfuzz("hunt", "clear-refs-softdirty-no-flush", "--strategy", "hybrid", "--examples",
                "200", "--seed", "1", "--quiet")
     assert r.returncode == 1 and "engine=explore/hybrid" in r.stdout, r.stdout + r.stderr
-    r = mmfuzz("fuzz", "--strategy", "hybrid", "--examples", "20", "--quiet")
+    r = mmfuzz("fuzz", "--hypothesis", "--strategy", "hybrid", "--examples", "20", "--quiet")
     assert r.returncode == 2 and "fast-mode engine" in r.stderr

@@ -162,7 +162,7 @@ def test_docs_variants_walkthrough_is_what_the_tool_prints(tmp_path):
                "--seed", "0", "--coverage", "--quiet", "--save", str(tmp_path))
     assert r.returncode == 1, r.stderr
     line = _summary(r)[0]
-    assert "accounting after 15 runs; shrunk to 64 actions" in line
+    assert "accounting after 48 runs; shrunk to 3 actions + 53 quiescence actions" in line
     assert line.split("; saved")[0] in doc
     over = next(ln for ln in r.stdout.splitlines() if "DelayRmapNoForceFlush.zap_present" in ln)
     assert over.strip() in doc

@@ -108,7 +108,8 @@ def test_bfs_reports_the_shortest_violation(path, reduce_ipis):
     res = exhaust_cx(cx, reduce_ipis=reduce_ipis)
     if "handwritten" not in path:   # (a hand-written file's schedule uses "until" macros)
         assert len(res.schedule) == SHORTEST[slug]
-        assert len(res.schedule) <= len(cx.schedule)
+        # (a recorded schedule stops where quiescence begins; its violation may come later)
+        assert len(res.schedule) <= max(len(cx.schedule), (cx.step or 0) + 1)
 
 
 def test_bfs_is_no_longer_than_the_old_dfs():

@@ -273,12 +273,13 @@ def test_accounting_requires_rmap_to_find_every_anon_mapping_after_fork():
 
 
 def test_fuzzer_finds_the_fork_without_anon_vma_clone_and_leaves_mainline_clean():
-    """From scratch, under a fixed seed: 11 runs on seed 1 (worlds with a CPU without a
-    process and fork switched on in the swarm draw)."""
+    """From scratch, under a fixed seed: 158 runs on seed 1 on the merged model (11 before
+    reclaim, mprotect and KSM joined; worlds with a CPU without a process and fork switched
+    on in the swarm draw)."""
     from mmfuzz.explore import explore
     from mmfuzz.kernel import Mainline
     from tests.variants import ForkWithoutAnonVmaClone
     found, _ = explore(ForkWithoutAnonVmaClone, 1, runs_max=200)
-    assert found is not None and found.prop == "accounting" and found.runs <= 11
+    assert found is not None and found.prop == "accounting" and found.runs <= 158
     clean, stats = explore(Mainline, 1, runs_max=found.runs)
     assert clean is None and stats["runs"] == found.runs

@@ -279,10 +279,18 @@ class Rmap(KernelBase):
         m = self.m
         out = []
         if folio.ksm:   # rmap_walk_ksm: the stable node's rmap items (mm/ksm.c)
+            # each item's own mm first, then "covering vmas in other mms: in case they were
+            # forked from the original since ksmd passed" (the item's anon_vma links them; the
+            # model finds them as the processes forked from the same world process)
             for mm_id, vpn in folio.ksm_rmap:
-                vma = m.mms[mm_id].find_vma(vpn)
-                if vma is not None and vma.file is None:
-                    out.append((vma, vpn))
+                if mm_id not in m.mms:
+                    continue
+                origin = m.mms[mm_id].origin
+                for mm in [m.mms[mm_id]] + [x for x in m.mms.values()
+                                            if x.mm_id != mm_id and x.origin == origin]:
+                    vma = mm.find_vma(vpn)
+                    if vma is not None and vma.file is None and (vma, vpn) not in out:
+                        out.append((vma, vpn))
         elif folio.anon:
             av = folio.anon_vma
             for vma in (av.vmas if av is not None else []):
