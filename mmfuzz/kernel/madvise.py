@@ -137,6 +137,7 @@ class Madvise(KernelBase):
                 new = ptent._replace(young=False, dirty=False)  # pte_mkold(pte_mkclean())
                 # the atomic get-and-clear caught any D the hardware set up to the clear
                 table.ptes[slot] = new
+                self.pte_table_flush_deferred(mm, table)   # generation variants only
                 self.tlb_remove_tlb_entry(tlb, vpn)
                 note = f"set_pte_at va {vpn:#x} {'W' if new.write else '-'}, old, clean + tlb_remove_tlb_entry; "
             else:

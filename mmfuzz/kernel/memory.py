@@ -340,6 +340,8 @@ class Memory(KernelBase):
             cur = src.ptes[slot]
             src.ptes[slot] = cur._replace(write=False)
             m.revoke(src_vma.mm_id, vpn)
+            # flushed by dup_mmap's flush_tlb_mm(oldmm) later (generation variants only)
+            self.pte_table_flush_deferred(m.mms[src_vma.mm_id], src)
             pte = cur._replace(write=False)
             src_note = ", wrprotect_ptes(parent)"
         child = pte._replace(young=False, dirty=pte.dirty and not src_vma.shared)

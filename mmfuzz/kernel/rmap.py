@@ -429,6 +429,7 @@ class Rmap(KernelBase):
             table.ptes[slot] = None  # ptep_get_and_clear
             m.revoke(mm.mm_id, vpn)
             self.set_tlb_ubc_flush_pending(t, mm, pteval, vpn)
+            self.pte_table_flush_deferred(mm, table)   # generation variants only
             how = "ptep_get_and_clear + set_tlb_ubc_flush_pending"
         else:
             table.ptes[slot] = None
