@@ -383,7 +383,18 @@ class TlbGenerationTracking:
     range; otherwise the completed generation stays where it is (conservative: one more
     flush at the next check, never a missed one). Reclaim's batched flush does not complete
     generations (it does not record the mm). Left out: fast-GUP ("may need extra thought"),
-    the cost of the contended counters."""
+    the cost of the contended counters.
+
+    A pending generation is stored wherever a PTE change leaves its flush for later: the zap
+    (mmu_gather), MADV_FREE's mkold/mkclean, mprotect, clear_refs' write-protect, the PTE
+    cleaner, fork's write-protect of the parent (flushed by dup_mmap's flush_tlb_mm) and
+    reclaim's TTU_BATCH_FLUSH unmap. It is consulted only where a path has a page table in
+    hand: page_vma_mkclean_one checks the table once its walker holds the PTL, before
+    check_pte (the generation belongs to the table, so a PTE already zapped still finds it),
+    write_protect_page and the write fault after pte_same. A folio whose mapcount is already
+    0 has no table to ask: folio_mkclean returns at folio_mapped() == 0 exactly as mainline
+    does, which is why the check alone does not close the seed-000 zap
+    (tests/test_deferred.py)."""
 
     def pte_table_flush_deferred(self, mm, table) -> None:
         """Proposal: inc the pending generation, store it in the table (PTL held)."""
