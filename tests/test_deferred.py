@@ -167,25 +167,74 @@ def test_yu_zhao_example_1_is_listed_as_known_open_and_closed_by_both_proposals(
 
 
 # ------------------------------------------------ Nadav Amit's generation proposal ----
+ZAP_CX = "corpus/violations/zap-rmap-before-flush/dirty-data-preserved-7054216c6e8c.json"
+
+
 def test_generation_check_does_not_reach_the_seed_000_zap():
-    """The issue expected the generation check to close zap-rmap-before-flush. It does not,
-    in this model: the buggy zap removes the rmap before the flush, so folio_mkclean returns
-    at folio_mapped() == 0 and never reads a table whose generation it could check. (Nadav's
-    claim in seed 001 is about a different design: next test.)"""
+    """Issue 10 expected "the buggy zap of zap-rmap-before-flush plus the generation check is
+    clean". The model says it is not, and says why: exhaust over the seed-000 scenario
+    (madvise(DONTNEED) || writeback || a store) finds the same 16-action lost store with and
+    without the check:
+
+      CPU0 madvise_dontneed           CPU1 writeback                  CPU2 user (TLB: va 0 W D)
+      tlb_gather_mmu, zap_pte_range:
+        PTL, ptep_get_and_clear_full
+        va 0 dirty -> set_page_dirty
+        [proposal: pending gen 1 stored
+         in table 1; completed gen 0]
+      page_remove_rmap: mapcount 0
+                                      folio_lock(pfn 1)
+                                      folio_mkclean: folio_mapped()
+                                        = 0 -> return (no rmap walk,
+                                        no PTL, no table read)
+                                      folio_clear_dirty_for_io, I/O
+                                        writes v1
+                                                                      store v2 via the stale TLB
+                                                                      entry: no fault <-- lost
+      (its flush, under the PTL, only now)
+
+    The step of the proposal that would catch it is never reached. Nadav Amit (seed 001): "on
+    page_vma_mkclean_one(), you would check if the page-table's TLB-generation is greater than
+    the completed TLB-generation"; the generation lives in the page table's struct page, so
+    only a path that reaches the table can read it. The buggy zap drops the mapcount under the
+    PTL before its flush; folio_mkclean returns at folio_mapped() == 0 (mm/rmap.c) before any
+    rmap walk, so page_vma_mkclean_one never runs, and the table's pending generation (1, ahead
+    of the completed 0 at the lost store: the proposal's state knows the flush is owed) is
+    never asked. Nothing in the proposal makes folio_mkclean or the zap look at generations
+    for an unmapped folio; and Nadav offered the check as a complement to moving
+    page_remove_rmap into the flush region ("if you combine it with the per-page-table stale
+    TLB detection mechanism that I proposed, I think this could work"), the design the next
+    test shows closed. On mainline's zap the same scenario is clean over every interleaving,
+    with or without the check."""
     from mmfuzz.corpus import load
-    cx = load("corpus/violations/zap-rmap-before-flush/dirty-data-preserved-7054216c6e8c.json")
+    from mmfuzz.exhaust import exhaust, scenario_from
+    cx = load(ZAP_CX)
+    world, programs = scenario_from(cx)
     kernel = resolve_kernel("proposal:tlb-generation+bug:zap-rmap-before-flush")
-    run, out = execute(kernel, cx.world, cx.schedule)
+    bad = exhaust(kernel, world, programs)
+    assert bad.violation is not None and bad.violation.prop == "dirty-data-preserved"
+    plain = exhaust(resolve_kernel("bug:zap-rmap-before-flush"), world, programs)
+    assert len(bad.schedule) == len(plain.schedule) == 16
+    run, out = execute(kernel, world, bad.schedule, strict=True)
     assert out.violation is not None and out.violation.prop == "dirty-data-preserved"
-    assert any("folio_mapped() = 0" in s.text for s in run.trace[: out.step + 1])
+    texts = [(s.cpu, s.text) for s in run.trace[: out.step + 1]]
+    # writeback saw the folio unmapped and walked no table; no generation check ran at all
+    assert (1, "folio_mkclean(pfn 1): folio_mapped() = 0") in texts
+    assert not any("page_vma_mapped_walk" in x or "tlb-gen check" in x for _, x in texts)
+    assert texts[-1][0] == 2 and "TLB hit" in texts[-1][1]
+    # ... while the proposal's own state records the flush still owed for that table
+    mm = run.m.mms[1]
+    table, _ = run.m.pte_lookup(mm, 0)
+    assert table.tlb_gen == 1 and mm.tlb_gen_completed == 0
+    # the same scenario with mainline's zap (rmap removed after the flush) is clean
+    good = exhaust(resolve_kernel("proposal:tlb-generation"), world, programs)
+    assert good.violation is None and not good.truncated
     # the explorer under zap-rmap-before-flush's test seed 1: the check changes nothing, the
     # race is found at the very run where the plain buggy kernel shows it
     found, _ = explore(kernel, 1, runs_max=2000)
     assert found is not None and found.prop == "dirty-data-preserved"
-    plain, _ = explore(resolve_kernel("bug:zap-rmap-before-flush"), 1, runs_max=2000)
-    assert found.runs == plain.runs == 393
-    _, out_main = execute(resolve_kernel("proposal:tlb-generation"), cx.world, cx.schedule)
-    assert out_main.violation is None
+    plain_found, _ = explore(resolve_kernel("bug:zap-rmap-before-flush"), 1, runs_max=2000)
+    assert found.runs == plain_found.runs == 393
 
 
 def test_generation_check_closes_the_later_rmap_design():
@@ -198,7 +247,7 @@ def test_generation_check_closes_the_later_rmap_design():
     6,000 under seeds 1-8, so the search is the systematic one here.)"""
     from mmfuzz.corpus import load
     from mmfuzz.exhaust import exhaust, scenario_from
-    cx = load("corpus/violations/zap-rmap-before-flush/dirty-data-preserved-7054216c6e8c.json")
+    cx = load(ZAP_CX)
     world, programs = scenario_from(cx)
     bad = exhaust(resolve_kernel("design:zap-rmap-in-flush-region"), world, programs)
     assert bad.violation is not None and bad.violation.prop == "dirty-data-preserved"
