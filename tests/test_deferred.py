@@ -7,7 +7,8 @@ import pytest
 from mmfuzz import cost
 from mmfuzz.explore import explore, random_run
 from mmfuzz.kernel import Mainline
-from mmfuzz.kernels import KNOWN_OPEN, known_open_race, resolve_kernel
+from mmfuzz.kernels import (KNOWN_OPEN, ZapRmapInFlushRegionWithTlbGeneration,
+                            known_open_race, resolve_kernel)
 from mmfuzz.run import Run, default_world, execute
 from tests.variants import MprotectNoFlush
 
@@ -255,6 +256,64 @@ def test_generation_check_closes_the_later_rmap_design():
     good = exhaust(resolve_kernel("design:zap-rmap-in-flush-region+proposal:tlb-generation"),
                    world, programs)
     assert good.violation is None and not good.truncated
+
+
+class _DesignCheckOnMappedPteOnly(ZapRmapInFlushRegionWithTlbGeneration):
+    """Linus's design with the generation consulted only inside page_vma_mkclean_one's loop
+    body, i.e. for a PTE that page_vma_mapped_walk's check_pte matched, not for the table the
+    walker locked. A test variant: it shows where the check must sit."""
+
+    name = "test:design+tlb-generation-on-mapped-pte-only"
+
+    def page_vma_mkclean_one(self, t, folio, vma):
+        """The model's page_vma_mkclean_one with pte_table_flush_check moved after the match."""
+        m = self.m
+        mm = m.mms[vma.mm_id]
+        vpn = vma.start + (folio.index - vma.pgoff)
+        table, slot = m.pte_lookup(mm, vpn)
+        if table is None:
+            return 0
+        yield from self.spin_lock(t, table.ptl, f"page_vma_mapped_walk: PTL of va {vpn:#x} (mm{mm.mm_id})")
+        pte = table.ptes[slot]
+        cleaned = 0
+        if mm.pmd[vpn // m.ptrs_per_pte] is table and pte is not None and not pte.special \
+                and pte.pfn == folio.pfn:
+            yield from self.pte_table_flush_check(t, mm, table)
+            pte = table.ptes[slot]
+            if self.mkclean_pte_needs_flush(mm, table, pte):
+                old = table.ptes[slot]
+                table.ptes[slot] = None
+                m.revoke(mm.mm_id, vpn)
+                yield f"page_vma_mkclean_one: ptep_clear_flush va {vpn:#x}: clear"
+                yield from self.flush_tlb_page(t, mm, vpn)
+                table.ptes[slot] = old._replace(write=False, dirty=False)
+                cleaned = 1
+                yield f"page_vma_mkclean_one: set_pte_at va {vpn:#x} read-only, clean"
+        yield from self.spin_unlock(t, table.ptl, f"page_vma_mapped_walk: PTL of va {vpn:#x} released")
+        return cleaned
+
+
+def test_the_design_is_closed_only_by_a_check_of_the_table_not_of_a_mapped_pte():
+    """Where the generation is read decides the design's verdict. Linus's design loses the
+    store because folio_mkclean walks (the delayed rmap keeps the folio mapped) and finds the
+    PTE already none: page_vma_mapped_walk's check_pte fails and page_vma_mkclean_one's body
+    never runs. Read literally as a test inside that body (a matched PTE), the check misses
+    it: exhaust finds the same 20-action lost store. Read as Nadav Amit wrote it, "check if
+    the page-table's TLB-generation is greater than the completed TLB-generation, which
+    would indicate that TLB entries for PTEs in this table might be stale", the walker that
+    holds the table's PTL checks the table whatever its PTE, and every interleaving is clean
+    (previous test). The model's variant does the latter."""
+    from mmfuzz.corpus import load
+    from mmfuzz.exhaust import exhaust, scenario_from
+    world, programs = scenario_from(load(ZAP_CX))
+    bad = exhaust(_DesignCheckOnMappedPteOnly, world, programs)
+    assert bad.violation is not None and bad.violation.prop == "dirty-data-preserved"
+    assert len(bad.schedule) == 20
+    run, out = execute(_DesignCheckOnMappedPteOnly, world, bad.schedule, strict=True)
+    texts = [x.text for x in run.trace[: out.step + 1]]
+    assert any("folio_mapped() = 1" in x for x in texts)
+    assert any("page_vma_mapped_walk: PTL of va 0x0" in x for x in texts)
+    assert not any("tlb-gen check" in x for x in texts)
 
 
 def test_cost_of_mainline_against_the_generation_variant_on_the_same_schedules():
