@@ -381,6 +381,31 @@ def test_ksm_without_b3a81d0841a9_compares_a_page_a_cpu_can_still_write():
     assert run.m.frames[_pte(run, 4).pfn].data == 0
 
 
+def test_ksm_under_the_generation_check_flushes_what_madv_free_and_clear_refs_deferred():
+    """The same four-CPU start with b3a81d0841a9 still reverted but Nadav Amit's generation
+    check mixed in: MADV_FREE's mkclean and clear_refs' write-protect each stored a pending
+    generation in the PTE table, and write_protect_page, holding the table's PTL, finds it
+    ahead of the completed one and flushes before it relies on the clean read-only PTE. CPU0
+    has lost its writable entry when KSM compares, so its store faults instead of landing in
+    the page KSM replaces."""
+    from mmfuzz.kernels import KsmMadvfreeClearrefs, TlbGenerationTracking
+    from mmfuzz.model import tlb_key
+    kernel = type("KsmMadvfreeClearrefsWithTlbGeneration",
+                  (TlbGenerationTracking, KsmMadvfreeClearrefs),
+                  {"name": "proposal:tlb-generation+bug:ksm-madvfree-clearrefs"})
+    run = _ksm_scenario(kernel)
+    _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")
+    run.apply(["start", 3, "ksmd", 1])
+    _step_until(run, 3, "pages_identical")
+    texts = [s.text for s in run.trace]
+    check = next(i for i, t in enumerate(texts) if t.startswith("tlb-gen check: table"))
+    skip = next(i for i, t in enumerate(texts) if "va 0x4 clean and read-only, no flush" in t)
+    assert check < skip and "flush_tlb_mm_range(mm1, all)" in texts[check + 1]
+    assert tlb_key(1, 4) not in run.m.cpus[0].tlb
+    st = run.apply(["access", 0, 4, 1])
+    assert "TLB hit" not in st.text and "page fault" in st.text
+
+
 def test_mainline_ksm_cannot_meet_that_state():
     """On mainline the same start blocks: clear_refs_write takes mmap_write_lock (29a951dfb3c3)
     while MADV_FREE holds the read lock; and write_protect_page flushes an anon_exclusive
