@@ -42,6 +42,8 @@ class CostRecord:
     def __init__(self):
         self.ops: dict[str, list[int]] = {}
         self.runs = 0
+        self.replayed = 0     # a comparison's record: schedule actions replayed on it ...
+        self.skipped = 0      # ... and those it did not enable (skipped, as execute does)
 
     def add_machine(self, m) -> None:
         self.runs += 1
@@ -52,6 +54,8 @@ class CostRecord:
 
     def merge(self, other: "CostRecord") -> None:
         self.runs += other.runs
+        self.replayed += other.replayed
+        self.skipped += other.skipped
         for op, rec in other.ops.items():
             mine = self.ops.setdefault(op, [0, 0, 0])
             for i in range(3):
@@ -90,6 +94,8 @@ class Collector:
         except ModelError:
             return
         self.compare.add_machine(other.m)
+        self.compare.replayed += len(actions)
+        self.compare.skipped += other.skipped
 
 
 #: the process's collector while a campaign records costs (cli `fuzz --cost`), else None
@@ -124,4 +130,7 @@ def render(record: CostRecord, label: str, other: CostRecord | None = None,
             b = other.totals() if op == "(total)" else other.ops.get(op, [0, 0, 0])
             row += f"   | {b[0]:8} {b[1]:8} {b[2]:8}"
         lines.append(row)
+    if other and other.replayed:
+        lines.append(f"  ({other_label}: {other.skipped} of the {other.replayed} replayed "
+                     "schedule actions not enabled there, skipped)")
     return "\n".join(lines)
