@@ -238,6 +238,47 @@ def test_generation_check_does_not_reach_the_seed_000_zap():
     assert found.runs == plain_found.runs == 393
 
 
+class _FolioMkcleanWalksUnmapped:
+    """A what-if, not a kernel and not the proposal: folio_mkclean without its folio_mapped()
+    early return, so the rmap walk reaches every VM_SHARED VMA over the folio's index (and
+    its PTE table) whatever the mapcount."""
+
+    def folio_mkclean(self, t, folio):
+        """mm/rmap.c folio_mkclean minus "if (!folio_mapped(folio)) return 0"."""
+        assert folio.locked == t.tid
+        yield f"folio_mkclean(pfn {folio.pfn}): no folio_mapped() test"
+        if folio.mapping is None:
+            return 0
+        f = self.m.files[folio.mapping]
+        yield from self.down_read(t, f.i_mmap_rwsem, f"rmap_walk_file: i_mmap_lock_read(file{f.file_id})")
+        cleaned = 0
+        for vma in list(f.i_mmap):
+            if vma.shared and vma.pgoff <= folio.index < vma.pgoff + (vma.end - vma.start):
+                cleaned += yield from self.page_vma_mkclean_one(t, folio, vma)
+        yield from self.up_read(t, f.i_mmap_rwsem, f"rmap_walk_file: i_mmap_unlock_read(file{f.file_id})")
+        return cleaned
+
+
+def test_what_the_seed_000_zap_misses_is_the_walk_not_a_generation():
+    """Which step would have closed seed 000: reaching the page table. With folio_mkclean
+    walking an unmapped folio too (the what-if above), the buggy zap is clean over every
+    interleaving of the same scenario, without any generation: the walker blocks on the PTL
+    that the zap holds until its forced flush, 1cf35d47712d's theory ("page_mkclean() will be
+    held up walking the (recently cleaned) page tables until after the TLB entries have been
+    flushed"), which the early page_remove_rmap defeated. The generation check adds nothing
+    here (the flush under the PTL already orders it); the proposal has no step that makes the
+    walk happen, so it cannot close this bug by itself."""
+    from mmfuzz.corpus import load
+    from mmfuzz.exhaust import exhaust, scenario_from
+    from mmfuzz.kernels import ZapRmapBeforeFlush
+    world, programs = scenario_from(load(ZAP_CX))
+    kernel = type("ZapRmapBeforeFlushWalkingUnmapped",
+                  (_FolioMkcleanWalksUnmapped, ZapRmapBeforeFlush),
+                  {"name": "test:bug:zap-rmap-before-flush+folio_mkclean-walks-unmapped"})
+    res = exhaust(kernel, world, programs)
+    assert res.violation is None and not res.truncated and res.interleavings > 1
+
+
 def test_generation_check_closes_the_later_rmap_design():
     """Linus's design of seed 001 (rmap removed in the flush region, after the PTL) loses a
     store: folio_mkclean walks, finds the PTE none and skips it with no flush. Nadav Amit: with
