@@ -171,6 +171,7 @@ def test_yu_zhao_example_1_is_listed_as_known_open_and_closed_by_both_proposals(
 ZAP_CX = "corpus/violations/zap-rmap-before-flush/dirty-data-preserved-7054216c6e8c.json"
 
 
+@pytest.mark.cost(15)
 def test_generation_check_does_not_reach_the_seed_000_zap():
     """Issue 10 expected "the buggy zap of zap-rmap-before-flush plus the generation check is
     clean". The model says it is not, and says why: exhaust over the seed-000 scenario
@@ -259,6 +260,7 @@ class _FolioMkcleanWalksUnmapped:
         return cleaned
 
 
+@pytest.mark.cost(8)
 def test_what_the_seed_000_zap_misses_is_the_walk_not_a_generation():
     """Which step would have closed seed 000: reaching the page table. With folio_mkclean
     walking an unmapped folio too (the what-if above), the buggy zap is clean over every
@@ -279,6 +281,7 @@ def test_what_the_seed_000_zap_misses_is_the_walk_not_a_generation():
     assert res.violation is None and not res.truncated and res.interleavings > 1
 
 
+@pytest.mark.cost(12)
 def test_generation_check_closes_the_later_rmap_design():
     """Linus's design of seed 001 (rmap removed in the flush region, after the PTL) loses a
     store: folio_mkclean walks, finds the PTE none and skips it with no flush. Nadav Amit: with
