@@ -239,6 +239,27 @@ def test_generation_check_does_not_reach_the_seed_000_zap():
     assert found.runs == plain_found.runs == 393
 
 
+def test_reclaims_known_open_race_escapes_the_generation_check_the_same_way():
+    """reclaim-unlock-before-batched-flush (tests/test_known_open.py) has seed 000's shape: a
+    dirty file PTE is cleared and its rmap removed before the TLB flush (try_to_unmap_one with
+    TTU_BATCH_FLUSH), so writeback's folio_mkclean returns at folio_mapped() == 0. Under the
+    generation variant the batched unmap stores a pending generation in the table, ahead of
+    the completed one at the lost store, and again no path reads it: the schedule loses the
+    store on proposal:tlb-generation as on mainline."""
+    from tests.test_known_open import _case
+    world, schedule = _case()
+    kernel = resolve_kernel("proposal:tlb-generation")
+    run, out = execute(kernel, world, schedule, strict=True)
+    assert out.violation is not None and out.violation.prop == "dirty-data-preserved"
+    texts = [x.text for x in run.trace[: out.step + 1]]
+    assert any("set_tlb_ubc_flush_pending va 0x0" in x for x in texts)
+    assert any("folio_mapped() = 0" in x for x in texts)
+    assert not any("tlb-gen check" in x for x in texts)
+    mm = run.m.mms[1]
+    table, _ = run.m.pte_lookup(mm, 0)
+    assert table.tlb_gen > mm.tlb_gen_completed
+
+
 class _FolioMkcleanWalksUnmapped:
     """A what-if, not a kernel and not the proposal: folio_mkclean without its folio_mapped()
     early return, so the rmap walk reaches every VM_SHARED VMA over the folio's index (and
