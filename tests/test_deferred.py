@@ -205,9 +205,10 @@ def test_generation_check_does_not_reach_the_seed_000_zap():
     never asked. Nothing in the proposal makes folio_mkclean or the zap look at generations
     for an unmapped folio; and Nadav offered the check as a complement to moving
     page_remove_rmap into the flush region ("if you combine it with the per-page-table stale
-    TLB detection mechanism that I proposed, I think this could work"), the design the next
-    test shows closed. On mainline's zap the same scenario is clean over every interleaving,
-    with or without the check."""
+    TLB detection mechanism that I proposed, I think this could work"), the design that
+    test_generation_check_closes_the_later_rmap_design shows closed. With mainline's zap
+    (rmap removed after the flush) the same scenario under the check is clean over every
+    interleaving."""
     from mmfuzz.corpus import load
     from mmfuzz.exhaust import exhaust, scenario_from
     cx = load(ZAP_CX)
