@@ -90,3 +90,18 @@ def test_catalogue_is_consistent():
     for b in BUGS:
         assert resolve_kernel(f"bug:{b.slug}") is b.kernel
         assert issubclass(b.kernel, Mainline) and b.kernel is not Mainline
+
+
+@pytest.mark.fuzz
+def test_dio_race_shrinks_to_reclaim_discarding_a_pinned_lazyfree_folio():
+    bug = resolve_kernel("bug:madvfree-reclaim-vs-dio")
+    found, _ = explore(bug, 2, runs_max=2000, actions_max=200)   # run 42 (HUNTS)
+    world, schedule = shrink(bug, found.world, found.actions, found.prop)
+    run, out = execute(bug, world, schedule, strict=True)
+    assert out.violation.prop == "gup-pin-coherent"
+    assert run.m.stats["bug_path_hits"] >= 1          # discarded with ref_count != 1 + map_count
+    texts = [s.text for s in run.trace]
+    assert any("lazyfree" in t and "clean: discard" in t for t in texts)
+    assert any("pin 1 = pfn" in t for t in texts)
+    _, out_main = execute(Mainline, world, schedule)
+    assert out_main.violation is None
