@@ -34,7 +34,8 @@ GUP_OPS = ("pin_user_pages", "vmsplice")
 
 
 class Oracle:
-    __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since", "anon_expected")
+    __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since", "anon_expected",
+                 "setup_written")
 
     def __init__(self):
         self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
@@ -45,8 +46,22 @@ class Oracle:
         # (mm << 32 | vpn) -> (vid of the VMA, version the page must read or None after
         # madvise returned, the versions stored to it: what it may read besides 0 then)
         self.anon_expected: dict[int, tuple] = {}
+        # (mm << 32 | vpn) of the anon pages the world's prefault wrote (no notes are taken
+        # while the world is set up, so their versions are not known)
+        self.setup_written: dict[int, bool] = {}
 
     # ------------------------------------------------------------------ notes -------
+    def setup_done(self, m) -> None:
+        """The world is set up (its prefault ran without notes): remember which anonymous
+        pages hold data already, so that only the others must read 0 until a store."""
+        for mm_id in sorted(m.mms):
+            mm = m.mms[mm_id]
+            for vma in mm.vmas:
+                if vma.file is None:
+                    for vpn in range(vma.start, vma.end):
+                        if m.anon_content(mm, vpn) != 0:
+                            self.setup_written[(mm_id << 32) | vpn] = True
+
     def observe(self, m, events) -> None:
         """Take notes from the facts the last step emitted."""
         for ev in events:

@@ -437,6 +437,7 @@ class Run:
                 self._start_task(cpu, "fault", (vpn, bool(write)))
                 self.drain(record=False)
         self.m.events.clear()
+        self.m.oracle.setup_done(self.m)
 
     # ------------------------------------------------------------ enabledness ----------
     def idle_cpus(self) -> list[int]:

@@ -7,9 +7,11 @@ synced and dropped (the "eventually" half of the same properties).
 
 from ._core import Violation
 from .accounting import accounting, accounting_quiescent
-from .anon import no_lost_write_after_madv_free_quiescent
+from .anon import (no_lost_write_after_madv_free_quiescent,
+                   no_store_leak_into_unwritten_anon_quiescent)
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
-from .gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
+from .gup import (cow_isolation, gup_pin_coherent, gup_pin_coherent_quiescent,
+                  no_write_to_readonly_file)
 from .pgtable import no_freed_page_table_walk
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
@@ -31,7 +33,9 @@ QUIESCENT_PROPERTIES = (
     dirty_data_preserved_quiescent,
     no_stale_translation_quiescent,
     accounting_quiescent,
+    gup_pin_coherent_quiescent,  # before the anon checks: a pinned page's loss is its pin's
     no_lost_write_after_madv_free_quiescent,
+    no_store_leak_into_unwritten_anon_quiescent,
 )
 
 PROPERTY_NAMES = (

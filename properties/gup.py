@@ -103,3 +103,44 @@ def no_write_to_readonly_file(m, events) -> Violation | None:
                                  {"file": f.file_id, "index": index, "pfn": folio.pfn,
                                   "data": folio.data})
     return None
+
+
+def gup_pin_coherent_quiescent(m) -> Violation | None:
+    """gup-pin-coherent, its eventual half: when every operation has finished, a pin the user
+    has not detached still refers to the page a user access at its address would reach. A
+    PTE that is none now is no longer transient: the next access faults, and the fault maps
+    the page-cache folio at that file index (a file VMA), or for anonymous memory the shared
+    zero page on a read and a new zeroed folio on a write (mm/memory.c do_anonymous_page),
+    never the pinned folio. mm/rmap.c try_to_unmap_one keeps a lazyfree folio GUP holds
+    ("The only page refs must be one from isolation plus the rmap(s)", 6c8e2a256915), and
+    mm/vmscan.c shrink_folio_list does not swap out a maybe-pinned anon folio, so on mainline
+    a pinned page leaves its PTE only when the user discards the range."""
+    if not m.pins:
+        return None
+    oracle = m.oracle
+    for pin in m.pins.values():
+        if not pin.flags & FOLL_PIN or oracle.pin_detached(m, pin) or pin.mm_id not in m.mms:
+            continue
+        if pte_at(m, pin.mm_id, pin.vpn) is not None:
+            continue   # present or swap: gup_pin_coherent's own case, checked at every step
+        vma = m.mms[pin.mm_id].find_vma(pin.vpn)
+        if vma is None:
+            continue
+        pinned = m.zero_pfn if pin.folio is None else pin.folio.pfn
+        if vma.file is None:
+            if pin.folio is None:
+                continue   # a read fault maps the zero page again
+            mapped, how = None, "a fault maps the zero page or a new folio"
+        else:
+            index = vma.pgoff + pin.vpn - vma.start
+            cached = m.files[vma.file].cache.get(index)
+            if cached is not None and cached.pfn == pinned:
+                continue
+            mapped = cached.pfn if cached is not None else None
+            how = f"a fault maps file{vma.file}[{index}]" + (
+                f" (pfn {mapped})" if cached is not None else " read from disk")
+        return Violation(NAME_PIN, f"pin {pin.pin_id} refers to pfn {pinned}, but mm{pin.mm_id} "
+                         f"va {pin.vpn:#x} maps nothing and {how}: the pin and the page "
+                         "table disagree", {"pin": pin.pin_id, "mm": pin.mm_id, "va": pin.vpn,
+                                            "pinned": pinned, "mapped": mapped})
+    return None

@@ -30,7 +30,12 @@ HUNTS = [pytest.param("zap-rmap-before-flush", 1, 393, 2000, marks=pytest.mark.c
          pytest.param("dirty-cow", 3, 45, 2000, marks=pytest.mark.cost(2)),
          pytest.param("dirty-cow", 4, 1829, 4000, marks=pytest.mark.cost(12)),
          pytest.param("cow-gup-wrong-direction", 1, 1920, 3000, marks=pytest.mark.cost(20)),
-         pytest.param("cow-gup-wrong-direction", 3, 3855, 5000, marks=pytest.mark.cost(40))]
+         pytest.param("cow-gup-wrong-direction", 3, 3855, 5000, marks=pytest.mark.cost(40)),
+         # MADV_FREE, a R/W GUP-fast pin (the O_DIRECT read's) and reclaim's lazyfree discard,
+         # in runs of Bug.actions_max = 200; seen at quiescence by gup-pin-coherent (the pinned
+         # page lost its PTE). Seeds 1-4 need 5,549, 42, 6,856 and 5,404 runs.
+         ("madvfree-reclaim-vs-dio", 2, 42, 2000),
+         pytest.param("madvfree-reclaim-vs-dio", 1, 5549, 8000, marks=pytest.mark.cost(40))]
 
 
 @pytest.mark.fuzz
@@ -85,3 +90,18 @@ def test_catalogue_is_consistent():
     for b in BUGS:
         assert resolve_kernel(f"bug:{b.slug}") is b.kernel
         assert issubclass(b.kernel, Mainline) and b.kernel is not Mainline
+
+
+@pytest.mark.fuzz
+def test_dio_race_shrinks_to_reclaim_discarding_a_pinned_lazyfree_folio():
+    bug = resolve_kernel("bug:madvfree-reclaim-vs-dio")
+    found, _ = explore(bug, 2, runs_max=2000, actions_max=200)   # run 42 (HUNTS)
+    world, schedule = shrink(bug, found.world, found.actions, found.prop)
+    run, out = execute(bug, world, schedule, strict=True)
+    assert out.violation.prop == "gup-pin-coherent"
+    assert run.m.stats["bug_path_hits"] >= 1          # discarded with ref_count != 1 + map_count
+    texts = [s.text for s in run.trace]
+    assert any("lazyfree" in t and "clean: discard" in t for t in texts)
+    assert any("pin 1 = pfn" in t for t in texts)
+    _, out_main = execute(Mainline, world, schedule)
+    assert out_main.violation is None

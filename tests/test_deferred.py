@@ -430,12 +430,13 @@ def _ksm_scenario(kernel):
 
 
 def test_ksm_without_b3a81d0841a9_compares_a_page_a_cpu_can_still_write():
-    """The mechanism of ksm-madvfree-clearrefs, step by step. It is not in the catalogue
-    (BUGS) yet, because no property can call the store lost: identical pages are zero pages
-    here (every store writes a new version; identical non-zero contents need fork/COW), and
-    a zero page read back after a store concurrent with MADV_FREE is what MADV_FREE may
-    legitimately do (no-lost-write-after-madv-free allows it); the race also needs four CPUs,
-    one more than random worlds have."""
+    """The mechanism of ksm-madvfree-clearrefs, step by step, with the stale page as the
+    tree page (Nadav Amit's diagram): the store lands in the page KSM then replaces. No
+    property can call that store lost: identical pages are zero pages here (every store
+    writes a new version; identical non-zero contents need fork/COW), and a zero page read
+    back after a store concurrent with MADV_FREE is what MADV_FREE may legitimately do
+    (no-lost-write-after-madv-free allows it). With the stale page as the scanned page the
+    store corrupts the KSM page instead, and that is flagged (next test)."""
     bug = resolve_kernel("bug:ksm-madvfree-clearrefs")
     run = _ksm_scenario(bug)
     _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")   # read lock: no wait
@@ -475,6 +476,30 @@ def test_ksm_under_the_generation_check_flushes_what_madv_free_and_clear_refs_de
     assert tlb_key(1, 4) not in run.m.cpus[0].tlb
     st = run.apply(["access", 0, 4, 1])
     assert "TLB hit" not in st.text and "page fault" in st.text
+
+
+def test_ksm_without_b3a81d0841a9_leaks_the_stale_store_into_the_merged_page():
+    """The same race with CPU0's stale entry on the page ksmd scans (ksmd 0: va 4): it
+    becomes the KSM page without a flush, the tree page va 5 is compared and replaced by it,
+    and CPU0's store through its stale writable entry lands in the KSM page, so va 5, which
+    no store reached, reads CPU0's version ("CPU0 already wrote on the page, but KSM ignored
+    this write"). no-lost-write-after-madv-free's check that an unwritten anon page reads 0
+    flags it at quiescence; mainline never reaches the state (next test)."""
+    bug = resolve_kernel("bug:ksm-madvfree-clearrefs")
+    run = _ksm_scenario(bug)
+    _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")
+    run.apply(["start", 3, "ksmd", 0])
+    _step_until(run, 3, "pages_identical")
+    texts = [s.text for s in run.trace]
+    assert any("va 0x4 clean and read-only, no flush" in t for t in texts)
+    kpfn = _pte(run, 4).pfn
+    st = run.apply(["access", 0, 4, 1])
+    assert "TLB hit WD" in st.text and f"pfn {kpfn}" in st.text
+    run.drain()
+    assert _pte(run, 5).pfn == kpfn and run.m.frames[kpfn].ksm
+    v = run.quiesce()
+    assert v is not None and v.prop == "no-lost-write-after-madv-free", v
+    assert v.facts["va"] == 5 and v.facts["reads"] == run.m.frames[kpfn].data != 0
 
 
 def test_mainline_ksm_cannot_meet_that_state():

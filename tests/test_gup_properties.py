@@ -8,7 +8,8 @@ from mmfuzz.kernel import Mainline
 from mmfuzz.kernel.gup import FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE
 from mmfuzz.model import Pin
 from mmfuzz.run import Run, default_world
-from properties.gup import cow_isolation, gup_pin_coherent, no_write_to_readonly_file
+from properties.gup import (cow_isolation, gup_pin_coherent, gup_pin_coherent_quiescent,
+                            no_write_to_readonly_file)
 from properties.pgtable import no_freed_page_table_walk
 
 PIN_RW = FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE
@@ -101,6 +102,39 @@ def test_gup_pin_coherent_ignores_cleared_ptes_detached_pins_and_plain_reference
     r.m.pins[1] = Pin(1, a, 1, 4, PIN_RW)
     r.m.oracle.discards[99] = [1, (4, 5), 3, None]        # the user is unmapping the range
     assert gup_pin_coherent(r.m, []) is None
+
+
+def test_gup_pin_coherent_quiescent_flags_a_pinned_page_whose_pte_is_gone():
+    """At quiescence a none PTE is not transient: the next access maps a zero or new page
+    (anon) or the page-cache folio (file), so a pinned anon page that lost its PTE while the
+    user kept the range (reclaim's lazyfree discard without 6c8e2a256915) is incoherent."""
+    r, table, a, b = _pinned_run()
+    r.m.pins[1] = Pin(1, a, 1, 4, PIN_RW)
+    assert gup_pin_coherent_quiescent(r.m) is None          # mapped: the step check's case
+    table.ptes[0] = None
+    v = gup_pin_coherent_quiescent(r.m)
+    assert v.prop == "gup-pin-coherent"
+    assert v.facts["pinned"] == a.pfn and v.facts["mapped"] is None and v.facts["va"] == 4
+    r.m.pins[1] = Pin(1, None, 1, 4, FOLL_PIN | FOLL_LONGTERM)   # the zero page: mapped again
+    assert gup_pin_coherent_quiescent(r.m) is None
+    r.m.pins[1] = Pin(1, a, 1, 4, FOLL_GET)                 # a plain reference need not follow
+    assert gup_pin_coherent_quiescent(r.m) is None
+    r.m.pins[1] = Pin(1, a, 1, 4, PIN_RW)
+    r.m.oracle.discards[99] = [1, (4, 5), 3, 7]             # the user discarded the range
+    assert gup_pin_coherent_quiescent(r.m) is None
+
+
+def test_gup_pin_coherent_quiescent_follows_the_page_cache_for_a_file_pin():
+    r = Run(Mainline, default_world())
+    fault(r, 0, 0, 0)
+    table = r.m.mms[1].pmd[0]
+    f0 = r.m.frames[table.ptes[0].pfn]
+    r.m.pins[1] = Pin(1, f0, 1, 0, PIN_RW)
+    table.ptes[0] = None              # reclaim unmapped it; the cache still holds the folio
+    assert gup_pin_coherent_quiescent(r.m) is None
+    del r.m.files[1].cache[0]         # a fault would read the page from disk into a new folio
+    v = gup_pin_coherent_quiescent(r.m)
+    assert v.prop == "gup-pin-coherent" and v.facts["mapped"] is None
 
 
 # ------------------------------------------------------------ no-write-to-readonly-file
