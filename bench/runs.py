@@ -103,7 +103,14 @@ CANDIDATES = {
 }
 
 
-def _apply_policy(name, lengths=None):
+def _apply_policy(name, lengths=None, start_weights=None):
+    if start_weights:
+        init = _explore.SwarmPolicy.__init__
+
+        def __init__(self, rng, world):
+            init(self, rng, world)
+            self.kind_weight["start"] = rng.choice(start_weights)
+        _explore.SwarmPolicy.__init__ = __init__
     if name is not None:
         _explore.swarm_ops = CANDIDATES[name]
     if lengths:
@@ -128,8 +135,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _one(job):
-    slug, seed, runs_max, mainline, policy, actions_max, lengths = job
-    _apply_policy(policy, lengths)
+    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw = job
+    _apply_policy(policy, lengths, sw)
     bug = next(b for b in BUGS if b.slug == slug)
     amax = actions_max or bug.actions_max
     found, stats = _explore.explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
@@ -191,6 +198,8 @@ def main(argv=None) -> int:
                     help="run length for every bug (default: each bug's Bug.actions_max)")
     ap.add_argument("--run-lengths", default=None,
                     help="each run draws its length from these (e.g. 60,120,240), for every bug")
+    ap.add_argument("--start-weights", default=None,
+                    help="each swarm run draws its syscall-start weight from these (default 0.5,1,2)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs per seed")
     args = ap.parse_args(argv)
     slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
@@ -206,14 +215,19 @@ def main(argv=None) -> int:
         print(f"bench.runs: bad --seeds {args.seeds!r}; use e.g. 1-10 or 1,3,5", file=sys.stderr)
         return 2
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
-    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths)
+    sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
+    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw)
             for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs)))
     else:
-        rows = list(_progress(map(_one, jobs), len(jobs)))
-    print(f"policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+        saved = (_explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__)
+        try:
+            rows = list(_progress(map(_one, jobs), len(jobs)))
+        finally:   # the candidates patch this process only for the measurement
+            _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
+    print(f"policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):
