@@ -133,6 +133,10 @@ def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, 
 #: None: no scaling (each operation at its declared share). Measured on the merged model (20
 #: operations; finds within a run cap over seeds 1-6/1-4/1-3): 19 of 28 bug/seed pairs with
 #: 4.2, 17 of 28 without (madv-parallel-flush-miss 6/6 against 4/6; dirty-cow 1/3 against 2/3).
+#: How many operations a run enables cancels out to first order for a race of two operations
+#: (fewer enabled: the pair meets in fewer runs and repeats more often in each), so no draw
+#: restores the 6-operation rates; bench/RESULTS-runs.md measures the alternatives (geometric,
+#: mixtures of densities, unscaled, longer runs, more starts) with `python -m bench.runs`.
 SWARM_OPS_MEAN: float | None = 4.2
 
 

@@ -1,0 +1,247 @@
+"""python -m bench.runs: runs to bug, per catalogued bug and seed, with the default engine (the
+fast explorer, swarm strategy), deterministic.
+
+    python -m bench.runs --bugs all --seeds 1-10 --runs-max 20000 [--jobs 2] [--mainline]
+                         [--ops-policy NAME]
+
+Runs, not seconds: a run count depends only on the kernel, the seed and the search policy, so
+the numbers mean the same on a loaded machine as on an idle one. Each row also gives the
+model steps those runs took in all; the fast explorer runs about 100,000 steps/s on one core
+(bench/RESULTS.md), so steps / 100,000 estimates the seconds to the first failure (the
+shrinker's time comes on top). A seed not found within --runs-max counts as more than
+--runs-max: the median is then "> N" once half the seeds miss, and the max always is.
+
+``--mainline`` also runs mainline on the same seed for as many runs as the bug needed (or
+--runs-max), each with the bug's run length, and counts the seeds where mainline was flagged
+(known-open races are set aside, as fuzzing does).
+
+``--ops-policy NAME`` replaces explore.swarm_ops (which operations a swarm run enables) by
+one of CANDIDATES below for this process: the candidates measured when the default was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+from multiprocessing import get_context
+
+from mmfuzz import explore as _explore
+from mmfuzz import ops as _ops
+from mmfuzz.kernel import Mainline
+from mmfuzz.kernels import BUGS
+
+STEPS_PER_S = 100_000
+
+
+# --- candidate ways of choosing the operations a swarm run enables --------------------------
+
+def _weighted_sample(rng: random.Random, k: int) -> tuple:
+    """k distinct operations drawn without replacement, each with its declared swarm share as
+    its weight, returned in registry order."""
+    decl = list(_ops.operations().values())
+    pool = list(range(len(decl)))
+    chosen = []
+    for _ in range(min(k, len(pool))):
+        total = sum(decl[i].swarm for i in pool)
+        r = rng.random() * total
+        for j, i in enumerate(pool):
+            r -= decl[i].swarm
+            if r <= 0:
+                break
+        chosen.append(pool.pop(j))
+    return tuple(decl[i].name for i in sorted(chosen))
+
+
+def _scaled(mean):
+    def draw(rng):
+        decl = _ops.operations().values()
+        total = sum(op.swarm for op in decl)
+        scale = 1.0 if mean is None else min(1.0, mean / total)
+        return tuple(op.name for op in decl if rng.random() < op.swarm * scale) or ("madvise_dontneed",)
+    return draw
+
+
+def _geometric(p, kmax=None):
+    """k = 1 + Geometric(p) operations (mean 1/p), weighted by declared share."""
+    def draw(rng):
+        k = 1
+        while rng.random() > p and (kmax is None or k < kmax):
+            k += 1
+        return _weighted_sample(rng, k)
+    return draw
+
+
+def _uniform_k(lo, hi):
+    def draw(rng):
+        return _weighted_sample(rng, rng.randint(lo, hi))
+    return draw
+
+
+def _mixture(fracs):
+    """Each run first draws a density (a per-run inclusion probability) from ``fracs``, then
+    includes each operation with that probability times its declared share / 0.7."""
+    def draw(rng):
+        q = rng.choice(fracs)
+        decl = _ops.operations().values()
+        return tuple(op.name for op in decl if rng.random() < q * op.swarm / 0.7) or ("madvise_dontneed",)
+    return draw
+
+
+CANDIDATES = {
+    "scaled-4.2": _scaled(4.2),          # today's default (explore.SWARM_OPS_MEAN = 4.2)
+    "scaled-2.5": _scaled(2.5),
+    "scaled-3": _scaled(3.0),
+    "scaled-6": _scaled(6.0),
+    "unscaled": _scaled(None),           # each operation at its declared share (mean ~13.7)
+    "geom-2": _geometric(0.5),           # k = 1, 2, 3, ... with probability 1/2, 1/4, ... (mean 2)
+    "geom-3": _geometric(1 / 3),
+    "k-1-4": _uniform_k(1, 4),
+    "k-2-3": _uniform_k(2, 3),
+    "mix": _mixture((0.05, 0.1, 0.2, 0.4)),
+}
+
+
+def _apply_policy(name, lengths=None, start_weights=None):
+    if start_weights:
+        init = _explore.SwarmPolicy.__init__
+
+        def __init__(self, rng, world):
+            init(self, rng, world)
+            self.kind_weight["start"] = rng.choice(start_weights)
+        _explore.SwarmPolicy.__init__ = __init__
+    if name is not None:
+        _explore.swarm_ops = CANDIDATES[name]
+    if lengths:
+        def random_run(kernel_cls, rng, actions_max=60, policy="swarm"):
+            world = _explore.random_world(rng)
+            pol = _explore.POLICIES[policy](rng, world)
+            return (world, *_explore.run_policy(kernel_cls, world, pol, rng, rng.choice(lengths)))
+        _explore.random_run = random_run
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            seeds.extend(range(int(lo), int(hi) + 1))
+        else:
+            seeds.append(int(part))
+    return seeds
+
+
+def _one(job):
+    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw = job
+    _apply_policy(policy, lengths, sw)
+    bug = next(b for b in BUGS if b.slug == slug)
+    amax = actions_max or bug.actions_max
+    found, stats = _explore.explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
+    row = {"slug": slug, "seed": seed, "found": found is not None and found.prop == bug.prop,
+           "prop": found.prop if found else None,
+           "runs": found.runs if found else stats["runs"],
+           "steps": found.steps if found else stats["steps"], "mainline": None}
+    if mainline:
+        clean, _ = _explore.explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
+        row["mainline"] = None if clean is None else clean.prop
+    return row
+
+
+def _progress(rows, n):
+    """Pass rows through, one line per finished job on stderr."""
+    for i, r in enumerate(rows, 1):
+        print(f"  [{i}/{n}] {r['slug']} seed {r['seed']}: "
+              f"{r['runs'] if r['found'] else '-'} runs", file=sys.stderr, flush=True)
+        yield r
+
+
+def summarize(rows, runs_max):
+    """Per bug: found count, median and max runs (a miss counts as more than runs_max), total
+    steps."""
+    out = []
+    for slug in dict.fromkeys(r["slug"] for r in rows):
+        rs = [r for r in rows if r["slug"] == slug]
+        vals = sorted(r["runs"] if r["found"] else float("inf") for r in rs)
+        med = statistics.median(vals)
+        found = sum(r["found"] for r in rs)
+        steps = [r["steps"] for r in rs if r["found"]]
+        out.append({"slug": slug, "found": found, "seeds": len(rs),
+                    "median": med, "max": vals[-1],
+                    "median_steps": statistics.median(steps) if steps else None,
+                    "max_steps": max(steps) if steps else None,
+                    "steps": sum(r["steps"] for r in rs),
+                    "mainline_flagged": [r["seed"] for r in rs if r["mainline"]],
+                    "per_seed": {r["seed"]: (r["runs"] if r["found"] else None) for r in rs}})
+    return out
+
+
+def _fmt(v, runs_max):
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return f"> {runs_max:,}"
+    return f"{v:,.1f}" if v != int(v) else f"{int(v):,}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.runs", description=__doc__.split("\n")[0])
+    ap.add_argument("--bugs", default="all")
+    ap.add_argument("--seeds", default="1-10")
+    ap.add_argument("--runs-max", type=int, default=20000)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--mainline", action="store_true")
+    ap.add_argument("--ops-policy", default=None, choices=sorted(CANDIDATES))
+    ap.add_argument("--actions-max", type=int, default=None,
+                    help="run length for every bug (default: each bug's Bug.actions_max)")
+    ap.add_argument("--run-lengths", default=None,
+                    help="each run draws its length from these (e.g. 60,120,240), for every bug")
+    ap.add_argument("--start-weights", default=None,
+                    help="each swarm run draws its syscall-start weight from these (default 0.5,1,2)")
+    ap.add_argument("--per-seed", action="store_true", help="also print runs per seed")
+    args = ap.parse_args(argv)
+    slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
+    known = [b.slug for b in BUGS]
+    for s in slugs:
+        if s not in known:
+            print(f"bench.runs: unknown bug {s!r}; use all or some of {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError:
+        print(f"bench.runs: bad --seeds {args.seeds!r}; use e.g. 1-10 or 1,3,5", file=sys.stderr)
+        return 2
+    lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
+    sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
+    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw)
+            for s in slugs for seed in seeds]
+    if args.jobs > 1:
+        with get_context("fork").Pool(args.jobs) as pool:
+            rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs)))
+    else:
+        saved = (_explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__)
+        try:
+            rows = list(_progress(map(_one, jobs), len(jobs)))
+        finally:   # the candidates patch this process only for the measurement
+            _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
+    print(f"policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+    print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
+          f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
+    for s in summarize(rows, args.runs_max):
+        ms = "-" if s["median_steps"] is None else f"{s['median_steps'] / STEPS_PER_S:.1f}"
+        xs = "-" if s["max_steps"] is None else f"{s['max_steps'] / STEPS_PER_S:.1f}"
+        line = (f"{s['slug']:36} {s['found']:>3}/{s['seeds']:<2} {_fmt(s['median'], args.runs_max):>9} "
+                f"{_fmt(s['max'], args.runs_max):>9} {ms:>6} {xs:>6} {s['steps']:>11,}")
+        if args.mainline:
+            line += "  clean" if not s["mainline_flagged"] else f"  FLAGGED seeds {s['mainline_flagged']}"
+        print(line)
+        if args.per_seed:
+            print("    " + " ".join(f"{k}:{'-' if v is None else v}" for k, v in s["per_seed"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""bench/runs.py: runs to bug are deterministic and agree with the explorer (tests/test_bugs.py
+pins clear-refs-softdirty-no-flush seed 1 at 2 runs, seed 4 at 12)."""
+
+from bench import runs
+from mmfuzz import explore
+
+
+def test_runs_per_seed_match_the_explorer(capsys):
+    assert runs.main(["--bugs", "clear-refs-softdirty-no-flush", "--seeds", "1,4",
+                      "--runs-max", "100", "--per-seed", "--mainline"]) == 0
+    out = capsys.readouterr().out
+    assert "clear-refs-softdirty-no-flush" in out and " 2/2 " in out
+    assert "1:2 4:12" in out and "clean" in out
+
+
+def test_a_candidate_policy_patches_only_the_measurement(capsys):
+    before = explore.swarm_ops
+    assert runs.main(["--bugs", "clear-refs-softdirty-no-flush", "--seeds", "1",
+                      "--runs-max", "100", "--ops-policy", "geom-2"]) == 0
+    assert explore.swarm_ops is before
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys):
+    assert runs.main(["--bugs", "no-such-bug"]) == 2
+    assert runs.main(["--seeds", "one"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown bug 'no-such-bug'" in err and "bad --seeds 'one'" in err
