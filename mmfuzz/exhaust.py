@@ -93,6 +93,7 @@ Results
 
 from __future__ import annotations
 
+import dis
 import gc
 import io
 import operator
@@ -233,7 +234,8 @@ class SearchRun(Run):
 
 
 #: fields that are constants of a run or write-only records, never read by the model
-SKIP_FIELDS = {Machine: frozenset(("world", "events", "stats")), Task: frozenset(("wait",))}
+SKIP_FIELDS = {Machine: frozenset(("world", "events", "stats")),
+               Task: frozenset(("wait", "steps"))}
 _ATOMS = frozenset((type(None), bool, int, str, float, bytes, complex, range,
                     types.BuiltinFunctionType, type, types.CodeType, type(Ellipsis)))
 _ITERATORS = frozenset(type(it) for it in (iter([]), iter(()), iter(range(0)), iter(""),
@@ -259,6 +261,124 @@ def _fields(cls) -> tuple[tuple[str, ...], bool, frozenset]:
             skip |= SKIP_FIELDS.get(c, frozenset())
         got = _FIELDS[cls] = (tuple(names), has_dict, skip)
     return got
+
+
+# ------------------------------------------------------------- frame liveness -------------
+#: opcodes after which execution does not fall through to the next instruction
+_NO_FALLTHROUGH = frozenset(("RETURN_VALUE", "RAISE_VARARGS", "RERAISE", "JUMP_FORWARD",
+                             "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP_ABSOLUTE",
+                             "JUMP", "JUMP_NO_INTERRUPT"))
+_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+_USES = frozenset(("LOAD_FAST", "LOAD_FAST_CHECK", "DELETE_FAST"))
+_LAYOUT: dict = {}
+
+
+class _Layout:
+    """Where a code object keeps its locals (``localsplus``: the plain locals and arguments,
+    then the cells and free variables) and, per suspension point, which plain locals its
+    code can still read before writing them (``live``: f_lasti -> slot numbers; None when
+    the bytecode has something the analysis does not know, then every local counts)."""
+
+    __slots__ = ("slots", "live")
+
+    def __init__(self, code: types.CodeType):
+        cells = set(code.co_cellvars) | set(code.co_freevars)
+        n = (len(code.co_varnames) + len(set(code.co_cellvars) - set(code.co_varnames))
+             + len(code.co_freevars))
+        # (slot number, name, a cell or free variable: never NULL in a started frame)
+        self.slots = tuple((i, code._varname_from_oparg(i), code._varname_from_oparg(i) in cells)
+                           for i in range(n))
+        try:
+            self.live = _liveness(code, cells)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.live = None
+
+
+def _liveness(code: types.CodeType, cells: set) -> dict:
+    """Backward data flow over the bytecode: for each instruction, the plain local slots
+    that some path from after it reads (LOAD_FAST, or DELETE_FAST, which needs the binding)
+    before a STORE_FAST writes them. Exception handlers count as successors of every
+    instruction they cover. A local that is not live where a generator is suspended can
+    never influence its future, so the state key leaves it out."""
+    instrs = list(dis.get_instructions(code))
+    at = {ins.offset: i for i, ins in enumerate(instrs)}
+    slot = {name: i for i, name in enumerate(code.co_varnames)}
+    handlers = dis._parse_exception_table(code)
+    succ, use, kill = [], [], []
+    for i, ins in enumerate(instrs):
+        s = []
+        if ins.opname not in _NO_FALLTHROUGH and i + 1 < len(instrs):
+            s.append(i + 1)
+        if ins.opcode in _JUMPS:
+            s.append(at[ins.argval])
+        s.extend(at[h.target] for h in handlers if h.start <= ins.offset < h.end)
+        succ.append(s)
+        u = k = None
+        if "FAST" in ins.opname:
+            if ins.opname in _USES:
+                u = slot[ins.argval]
+            elif ins.opname == "STORE_FAST":
+                k = slot[ins.argval]
+            else:
+                raise TypeError(f"liveness: unknown opcode {ins.opname}")
+        elif "DEREF" in ins.opname or ins.opname in ("LOAD_CLOSURE", "MAKE_CELL",
+                                                     "COPY_FREE_VARS"):
+            if ins.argval not in cells:
+                raise TypeError(f"liveness: {ins.opname} of a plain local")
+        use.append(u)
+        kill.append(k)
+    live_in = [0] * len(instrs)        # bit sets of slot numbers
+    live_out = [0] * len(instrs)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(instrs) - 1, -1, -1):
+            out = 0
+            for j in succ[i]:
+                out |= live_in[j]
+            inn = out
+            if kill[i] is not None:
+                inn &= ~(1 << kill[i])
+            if use[i] is not None:
+                inn |= 1 << use[i]
+            if out != live_out[i] or inn != live_in[i]:
+                live_out[i], live_in[i] = out, inn
+                changed = True
+    return {ins.offset: frozenset(b for b in range(len(code.co_varnames)) if live_out[i] >> b & 1)
+            for i, ins in enumerate(instrs)}
+
+
+def _layout(code: types.CodeType) -> _Layout:
+    got = _LAYOUT.get(code)
+    if got is None:
+        got = _LAYOUT[code] = _Layout(code)
+    return got
+
+
+def _frame_slots(g) -> tuple:
+    """(f_lasti, the live locals as (slot, value) pairs, cells and free variables included,
+    the value stack) of a suspended generator ``g``. Read with gc.get_referents, which lists
+    gi_code, gi_name, gi_qualname, [frame], [f_locals], f_func, f_code, then every non-NULL
+    frame slot: the locals (a plain local is non-NULL when bound, which f_locals tells) and
+    then the value stack (a ``for`` loop's iterator, the sub-generator of a ``yield from``)."""
+    fr = g.gi_frame
+    lasti = fr.f_lasti
+    bound = fr.f_locals
+    refs = gc.get_referents(g)
+    code = g.gi_code
+    k = 3
+    while refs[k] is not code:
+        k += 1
+    k += 1
+    lay = _layout(code)
+    live = lay.live.get(lasti) if lay.live is not None else None
+    out = []
+    for i, name, cell in lay.slots:
+        if cell or name in bound:
+            if cell or live is None or i in live:
+                out.append((i, refs[k]))
+            k += 1
+    return lasti, tuple(out), tuple(refs[k:])
 
 
 _UNSET = ("<unset>",)
@@ -340,16 +460,11 @@ class _Encoder:
             return ("C",)
 
     def _gen(self, g):
-        fr = g.gi_frame
-        if fr is None:
+        if g.gi_frame is None:
             return ("G",)                      # finished
-        bound = tuple(fr.f_locals)             # which locals are bound (get_referents skips
-        refs = gc.get_referents(g)             # unbound ones): names, then every frame slot
-        code = g.gi_code
-        k = 3
-        while refs[k] is not code:             # gi_code, gi_name, gi_qualname, [frame],
-            k += 1                             # [f_locals], f_func, f_code, then the slots
-        return ("G", code, fr.f_lasti, bound, tuple([self.enc(r) for r in refs[k + 1:]]))
+        lasti, local, stack = _frame_slots(g)
+        return ("G", g.gi_code, lasti, tuple([(i, self.enc(v)) for i, v in local]),
+                tuple([self.enc(v) for v in stack]))
 
 
 def _ref(*tag):
@@ -377,16 +492,9 @@ def _reduce_stamp(s):
 
 
 def _reduce_gen(g):
-    fr = g.gi_frame
-    if fr is None:
+    if g.gi_frame is None:
         return (_ref, ("G",))                   # finished
-    bound = tuple(fr.f_locals)                  # which locals are bound (get_referents skips
-    refs = gc.get_referents(g)                  # unbound ones): names, then every frame slot
-    code = g.gi_code
-    k = 3
-    while refs[k] is not code:                  # gi_code, gi_name, gi_qualname, [frame],
-        k += 1                                  # [f_locals], f_func, f_code, then the slots
-    return (_ref, ("G", _intern(code)), (fr.f_lasti, bound, refs[k + 1:]))
+    return (_ref, ("G", _intern(g.gi_code)), _frame_slots(g))
 
 
 def _reduce_function(f):
