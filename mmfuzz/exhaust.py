@@ -275,11 +275,18 @@ _LAYOUT: dict = {}
 
 class _Layout:
     """Where a code object keeps its locals (``localsplus``: the plain locals and arguments,
-    then the cells and free variables) and, per suspension point, which plain locals its
-    code can still read before writing them (``live``: f_lasti -> slot numbers; None when
-    the bytecode has something the analysis does not know, then every local counts)."""
+    then the cells and free variables) and what the bytecode says about them at each
+    instruction (``flow``: offset -> (live, bound or None); None when the bytecode has
+    something the analysis does not know, then every local counts and f_locals tells which
+    are bound).
 
-    __slots__ = ("slots", "live")
+    ``live`` is the set of plain locals some path from after the instruction reads before
+    writing them: a local outside it can never influence the generator's future, so the
+    state key leaves it out. ``bound`` is the set of plain locals bound after the
+    instruction on every path, when that is also the set bound on some path (else None):
+    then which frame slots are non-NULL is known without asking the frame."""
+
+    __slots__ = ("slots", "flow", "plans")
 
     def __init__(self, code: types.CodeType):
         cells = set(code.co_cellvars) | set(code.co_freevars)
@@ -289,63 +296,181 @@ class _Layout:
         self.slots = tuple((i, code._varname_from_oparg(i), code._varname_from_oparg(i) in cells)
                            for i in range(n))
         try:
-            self.live = _liveness(code, cells)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            self.live = None
+            self.flow = _flow(code, cells)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            self.flow = None
+        self.plans: dict = {}
+
+    def plan(self, lasti: int):
+        """For a generator suspended at ``lasti``: (how many locals slots are non-NULL, a
+        function picking the live ones out of them) when the bound set is static there, else
+        None (the caller asks f_locals)."""
+        got = self.plans.get(lasti, _UNSET)
+        if got is _UNSET:
+            got = None
+            flow = self.flow.get(lasti) if self.flow is not None else None
+            if flow is not None and flow[1] is not None:
+                live, bound = flow
+                keep = []
+                k = 0
+                for i, _name, cell in self.slots:
+                    if cell or i in bound:
+                        if cell or i in live:
+                            keep.append(k)
+                        k += 1
+                if not keep:
+                    pick = _nothing
+                elif len(keep) == 1:
+                    one = operator.itemgetter(keep[0])
+                    pick = lambda refs: (one(refs),)   # noqa: E731
+                else:
+                    pick = operator.itemgetter(*keep)
+                got = (k, pick)
+            self.plans[lasti] = got
+        return got
 
 
-def _liveness(code: types.CodeType, cells: set) -> dict:
-    """Backward data flow over the bytecode: for each instruction, the plain local slots
-    that some path from after it reads (LOAD_FAST, or DELETE_FAST, which needs the binding)
-    before a STORE_FAST writes them. Exception handlers count as successors of every
-    instruction they cover. A local that is not live where a generator is suspended can
-    never influence its future, so the state key leaves it out."""
+def _nothing(refs) -> tuple:
+    return ()
+
+
+class _Flow:
+    """The result of _flow: per instruction, bit sets of plain local slots."""
+
+    __slots__ = ("at", "live", "must", "may", "nv", "done")
+
+    def __init__(self, at, live, must, may, nv):
+        self.at, self.live, self.must, self.may, self.nv = at, live, must, may, nv
+        self.done: dict = {}
+
+    def get(self, offset: int):
+        """(live after the instruction at ``offset``, bound after it or None), or None for
+        an offset that is no instruction."""
+        got = self.done.get(offset, _UNSET)
+        if got is _UNSET:
+            i = self.at.get(offset)
+            got = None
+            if i is not None:
+                bits = range(self.nv)
+                live = frozenset(b for b in bits if self.live[i] >> b & 1)
+                must, may = self.must[i], self.may[i]
+                bound = frozenset(b for b in bits if must >> b & 1) if must == may else None
+                got = (live, bound)
+            self.done[offset] = got
+        return got
+
+
+def _flow(code: types.CodeType, cells: set) -> _Flow:
+    """Data flow over the bytecode, per instruction: the plain local slots live after it,
+    and those bound after it on every path and on some path.
+
+    Liveness is backward: a slot is live after an instruction if some path from there reads
+    it (LOAD_FAST, or DELETE_FAST, which needs the binding) before a STORE_FAST writes it.
+    Binding is forward from the arguments: STORE_FAST binds, DELETE_FAST unbinds; a slot is
+    bound on every path (must) or on some path (may). Exception handlers count as successors
+    of every instruction they cover, from the state before and after it. An opcode that
+    touches a local in a way not listed here raises TypeError (the caller then keys every
+    local)."""
     instrs = list(dis.get_instructions(code))
+    count = len(instrs)
     at = {ins.offset: i for i, ins in enumerate(instrs)}
+    nv = len(code.co_varnames)
     slot = {name: i for i, name in enumerate(code.co_varnames)}
+    plain = 0
+    for i, name in enumerate(code.co_varnames):
+        if name not in cells:
+            plain |= 1 << i
     handlers = dis._parse_exception_table(code)
-    succ, use, kill = [], [], []
+    succ: list = [None] * count
+    preds: list = [[] for _ in range(count)]    # (pred, the edge also leaves its state before)
+    gen = [0] * count        # liveness: used (read before any write in the instruction)
+    killb = [0] * count      # liveness: written
+    setb = [0] * count       # binding: bound by the instruction
+    clrb = [0] * count       # binding: unbound by the instruction
     for i, ins in enumerate(instrs):
+        name = ins.opname
         s = []
-        if ins.opname not in _NO_FALLTHROUGH and i + 1 < len(instrs):
+        if name not in _NO_FALLTHROUGH and i + 1 < count:
             s.append(i + 1)
         if ins.opcode in _JUMPS:
             s.append(at[ins.argval])
-        s.extend(at[h.target] for h in handlers if h.start <= ins.offset < h.end)
-        succ.append(s)
-        u = k = None
-        if "FAST" in ins.opname:
-            if ins.opname in _USES:
-                u = slot[ins.argval]
-            elif ins.opname == "STORE_FAST":
-                k = slot[ins.argval]
+        for h in handlers:
+            if h.start <= ins.offset < h.end:
+                j = at[h.target]
+                s.append(j)
+                preds[j].append((i, True))
+        succ[i] = s
+        for j in s:
+            preds[j].append((i, False))
+        if "FAST" in name:
+            bit = 1 << slot[ins.argval]
+            if name == "STORE_FAST":
+                killb[i] = setb[i] = bit
+            elif name == "DELETE_FAST":
+                gen[i] = clrb[i] = bit
+            elif name in _USES:
+                gen[i] = bit
             else:
-                raise TypeError(f"liveness: unknown opcode {ins.opname}")
-        elif "DEREF" in ins.opname or ins.opname in ("LOAD_CLOSURE", "MAKE_CELL",
-                                                     "COPY_FREE_VARS"):
+                raise TypeError(f"flow: unknown opcode {name}")
+        elif "DEREF" in name or name in ("LOAD_CLOSURE", "MAKE_CELL"):
             if ins.argval not in cells:
-                raise TypeError(f"liveness: {ins.opname} of a plain local")
-        use.append(u)
-        kill.append(k)
-    live_in = [0] * len(instrs)        # bit sets of slot numbers
-    live_out = [0] * len(instrs)
+                raise TypeError(f"flow: {name} of a plain local")
+    # backward liveness, a worklist over bit sets
+    live_in = [0] * count
+    live_out = [0] * count
+    work = list(range(count))
+    queued = [True] * count
+    while work:
+        i = work.pop()
+        queued[i] = False
+        out = 0
+        for j in succ[i]:
+            out |= live_in[j]
+        live_out[i] = out
+        inn = (out & ~killb[i]) | gen[i]
+        if inn != live_in[i]:
+            live_in[i] = inn
+            for p, _ in preds[i]:
+                if not queued[p]:
+                    queued[p] = True
+                    work.append(p)
+    # forward binding from the entry: the arguments are bound; unreached: must = every slot
+    flags = code.co_flags
+    nargs = (code.co_argcount + code.co_kwonlyargcount + bool(flags & 0x04)
+             + bool(flags & 0x08))
+    entry = ((1 << nargs) - 1) & plain
+    top = (1 << nv) - 1
+    must_in = [top] * count
+    may_in = [0] * count
+    must_out = [top] * count
+    may_out = [0] * count
+    reached = [False] * count
     changed = True
-    while changed:
+    while changed:                      # sweeps in program order until nothing changes
         changed = False
-        for i in range(len(instrs) - 1, -1, -1):
-            out = 0
-            for j in succ[i]:
-                out |= live_in[j]
-            inn = out
-            if kill[i] is not None:
-                inn &= ~(1 << kill[i])
-            if use[i] is not None:
-                inn |= 1 << use[i]
-            if out != live_out[i] or inn != live_in[i]:
-                live_out[i], live_in[i] = out, inn
+        for i in range(count):
+            if i == 0:
+                must, may, seen = entry, entry, True
+            else:
+                must, may, seen = top, 0, False
+            for p, before in preds[i]:
+                if reached[p]:
+                    seen = True
+                    must &= must_out[p]
+                    may |= may_out[p]
+                    if before:
+                        must &= must_in[p]
+                        may |= may_in[p]
+            if not seen:
+                continue
+            mo = (must & ~clrb[i]) | setb[i]
+            yo = (may & ~clrb[i]) | setb[i]
+            if not reached[i] or (must, may, mo, yo) != (must_in[i], may_in[i], must_out[i],
+                                                         may_out[i]):
+                reached[i] = True
+                must_in[i], may_in[i], must_out[i], may_out[i] = must, may, mo, yo
                 changed = True
-    return {ins.offset: frozenset(b for b in range(len(code.co_varnames)) if live_out[i] >> b & 1)
-            for i, ins in enumerate(instrs)}
+    return _Flow(at, live_out, [m & plain for m in must_out], [m & plain for m in may_out], nv)
 
 
 def _layout(code: types.CodeType) -> _Layout:
@@ -356,29 +481,40 @@ def _layout(code: types.CodeType) -> _Layout:
 
 
 def _frame_slots(g) -> tuple:
-    """(f_lasti, the live locals as (slot, value) pairs, cells and free variables included,
-    the value stack) of a suspended generator ``g``. Read with gc.get_referents, which lists
-    gi_code, gi_name, gi_qualname, [frame], [f_locals], f_func, f_code, then every non-NULL
-    frame slot: the locals (a plain local is non-NULL when bound, which f_locals tells) and
-    then the value stack (a ``for`` loop's iterator, the sub-generator of a ``yield from``)."""
+    """(f_lasti, the live locals, the value stack) of a suspended generator ``g``: what of
+    its frame its future depends on. Read with gc.get_referents, which lists gi_code,
+    gi_name, gi_qualname, [frame], [f_locals], f_func, f_code, then every non-NULL frame
+    slot: the locals (cells and free variables always; a plain local when bound), then the
+    value stack (a ``for`` loop's iterator, the sub-generator of a ``yield from``). Where
+    the bytecode fixes which plain locals are bound (_Layout.plan), the live values are
+    picked by position; elsewhere f_locals tells which are bound and each live local is
+    written with its slot number."""
     fr = g.gi_frame
     lasti = fr.f_lasti
-    bound = fr.f_locals
-    refs = gc.get_referents(g)
     code = g.gi_code
+    lay = _LAYOUT.get(code)
+    if lay is None:
+        lay = _layout(code)
+    plan = lay.plan(lasti)
+    refs = gc.get_referents(g)
     k = 3
     while refs[k] is not code:
         k += 1
     k += 1
-    lay = _layout(code)
-    live = lay.live.get(lasti) if lay.live is not None else None
+    if plan is not None:
+        n, pick = plan
+        slots = refs[k:]
+        return lasti, pick(slots), tuple(slots[n:])
+    bound = fr.f_locals
+    flow = lay.flow.get(lasti) if lay.flow is not None else None
+    live = flow[0] if flow is not None else None
     out = []
     for i, name, cell in lay.slots:
         if cell or name in bound:
             if cell or live is None or i in live:
                 out.append((i, refs[k]))
             k += 1
-    return lasti, tuple(out), tuple(refs[k:])
+    return lasti, ("dyn",) + tuple(out), tuple(refs[k:])
 
 
 _UNSET = ("<unset>",)
@@ -463,8 +599,7 @@ class _Encoder:
         if g.gi_frame is None:
             return ("G",)                      # finished
         lasti, local, stack = _frame_slots(g)
-        return ("G", g.gi_code, lasti, tuple([(i, self.enc(v)) for i, v in local]),
-                tuple([self.enc(v) for v in stack]))
+        return ("G", g.gi_code, lasti, self.enc(local), self.enc(stack))
 
 
 def _ref(*tag):
