@@ -473,10 +473,17 @@ def _flow(code: types.CodeType, cells: set) -> _Flow:
     return _Flow(at, live_out, [m & plain for m in must_out], [m & plain for m in may_out], nv)
 
 
+#: False: key every bound local of a frame, dead or not (the finer key the tests compare the
+#: search against; clear _LAYOUT after changing it)
+LIVE_LOCALS_ONLY = True
+
+
 def _layout(code: types.CodeType) -> _Layout:
     got = _LAYOUT.get(code)
     if got is None:
         got = _LAYOUT[code] = _Layout(code)
+        if not LIVE_LOCALS_ONLY:
+            got.flow = None
     return got
 
 
@@ -497,10 +504,7 @@ def _frame_slots(g) -> tuple:
         lay = _layout(code)
     plan = lay.plan(lasti)
     refs = gc.get_referents(g)
-    k = 3
-    while refs[k] is not code:
-        k += 1
-    k += 1
+    k = refs.index(code, 1) + 1          # after f_code (the names before it are strings)
     if plan is not None:
         n, pick = plan
         slots = refs[k:]
@@ -621,9 +625,14 @@ def _intern(x) -> int:
 _STAMPS_SEEN: list = []   # the Stamps of the key being written, in traversal order
 
 
+_STAMP_KIND = {Tick: 0, Version: 1}
+_STAMP_RED = {t: (_ref, ("S", k)) for t, k in _STAMP_KIND.items()}
+
+
 def _reduce_stamp(s):
-    _STAMPS_SEEN.append((type(s), int(s)))
-    return (_ref, ("S", _intern(type(s))))
+    t = type(s)
+    _STAMPS_SEEN.append((_STAMP_KIND[t], int(s)))
+    return _STAMP_RED[t]
 
 
 def _reduce_gen(g):
@@ -711,23 +720,35 @@ class _KeyPickler(pickle.Pickler):
         return fn(obj)
 
 
+_BUF = io.BytesIO()     # one output buffer and one pickler, reused by every key (memo cleared)
+_PICKLER: _KeyPickler | None = None
+
+
 def snapshot_key(run: Run, extra=()) -> tuple:
     """The canonical key of ``run``'s state (see the module docstring): equal keys, equal
     futures. ``extra`` is appended as is (the search adds each program's position)."""
-    buf = io.BytesIO()
+    global _PICKLER
+    buf = _BUF
+    buf.seek(0)
+    buf.truncate()
     del _STAMPS_SEEN[:]
     try:
-        _KeyPickler(buf, protocol=5).dump(run.kernel)
+        if _PICKLER is None:
+            _PICKLER = _KeyPickler(buf, protocol=5)
+        _PICKLER.clear_memo()
+        _PICKLER.dump(run.kernel)
     except (pickle.PicklingError, AttributeError):
+        _PICKLER = None                         # (its state after a failed dump is unknown)
         return snapshot_key_slow(run, extra)    # an object pickle cannot name, an unset
                                                 # slot: the slow path
     ranks = ()
     if _STAMPS_SEEN:
-        kinds: dict = {}
-        for t, v in _STAMPS_SEEN:
-            kinds.setdefault(t, set()).add(v)
-        order = {t: {v: i for i, v in enumerate(sorted(vals))} for t, vals in kinds.items()}
-        ranks = tuple([order[t][v] for t, v in _STAMPS_SEEN])
+        # each Stamp's rank among the distinct (kind, value) pairs of the state: kinds sort
+        # apart, so this is its rank within its kind plus the number of distinct Stamps of
+        # the kinds before it, and the bytes say which kind each one is; equal ranks here
+        # exactly when the ranks within each kind are equal
+        order = {v: i for i, v in enumerate(sorted(set(_STAMPS_SEEN)))}
+        ranks = tuple([order[v] for v in _STAMPS_SEEN])
     return (buf.getvalue(), ranks, extra)
 
 
