@@ -302,3 +302,90 @@ def test_a_model_failure_is_a_model_failure():
     # the prefault already deadlocks (no lock is ever released): a ModelFailure, never a find
     with pytest.raises(ModelFailure, match="deadlock"):
         exhaust(NeverUnlocks, world, programs)
+
+
+# ------------------------------------------------------------ dead locals out of the key --
+ALL_FILES = corpus_files(os.path.join(ROOT, "corpus"))
+ALL_IDS = [os.path.relpath(p, ROOT) for p in ALL_FILES]
+
+
+@pytest.fixture
+def every_local(monkeypatch):
+    """Key every bound local of every frame, dead or not (the key before liveness)."""
+    import mmfuzz.exhaust as ex
+    monkeypatch.setattr(ex, "LIVE_LOCALS_ONLY", False)
+    monkeypatch.setattr(ex, "_LAYOUT", {})
+    yield
+    ex._LAYOUT.clear()
+
+
+def _verdicts(cx, kernels):
+    out = {}
+    for k in kernels:
+        r = exhaust_cx(cx, k)
+        out[k] = (r.violation and r.violation.prop, len(r.schedule or []), r.truncated,
+                  r.states, r.transitions)
+    return out
+
+
+@pytest.mark.cost(12)
+@pytest.mark.parametrize("path", ALL_FILES, ids=ALL_IDS)
+def test_dead_locals_change_no_verdict_and_no_length(path, request):
+    """Leaving out of the key the locals a generator's code can no longer read merges states
+    and nothing else: on every corpus entry (its own kernel and mainline) the search without
+    them reports the same verdict and the same shortest length as the search keying every
+    local, over no more states."""
+    cx = load(path)
+    kernels = [cx.kernel] + (["mainline"] if cx.kernel != "mainline" else [])
+    live = _verdicts(cx, kernels)
+    request.getfixturevalue("every_local")
+    full = _verdicts(cx, kernels)
+    for k in kernels:
+        assert live[k][:3] == full[k][:3], (k, live[k], full[k])
+        assert live[k][3] <= full[k][3]
+    if "zap-rmap-before-flush" in path:
+        assert live["mainline"][3] < full["mainline"][3]   # it does merge on zap
+
+
+def test_frame_plans_pick_what_f_locals_says():
+    """Where the bytecode fixes which locals are bound, the key picks the live ones by
+    position; f_locals must agree on every frame of random walks over every corpus
+    scenario (each generator of each yield-from chain)."""
+    import gc
+    import types
+    import mmfuzz.exhaust as ex
+
+    rng = random.Random(11)
+    static = 0
+    for path in ALL_FILES:
+        cx = load(path)
+        world, programs = scenario_from(cx)
+        for kname in sorted({cx.kernel, "mainline"}):
+            kcls = resolve_kernel(kname)
+            for _ in range(40):
+                run, _ = _random_walk(kcls, world, programs, rng, rng.randrange(1, 40))
+                for c in run.m.cpus:
+                    g = c.task.gen if c.task else None
+                    while g is not None and g.gi_frame is not None:
+                        lasti, local, stack = ex._frame_slots(g)
+                        lay = ex._layout(g.gi_code)
+                        bound = g.gi_frame.f_locals
+                        refs = gc.get_referents(g)
+                        k = refs.index(g.gi_code, 1) + 1
+                        live = lay.flow.get(lasti)[0]
+                        want = []
+                        for i, name, cell in lay.slots:
+                            if cell or name in bound:
+                                if cell or i in live:
+                                    want.append(refs[k])
+                                k += 1
+                        got = list(local[1:]) if local[:1] == ("dyn",) else list(local)
+                        if local[:1] == ("dyn",):
+                            got = [v for _, v in got]
+                        else:
+                            static += 1
+                        assert len(got) == len(want) and all(a is b for a, b in zip(got, want))
+                        assert list(stack) == refs[k:]
+                        subs = [x for x in stack if type(x) is types.GeneratorType]
+                        g = subs[-1] if subs else None
+    assert static > 100
