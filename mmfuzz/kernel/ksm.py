@@ -15,7 +15,10 @@ pages is the scanned one, the other being the tree page. Left out: the stable an
 rbtrees, stable_node chains and ksm_max_page_sharing (the KSM folio keeps its rmap items in
 ``Folio.ksm_rmap``, the stable node's hlist), checksums (calc_checksum's "has it changed since
 the last scan" filter), break_cow when the second merge fails (the first page stays a KSM
-page with one mapping), the KSM zero page, large folios, swapped KSM pages, mmu notifiers.
+page with one mapping), the KSM zero page, large folios, mmu notifiers. A KSM folio is
+reclaimed like any anon folio (rmap_walk_ksm finds its mappings); once it leaves the swap
+cache the flag is lost, and do_swap_page's ksm_might_need_to_copy (below) copies where the
+swapped-in folio's index or anon_vma root is not the faulting VMA's.
 """
 
 from __future__ import annotations
