@@ -147,14 +147,17 @@ class PteTable:
 class AnonVma:
     """struct anon_vma (mm/rmap.c): the VMAs whose pages its folios may be mapped by (the
     anon_vma_chain entries of its interval tree, flattened into one list: every VMA linked
-    to this anon_vma, a forked child's included)."""
+    to this anon_vma, a forked child's included). ``root``: anon_vma->root, the oldest
+    anon_vma of its fork tree (itself for a process's own; anon_vma_fork gives a child's the
+    parent's root), where __folio_set_anon points a folio that is not exclusive."""
 
-    __slots__ = ("avid", "vmas", "rwsem")
+    __slots__ = ("avid", "vmas", "rwsem", "root")
 
-    def __init__(self, avid: int):
+    def __init__(self, avid: int, root: "Optional[AnonVma]" = None):
         self.avid = avid
         self.vmas: list[Vma] = []
         self.rwsem = RwSem(f"anon_vma(av{avid})->rwsem")
+        self.root: AnonVma = self if root is None else root
 
 
 class Vma:
@@ -416,8 +419,8 @@ class Machine:
         self.next_vid += 1
         return vma
 
-    def alloc_anon_vma(self) -> AnonVma:
-        av = AnonVma(self.next_avid)
+    def alloc_anon_vma(self, root: Optional[AnonVma] = None) -> AnonVma:
+        av = AnonVma(self.next_avid, root)
         self.next_avid += 1
         return av
 

@@ -60,7 +60,8 @@ def accounting_quiescent(m) -> Violation | None:
     to it, with SWAP_HAS_CACHE iff it is in the swap cache; every live folio's mapcount
     equals the PTEs that map it and its refcount equals those PTEs plus the page cache's or
     swap cache's reference plus the GUP references still held; nothing is leaked; and every
-    PTE mapping an anon folio lies in a VMA its anon_vma links (rmap can find it)."""
+    PTE mapping an anon folio lies in a VMA its anon_vma links, at the address its index
+    gives (rmap can find it)."""
     sw = m.swap
     swap_ptes = [0] * len(sw.swap_map)
     for mm in m.mms.values():
@@ -95,14 +96,23 @@ def accounting_quiescent(m) -> Violation | None:
                                          "it", {"pfn": frame.pfn, "mm": mm_id, "va": vpn})
             elif frame.anon:
                 for mm_id, vpn, _pte in ptes:
-                    # mm/rmap.c: an anon folio is found through folio->mapping, its anon_vma,
-                    # whose VMAs (anon_vma_chain) must include every VMA that maps it
+                    # mm/rmap.c rmap_walk_anon: "Find all the mappings of a folio using the
+                    # mapping pointer and the vma chains contained in the anon_vma struct it
+                    # points to": folio->mapping's anon_vma must link every VMA that maps it,
+                    # and each mapping must lie at vma_address(folio->index) --
+                    # __page_check_anon_rmap: "VM_BUG_ON_PAGE(page_to_pgoff(page) !=
+                    # linear_page_index(vma, address), page)" (the model's anon index is the vpn)
                     vma = m.mms[mm_id].find_vma(vpn)
                     av = frame.anon_vma
                     if vma is None or av is None or vma not in av.vmas:
                         return Violation(NAME, f"anon pfn {frame.pfn} is mapped at mm{mm_id} va "
                                          f"{vpn:#x}, but rmap cannot find that mapping from its "
                                          "anon_vma", {"pfn": frame.pfn, "mm": mm_id, "va": vpn})
+                    if frame.index != vpn:
+                        return Violation(NAME, f"anon pfn {frame.pfn} is mapped at mm{mm_id} va "
+                                         f"{vpn:#x}, but its index {frame.index:#x} sends rmap "
+                                         "elsewhere", {"pfn": frame.pfn, "mm": mm_id, "va": vpn,
+                                                       "index": frame.index})
             cached = (frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame) \
                 or sw.cache.get(frame.swap) is frame
             want_ref = len(ptes) + (1 if cached else 0) + gup_references(m, frame)

@@ -214,3 +214,26 @@ class FreeTablesBeforeFlush(Mainline):
         yield from self.tlb_table_flush(t, tlb)
         yield from self.tlb_flush_mmu_tlbonly(t, tlb)
         yield from self.tlb_batch_pages_flush(t, tlb)
+
+
+class SwapinNewAnonNotRoot(Mainline):
+    """folio_add_new_anon_rmap ignores __folio_set_anon's "If the folio isn't exclusive to this
+    vma, we must use the _oldest_ possible anon_vma for the folio mapping!": a child swapping in
+    an entry fork shared points the folio at its own anon_vma, and the parent, which then maps
+    the same swap-cache folio, is unreachable by rmap (trips accounting at quiescence). The
+    model itself did this until the root anon_vma was modelled."""
+
+    def folio_add_new_anon_rmap_now(self, folio, vma, vpn, exclusive=True):
+        super().folio_add_new_anon_rmap_now(folio, vma, vpn, True)
+        folio.anon_exclusive = exclusive
+
+
+class SwapinWithoutKsmCopy(Mainline):
+    """do_swap_page without ksm_might_need_to_copy: a swap-cache folio that was a KSM page
+    before swap-out (the flag "is lost on actual swapout") is mapped at an address whose
+    linear index is not folio->index, where rmap never looks (trips accounting at
+    quiescence). The model itself did this until ksm_might_need_to_copy was modelled."""
+
+    def ksm_might_need_to_copy(self, t, folio, vma, vpn):
+        return folio
+        yield

@@ -15,7 +15,10 @@ pages is the scanned one, the other being the tree page. Left out: the stable an
 rbtrees, stable_node chains and ksm_max_page_sharing (the KSM folio keeps its rmap items in
 ``Folio.ksm_rmap``, the stable node's hlist), checksums (calc_checksum's "has it changed since
 the last scan" filter), break_cow when the second merge fails (the first page stays a KSM
-page with one mapping), the KSM zero page, large folios, swapped KSM pages, mmu notifiers.
+page with one mapping), the KSM zero page, large folios, mmu notifiers. A KSM folio is
+reclaimed like any anon folio (rmap_walk_ksm finds its mappings); once it leaves the swap
+cache the flag is lost, and do_swap_page's ksm_might_need_to_copy (below) copies where the
+swapped-in folio's index or anon_vma root is not the faulting VMA's.
 """
 
 from __future__ import annotations
@@ -213,3 +216,29 @@ class Ksm(KernelBase):
         yield from self.spin_unlock(t, table.ptl, f"replace_page: folio_put(pfn {folio.pfn}), "
                                     "pte_unmap_unlock")
         return True
+
+    def ksm_might_need_to_copy(self, t: Task, folio: Folio, vma: Vma, vpn: int):
+        """mm/ksm.c ksm_might_need_to_copy, called by do_swap_page with the swap-cache folio
+        locked ("KSM sometimes has to copy on read faults, for example, if folio->index of
+        non-ksm folios would be nonlinear inside the anon VMA -- the ksm flag is lost on
+        actual swapout"). No copy for a KSM folio (its stable node is set; KSM_RUN_UNMERGE
+        is not modelled), for a folio that is not anon yet (!anon_vma), or when
+        "folio->index == linear_page_index(vma, addr) && anon_vma->root ==
+        vma->anon_vma->root", nor for a folio not uptodate. Otherwise a new folio, the page
+        copied, folio_set_dirty, __folio_mark_uptodate, __folio_set_locked. Returns the
+        folio do_swap_page is to map (the allocation reference is the caller's)."""
+        if folio.ksm or not folio.anon:
+            return folio
+        if folio.index == vpn and folio.anon_vma.root is vma.anon_vma.root:
+            return folio
+        if not folio.uptodate:
+            return folio
+        new = self.m.alloc_folio()
+        new.data = folio.data
+        new.dirty = True
+        new.locked = t.tid
+        t.locks += 1
+        yield (f"ksm_might_need_to_copy: pfn {folio.pfn} (index {folio.index:#x}, "
+               f"av{folio.anon_vma.avid}) is not this VMA's: alloc pfn {new.pfn}, copy "
+               f"v{new.data}, folio_set_dirty, __folio_set_locked")
+        return new

@@ -859,14 +859,18 @@ class Memory(KernelBase):
 
         swap_cache_get_folio, else swapin_readahead -> read_swap_cache_async (None: the slot
         was freed meanwhile, "Back out if somebody else faulted in this pte"); folio_lock;
-        the folio must still be the slot's swap-cache folio; under the PTL give up unless
-        pte_same. exclusive = pte_swp_exclusive(orig). swap_free; should_try_to_free_swap
+        the folio must still be the slot's swap-cache folio; ksm_might_need_to_copy (a private
+        copy if its index or anon_vma root is not this VMA's); under the PTL give up unless
+        pte_same. exclusive = pte_swp_exclusive(orig), or true for the copy ("a fresh page
+        that is not exposed to the swapcache"). swap_free; should_try_to_free_swap
         (a write fault on a folio nobody else references) -> folio_free_swap. The new PTE is
         mk_pte(vm_page_prot): read-only, clean, young, soft-dirty from the swap PTE; if the
         page is exclusive (or the folio's only reference is ours) and the VMA is writable
         and no soft-dirty write-protect is wanted, pte_mkwrite -- writable and CLEAN unless
         this is a write fault (then pte_mkdirty, and the write is done). folio_add_anon_rmap
-        (RMAP_EXCLUSIVE then), set_ptes, folio_unlock; a write fault still pending goes to
+        (RMAP_EXCLUSIVE then; folio_add_new_anon_rmap for a folio not yet anon, whose
+        mapping is the root anon_vma unless exclusive), set_ptes, folio_unlock (and unlock and
+        put the swap-cache folio after a copy); a write fault still pending goes to
         do_wp_page with the PTL held. Returns 0 (the access retries if nothing was mapped)."""
         m = self.m
         offset = orig.offset
@@ -882,20 +886,23 @@ class Memory(KernelBase):
             self.folio_put_now(folio)
             yield f"do_swap_page: pfn {folio.pfn} left the swap cache: out_page, retry"
             return 0
+        swapcache = folio
+        # ksm_might_need_to_copy: a private copy when the swap-cache folio's index or anon_vma
+        # root is not this VMA's (its rmap could not find this mapping)
+        folio = yield from self.ksm_might_need_to_copy(t, swapcache, vma, vpn)
         table, slot = m.pte_lookup(t.mm, vpn)
         if table is None:
-            self.folio_unlock_now(t, folio)
-            self.folio_put_now(folio)
+            self.do_swap_page_out_page(t, folio, swapcache)
             yield "do_swap_page: no PTE table: out_page"
             return 0
         yield from self.spin_lock(t, table.ptl, f"do_swap_page: pte_offset_map_lock va {vpn:#x}")
         if t.mm.pmd[vpn // m.ptrs_per_pte] is not table or table.ptes[slot] != orig:
             yield from self.spin_unlock(t, table.ptl, "do_swap_page: !pte_same: out_nomap, unlock")
-            self.folio_unlock_now(t, folio)
-            self.folio_put_now(folio)
+            self.do_swap_page_out_page(t, folio, swapcache)
             yield f"do_swap_page: folio_unlock + folio_put(pfn {folio.pfn})"
             return 0
-        exclusive = orig.exclusive
+        # "We have a fresh page that is not exposed to the swapcache -> certainly exclusive."
+        exclusive = orig.exclusive or folio is not swapcache
         self.swap_free(offset)
         freed = False
         if self.should_try_to_free_swap(folio, write):
@@ -908,22 +915,36 @@ class Memory(KernelBase):
                     pte = pte._replace(dirty=True, soft_dirty=True)
                     write = False
             exclusive = True  # rmap_flags |= RMAP_EXCLUSIVE
-        if folio.anon:  # folio_add_anon_rmap_ptes
+        if folio is not swapcache:  # "ksm created a completely new copy"
+            self.folio_add_new_anon_rmap_now(folio, vma, vpn, True)
+        elif folio.anon:  # folio_add_anon_rmap_ptes
             folio.mapcount += 1
             if exclusive:
                 folio.anon_exclusive = True
         else:  # a folio read in just now: folio_add_new_anon_rmap(rmap_flags)
-            self.folio_add_new_anon_rmap_now(folio, vma, vpn)
-            folio.anon_exclusive = exclusive
-        table.ptes[slot] = pte  # the lookup's reference becomes the PTE's
+            self.folio_add_new_anon_rmap_now(folio, vma, vpn, exclusive)
+        table.ptes[slot] = pte  # the lookup's (or the copy's allocation) reference becomes the PTE's
         self.folio_unlock_now(t, folio)
+        if folio is not swapcache:
+            self.folio_unlock_now(t, swapcache)
+            self.folio_put_now(swapcache)
         yield (f"do_swap_page: swap_free(slot {offset}){', folio_free_swap' if freed else ''}, "
                f"folio_add_anon_rmap pfn {folio.pfn}{' exclusive' if exclusive else ''} + set_ptes "
-               f"va {vpn:#x} {fmt_pte(pte)}, folio_unlock")
+               f"va {vpn:#x} {fmt_pte(pte)}, folio_unlock"
+               f"{'' if folio is swapcache else f' + folio_unlock, folio_put(pfn {swapcache.pfn})'}")
         if write:
             return (yield from self.do_wp_page(t, vma, table, slot, vpn, pte, False, vma_lock))
         yield from self.spin_unlock(t, table.ptl, "do_swap_page: pte_unmap_unlock")
         return 0
+
+    def do_swap_page_out_page(self, t: Task, folio: Folio, swapcache: Folio) -> None:
+        """mm/memory.c do_swap_page's out_page/out_release: folio_unlock, folio_put; "if
+        (folio != swapcache && swapcache)" the same for the swap-cache folio."""
+        self.folio_unlock_now(t, folio)
+        self.folio_put_now(folio)
+        if folio is not swapcache:
+            self.folio_unlock_now(t, swapcache)
+            self.folio_put_now(swapcache)
 
     def should_try_to_free_swap(self, folio: Folio, write: bool) -> bool:
         """mm/memory.c should_try_to_free_swap: "If we want to map a page that's in the

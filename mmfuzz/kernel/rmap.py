@@ -39,15 +39,24 @@ class Rmap(KernelBase):
         """mm/rmap.c folio_add_file_rmap_ptes (caller holds the PTL): mapcount += 1."""
         folio.mapcount += 1
 
-    def folio_add_new_anon_rmap_now(self, folio: Folio, vma: Vma, vpn: int) -> None:
-        """mm/rmap.c folio_add_new_anon_rmap(RMAP_EXCLUSIVE): the folio is not yet visible, so
-        mapping/index/mapcount are set plainly, and PG_anon_exclusive is set."""
+    def folio_add_new_anon_rmap_now(self, folio: Folio, vma: Vma, vpn: int,
+                                    exclusive: bool = True) -> None:
+        """mm/rmap.c folio_add_new_anon_rmap(flags): "const bool exclusive = flags &
+        RMAP_EXCLUSIVE"; __folio_set_anon, then mapcount 1 and, if exclusive,
+        SetPageAnonExclusive. The folio is not yet visible (or, shared, it is locked), so the
+        fields are set plainly.
+
+        __folio_set_anon: "If the folio isn't exclusive to this vma, we must use the _oldest_
+        possible anon_vma for the folio mapping! if (!exclusive) anon_vma = anon_vma->root;"
+        -- a folio swapped in from a swap entry fork shared may be mapped by the parent's VMA
+        as well, which is linked to the root anon_vma but not to the child's own.
+        folio->index = linear_page_index(vma, address) (the model's anon index is the vpn)."""
         folio.anon = True
         folio.mapping = None
-        folio.anon_vma = vma.anon_vma
+        folio.anon_vma = vma.anon_vma if exclusive else vma.anon_vma.root
         folio.index = vpn
         folio.mapcount = 1
-        folio.anon_exclusive = True
+        folio.anon_exclusive = exclusive
 
     def folio_try_dup_anon_rmap_pte_now(self, folio: Folio, src_vma: Vma) -> bool:
         """include/linux/rmap.h __folio_try_dup_anon_rmap (one PTE of a small folio, the
@@ -81,7 +90,8 @@ class Rmap(KernelBase):
         for av in pvma.anon_vma_chain:
             av.vmas.append(vma)
             vma.anon_vma_chain.append(av)
-        av = m.alloc_anon_vma()
+        # "anon_vma->root = pvma->anon_vma->root": the child's own anon_vma shares the root
+        av = m.alloc_anon_vma(pvma.anon_vma.root)
         av.vmas.append(vma)
         vma.anon_vma_chain.append(av)
         vma.anon_vma = av
@@ -275,7 +285,7 @@ class Rmap(KernelBase):
         """mm/rmap.c rmap_walk_anon / rmap_walk_file's VMA iteration: (vma, vpn) for every VMA
         that may map the folio. File: the VMAs of mapping->i_mmap overlapping folio->index.
         Anon: the VMAs linked to folio->anon_vma that cover folio->index. (The walks take no
-        anon_vma rwsem: the model's anon_vma has no root to share it with.)"""
+        anon_vma rwsem: folio_lock_anon_vma_read is left out.)"""
         m = self.m
         out = []
         if folio.ksm:   # rmap_walk_ksm: the stable node's rmap items (mm/ksm.c)
