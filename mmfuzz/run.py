@@ -17,7 +17,7 @@ import os
 import traceback
 from dataclasses import dataclass
 
-from properties import QUIESCENT_PROPERTIES, STEP_PROPERTIES, Violation
+from properties import QUIESCENT_PROPERTIES, STATE_STEP_PROPERTIES, STEP_PROPERTIES, Violation
 
 from .hw import deliver_ipi, evict, user_access
 from .kernel.base import Last, Task, Wait
@@ -608,10 +608,13 @@ class Run:
         step = Step(len(self.trace), cpu, text, action, op, tid)
         self.trace.append(step)
         self.actions.append(action)
-        m.oracle.observe(m, m.events)
+        events = m.events
+        if events:  # the oracle takes notes only from events
+            m.oracle.observe(m, events)
         if self.check and self.violation is None:
-            for prop in STEP_PROPERTIES:
-                v = prop(m, m.events)
+            # a step without events cannot violate an event-only property
+            for prop in STEP_PROPERTIES if events else STATE_STEP_PROPERTIES:
+                v = prop(m, events)
                 if v is not None:
                     self.violation = v
                     self.violation_step = step.index
