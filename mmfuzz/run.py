@@ -462,6 +462,22 @@ class Run:
     def ipi_cpus(self) -> list[int]:
         return [c.cpu_id for c in self.m.cpus if c.ipi_queue and not c.irqs_off]
 
+    def cpu_lists(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """(runnable_cpus(), ipi_cpus(), idle_cpus(), idle_process_cpus()) in one pass over
+        the CPUs: what a policy reads before every action."""
+        runnable, ipis, idle, idle_proc = [], [], [], []
+        for c in self.m.cpus:
+            t = c.task
+            if t is None:
+                idle.append(c.cpu_id)
+                if c.mm_id != 0:
+                    idle_proc.append(c.cpu_id)
+            elif t.wait is None or t.wait.cond():
+                runnable.append(c.cpu_id)
+            if c.ipi_queue and not c.irqs_off:
+                ipis.append(c.cpu_id)
+        return runnable, ipis, idle, idle_proc
+
     def busy(self) -> bool:
         return any(c.task is not None for c in self.m.cpus)
 
