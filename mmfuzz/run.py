@@ -641,15 +641,23 @@ class Run:
     def drain(self, record: bool = True, steps_max: int = 10_000) -> None:
         """Run every operation to completion: the lowest runnable CPU steps, else the lowest
         CPU with a pending IPI takes it. Deterministic."""
+        cpus = self.m.cpus
         for _ in range(steps_max):
-            run = self.runnable_cpus()
-            if run:
-                action = ["step", run[0]]
-            else:
-                ipis = self.ipi_cpus()
-                if ipis:
-                    action = ["ipi", ipis[0]]
-                elif self.busy():
+            # the lowest runnable CPU (runnable_cpus()[0]), else the lowest with an IPI it can
+            # take (ipi_cpus()[0]): the first found is enough, the Wait conditions are pure
+            action = None
+            for c in cpus:
+                t = c.task
+                if t is not None and (t.wait is None or t.wait.cond()):
+                    action = ["step", c.cpu_id]
+                    break
+            if action is None:
+                for c in cpus:
+                    if c.ipi_queue and not c.irqs_off:
+                        action = ["ipi", c.cpu_id]
+                        break
+            if action is None:
+                if self.busy():
                     stuck = {c.cpu_id: c.task.wait.what for c in self.m.cpus if c.task}
                     raise ModelError(f"deadlock: every operation waits: {stuck}")
                 else:
