@@ -33,7 +33,7 @@ def accounting(m, events) -> Violation | None:
                 return Violation(NAME, f"mm{mm.mm_id}'s PMD points at freed PTE table {table.tid}",
                                  {"mm": mm.mm_id, "table": table.tid})
             for pte in table.ptes:
-                if pte is None or pte.special or not pte.present:
+                if pte is None or not pte.present or pte.special:
                     continue
                 if not isinstance(frames[pte.pfn], Folio):
                     va = table.pmd_index * m.ptrs_per_pte + next(

@@ -20,6 +20,8 @@ def no_use_after_free_via_tlb(m, events) -> Violation | None:
     2) TLB invalidate page 3) free page")."""
     frames = m.frames   # checked after every step: locals, and the key only when it fails
     for cpu in m.cpus:
+        if not cpu.tlb:
+            continue
         for e in cpu.tlb.values():
             uid = e.uid
             if uid == 0:
