@@ -175,16 +175,18 @@ class SwarmPolicy:
     def pick(self, rng: random.Random, run: Run):
         m = run.m
         kw = self.kind_weight
+        # one pass over the CPUs for what run.runnable_cpus(), ipi_cpus(), idle_cpus() and
+        # idle_process_cpus() would return (this runs before every action)
+        runnable, ipis, idle_all, idle_proc = run.cpu_lists()
         choices = []
-        for cpu in run.runnable_cpus():
+        for cpu in runnable:
             w = kw["step"]
             if self.lock_hold != 1.0 and m.cpus[cpu].task.locks:
                 w *= self.lock_hold
             choices.append((w, ("step", cpu)))
-        for cpu in run.ipi_cpus():
+        for cpu in ipis:
             choices.append((kw["ipi"], ("ipi", cpu)))
-        idle_proc = run.idle_process_cpus()
-        idle = idle_proc if self.process_only else run.idle_cpus()
+        idle = idle_proc if self.process_only else idle_all
         if idle_proc:
             choices.append((kw["access"] * len(idle_proc), ("access",)))
         if idle:
@@ -193,7 +195,7 @@ class SwarmPolicy:
             choices.append((kw["evict"], ("evict",)))
         if not choices:
             return None
-        r = rng.random() * sum(w for w, _ in choices)
+        r = rng.random() * sum([w for w, _ in choices])
         for w, c in choices:
             r -= w
             if r <= 0:

@@ -344,6 +344,9 @@ class Machine:
         self.cpus = [Cpu(i, mm_id) for i, mm_id in enumerate(world["cpu_mm"])]
         self.mms: dict[int, Mm] = {}
         self.files: dict[int, FileObj] = {}
+        # the ids of the files the world opened O_RDONLY, in world order: a constant of the
+        # run, read by no-write-to-readonly-file after every step
+        self.readonly_files: list[int] = [f["id"] for f in world["files"] if f.get("readonly")]
         self.frames: list[Optional[object]] = [None] * world["nframes"]  # pfn -> Folio | PteTable
         self.free_pfns: list[int] = list(range(world["nframes"] - 1, 0, -1))  # pfn 0: zero page
         self.zero_pfn = 0

@@ -313,8 +313,13 @@ def operation(name: str, *args: Arg, context: str = "process", doc: str = "",
     return register
 
 
+_LOADED = []   # non-empty once the kernel modules are imported (get() runs at every start)
+
+
 def _load() -> dict[str, Operation]:
-    from . import kernel  # noqa: F401  (importing the kernel modules registers their operations)
+    if not _LOADED:
+        from . import kernel  # noqa: F401  (importing the kernel modules registers their operations)
+        _LOADED.append(True)
     return _REGISTRY
 
 

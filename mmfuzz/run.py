@@ -17,7 +17,7 @@ import os
 import traceback
 from dataclasses import dataclass
 
-from properties import QUIESCENT_PROPERTIES, STEP_PROPERTIES, Violation
+from properties import QUIESCENT_PROPERTIES, STATE_STEP_PROPERTIES, STEP_PROPERTIES, Violation
 
 from .hw import deliver_ipi, evict, user_access
 from .kernel.base import Last, Task, Wait
@@ -463,6 +463,22 @@ class Run:
     def ipi_cpus(self) -> list[int]:
         return [c.cpu_id for c in self.m.cpus if c.ipi_queue and not c.irqs_off]
 
+    def cpu_lists(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """(runnable_cpus(), ipi_cpus(), idle_cpus(), idle_process_cpus()) in one pass over
+        the CPUs: what a policy reads before every action."""
+        runnable, ipis, idle, idle_proc = [], [], [], []
+        for c in self.m.cpus:
+            t = c.task
+            if t is None:
+                idle.append(c.cpu_id)
+                if c.mm_id != 0:
+                    idle_proc.append(c.cpu_id)
+            elif t.wait is None or t.wait.cond():
+                runnable.append(c.cpu_id)
+            if c.ipi_queue and not c.irqs_off:
+                ipis.append(c.cpu_id)
+        return runnable, ipis, idle, idle_proc
+
     def busy(self) -> bool:
         return any(c.task is not None for c in self.m.cpus)
 
@@ -609,10 +625,13 @@ class Run:
         step = Step(len(self.trace), cpu, text, action, op, tid)
         self.trace.append(step)
         self.actions.append(action)
-        m.oracle.observe(m, m.events)
+        events = m.events
+        if events:  # the oracle takes notes only from events
+            m.oracle.observe(m, events)
         if self.check and self.violation is None:
-            for prop in STEP_PROPERTIES:
-                v = prop(m, m.events)
+            # a step without events cannot violate an event-only property
+            for prop in STEP_PROPERTIES if events else STATE_STEP_PROPERTIES:
+                v = prop(m, events)
                 if v is not None:
                     self.violation = v
                     self.violation_step = step.index
@@ -623,15 +642,23 @@ class Run:
     def drain(self, record: bool = True, steps_max: int = 10_000) -> None:
         """Run every operation to completion: the lowest runnable CPU steps, else the lowest
         CPU with a pending IPI takes it. Deterministic."""
+        cpus = self.m.cpus
         for _ in range(steps_max):
-            run = self.runnable_cpus()
-            if run:
-                action = ["step", run[0]]
-            else:
-                ipis = self.ipi_cpus()
-                if ipis:
-                    action = ["ipi", ipis[0]]
-                elif self.busy():
+            # the lowest runnable CPU (runnable_cpus()[0]), else the lowest with an IPI it can
+            # take (ipi_cpus()[0]): the first found is enough, the Wait conditions are pure
+            action = None
+            for c in cpus:
+                t = c.task
+                if t is not None and (t.wait is None or t.wait.cond()):
+                    action = ["step", c.cpu_id]
+                    break
+            if action is None:
+                for c in cpus:
+                    if c.ipi_queue and not c.irqs_off:
+                        action = ["ipi", c.cpu_id]
+                        break
+            if action is None:
+                if self.busy():
                     stuck = {c.cpu_id: c.task.wait.what for c in self.m.cpus if c.task}
                     raise ModelError(f"deadlock: every operation waits: {stuck}")
                 else:

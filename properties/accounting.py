@@ -24,6 +24,7 @@ def accounting(m, events) -> Violation | None:
             return Violation(NAME, f"pfn {pfn} was freed while "
                              f"{'mapped (mapcount %d)' % mapcount if mapcount else 'in the page cache'}",
                              {"pfn": pfn, "mapcount": mapcount, "cached": cached})
+    frames = m.frames   # checked after every step: locals, and the slot only when it fails
     for mm in m.mms.values():
         for table in mm.pmd:
             if table is None:
@@ -31,18 +32,19 @@ def accounting(m, events) -> Violation | None:
             if table.freed:
                 return Violation(NAME, f"mm{mm.mm_id}'s PMD points at freed PTE table {table.tid}",
                                  {"mm": mm.mm_id, "table": table.tid})
-            base = table.pmd_index * m.ptrs_per_pte
-            for slot, pte in enumerate(table.ptes):
-                if pte is None or pte.special or not pte.present:
+            for pte in table.ptes:
+                if pte is None or not pte.present or pte.special:
                     continue
-                frame = m.frames[pte.pfn]
-                if not isinstance(frame, Folio):
-                    return Violation(NAME, f"mm{mm.mm_id} va {base + slot:#x} maps pfn {pte.pfn}, "
-                                     "which is free", {"mm": mm.mm_id, "va": base + slot,
+                if not isinstance(frames[pte.pfn], Folio):
+                    va = table.pmd_index * m.ptrs_per_pte + next(
+                        i for i, x in enumerate(table.ptes) if x is pte)
+                    return Violation(NAME, f"mm{mm.mm_id} va {va:#x} maps pfn {pte.pfn}, "
+                                     "which is free", {"mm": mm.mm_id, "va": va,
                                                        "pfn": pte.pfn})
     for f in m.files.values():
-        for index, folio in f.cache.items():
+        for folio in f.cache.values():
             if folio.freed:
+                index = next(i for i, x in f.cache.items() if x is folio)
                 return Violation(NAME, f"file{f.file_id}[{index}] caches freed pfn {folio.pfn}",
                                  {"file": f.file_id, "index": index, "pfn": folio.pfn})
     return None

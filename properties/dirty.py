@@ -25,12 +25,17 @@ def dirty_data_preserved(m, events) -> Violation | None:
             return Violation(NAME, f"store v{version} by CPU{cpu} to va {vpn:#x} landed in pfn "
                              f"{pfn}: {why}", {"cpu": cpu, "va": vpn, "pfn": pfn,
                                                "version": version})
+    expected = m.expected   # checked after every step: locals, no lookup in an empty dict
     for f in m.files.values():
+        cache = f.cache
+        disk = f.disk
         for index in range(f.npages):
-            folio = f.cache.get(index)
-            on_disk = f.disk[index]
+            folio = cache.get(index)
+            on_disk = disk[index]
             if folio is None:
-                want = m.expected.get((f.file_id, index))
+                if not expected:
+                    continue
+                want = expected.get((f.file_id, index))
                 if want is not None and want != on_disk:
                     return Violation(NAME, f"file{f.file_id}[{index}] left the page cache holding "
                                      f"v{want}, but the disk has v{on_disk}",

@@ -86,10 +86,8 @@ def no_write_to_readonly_file(m, events) -> Violation | None:
     private). FOLL_FORCE may write a private mapping only after breaking COW: mm/gup.c
     can_follow_write_pte "FOLL_FORCE can write to even unwritable PTEs in COW mappings" only
     for "an exclusive anonymous page" (Dirty COW, CVE-2016-5195, wrote the page cache)."""
-    for spec in m.world["files"]:
-        if not spec.get("readonly"):
-            continue
-        f = m.files[spec["id"]]
+    for file_id in m.readonly_files:   # the world's files with "readonly", in world order
+        f = m.files[file_id]
         for index in range(f.npages):
             folio = f.cache.get(index)
             if f.disk[index] != 0:

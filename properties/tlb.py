@@ -18,13 +18,18 @@ def no_use_after_free_via_tlb(m, events) -> Violation | None:
     """no-use-after-free-via-TLB: no CPU holds a cached translation to a frame that was freed
     or reused since the translation was filled (include/asm-generic/tlb.h: "1) unhook page
     2) TLB invalidate page 3) free page")."""
+    frames = m.frames   # checked after every step: locals, and the key only when it fails
     for cpu in m.cpus:
-        for key, e in cpu.tlb.items():
-            if e.uid == 0:
+        if not cpu.tlb:
+            continue
+        for e in cpu.tlb.values():
+            uid = e.uid
+            if uid == 0:
                 continue  # the zero page is never freed
-            frame = m.frames[e.pfn]
-            if isinstance(frame, Folio) and frame.uid == e.uid:
+            frame = frames[e.pfn]
+            if isinstance(frame, Folio) and frame.uid == uid:
                 continue
+            key = next(k for k, x in cpu.tlb.items() if x is e)
             state = "reused" if frame is not None else "free"
             return Violation(NAME_UAF,
                              f"CPU{cpu.cpu_id} still translates va {key & 0xffffffff:#x} to pfn "
