@@ -30,11 +30,11 @@ reports it beside swarm.
 from __future__ import annotations
 
 import random
-import time
 
 from .exhaust import exhaust
-from .explore import Found, _random_program_action, random_run, random_world
-from . import ops as _ops
+from .explore import (Found, RunOutcome, _random_program_action, explore_runs, random_run,
+                      random_world, swarm_ops)
+from .kernels import known_open_race
 from .kernel import Mainline
 from .run import Run
 
@@ -52,7 +52,7 @@ def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
     world = random_world(rng)
     ncpus = world["ncpus"]
     probe = Run(Mainline, world, check=False)   # the drawer reads each CPU's process
-    ops = tuple(op for op in _ops.names() if rng.random() < 0.7) or ("madvise_dontneed",)
+    ops = swarm_ops(rng)   # the operations' declared shares, as a swarm run draws them
     store_bias = rng.choice((0.5, 0.8))
     # CPUs with a process run programs (a CPU without one, cpu_mm 0, waits for a fork)
     procs = [c for c in range(ncpus) if world["cpu_mm"][c] != 0]
@@ -69,50 +69,35 @@ def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
 
 def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STATES_MAX,
                preemptions_max: int | None = PREEMPTIONS, every: int = SCENARIO_EVERY):
-    """Run ``index`` of the hybrid engine: returns (world, actions or None, prop or None,
-    model actions applied, kind)."""
+    """Run ``index`` of the hybrid engine, as a RunOutcome (kind "scenarios" for a searched
+    scenario; a swarm run is exactly fast mode's). A scenario's violation that is a known-open race of
+    mainline is set aside as a swarm run's is (mmfuzz.kernels.KNOWN_OPEN)."""
     if every and index % every == every - 1:
         world, programs = random_scenario(rng)
         res = exhaust(kernel_cls, world, programs, preemptions_max=preemptions_max,
                       states_max=states_max)
         steps = res.transitions + res.replayed
         if res.violation is not None:
-            return world, res.schedule, res.violation.prop, steps, "scenario"
-        return world, None, None, steps, "scenario"
+            known = known_open_race(kernel_cls, world, res.schedule, res.violation)
+            if known is None:
+                return RunOutcome(world, steps, res.schedule, res.violation.prop,
+                                  kind="scenarios")
+            return RunOutcome(world, steps, known_open=known, kind="scenarios")
+        return RunOutcome(world, steps, kind="scenarios")
     world, run, v = random_run(kernel_cls, rng)
-    return world, (run.actions if v is not None else None), (v.prop if v else None), \
-        len(run.trace), "swarm"
+    return RunOutcome(world, len(run.trace),
+                      run.schedule_upto(run.violation_step) if v is not None else None,
+                      v.prop if v is not None else None, getattr(run, "known_open", None))
 
 
 def explore_hybrid_strided(kernel_cls, seed: int, budget_s: float | None,
                            runs_max: int | None, start: int = 0, stride: int = 1,
                            progress=None, **kw) -> tuple[Found | None, dict]:
-    """explore_strided's contract for the hybrid engine: runs start, start + stride, ...
-    until a violation, the time budget or the run budget."""
-    t0 = time.perf_counter()
-    stats = {"runs": 0, "steps": 0, "scenarios": 0}
-    i = start
-    last = t0
-    while True:
-        if runs_max is not None and stats["runs"] >= runs_max:
-            break
-        now = time.perf_counter()
-        if budget_s is not None and now - t0 >= budget_s:
-            break
-        rng = random.Random(f"mmfuzz:{seed}:{i}")
-        world, actions, prop, steps, kind = hybrid_run(kernel_cls, rng, i, **kw)
-        stats["runs"] += 1
-        stats["steps"] += steps
-        stats["scenarios"] += kind == "scenario"
-        if progress is not None and now - last > 0.5:
-            progress(stats, now - t0)
-            last = now
-        if actions is not None:
-            return Found(world, actions, prop, i, stats["runs"], stats["steps"],
-                         time.perf_counter() - t0), stats
-        i += stride
-    stats["seconds"] = time.perf_counter() - t0
-    return None, stats
+    """explore_strided's contract for the hybrid engine (the same loop, explore_runs, with
+    hybrid_run as the run): runs start, start + stride, ... until a violation, the time
+    budget or the run budget; a ModelFailure leaves as it does there."""
+    return explore_runs(lambda rng, i: hybrid_run(kernel_cls, rng, i, **kw), seed, budget_s,
+                        runs_max, start, stride, progress, counters=("scenarios",))
 
 
 def explore_hybrid(kernel_cls, seed: int, budget_s: float | None = None,

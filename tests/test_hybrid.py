@@ -64,3 +64,17 @@ def test_ops_machine_has_a_rule_per_registered_operation_and_finds_a_bug():
     assert out.violation is not None and out.violation.prop == bug.prop
     clean, mcls = run_ops_hypothesis(Mainline, 1, 60, polish=False, hypothesis_shrink=False)
     assert clean is None and mcls.runs_total >= 60
+
+
+def test_a_scenario_run_that_makes_the_model_fail_is_a_model_failure_that_replays():
+    """Run 111 of seed 1 is a scenario run (every 4th): exhaust's search raises the variant's
+    assertion as a ModelFailure (never a find), with a schedule that replays to it strictly."""
+    import pytest
+    from mmfuzz.hybrid import hybrid_run
+    from mmfuzz.run import ModelFailure
+    from tests.variants import DoubleRmapRemove
+    with pytest.raises(ModelFailure) as mf:
+        hybrid_run(DoubleRmapRemove, random.Random("mmfuzz:1:111"), 111)
+    with pytest.raises(ModelFailure) as again:
+        execute(DoubleRmapRemove, mf.value.world, mf.value.schedule, strict=True)
+    assert again.value.type == mf.value.type == "AssertionError"
