@@ -14,6 +14,7 @@ from .pgtable import no_freed_page_table_walk
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
                   no_use_after_free_via_tlb)
+from .vma import pte_within_vma_protection_quiescent
 
 STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
@@ -32,6 +33,7 @@ QUIESCENT_PROPERTIES = (
     no_stale_translation_quiescent,
     accounting_quiescent,
     no_lost_write_after_madv_free_quiescent,
+    pte_within_vma_protection_quiescent,
 )
 
 PROPERTY_NAMES = (
@@ -45,6 +47,7 @@ PROPERTY_NAMES = (
     "cow-isolation",
     "gup-pin-coherent",
     "no-write-to-readonly-file",
+    "pte-within-vma-protection",
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

@@ -214,3 +214,148 @@ class FreeTablesBeforeFlush(Mainline):
         yield from self.tlb_table_flush(t, tlb)
         yield from self.tlb_flush_mmu_tlbonly(t, tlb)
         yield from self.tlb_batch_pages_flush(t, tlb)
+
+
+class VmaLockNoDetachedRecheck(Mainline):
+    """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario
+    (a fault on an anonymous page while munmap unmaps it). lock_vma_under_rcu as the kernel
+    has it, two lockless steps (mas_walk finds the VMA under RCU, then vma_start_read), but
+    without the ``vma->detached`` re-check after vma_start_read. vma_start_read alone refuses
+    a VMA that munmap has write-locked (vm_lock_seq == mm_lock_seq), so the re-check matters
+    only when munmap's whole write-locked section (vma_start_write, the detach, and
+    mmap_write_downgrade, which ends the VMA write locks) runs between the fault's two steps:
+    the fault then read-locks a detached VMA and maps a page munmap has already zapped past,
+    outside every VMA (trips accounting at quiescence: rmap cannot find the mapping). One
+    preemption at one point, then munmap running several steps while the faulting CPU, which
+    holds no lock, does not step: what a systematic search at preemption bound 1 tries first
+    and a random scheduler rarely does."""
+
+    def lock_vma_under_rcu(self, t, mm, vpn):
+        vma = mm.find_vma(vpn)
+        if vma is None:
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
+            return None
+        yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid} (RCU)"
+        if not self.vma_start_read_now(t, vma):
+            yield (f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), "
+                   "fall back to mmap_lock")
+            return None
+        # the variant: no "if (unlikely(vma->detached))" re-check here
+        if not vma.contains(vpn):
+            self.vma_end_read_now(t, vma)
+            yield f"lock_vma_under_rcu: vma{vma.vid} no longer covers va {vpn:#x}, vma_end_read, fall back"
+            return None
+        yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid})"
+        return vma
+
+
+class VmaLockRecheckByRange(Mainline):
+    """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario
+    (a store to an anonymous page while another thread munmaps that mapping and a third maps
+    it again). lock_vma_under_rcu as the kernel has it, two lockless steps (mas_walk finds
+    the VMA under RCU, then vma_start_read), but re-validating the VMA it locked by walking
+    the tree again and comparing the range of what it finds there, instead of testing
+    ``vma->detached``: a VMA that munmap detached and mmap replaced by a new VMA over the same
+    range passes (an ABA). vma_start_read alone refuses a write-locked VMA, and the mmap
+    waits for munmap's mmap_lock, so the fault goes wrong only when the whole munmap from its
+    detach to its return, and then the whole mmap, run between the fault's two steps: the
+    fault then maps an anonymous page through the old, detached VMA, whose anon_vma does not
+    link the new one (trips accounting at quiescence: rmap cannot find the mapping). One
+    preemption, then two operations running start to finish while the faulting CPU, which
+    holds no lock, does not step."""
+
+    def lock_vma_under_rcu(self, t, mm, vpn):
+        vma = mm.find_vma(vpn)
+        if vma is None:
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
+            return None
+        yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid} (RCU)"
+        if not self.vma_start_read_now(t, vma):
+            yield (f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), "
+                   "fall back to mmap_lock")
+            return None
+        again = mm.find_vma(vpn)
+        # the variant: the range of what the tree maps now, not vma->detached
+        if again is None or (again.start, again.end) != (vma.start, vma.end):
+            self.vma_end_read_now(t, vma)
+            yield (f"lock_vma_under_rcu: vma{vma.vid} range no longer in the tree, vma_end_read, "
+                   "fall back")
+            return None
+        yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}), range {vma.start:#x}-{vma.end:#x} still mapped"
+        return vma
+
+
+class VmaLockNoRangeRecheck(Mainline):
+    """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario (a
+    store to a page while another thread mprotects the part of its mapping that holds it
+    read-only). lock_vma_under_rcu as the kernel has it, two lockless steps (mas_walk finds
+    the VMA under RCU, then vma_start_read), but without the re-check that the VMA still
+    covers the address ("address < vma->vm_start || address >= vma->vm_end"). vma_start_read
+    alone refuses a VMA that mprotect has write-locked (vm_lock_seq == mm_lock_seq, until
+    mmap_write_unlock), so the re-check matters only when mprotect's whole write-locked part,
+    from splitting the VMA to mmap_write_unlock (change_protection and its flush included),
+    runs between the fault's two steps: the fault then handles the address under the old,
+    shrunk VMA, which still has VM_WRITE, and maps the page writable in the range mprotect
+    just made read-only (trips pte-within-vma-protection at quiescence). One preemption at
+    one point, then a whole operation running while the faulting CPU, which holds no lock,
+    does not step: what a systematic search at preemption bound 1 tries first and a random
+    scheduler rarely does."""
+
+    def lock_vma_under_rcu(self, t, mm, vpn):
+        vma = mm.find_vma(vpn)
+        if vma is None:
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
+            return None
+        yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid} (RCU)"
+        if not self.vma_start_read_now(t, vma):
+            yield (f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), "
+                   "fall back to mmap_lock")
+            return None
+        if vma.detached:
+            self.vma_end_read_now(t, vma)
+            yield f"lock_vma_under_rcu: vma{vma.vid} detached meanwhile, vma_end_read, retry"
+            return (yield from self.lock_vma_under_rcu(t, mm, vpn))
+        # the variant: no "address < vma->vm_start || address >= vma->vm_end" re-check
+        yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid})"
+        return vma
+
+
+class VmaLockRecheckMapped(Mainline):
+    """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario (a
+    store to a page while another thread mprotects the part of its mapping that holds it
+    read-only). lock_vma_under_rcu as the kernel has it, two lockless steps (mas_walk finds
+    the VMA under RCU, then vma_start_read), and the detached re-check, but the range re-check
+    ("address < vma->vm_start || address >= vma->vm_end") replaced by a weaker one: a second
+    mas_walk that only asks whether some VMA still maps the address, not whether it is the VMA
+    it locked. After a munmap nothing maps it and the fault falls back as mainline's does;
+    after mprotect split the VMA, the new VMA maps it and the check passes. vma_start_read
+    refuses a VMA that mprotect has write-locked (vm_lock_seq == mm_lock_seq, until
+    mmap_write_unlock), so the fault goes wrong only when mprotect's whole write-locked part,
+    from splitting the VMA to mmap_write_unlock (change_protection and its flush included),
+    runs between the fault's two steps: the fault then handles the address under the old,
+    shrunk VMA, which still has VM_WRITE, and maps the page writable in the range mprotect
+    made read-only (trips pte-within-vma-protection at quiescence, or accounting when the new
+    VMA was split off before the old one had an anon_vma). One preemption at one point, then a
+    whole operation running while the faulting CPU, which holds no lock, does not step: what a
+    systematic search at preemption bound 1 tries first and a random scheduler rarely does."""
+
+    def lock_vma_under_rcu(self, t, mm, vpn):
+        vma = mm.find_vma(vpn)
+        if vma is None:
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
+            return None
+        yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid} (RCU)"
+        if not self.vma_start_read_now(t, vma):
+            yield (f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), "
+                   "fall back to mmap_lock")
+            return None
+        if vma.detached:
+            self.vma_end_read_now(t, vma)
+            yield f"lock_vma_under_rcu: vma{vma.vid} detached meanwhile, vma_end_read, retry"
+            return (yield from self.lock_vma_under_rcu(t, mm, vpn))
+        if mm.find_vma(vpn) is None:   # the variant: "still mapped", not "still this VMA's"
+            self.vma_end_read_now(t, vma)
+            yield f"lock_vma_under_rcu: va {vpn:#x} no longer mapped, vma_end_read, fall back"
+            return None
+        yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}), va {vpn:#x} still mapped"
+        return vma
