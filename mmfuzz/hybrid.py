@@ -36,8 +36,8 @@ from . import ops as _ops
 from .kernel import Mainline
 from .run import Run
 
-#: one run in SCENARIO_EVERY is a systematically searched scenario, the others swarm runs
-SCENARIO_EVERY = 4
+#: every SCENARIO_EVERY-th run searches a scenario after its swarm run (1: every run does)
+SCENARIO_EVERY = 1
 #: distinct states searched per scenario, and the preemption bound (None: no bound). A
 #: scenario of this size costs about 20 to 40 swarm runs of model steps.
 STATES_MAX = 300
