@@ -64,11 +64,13 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
     return {"found": False, "runs": runs, "t_first": None, "t_report": None}
 
 
-def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
+def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int = 60) -> dict:
     """``engine``: swarm, pct, uniform (the fast explorer), hybrid (mmfuzz/hybrid.py),
     hyp-swarm, hyp-pct, hyp-uniform
     (the same policies as Hypothesis strategies), hyp-rules (the rule-based machine) or
-    hyp-ops (operations as rules, interleavings searched by exhaust)."""
+    hyp-ops (strategies.machine.OpsMachine: operations as rules, each example's mix run under
+    PCT and searched by exhaust). ``actions_max``: the fast engines' run length (a bug's own
+    Bug.actions_max, as ``mmfuzz hunt`` runs it)."""
     if engine == "hyp-ops":
         from strategies.machine import run_ops_hypothesis
 
@@ -97,9 +99,10 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
     t0 = time.perf_counter()
     if engine == "hybrid":
         from mmfuzz.hybrid import explore_hybrid
-        found, stats = explore_hybrid(kernel, seed, budget_s=budget)
+        found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max)
     else:
-        found, stats = explore(kernel, seed, budget_s=budget, policy=engine)
+        found, stats = explore(kernel, seed, budget_s=budget, policy=engine,
+                               actions_max=actions_max)
     if found is None:
         return {"found": False, "runs": stats["runs"], "t_first": None, "t_report": None}
     t1 = time.perf_counter()
@@ -109,10 +112,22 @@ def one_seed(kernel, engine: str, seed: int, budget: float) -> dict:
             "len": len(schedule), "segs": segments(schedule), "len_raw": len(found.actions)}
 
 
+def _bug(slug: str):
+    """A catalogued bug by slug, or a kernel by name (``tests.variants:VmaLockRecheckByRange``,
+    the synthetic rare-interleaving race): a Bug-like record with its kernel."""
+    bug = next((b for b in BUGS if b.slug == slug), None)
+    if bug is not None:
+        return bug
+    from types import SimpleNamespace
+    from mmfuzz.kernels import resolve_kernel
+    return SimpleNamespace(slug=slug, kernel=resolve_kernel(slug), actions_max=60,
+                           diagram_steps=0)
+
+
 def _worker(args):
     slug, engine, seed, budget = args
-    bug = next(b for b in BUGS if b.slug == slug)
-    return slug, engine, seed, one_seed(bug.kernel, engine, seed, budget)
+    bug = _bug(slug)
+    return slug, engine, seed, one_seed(bug.kernel, engine, seed, budget, bug.actions_max)
 
 
 def summarize(rows: list[dict], budget: float) -> dict:
@@ -198,7 +213,9 @@ def main(argv=None) -> int:
     ap.add_argument("--engines",
                     default="swarm,hybrid,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules,"
                     "hyp-ops")
-    ap.add_argument("--bugs", default=",".join(b.slug for b in BUGS))
+    ap.add_argument("--bugs", default=",".join(b.slug for b in BUGS),
+                    help="catalogued slugs, or kernel names such as "
+                    "tests.variants:VmaLockRecheckByRange (a synthetic variant)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="seeds run in parallel processes (each still one core)")
     ap.add_argument("--skip-extras", action="store_true",
@@ -246,7 +263,7 @@ def main(argv=None) -> int:
                  "| len | rows | rows <= diagram + 2 |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for slug in slugs:
-        bug = next(b for b in BUGS if b.slug == slug)
+        bug = _bug(slug)
         for eng in engines:
             rows = results[(slug, eng)]
             s = summarize(rows, a.budget)

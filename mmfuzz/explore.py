@@ -426,8 +426,37 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
                     progress=None, policy: str = "swarm") -> tuple[Found | None, dict]:
     """Runs start, start + stride, ...: worker w of n takes (w, n), so n workers together run
     exactly the runs one worker would, and run i is the same wherever it runs."""
+    def one_run(rng, i):
+        world, run, v = random_run(kernel_cls, rng, actions_max, policy)
+        return RunOutcome(world, len(run.trace),
+                          run.schedule_upto(run.violation_step) if v is not None else None,
+                          v.prop if v is not None else None, getattr(run, "known_open", None))
+    return explore_runs(one_run, seed, budget_s, runs_max, start, stride, progress)
+
+
+@dataclass
+class RunOutcome:
+    """What one run of an engine gives explore_runs: its world, the model actions it applied,
+    and for a violation the schedule up to it and the property (None: clean)."""
+    world: dict
+    steps: int
+    actions: list | None = None
+    prop: str | None = None
+    known_open: str | None = None   # a known-open race the run set aside (not a find)
+    kind: str | None = None         # counted in stats[kind] when given (the hybrid's scenarios)
+
+
+def explore_runs(one_run, seed: int, budget_s: float | None, runs_max: int | None,
+                 start: int = 0, stride: int = 1, progress=None,
+                 counters: tuple = ()) -> tuple[Found | None, dict]:
+    """The budget and stride loop every fast engine shares: run i calls ``one_run(rng, i)``
+    (a RunOutcome) with its own generator ``random.Random(f"mmfuzz:{seed}:{i}")``, until a
+    violation, the time budget or the run budget. A ModelFailure is not a find: it leaves
+    with the run, runs and steps so far in its info (the CLI reports it apart, exit 3).
+    ``counters`` are stats keys that start at 0 (RunOutcome.kind counts into them)."""
     t0 = time.perf_counter()
     stats = {"runs": 0, "steps": 0}
+    stats.update((k, 0) for k in counters)
     i = start
     last = t0
     while True:
@@ -438,7 +467,7 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
             break
         rng = random.Random(f"mmfuzz:{seed}:{i}")
         try:
-            world, run, v = random_run(kernel_cls, rng, actions_max, policy)
+            out = one_run(rng, i)
         except ModelFailure as mf:
             # not a find: the CLI reports it apart (exit 3) with the schedule that raised
             stats["runs"] += 1
@@ -446,17 +475,17 @@ def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int
                            seconds=time.perf_counter() - t0)
             raise
         stats["runs"] += 1
-        stats["steps"] += len(run.trace)
-        known = getattr(run, "known_open", None)
-        if known is not None:
+        stats["steps"] += out.steps
+        if out.kind is not None:
+            stats[out.kind] = stats.get(out.kind, 0) + 1
+        if out.known_open is not None:
             stats.setdefault("known_open", {})
-            stats["known_open"][known] = stats["known_open"].get(known, 0) + 1
+            stats["known_open"][out.known_open] = stats["known_open"].get(out.known_open, 0) + 1
         if progress is not None and now - last > 0.5:
             progress(stats, now - t0)
             last = now
-        if v is not None:
-            return Found(world, run.schedule_upto(run.violation_step), v.prop, i,
-                         stats["runs"], stats["steps"],
+        if out.actions is not None:
+            return Found(out.world, out.actions, out.prop, i, stats["runs"], stats["steps"],
                          time.perf_counter() - t0), stats
         i += stride
     stats["seconds"] = time.perf_counter() - t0

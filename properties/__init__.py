@@ -16,6 +16,7 @@ from .pgtable import no_freed_page_table_walk
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
                   no_use_after_free_via_tlb)
+from .vma import pte_within_vma_protection_quiescent
 
 STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
@@ -51,6 +52,7 @@ QUIESCENT_PROPERTIES = (
     gup_pin_coherent_quiescent,  # before the anon checks: a pinned page's loss is its pin's
     no_lost_write_after_madv_free_quiescent,
     no_store_leak_into_unwritten_anon_quiescent,
+    pte_within_vma_protection_quiescent,
 )
 
 PROPERTY_NAMES = (
@@ -64,6 +66,7 @@ PROPERTY_NAMES = (
     "cow-isolation",
     "gup-pin-coherent",
     "no-write-to-readonly-file",
+    "pte-within-vma-protection",
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "EVENT_STEP_PROPERTIES", "STATE_STEP_PROPERTIES",

@@ -4,12 +4,14 @@ scenario. Counts are pinned, never times."""
 
 import random
 
+import pytest
+
 from mmfuzz.exhaust import exhaust
 from mmfuzz.hybrid import explore_hybrid, random_scenario
 from mmfuzz.kernel import Mainline
 from mmfuzz.kernels import bug_by_slug
 from mmfuzz.run import default_world, execute
-from tests.variants import ZeroPageNoRecheckWhileZapping
+from tests.variants import VmaLockRecheckMapped, ZeroPageNoRecheckWhileZapping
 
 
 def test_scenarios_are_deterministic_and_well_formed():
@@ -24,16 +26,21 @@ def test_scenarios_are_deterministic_and_well_formed():
 
 
 def test_hybrid_finds_a_bug_and_mainline_stays_clean():
-    bug = bug_by_slug("madv-parallel-flush-miss")
-    found, stats = explore_hybrid(bug.kernel, 3, runs_max=2000)
-    # seed 3 today: run 961 (302 before the merged model's 20 operations; scenarios ran in
-    # between: stats["scenarios"], 240)
-    assert found is not None and found.prop == bug.prop and found.runs <= 961
-    assert stats["scenarios"] >= 200
-    _, out = execute(bug.kernel, found.world, found.actions)
-    assert out.violation is not None and out.violation.prop == bug.prop
-    clean, st = explore_hybrid(Mainline, 3, runs_max=found.runs)
-    assert clean is None and st["runs"] == found.runs
+    """Every hybrid run is first the swarm run of its index, so the hybrid needs no more runs
+    than swarm for what swarm finds (clear-refs-softdirty-no-flush, seeds 1-5: 2, 7, 2, 12,
+    25 runs for both), and every run searched a scenario (SCENARIO_EVERY 1) unless its swarm
+    run found the bug."""
+    from mmfuzz.explore import explore
+    bug = bug_by_slug("clear-refs-softdirty-no-flush")
+    for seed, runs in ((1, 2), (2, 7), (3, 2), (4, 12), (5, 25)):
+        found, stats = explore_hybrid(bug.kernel, seed, runs_max=100)
+        swarm, _ = explore(bug.kernel, seed, runs_max=100)
+        assert found is not None and found.prop == bug.prop and found.runs <= swarm.runs == runs
+        assert stats["scenarios"] >= found.runs - 1
+        _, out = execute(bug.kernel, found.world, found.actions)
+        assert out.violation is not None and out.violation.prop == bug.prop
+        clean, st = explore_hybrid(Mainline, seed, runs_max=found.runs)
+        assert clean is None and st["runs"] == found.runs
 
 
 def test_synthetic_rare_interleaving_found_by_exhaust_on_its_scenario():
@@ -59,8 +66,94 @@ def test_ops_machine_has_a_rule_per_registered_operation_and_finds_a_bug():
     failure, cls = run_ops_hypothesis(bug.kernel, 1, 100, polish=False,
                                       hypothesis_shrink=False)
     assert failure is not None and failure["violation"].prop == bug.prop
-    assert cls.first_failure_run <= 22          # seed 1 today: example 22 (14 before the merge)
+    # seed 1 today: machine run 21 (22 before the PCT runs were added, 14 before the merge)
+    assert cls.first_failure_run <= 21
     _, out = execute(bug.kernel, failure["world"], failure["schedule"])
     assert out.violation is not None and out.violation.prop == bug.prop
     clean, mcls = run_ops_hypothesis(Mainline, 1, 60, polish=False, hypothesis_shrink=False)
     assert clean is None and mcls.runs_total >= 60
+
+
+def test_a_scenario_run_that_makes_the_model_fail_is_a_model_failure_that_replays():
+    """Run 111 of seed 1 is a scenario run (every 4th): exhaust's search raises the variant's
+    assertion as a ModelFailure (never a find), with a schedule that replays to it strictly."""
+    import pytest
+    from mmfuzz.hybrid import hybrid_run
+    from mmfuzz.run import ModelFailure
+    from tests.variants import DoubleRmapRemove
+    with pytest.raises(ModelFailure) as mf:
+        hybrid_run(DoubleRmapRemove, random.Random("mmfuzz:1:111"), 111)
+    with pytest.raises(ModelFailure) as again:
+        execute(DoubleRmapRemove, mf.value.world, mf.value.schedule, strict=True)
+    assert again.value.type == mf.value.type == "AssertionError"
+
+
+def test_synthetic_deep_window_found_by_exhaust_at_bound_1_and_mainline_clean():
+    """VmaLockRecheckMapped: a store to the upper anonymous page while mprotect(PROT_READ)
+    splits it off. At preemption bound 1 (the store's fault stops after mas_walk, mprotect runs
+    its whole write-locked part, the fault goes on) exhaust finds it: accounting when the
+    split came before the old VMA had an anon_vma (25 actions), pte-within-vma-protection when
+    it had one (page 4 prefaulted: 20 actions). Mainline is clean on both scenarios, and the
+    variant's weaker re-check still covers munmap (the same split by munmap is clean)."""
+    world = default_world()
+    store = [["access", 1, 5, 1]]
+    mprotect = {0: [["start", 0, "mprotect", 5, 1, 1]], 1: store}
+    with_anon_vma = dict(world, prefault=world["prefault"] + [[0, 4, 1]])
+    for w, prop, length in ((world, "accounting", 25),
+                            (with_anon_vma, "pte-within-vma-protection", 20)):
+        bad = exhaust(VmaLockRecheckMapped, w, mprotect, preemptions_max=1)
+        assert bad.violation is not None and bad.violation.prop == prop
+        assert len(bad.schedule) == length and not bad.truncated
+        good = exhaust(Mainline, w, mprotect, preemptions_max=1)
+        assert good.violation is None and not good.truncated
+    munmap = exhaust(VmaLockRecheckMapped, world, {0: [["start", 0, "munmap", 5, 1]], 1: store},
+                     preemptions_max=1)
+    assert munmap.violation is None and not munmap.truncated
+
+
+@pytest.mark.fuzz
+@pytest.mark.cost(60)
+def test_synthetic_deep_window_is_rare_for_swarm():
+    """Swarm needs 46,220 runs for VmaLockRecheckMapped under seed 1 (the first violation of
+    any property in those runs is this race; mainline: the exhaust test above)."""
+    from mmfuzz.explore import explore
+    found, _ = explore(VmaLockRecheckMapped, 1, runs_max=47000)
+    assert found is not None and found.prop == "accounting" and found.runs == 46220
+
+
+@pytest.mark.fuzz
+@pytest.mark.cost(40)
+def test_ops_machine_pct_runs_find_what_the_search_alone_misses():
+    """OpsMachine runs each example's mix under PCT (PCT_TRIES) before exhaust: under seed 2,
+    bug:madv-parallel-flush-miss is found at machine run 86 of a 60-example campaign (with
+    PCT_TRIES 0 not at all in it); mainline is clean on the same campaign."""
+    from strategies.machine import run_ops_hypothesis
+    bug = bug_by_slug("madv-parallel-flush-miss")
+    failure, cls = run_ops_hypothesis(bug.kernel, 2, 60, polish=False, hypothesis_shrink=False)
+    assert failure is not None and failure["violation"].prop == bug.prop
+    assert cls.first_failure_run <= 86
+    _, out = execute(bug.kernel, failure["world"], failure["schedule"])
+    assert out.violation is not None and out.violation.prop == bug.prop
+    clean, mcls = run_ops_hypothesis(Mainline, 2, 60, polish=False, hypothesis_shrink=False)
+    assert clean is None and mcls.runs_total >= 60
+
+
+def test_synthetic_deep_window_found_by_a_hybrid_scenario():
+    """Hybrid run 2,257 of seed 2 on VmaLockRecheckMapped: its swarm run misses the race, the
+    operations it had in flight (a store to va 4 and mprotect(4, 1, PROT_READ)) are searched
+    at bound 1 and the race is found (accounting); mainline is clean on that scenario.
+    Measured: no earlier run of seed 2 finds it (2,258 runs against swarm's 32,657)."""
+    from mmfuzz.explore import random_run
+    from mmfuzz.hybrid import PREEMPTIONS, STATES_MAX, hybrid_run, scenario_from_run
+    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:2:2257"), 2257)
+    assert out.kind == "scenarios" and out.prop == "accounting"
+    _, replay = execute(VmaLockRecheckMapped, out.world, out.actions)
+    assert replay.violation is not None and replay.violation.prop == "accounting"
+    rng = random.Random("mmfuzz:2:2257")
+    _, run, v = random_run(VmaLockRecheckMapped, rng)
+    world, programs = scenario_from_run(run, rng)
+    assert v is None and programs == {0: [["access", 0, 4, 1], ["access", 0, 4, 1]],
+                                      1: [["start", 1, "mprotect", 4, 1, 1]]}
+    clean = exhaust(Mainline, world, programs, preemptions_max=PREEMPTIONS,
+                    states_max=STATES_MAX)
+    assert clean.violation is None

@@ -469,6 +469,8 @@ def test_every_property_is_covered():
     from properties.pgtable import no_freed_page_table_walk
     tested |= {cow_isolation, gup_pin_coherent, gup_pin_coherent_quiescent,
                no_write_to_readonly_file, no_freed_page_table_walk}
+    from properties.vma import pte_within_vma_protection_quiescent
+    tested |= {pte_within_vma_protection_quiescent}
     assert set(properties.STEP_PROPERTIES) | set(properties.QUIESCENT_PROPERTIES) == tested
     names = {v.prop for v in _one_violation_each()}
     assert names == set(properties.PROPERTY_NAMES)
@@ -491,6 +493,11 @@ def _one_violation_each():
     fault_in(r3, 0, 4, True)
     _anon_folio(r3).data = 0  # the store never reached the page
     out.append(no_lost_write_after_madv_free_quiescent(r3.m))
+    r4 = new_run()
+    fault_in(r4, 0, 4, True)
+    _vma_at(r4, 4).writable = False   # as if VM_WRITE were cleared and the PTE kept
+    from properties.vma import pte_within_vma_protection_quiescent
+    out.append(pte_within_vma_protection_quiescent(r4.m))
     from .test_gup_properties import one_violation_each as gup_violations
     out.extend(gup_violations())
     assert all(v is not None for v in out)
@@ -599,3 +606,29 @@ def test_buggy_kernel_clean_on_serial_schedule():
     run_op(run, 2, "writeback", 1)
     fault_in(run, 0, 0, True)
     assert run.quiesce() is None
+
+
+# ======================================================================================
+# pte-within-vma-protection
+# ======================================================================================
+def _vma_at(r: Run, vpn: int):
+    return r.m.mms[MM].find_vma(vpn)
+
+
+def test_pte_within_vma_protection_good_and_bad_states():
+    from properties.vma import pte_within_vma_protection_quiescent as check
+    r = new_run()
+    fault_in(r, 0, 4, True)                      # a writable anon PTE in a VM_WRITE VMA
+    assert check(r.m) is None
+    run_op(r, 1, "mprotect", 4, 2, 1)            # mprotect(PROT_READ) write-protects it
+    assert check(r.m) is None
+    r = new_run()
+    fault_in(r, 0, 4, True)
+    _vma_at(r, 4).writable = False               # VM_WRITE cleared, the PTE left writable
+    v = check(r.m)
+    assert v is not None and v.prop == "pte-within-vma-protection" and v.facts["va"] == 4
+    r = new_run()
+    fault_in(r, 0, 5, True)
+    r.m.mms[MM].vmas.remove(_vma_at(r, 5))       # a writable PTE no VMA covers
+    v = check(r.m)
+    assert v is not None and v.facts["vma"] is None

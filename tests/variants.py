@@ -237,3 +237,44 @@ class SwapinWithoutKsmCopy(Mainline):
     def ksm_might_need_to_copy(self, t, folio, vma, vpn):
         return folio
         yield
+
+
+class VmaLockRecheckMapped(Mainline):
+    """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario (a
+    store to a page while another thread mprotects the part of its mapping that holds it
+    read-only). lock_vma_under_rcu as the kernel has it, two lockless steps (mas_walk finds
+    the VMA under RCU, then vma_start_read), and the detached re-check, but the range re-check
+    ("address < vma->vm_start || address >= vma->vm_end") replaced by a weaker one: a second
+    mas_walk that only asks whether some VMA still maps the address, not whether it is the VMA
+    it locked. After a munmap nothing maps it and the fault falls back as mainline's does;
+    after mprotect split the VMA, the new VMA maps it and the check passes. vma_start_read
+    refuses a VMA that mprotect has write-locked (vm_lock_seq == mm_lock_seq, until
+    mmap_write_unlock), so the fault goes wrong only when mprotect's whole write-locked part,
+    from splitting the VMA to mmap_write_unlock (change_protection and its flush included),
+    runs between the fault's two steps: the fault then handles the address under the old,
+    shrunk VMA, which still has VM_WRITE, and maps the page writable in the range mprotect
+    made read-only (trips pte-within-vma-protection at quiescence, or accounting when the new
+    VMA was split off before the old one had an anon_vma). One preemption at one point, then a
+    whole operation running while the faulting CPU, which holds no lock, does not step: what a
+    systematic search at preemption bound 1 tries first and a random scheduler rarely does."""
+
+    def lock_vma_under_rcu(self, t, mm, vpn):
+        vma = mm.find_vma(vpn)
+        if vma is None:
+            yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> none, fall back to mmap_lock"
+            return None
+        yield f"lock_vma_under_rcu: mas_walk va {vpn:#x} -> vma{vma.vid} (RCU)"
+        if not self.vma_start_read_now(t, vma):
+            yield (f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}) failed (write-locked), "
+                   "fall back to mmap_lock")
+            return None
+        if vma.detached:
+            self.vma_end_read_now(t, vma)
+            yield f"lock_vma_under_rcu: vma{vma.vid} detached meanwhile, vma_end_read, retry"
+            return (yield from self.lock_vma_under_rcu(t, mm, vpn))
+        if mm.find_vma(vpn) is None:   # the variant: "still mapped", not "still this VMA's"
+            self.vma_end_read_now(t, vma)
+            yield f"lock_vma_under_rcu: va {vpn:#x} no longer mapped, vma_end_read, fall back"
+            return None
+        yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}), va {vpn:#x} still mapped"
+        return vma
