@@ -278,3 +278,18 @@ class VmaLockRecheckMapped(Mainline):
             return None
         yield f"lock_vma_under_rcu: vma_start_read(vma{vma.vid}), va {vpn:#x} still mapped"
         return vma
+
+
+class AccessFlagsGeneric(Mainline):
+    """ptep_set_access_flags as mm/pgtable-generic.c has it (set_pte_at whenever the entry
+    changed, a read fault too) on x86 hardware that sets D itself: a read fault writes back
+    the clean entry it read before a store through a refilled writable TLB entry set D, so
+    a CPU caches D for a clean PTE (trips no-stale-translation-after-return after
+    MADV_FREE). The model's own ptep_set_access_flags was this until the fuzzer flagged
+    mainline with it (tests/test_access_flags.py)."""
+
+    def ptep_set_access_flags(self, table, slot, entry, dirty):
+        changed = table.ptes[slot] != entry
+        if changed:
+            table.ptes[slot] = entry
+        return changed

@@ -506,8 +506,9 @@ class Memory(KernelBase):
         ptep_get_lockless, one step that shows both reads. No PTE -> do_pte_missing. Else take
         the PTL and re-check pte_same (in that step): changed -> unlock and return (the access
         retries). A write or unshare to a read-only PTE -> do_wp_page (PTL held); else
-        pte_mkdirty for a write, pte_mkyoung, ptep_set_access_flags (x86: writes the PTE if it
-        changed, never flushes; the spurious-fault flush is a no-op on x86)."""
+        pte_mkdirty for a write, pte_mkyoung, ptep_set_access_flags (arch/x86/mm/pgtable.c:
+        writes the PTE only if it changed and the fault is a write, never flushes; the
+        spurious-fault flush is a no-op on x86)."""
         m = self.m
         mm = t.mm
         table, slot = m.pte_lookup(mm, vpn)
@@ -535,10 +536,20 @@ class Memory(KernelBase):
             return (yield from self.do_wp_page(t, vma, table, slot, vpn, orig, unshare, vma_lock))
         entry = orig._replace(young=True, dirty=orig.dirty or write,
                               soft_dirty=orig.soft_dirty or write)
-        if entry != orig:
-            table.ptes[slot] = entry
+        self.ptep_set_access_flags(table, slot, entry, write)
         yield from self.spin_unlock(t, table.ptl, "handle_pte_fault: ptep_set_access_flags, unlock")
         return 0
+
+    def ptep_set_access_flags(self, table: PteTable, slot: int, entry: Pte, dirty: bool) -> bool:
+        """arch/x86/mm/pgtable.c ptep_set_access_flags (PTL held): changed = !pte_same(*ptep,
+        entry); set_pte only when changed && dirty ("On x86, the accessed and dirty bits are
+        tracked by hardware"). So a read fault never writes the PTE: a D bit the hardware set
+        after the fault's pte_same (a store through a refilled writable entry) is never
+        overwritten with the clean value the fault read. Returns changed."""
+        changed = table.ptes[slot] != entry
+        if changed and dirty:
+            table.ptes[slot] = entry
+        return changed
 
     def do_pte_missing(self, t: Task, vma: Vma, vpn: int, write: bool, vma_lock: bool):
         """mm/memory.c do_pte_missing: anonymous VMA -> do_anonymous_page, else do_fault. (An
