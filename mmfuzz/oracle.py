@@ -12,8 +12,9 @@ What it records:
   the file may see them) and are not recorded;
 - the fork tree: child mm -> (parent mm, clock when fork returned);
 - every discard of a user range (munmap, MADV_DONTNEED, exit) with its start and end, and
-  when the GUP call that took each pin started: a pin whose range was discarded while it
-  existed no longer has to follow that address;
+  when the GUP call that took each pin (or that writes through its own reference, as
+  /proc/pid/mem does) started: a pin whose range was discarded while it existed no longer
+  has to follow that address, and a store through it may land in a page no longer mapped;
 - what each anonymous page must read (no-lost-write-after-madv-free): the last store to it
   (through a mapping or a pin), or, once madvise(MADV_DONTNEED / MADV_FREE) returned on it,
   0 or one of the versions stored to it.
@@ -31,6 +32,10 @@ DISCARDING_OPS = {
 
 #: operations that take a GUP reference and hand it over as a pin (t.result = pin id)
 GUP_OPS = ("pin_user_pages", "vmsplice")
+
+#: operations that take a GUP reference and store through it before they return ("gup_store"
+#: events carry the task id): mm/memory.c __access_remote_vm for write(/proc/pid/mem)
+GUP_WRITER_OPS = ("proc_mem_write",)
 
 
 class Oracle:
@@ -70,12 +75,20 @@ class Oracle:
                 _, cpu, vpn, pfn, version = ev
                 self._stored(m, m.cpus[cpu].mm_id, pfn, version)
                 self.anon_stored(m, m.cpus[cpu].mm_id, vpn, pfn, version)
-            elif kind == "pin_store" or kind == "gup_store":
+            elif kind == "pin_store":
                 _, mm_id, vpn, pfn, version = ev
                 self._stored(m, mm_id, pfn, version)
-                detached = kind == "pin_store" and any(
+                detached = any(
                     p.mm_id == mm_id and p.vpn == vpn and p.folio is not None
                     and p.folio.pfn == pfn and self.pin_detached(m, p) for p in m.pins.values())
+                self.anon_stored(m, mm_id, vpn, pfn, version, detached)
+            elif kind == "gup_store":
+                # a store through the reference the writing call took itself: the page it
+                # holds may have been zapped since (get_user_pages "does not guarantee that
+                # the page exists in the user mappings when __get_user_pages returns")
+                _, mm_id, vpn, pfn, version, tid = ev
+                self._stored(m, mm_id, pfn, version)
+                detached = self.discarded_since(mm_id, vpn, self.gup_started.get(tid, 0))
                 self.anon_stored(m, mm_id, vpn, pfn, version, detached)
 
     def _stored(self, m, mm_id: int, pfn: int, version: int) -> None:
@@ -85,7 +98,7 @@ class Oracle:
 
     def task_started(self, m, t) -> None:
         """A syscall began: note when a GUP operation started, and every discard of a range."""
-        if t.name in GUP_OPS:
+        if t.name in GUP_OPS or t.name in GUP_WRITER_OPS:
             self.gup_started[t.tid] = m.clock
         how = DISCARDING_OPS.get(t.name)
         if how is not None and t.mm is not None:
@@ -98,7 +111,7 @@ class Oracle:
         if t.name == "fork" and isinstance(t.result, int) and t.mm is not None:
             self.forked(t.mm.mm_id, t.result, m.clock)
         started = self.gup_started.pop(t.tid, None)
-        if started is not None and isinstance(t.result, int):
+        if started is not None and t.name in GUP_OPS and isinstance(t.result, int):
             self.pin_since[t.result] = started
         if t.tid in self.discards:
             self.discards[t.tid][3] = m.clock
@@ -109,8 +122,9 @@ class Oracle:
     def anon_stored(self, m, mm_id: int, vpn: int, pfn: int, version: int,
                     detached: bool = False) -> None:
         """A store (by a CPU or through a pin) reached an anon folio meant for ``vpn`` of an
-        anonymous VMA; through a pin the user detached (it discarded the range while the pin
-        was held) the page may read either the store or what it read before."""
+        anonymous VMA; through a GUP reference the user detached (it discarded the range
+        while the pin was held, or while the call that stores through its own reference ran)
+        the page may read either the store or what it read before."""
         frame = m.frames[pfn]
         mm = m.mms.get(mm_id)
         if not getattr(frame, "anon", False) or mm is None:
@@ -178,9 +192,13 @@ class Oracle:
     def pin_detached(self, m, pin) -> bool:
         """Did the user discard the mapping the pin was taken at while the pin existed (from
         the start of the GUP call that took it)?"""
-        since = self.pin_since.get(pin.pin_id, 0)
-        for mm_id, rng, _start, end in self.discards.values():
-            if (mm_id == pin.mm_id and (rng is None or rng[0] <= pin.vpn < rng[1])
+        return self.discarded_since(pin.mm_id, pin.vpn, self.pin_since.get(pin.pin_id, 0))
+
+    def discarded_since(self, mm_id: int, vpn: int, since: int) -> bool:
+        """Did a discard of ``vpn`` in ``mm_id`` run (in part) at or after clock ``since``:
+        may a GUP reference taken from then on hold a page the page tables no longer map?"""
+        for d_mm, rng, _start, end in self.discards.values():
+            if (d_mm == mm_id and (rng is None or rng[0] <= vpn < rng[1])
                     and (end is None or end >= since)):
                 return True
         return False

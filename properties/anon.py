@@ -3,7 +3,15 @@
 madvise(2): after MADV_FREE "the kernel can free these pages, but the freeing could be
 delayed until memory pressure occurs. For each of the pages that has been marked to be freed
 but has not yet been freed, the free operation will be canceled if the caller writes into the
-page". After MADV_DONTNEED returns, a page reads zeroes until it is written again. In between,
+page". MADV_DONTNEED: "subsequent accesses of pages in the range will succeed, but will result
+in [...] zero-fill-on-demand pages for anonymous private mappings", so after it returns a page
+reads zeroes until it is written again. A store that raced with the call may be lost: through
+a CPU's stale TLB entry, or through a GUP reference (a device write through a pin, the
+kernel's FOLL_FORCE write for /proc/pid/mem) taken before the zap -- mm/gup.c: GUP takes "the
+page that would be accessed if a user thread accesses the given user virtual address at that
+instant. This does not guarantee that the page exists in the user mappings when
+__get_user_pages returns". Such a store counts as concurrent from the start of the call that
+took the reference (mmfuzz/oracle.py discarded_since). In between,
 reclaim may swap the page out and back in (mm/swap_state.c add_to_swap: "This can cause data
 corruption when the folio is swapped in later") -- the contents must survive that too, which
 is dirty-data-preserved for anonymous memory.
@@ -20,7 +28,8 @@ def no_lost_write_after_madv_free_quiescent(m) -> Violation | None:
     """When every operation has finished: each anonymous page reads (through its PTE, the swap
     cache or the swap device) the last store made to it (by a CPU or through a pin); if
     madvise(MADV_FREE or MADV_DONTNEED) returned on it since, 0 or a version stored to it
-    before (a store concurrent with the call may be the one that survives).
+    before (a store concurrent with the call may be the one that survives; so may be lost a
+    store through a GUP reference whose page a discard zapped while the reference existed).
     Pages whose VMA was unmapped or replaced since (another VMA id) are not checked."""
     for key, (vid, want, was) in m.oracle.anon_expected.items():
         mm_id, vpn = key >> 32, key & 0xffffffff

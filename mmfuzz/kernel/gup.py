@@ -488,7 +488,7 @@ class Gup(KernelBase):
         version = m.next_version
         m.next_version += 1
         folio.data = version
-        m.events.append(("gup_store", mm.mm_id, vpn, folio.pfn, version))
+        m.events.append(("gup_store", mm.mm_id, vpn, folio.pfn, version, t.tid))
         yield f"__access_remote_vm: copy_to_user_page pfn {folio.pfn} v{version}"
         yield from self.folio_lock(t, folio, f"set_page_dirty_lock: folio_lock(pfn {folio.pfn})")
         self.folio_mark_dirty_now(folio)
