@@ -544,8 +544,14 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
         return fails(w, acts)
 
     actions = _executed(kernel_cls, world, actions)
+    # The costly fallbacks (drop an operation or a prefault together with a run of another
+    # CPU's steps, up to len * 32 candidates each) run only in a round where the cheap
+    # deletions found nothing: on a 400-action schedule one fallback alone would spend the
+    # whole attempt budget before a single chunk is tried.
+    costly = False
     changed = True
-    while changed and attempts < attempts_max:
+    while (changed or not costly) and attempts < attempts_max:
+        costly = not changed
         changed = False
         # whole operations: a task's start (or faulting access) with every step it took
         groups = _task_groups(kernel_cls, world, actions)
@@ -558,9 +564,9 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
                 continue
             if not ok(world, cand):
                 # without that operation another one may do fewer steps (less to write back)
-                cand = _drop_prefault_with_steps(cand, world["ncpus"],
-                                                 lambda acts: ok(world, acts),
-                                                 lambda: attempts < attempts_max)
+                cand = None if not costly else _drop_prefault_with_steps(
+                    cand, world["ncpus"], lambda acts: ok(world, acts),
+                    lambda: attempts < attempts_max)
             if cand is not None:
                 actions = _executed(kernel_cls, world, cand)
                 changed = True
@@ -601,8 +607,9 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
                 continue
             # Without that page an operation does fewer steps (a writeback or zap skips it):
             # drop the prefault together with a run of one CPU's steps.
-            cand = _drop_prefault_with_steps(actions, world["ncpus"], lambda acts: ok(w2, acts),
-                                             lambda: attempts < attempts_max)
+            cand = None if not costly else _drop_prefault_with_steps(
+                actions, world["ncpus"], lambda acts: ok(w2, acts),
+                lambda: attempts < attempts_max)
             if cand is not None:
                 world, actions = w2, cand
                 changed = True
