@@ -786,6 +786,28 @@ class _Node:
     run: Run | None = None   # the live run in this state, if no other use consumed it
 
 
+def _ipi_flushes_nothing(run: Run, cpu: int, rest) -> bool:
+    """The oldest IPI pending on ``cpu`` flushes nothing now (no cached entry of its mm in its
+    range) and nothing later (no access left in ``rest``, the CPU's remaining program, could
+    fill one). Kernel code never reads another CPU's TLB, no property reads IPI queues, so
+    delivering it at once instead of later changes no reachable state apart from the queue,
+    and an earlier delivery only enables the waiting flusher sooner: every behaviour of the
+    late delivery is also one of the early one. So it is a forced move, not a choice."""
+    c = run.m.cpus[cpu]
+    req = c.ipi_queue[0]
+
+    def hit(vpn: int) -> bool:
+        return req.full or req.start <= vpn < req.end
+    for k in c.tlb:
+        if k >> 32 == req.mm_id and hit(k & 0xffffffff):
+            return False
+    if c.mm_id == req.mm_id:
+        for a in rest:
+            if a[0] == "access" and hit(a[2]):
+                return False
+    return True
+
+
 def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None = None,
             states_max: int = 200_000, stop_at_first: bool = True,
             reduce_ipis: bool = True) -> ExhaustResult:
@@ -855,21 +877,9 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
         return out
 
     def invisible_ipi(run: Run, pcs: tuple, cpu: int) -> bool:
-        """The oldest IPI pending on ``cpu`` flushes nothing now and nothing later (see the
-        module docstring)."""
-        c = run.m.cpus[cpu]
-        req = c.ipi_queue[0]
-
-        def hit(vpn: int) -> bool:
-            return req.full or req.start <= vpn < req.end
-        for k in c.tlb:
-            if k >> 32 == req.mm_id and hit(k & 0xffffffff):
-                return False
-        if c.mm_id == req.mm_id and cpu in index:
-            for a in progs[cpu][pcs[index[cpu]]:]:
-                if a[0] == "access" and hit(a[2]):
-                    return False
-        return True
+        """See ``_ipi_flushes_nothing`` (and the module docstring)."""
+        rest = progs[cpu][pcs[index[cpu]]:] if cpu in index else ()
+        return _ipi_flushes_nothing(run, cpu, rest)
 
     def queued(run: Run) -> int:
         return sum(len(c.ipi_queue) for c in run.m.cpus)
@@ -1027,26 +1037,9 @@ def exhaust_dfs(kernel_cls, world: dict, programs: dict, preemptions_max: int = 
         return out
 
     def invisible_ipi(run: Run, pcs: dict, cpu: int) -> bool:
-        """The oldest IPI pending on ``cpu`` flushes nothing now (no cached entry of its mm in
-        its range) and nothing later (no access left in the CPU's program could fill one).
-        Kernel code never reads another CPU's TLB, no property reads IPI queues, so delivering
-        it at once instead of later changes no reachable state apart from the queue, and an
-        earlier delivery only enables the waiting flusher sooner: every behaviour of the late
-        delivery is also one of the early one. So it is a forced move, not a choice."""
         if not reduce_ipis:
             return False
-        c = run.m.cpus[cpu]
-        req = c.ipi_queue[0]
-        def hit(vpn: int) -> bool:
-            return req.full or req.start <= vpn < req.end
-        for key in c.tlb:
-            if key >> 32 == req.mm_id and hit(key & 0xffffffff):
-                return False
-        if c.mm_id == req.mm_id:
-            for a in progs[cpu][pcs[cpu]:]:
-                if a[0] == "access" and hit(a[2]):
-                    return False
-        return True
+        return _ipi_flushes_nothing(run, cpu, progs[cpu][pcs[cpu]:])
 
     def leaf(run: Run, sched: list) -> None:
         res.interleavings += 1
