@@ -256,11 +256,17 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
     enabled at that moment; the schedule shrinker then polishes the result as plain actions.
     With ``hypothesis_shrink`` off only the schedule shrinker runs: Hypothesis's pass has no
     time bound of ours and took 40 s to minutes on some seeds (``mmfuzz fuzz`` turns it off)."""
-    cls = machine_for(kernel_cls)
-    cls.on_progress = on_progress
-    seeded = seed(seed_value)(cls)
     s = settings_for(max_examples, stateful_step_count, shrink=hypothesis_shrink,
                      profile=profile, database_key=database_key(kernel_cls, "rules"))
+    return _campaign(kernel_cls, machine_for(kernel_cls), seed_value, s, on_progress, polish)
+
+
+def _campaign(kernel_cls, cls, seed_value: int, s, on_progress, polish: bool):
+    """Run machine class ``cls`` as one seeded Hypothesis campaign under settings ``s``:
+    (failure or None, cls); a ModelFailure raised inside a rule, an example's search or the
+    teardown is not a find and propagates with the campaign's counts."""
+    cls.on_progress = on_progress
+    seeded = seed(seed_value)(cls)
     try:
         with no_source_constants():
             run_state_machine_as_test(seeded, settings=s)
@@ -268,7 +274,6 @@ def run_hypothesis(kernel_cls, seed_value: int, max_examples: int,
         failure = dict(cls.last_failure)
         return (polish_failure(kernel_cls, failure) if polish else failure), cls
     except ModelFailure as mf:
-        # raised by Run.apply / Run.quiesce inside a rule or teardown: not a find
         mf.info.update(runs=cls.runs_total, steps=cls.steps_total)
         raise
     return None, cls
@@ -424,18 +429,5 @@ def ops_machine_for(kernel_cls) -> type:
 def run_ops_hypothesis(kernel_cls, seed_value: int, max_examples: int, on_progress=None,
                        polish: bool = True, hypothesis_shrink: bool = True):
     """One Hypothesis campaign of OpsMachine; returns (failure or None, the machine class)."""
-    cls = ops_machine_for(kernel_cls)
-    cls.on_progress = on_progress
-    seeded = seed(seed_value)(cls)
     s = settings_for(max_examples, stateful_step_count=6, shrink=hypothesis_shrink)
-    try:
-        with no_source_constants():
-            run_state_machine_as_test(seeded, settings=s)
-    except PropertyViolated:
-        failure = dict(cls.last_failure)
-        return (polish_failure(kernel_cls, failure) if polish else failure), cls
-    except ModelFailure as mf:
-        # raised inside the example's runs or search: not a find
-        mf.info.update(runs=cls.runs_total, steps=cls.steps_total)
-        raise
-    return None, cls
+    return _campaign(kernel_cls, ops_machine_for(kernel_cls), seed_value, s, on_progress, polish)
