@@ -50,6 +50,17 @@ def cow_isolation(m, events) -> Violation | None:
     return None
 
 
+def _held_pins(m):
+    """The FOLL_PIN pins the user still holds on a live mm and has not detached from the
+    mapping (munmap, MADV_DONTNEED or exit of that range since the pin was taken), in pin
+    order: the pins both halves of gup-pin-coherent judge."""
+    if not m.pins:
+        return ()
+    oracle = m.oracle
+    return [pin for pin in m.pins.values()
+            if pin.flags & FOLL_PIN and not oracle.pin_detached(m, pin) and pin.mm_id in m.mms]
+
+
 def gup_pin_coherent(m, events) -> Violation | None:
     """gup-pin-coherent: a FOLL_PIN reference (every pin here is FOLL_LONGTERM, the reliable
     kind) keeps referring to the page mapped at its address for as long as the user keeps the
@@ -57,12 +68,7 @@ def gup_pin_coherent(m, events) -> Violation | None:
     address it maps the pinned page, so stores through the mapping and through the pin see
     each other. A transiently cleared PTE is no violation; a different page mapped there is
     the "wrong COW" that loses synchronicity (COW fixes part 2, 2022)."""
-    if not m.pins:
-        return None
-    oracle = m.oracle
-    for pin in m.pins.values():
-        if not pin.flags & FOLL_PIN or oracle.pin_detached(m, pin) or pin.mm_id not in m.mms:
-            continue
+    for pin in _held_pins(m):
         pte = pte_at(m, pin.mm_id, pin.vpn)
         if pte is None:
             continue
@@ -113,12 +119,7 @@ def gup_pin_coherent_quiescent(m) -> Violation | None:
     ("The only page refs must be one from isolation plus the rmap(s)", 6c8e2a256915), and
     mm/vmscan.c shrink_folio_list does not swap out a maybe-pinned anon folio, so on mainline
     a pinned page leaves its PTE only when the user discards the range."""
-    if not m.pins:
-        return None
-    oracle = m.oracle
-    for pin in m.pins.values():
-        if not pin.flags & FOLL_PIN or oracle.pin_detached(m, pin) or pin.mm_id not in m.mms:
-            continue
+    for pin in _held_pins(m):
         if pte_at(m, pin.mm_id, pin.vpn) is not None:
             continue   # present or swap: gup_pin_coherent's own case, checked at every step
         vma = m.mms[pin.mm_id].find_vma(pin.vpn)
