@@ -71,20 +71,13 @@ def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int = 6
     hyp-ops (strategies.machine.OpsMachine: operations as rules, each example's mix run under
     PCT and searched by exhaust). ``actions_max``: the fast engines' run length (a bug's own
     Bug.actions_max, as ``mmfuzz hunt`` runs it)."""
-    if engine == "hyp-ops":
-        from strategies.machine import run_ops_hypothesis
+    if engine in ("hyp-ops", "hyp-rules"):
+        from strategies.machine import run_hypothesis, run_ops_hypothesis
+        run_machine = run_ops_hypothesis if engine == "hyp-ops" else run_hypothesis
 
         def campaign(s):
-            failure, cls = run_ops_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False,
-                                              hypothesis_shrink=False)
-            return failure, cls.runs_total
-        return _chunked(kernel, seed, budget, campaign)
-    if engine == "hyp-rules":
-        from strategies import run_hypothesis
-
-        def campaign(s):
-            failure, cls = run_hypothesis(kernel, s, CHUNK_EXAMPLES, polish=False,
-                                          hypothesis_shrink=False)
+            failure, cls = run_machine(kernel, s, CHUNK_EXAMPLES, polish=False,
+                                       hypothesis_shrink=False)
             return failure, cls.runs_total
         return _chunked(kernel, seed, budget, campaign)
     if engine.startswith("hyp-"):
