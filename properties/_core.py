@@ -20,18 +20,23 @@ class Violation:
         return cls(d["property"], d["why"], dict(d.get("facts", {})))
 
 
-def mapped_ptes(m, folio):
-    """Every present, non-special PTE (mm_id, vpn, pte) in a live table that maps ``folio``."""
-    out = []
+def live_ptes(m):
+    """Every PTE slot in use (mm, vpn, pte) in every mm's live tables, in table and slot
+    order: the one walk of the page tables the properties share."""
     for mm in m.mms.values():
         for table in mm.pmd:
             if table is None:
                 continue
             base = table.pmd_index * m.ptrs_per_pte
             for slot, pte in enumerate(table.ptes):
-                if pte is not None and not pte.special and pte.pfn == folio.pfn:
-                    out.append((mm.mm_id, base + slot, pte))
-    return out
+                if pte is not None:
+                    yield mm, base + slot, pte
+
+
+def mapped_ptes(m, folio):
+    """Every present, non-special PTE (mm_id, vpn, pte) in a live table that maps ``folio``."""
+    return [(mm.mm_id, vpn, pte) for mm, vpn, pte in live_ptes(m)
+            if not pte.special and pte.pfn == folio.pfn]
 
 
 def pte_at(m, mm_id: int, vpn: int):

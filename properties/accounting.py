@@ -10,7 +10,7 @@ from __future__ import annotations
 from mmfuzz.kernel.gup import FOLL_PIN, GUP_PIN_COUNTING_BIAS
 from mmfuzz.model import SWAP_HAS_CACHE, Folio, PteTable
 
-from ._core import Violation, mapped_ptes
+from ._core import Violation, live_ptes, mapped_ptes
 
 NAME = "accounting"
 
@@ -66,12 +66,9 @@ def accounting_quiescent(m) -> Violation | None:
     gives (rmap can find it)."""
     sw = m.swap
     swap_ptes = [0] * len(sw.swap_map)
-    for mm in m.mms.values():
-        for table in mm.pmd:
-            if table is not None:
-                for pte in table.ptes:
-                    if pte is not None and not pte.present:
-                        swap_ptes[pte.offset] += 1
+    for _mm, _vpn, pte in live_ptes(m):
+        if not pte.present:
+            swap_ptes[pte.offset] += 1
     for offset, count in enumerate(sw.swap_map):
         in_cache = offset in sw.cache
         if count != swap_ptes[offset] | (SWAP_HAS_CACHE if in_cache else 0):

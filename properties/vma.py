@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._core import Violation
+from ._core import Violation, live_ptes
 
 NAME = "pte-within-vma-protection"
 
@@ -15,20 +15,14 @@ def pte_within_vma_protection_quiescent(m) -> Violation | None:
     maybe_mkwrite / the VMA's own protection, under that VMA's lock (mm/memory.c), so after
     mprotect(PROT_READ) or munmap returns no PTE lets the user store there. Checked only at
     quiescence: inside mprotect the VMA's flags change before its PTEs do."""
-    for mm in m.mms.values():
-        for table in mm.pmd:
-            if table is None:
-                continue
-            base = table.pmd_index * m.ptrs_per_pte
-            for slot, pte in enumerate(table.ptes):
-                if pte is None or not pte.present or not pte.write:
-                    continue
-                vpn = base + slot
-                vma = mm.find_vma(vpn)
-                if vma is None or not vma.writable:
-                    where = "no VMA" if vma is None else f"VMA {vma.describe()} without VM_WRITE"
-                    return Violation(NAME, f"mm{mm.mm_id} va {vpn:#x} has a writable PTE (pfn "
-                                     f"{pte.pfn}) but {where} covers it",
-                                     {"mm": mm.mm_id, "va": vpn, "pfn": pte.pfn,
-                                      "vma": None if vma is None else vma.vid})
+    for mm, vpn, pte in live_ptes(m):
+        if not pte.present or not pte.write:
+            continue
+        vma = mm.find_vma(vpn)
+        if vma is None or not vma.writable:
+            where = "no VMA" if vma is None else f"VMA {vma.describe()} without VM_WRITE"
+            return Violation(NAME, f"mm{mm.mm_id} va {vpn:#x} has a writable PTE (pfn "
+                             f"{pte.pfn}) but {where} covers it",
+                             {"mm": mm.mm_id, "va": vpn, "pfn": pte.pfn,
+                              "vma": None if vma is None else vma.vid})
     return None
