@@ -534,6 +534,35 @@ def test_ksmd_merges_two_zero_pages_on_mainline():
     assert run.quiesce() is None
 
 
+def test_the_variant_shares_an_exclusive_page_it_merges_without_a_flush():
+    """Without the race at all: clear_refs write-protects and MADV_FREE cleans both zero
+    pages (each call flushes and returns), so ksmd on bug:ksm-madvfree-clearrefs finds va 4
+    clean and read-only and takes the no-flush path with the folio still PG_anon_exclusive.
+    It must come out shared as on mainline (a KSM folio is never exclusive): a later write
+    fault on va 4 copies the KSM page instead of reusing it in place, which would leak the
+    store into va 5 (swarm found that false race, seed 1, before the no-flush path shared the
+    folio)."""
+    bug = resolve_kernel("bug:ksm-madvfree-clearrefs")
+    run = Run(bug, _world([]))
+    for va in (4, 5):
+        run.apply(["access", 0, va, 1])
+        run.drain()
+    run.apply(["start", 1, "clear_refs"])
+    run.drain()
+    run.apply(["start", 1, "madvise_free", 4, 2])
+    run.drain()
+    run.apply(["start", 1, "ksmd", 0])
+    run.drain()
+    assert any("va 0x4 clean and read-only, no flush" in s.text for s in run.trace)
+    k = run.m.frames[_pte(run, 4).pfn]
+    assert k.ksm and _pte(run, 5).pfn == k.pfn and not k.anon_exclusive
+    run.apply(["access", 0, 4, 1])
+    run.drain()
+    assert _pte(run, 4).pfn != k.pfn and k.data == 0
+    run.apply(["access", 0, 4, 1])
+    assert run.quiesce() is None
+
+
 def test_the_fuzz_loop_sets_example_1_aside_and_reports_a_real_bug():
     """run_policy (where both engines end a run) lists a known-open race instead of
     reporting it, and still reports what its fix does not close."""
