@@ -502,6 +502,35 @@ def test_ksm_without_b3a81d0841a9_leaks_the_stale_store_into_the_merged_page():
     assert v.facts["va"] == 5 and v.facts["reads"] == run.m.frames[kpfn].data != 0
 
 
+def test_the_anon_exclusive_term_alone_closes_the_ksm_race():
+    """Why bug:ksm-madvfree-clearrefs reverts write_protect_page's anon_exclusive term
+    (6c287605fd56) too: with only b3a81d0841a9's mm_tlb_flush_pending term taken out, the
+    same four-CPU race flushes anyway. A writable PTE, hence a writable TLB entry, maps an
+    anon folio only while it is PG_anon_exclusive, and the flag is cleared only after a flush
+    (fork's flush_tlb_mm under mmap_write_lock, KSM's own ptep_clear_flush) or with the PTE
+    gone (try_to_unmap), so the term forces the flush on every page a stale entry can
+    write: no extra ingredient (a fork first) reopens it."""
+    from mmfuzz.kernels import KsmMadvfreeClearrefs
+
+    class OnlyFlushPendingReverted(KsmMadvfreeClearrefs):
+        name = "tests:OnlyFlushPendingReverted"
+
+        def ksm_write_protect_must_flush(self, mm, table, entry, anon_exclusive):
+            return entry.write or entry.dirty or anon_exclusive
+
+    run = _ksm_scenario(OnlyFlushPendingReverted)
+    _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")
+    run.apply(["start", 3, "ksmd", 0])
+    _step_until(run, 3, "pages_identical")
+    texts = [s.text for s in run.trace]
+    assert not any("clean and read-only, no flush" in t for t in texts)
+    assert any("write_protect_page: ptep_clear_flush va 0x4" in t for t in texts)
+    st = run.apply(["access", 0, 4, 1])
+    assert "TLB hit" not in st.text and "page fault" in st.text
+    run.drain()
+    assert run.quiesce() is None
+
+
 def test_mainline_ksm_cannot_meet_that_state():
     """On mainline the same start blocks: clear_refs_write takes mmap_write_lock (29a951dfb3c3)
     while MADV_FREE holds the read lock; and write_protect_page flushes an anon_exclusive
