@@ -406,14 +406,14 @@ def test_cost_of_mainline_against_the_generation_variant_on_the_same_schedules()
 
 
 # ---------------------------------------------------------------------------- KSM -----
-def _ksm_scenario(kernel):
+def _ksm_scenario(kernel, ncpus=4):
     """Nadav Amit's scenario quoted in b3a81d0841a9 ("mm: fix KSM data corruption"), on four
     CPUs of one process: CPU0 holds a writable, dirty TLB entry for anon va 4 (a load after a
     write fault: both anon pages still read 0, so they are identical); CPU1 madvise(MADV_FREE)
     cleans the PTE and defers its flush; CPU2 clear_refs(4) write-protects it and defers its
     flush; CPU3 ksmd merges va 5 into a KSM page, then write-protects va 4 and compares."""
     w = default_world()
-    w["ncpus"], w["cpu_mm"], w["prefault"] = 4, [1, 1, 1, 1], []
+    w["ncpus"], w["cpu_mm"], w["prefault"] = ncpus, [1] * ncpus, []
     run = Run(kernel, w)
     for va in (4, 5):                    # do_anonymous_page: zeroed folios, PTEs W+D
         run.apply(["access", 0, va, 1])
@@ -451,6 +451,30 @@ def test_ksm_without_b3a81d0841a9_compares_a_page_a_cpu_can_still_write():
     _step_until(run, 3, "replace_page: set_pte_at va 0x4")
     assert _pte(run, 4).pfn != old_pfn             # ... in the page KSM then replaces
     assert run.m.frames[_pte(run, 4).pfn].data == 0
+
+
+def test_three_cpus_suffice_when_ksmd_runs_where_the_stale_entry_is():
+    """The world the race needs is smaller than Nadav Amit's four CPUs: with the stale page
+    as the scanned one, ksmd can run on CPU0 itself (a kernel thread on the CPU whose user
+    thread holds the stale entry; its own flushes of va 5 are local there) while CPU1 and
+    CPU2 sit between their PTE change and their flush; CPU0's user thread stores through the
+    stale entry once ksmd has returned. So three CPUs of the first process do (half of the
+    random worlds), not three plus a free one."""
+    bug = resolve_kernel("bug:ksm-madvfree-clearrefs")
+    run = _ksm_scenario(bug, ncpus=3)
+    _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")
+    run.apply(["start", 0, "ksmd", 0])
+    while run.m.cpus[0].task is not None:
+        if 0 in run.runnable_cpus():
+            run.apply(["step", 0])
+        else:   # ksmd waits for CPU1 and CPU2 to take its flush of va 5
+            run.apply(["ipi", next(c for c in run.ipi_cpus() if c != 0)])
+    assert any("va 0x4 clean and read-only, no flush" in s.text for s in run.trace)
+    st = run.apply(["access", 0, 4, 1])
+    assert "TLB hit WD" in st.text
+    run.drain()
+    v = run.quiesce()
+    assert v is not None and v.prop == "no-lost-write-after-madv-free" and v.facts["va"] == 5
 
 
 def test_ksm_under_the_generation_check_flushes_what_madv_free_and_clear_refs_deferred():
