@@ -276,7 +276,10 @@ class KsmMadvfreeClearrefs(Mainline):
     pre-fix clear_refs walked under mmap_read_lock, so MADV_FREE (pte_mkclean, flush
     deferred), clear_refs (pte_wrprotect, flush deferred) and ksmd can overlap, and KSM sees a
     clean read-only PTE, skips the flush and merges a page a CPU can still write through its
-    TLB (Nadav Amit's scenario, quoted in the fix)."""
+    TLB (Nadav Amit's scenario, quoted in the fix). Without the anon_exclusive term an
+    exclusive folio reaches write_protect_page's no-flush path; it is shared there all the same
+    (Ksm.write_protect_page): the pre-fix kernel had no flag to clear, and a KSM folio left
+    PG_anon_exclusive would be reused in place by do_wp_page, a race no kernel had."""
 
     name = "bug:ksm-madvfree-clearrefs"
 
