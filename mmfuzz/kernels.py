@@ -276,7 +276,10 @@ class KsmMadvfreeClearrefs(Mainline):
     pre-fix clear_refs walked under mmap_read_lock, so MADV_FREE (pte_mkclean, flush
     deferred), clear_refs (pte_wrprotect, flush deferred) and ksmd can overlap, and KSM sees a
     clean read-only PTE, skips the flush and merges a page a CPU can still write through its
-    TLB (Nadav Amit's scenario, quoted in the fix)."""
+    TLB (Nadav Amit's scenario, quoted in the fix). Without the anon_exclusive term an
+    exclusive folio reaches write_protect_page's no-flush path; it is shared there all the same
+    (Ksm.write_protect_page): the pre-fix kernel had no flag to clear, and a KSM folio left
+    PG_anon_exclusive would be reused in place by do_wp_page, a race no kernel had."""
 
     name = "bug:ksm-madvfree-clearrefs"
 
@@ -578,13 +581,21 @@ _BY_NAME = {"mainline": Mainline}
 _BY_NAME.update({f"bug:{b.slug}": b.kernel for b in BUGS})
 _BY_NAME[YuZhaoMkcleanFix.name] = YuZhaoMkcleanFix
 _BY_NAME[TlbGeneration.name] = TlbGeneration
-# Not in BUGS yet: the model shows the race on a hand-written schedule (tests/test_deferred.py),
-# but random search does not reach it. With only madvise_free, clear_refs and ksmd switched on
-# (all three are on in about 1% of swarm runs), 3,000 runs of 200 actions under seed 1 take the
-# no-flush path with a flush pending 6 times and never have a CPU store through a stale entry
-# in the window: the race needs three CPUs of one process plus one for ksmd (15% of worlds),
-# two never-stored anon folios (identical contents are zero here), the stale page scanned,
-# and a store between pages_identical and the late IPIs.
+# Not in BUGS yet: the model shows the race on hand-written schedules (tests/test_deferred.py),
+# but random search does not reach it. The race needs three CPUs of the first process (half of
+# the worlds: ksmd may run on the CPU that holds the stale entry), madvise_free, clear_refs and
+# ksmd switched on together (1.1% of swarm runs), both anon pages write-faulted and never stored
+# (identical contents are zero here: every store writes a new version), a CPU holding a
+# writable TLB entry for the scanned one while MADV_FREE has cleaned its PTE and clear_refs (a
+# second call: the first takes mmap_write_lock to clear VM_SOFTDIRTY) has write-protected it,
+# both flushes still to come, ksmd at write_protect_page in that window, and that CPU's store
+# after pages_identical and before it takes either IPI. Measured under seed 1 with throwaway
+# probes: of 20,000 swarm runs (60 actions), 237 have the three operations on, 149 have two
+# identical pages while a CPU can write one through its TLB, 2 also with its PTE clean, none
+# also read-only (the state ksmd must meet). With only the three operations on and 200
+# actions, 3,000 runs meet that state in none (ksmd takes the no-flush path with a flush
+# pending in 8) and 20,000 find nothing; even with a third of the stores keeping a zero page
+# zero and ksmd scanning six times per start, ksmd meets it once in 3,000 runs.
 _BY_NAME[KsmMadvfreeClearrefs.name] = KsmMadvfreeClearrefs
 _BY_NAME[ZapRmapInFlushRegion.name] = ZapRmapInFlushRegion
 _BY_NAME[ZapRmapInFlushRegionWithTlbGeneration.name] = ZapRmapInFlushRegionWithTlbGeneration

@@ -406,14 +406,14 @@ def test_cost_of_mainline_against_the_generation_variant_on_the_same_schedules()
 
 
 # ---------------------------------------------------------------------------- KSM -----
-def _ksm_scenario(kernel):
+def _ksm_scenario(kernel, ncpus=4):
     """Nadav Amit's scenario quoted in b3a81d0841a9 ("mm: fix KSM data corruption"), on four
     CPUs of one process: CPU0 holds a writable, dirty TLB entry for anon va 4 (a load after a
     write fault: both anon pages still read 0, so they are identical); CPU1 madvise(MADV_FREE)
     cleans the PTE and defers its flush; CPU2 clear_refs(4) write-protects it and defers its
     flush; CPU3 ksmd merges va 5 into a KSM page, then write-protects va 4 and compares."""
     w = default_world()
-    w["ncpus"], w["cpu_mm"], w["prefault"] = 4, [1, 1, 1, 1], []
+    w["ncpus"], w["cpu_mm"], w["prefault"] = ncpus, [1] * ncpus, []
     run = Run(kernel, w)
     for va in (4, 5):                    # do_anonymous_page: zeroed folios, PTEs W+D
         run.apply(["access", 0, va, 1])
@@ -451,6 +451,30 @@ def test_ksm_without_b3a81d0841a9_compares_a_page_a_cpu_can_still_write():
     _step_until(run, 3, "replace_page: set_pte_at va 0x4")
     assert _pte(run, 4).pfn != old_pfn             # ... in the page KSM then replaces
     assert run.m.frames[_pte(run, 4).pfn].data == 0
+
+
+def test_three_cpus_suffice_when_ksmd_runs_where_the_stale_entry_is():
+    """The world the race needs is smaller than Nadav Amit's four CPUs: with the stale page
+    as the scanned one, ksmd can run on CPU0 itself (a kernel thread on the CPU whose user
+    thread holds the stale entry; its own flushes of va 5 are local there) while CPU1 and
+    CPU2 sit between their PTE change and their flush; CPU0's user thread stores through the
+    stale entry once ksmd has returned. So three CPUs of the first process do (half of the
+    random worlds), not three plus a free one."""
+    bug = resolve_kernel("bug:ksm-madvfree-clearrefs")
+    run = _ksm_scenario(bug, ncpus=3)
+    _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")
+    run.apply(["start", 0, "ksmd", 0])
+    while run.m.cpus[0].task is not None:
+        if 0 in run.runnable_cpus():
+            run.apply(["step", 0])
+        else:   # ksmd waits for CPU1 and CPU2 to take its flush of va 5
+            run.apply(["ipi", next(c for c in run.ipi_cpus() if c != 0)])
+    assert any("va 0x4 clean and read-only, no flush" in s.text for s in run.trace)
+    st = run.apply(["access", 0, 4, 1])
+    assert "TLB hit WD" in st.text
+    run.drain()
+    v = run.quiesce()
+    assert v is not None and v.prop == "no-lost-write-after-madv-free" and v.facts["va"] == 5
 
 
 def test_ksm_under_the_generation_check_flushes_what_madv_free_and_clear_refs_deferred():
@@ -502,6 +526,35 @@ def test_ksm_without_b3a81d0841a9_leaks_the_stale_store_into_the_merged_page():
     assert v.facts["va"] == 5 and v.facts["reads"] == run.m.frames[kpfn].data != 0
 
 
+def test_the_anon_exclusive_term_alone_closes_the_ksm_race():
+    """Why bug:ksm-madvfree-clearrefs reverts write_protect_page's anon_exclusive term
+    (6c287605fd56) too: with only b3a81d0841a9's mm_tlb_flush_pending term taken out, the
+    same four-CPU race flushes anyway. A writable PTE, hence a writable TLB entry, maps an
+    anon folio only while it is PG_anon_exclusive, and the flag is cleared only after a flush
+    (fork's flush_tlb_mm under mmap_write_lock, KSM's own ptep_clear_flush) or with the PTE
+    gone (try_to_unmap), so the term forces the flush on every page a stale entry can
+    write: no extra ingredient (a fork first) reopens it."""
+    from mmfuzz.kernels import KsmMadvfreeClearrefs
+
+    class OnlyFlushPendingReverted(KsmMadvfreeClearrefs):
+        name = "tests:OnlyFlushPendingReverted"
+
+        def ksm_write_protect_must_flush(self, mm, table, entry, anon_exclusive):
+            return entry.write or entry.dirty or anon_exclusive
+
+    run = _ksm_scenario(OnlyFlushPendingReverted)
+    _step_until(run, 2, "clear_refs_pte_range: pte_unmap_unlock")
+    run.apply(["start", 3, "ksmd", 0])
+    _step_until(run, 3, "pages_identical")
+    texts = [s.text for s in run.trace]
+    assert not any("clean and read-only, no flush" in t for t in texts)
+    assert any("write_protect_page: ptep_clear_flush va 0x4" in t for t in texts)
+    st = run.apply(["access", 0, 4, 1])
+    assert "TLB hit" not in st.text and "page fault" in st.text
+    run.drain()
+    assert run.quiesce() is None
+
+
 def test_mainline_ksm_cannot_meet_that_state():
     """On mainline the same start blocks: clear_refs_write takes mmap_write_lock (29a951dfb3c3)
     while MADV_FREE holds the read lock; and write_protect_page flushes an anon_exclusive
@@ -531,6 +584,35 @@ def test_ksmd_merges_two_zero_pages_on_mainline():
     run.apply(["access", 0, 5, 1])       # a write to a KSM page copies it (do_wp_page)
     run.drain()
     assert _pte(run, 5).pfn != k.pfn and k.mapcount == 1
+    assert run.quiesce() is None
+
+
+def test_the_variant_shares_an_exclusive_page_it_merges_without_a_flush():
+    """Without the race at all: clear_refs write-protects and MADV_FREE cleans both zero
+    pages (each call flushes and returns), so ksmd on bug:ksm-madvfree-clearrefs finds va 4
+    clean and read-only and takes the no-flush path with the folio still PG_anon_exclusive.
+    It must come out shared as on mainline (a KSM folio is never exclusive): a later write
+    fault on va 4 copies the KSM page instead of reusing it in place, which would leak the
+    store into va 5 (swarm found that false race, seed 1, before the no-flush path shared the
+    folio)."""
+    bug = resolve_kernel("bug:ksm-madvfree-clearrefs")
+    run = Run(bug, _world([]))
+    for va in (4, 5):
+        run.apply(["access", 0, va, 1])
+        run.drain()
+    run.apply(["start", 1, "clear_refs"])
+    run.drain()
+    run.apply(["start", 1, "madvise_free", 4, 2])
+    run.drain()
+    run.apply(["start", 1, "ksmd", 0])
+    run.drain()
+    assert any("va 0x4 clean and read-only, no flush" in s.text for s in run.trace)
+    k = run.m.frames[_pte(run, 4).pfn]
+    assert k.ksm and _pte(run, 5).pfn == k.pfn and not k.anon_exclusive
+    run.apply(["access", 0, 4, 1])
+    run.drain()
+    assert _pte(run, 4).pfn != k.pfn and k.data == 0
+    run.apply(["access", 0, 4, 1])
     assert run.quiesce() is None
 
 

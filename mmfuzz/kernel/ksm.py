@@ -160,6 +160,14 @@ class Ksm(KernelBase):
         entry = table.ptes[slot]
         anon_exclusive = folio.anon_exclusive
         if not self.ksm_write_protect_must_flush(mm, table, entry, anon_exclusive):
+            # Mainline never gets here with an exclusive folio (the anon_exclusive term sends
+            # it to the flush below); a variant whose test lacks that term does, and it must
+            # share the folio all the same: a KSM folio is never PG_anon_exclusive (replace_page
+            # and folio_set_stable_node VM_BUG_ON it), else do_wp_page would reuse it in place.
+            if anon_exclusive and self.folio_try_share_anon_rmap_pte(folio):
+                yield from self.spin_unlock(t, table.ptl, f"write_protect_page: pfn {folio.pfn} "
+                                            "exclusive and maybe pinned, unlock")
+                return None
             yield from self.spin_unlock(t, table.ptl,
                                         f"write_protect_page: va {vpn:#x} clean and read-only, "
                                         "no flush, unlock")
