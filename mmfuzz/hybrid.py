@@ -4,30 +4,40 @@ Random search draws good scenarios often; it is the interleaving inside them it 
 missing. So every run ``i`` of a seed, with its own seeded generator
 (``random.Random(f"mmfuzz:{seed}:{i}")``, as in fast mode, so run i is the same wherever it
 runs), is first exactly the fast explorer's swarm run ``i`` (``SWARM_TOO``), and every
-``SCENARIO_EVERY``-th run then also searches a *scenario*:
+``SCENARIO_EVERY``-th run then may also search a *scenario*:
 
 - its source (``SCENARIO_SOURCE``): "run", the operations that swarm run had in flight
   together (``scenario_from_run``: an anchor among its syscalls, and per CPU the starts and
   accesses issued within ``NEAR`` actions of it, at most ``PROGRAM_MAX`` each), or "draw", a
   fresh ``random_scenario`` (a world from ``random_world`` and, per CPU, one or two syscalls
   of the run's swarm_ops or user accesses);
-- then every interleaving of that scenario is searched by the stateful breadth-first
-  exhaust (mmfuzz/exhaust.py) under a per-scenario state budget (``STATES_MAX``) and
-  preemption bound (``PREEMPTIONS``): one preemption at any point, then another CPU running
-  as long as it can, the schedules a random scheduler rarely makes. The first violation it
-  reports is the shortest in the part it covered.
+- with ``OVERLAP_ONLY``, only two of its operations, of two CPUs, that may touch one page
+  (``overlapping_pair``: footprints read from the arguments the operation registry declares,
+  a VmaRange's pages, a FilePage, a FileId's file, an access's page; a file page is the same
+  through any VMA), and nothing when there is no such pair (about 6 runs in 10): the
+  interleavings of operations that share no page cannot matter, and a pair is a short
+  scenario whose one-preemption schedules are few;
+- then its interleavings with one preemption are searched (``SEARCH``): "points", the
+  stateless ``point_search``, every CPU's schedule without preemption and then, in an order
+  drawn from the run's generator, the schedules that preempt one of those at one point and
+  let another CPU run as long as it can (the schedules a random scheduler rarely makes: a
+  whole operation inside another's window), until the tries have applied ``SEARCH_SHARE``
+  times the swarm run's actions; or "bfs", the stateful breadth-first exhaust
+  (mmfuzz/exhaust.py) under ``STATES_MAX`` states and ``PREEMPTIONS``.
 
 So the hybrid never needs more runs than swarm for what swarm finds (its swarm runs are
-swarm's); what the scenarios add is counted in ``stats["scenarios"]``. The cost of a scenario
-is many swarm runs: ``steps`` counts every model action applied, the search's replays
-included, so runs and steps together compare the engines without a clock. Deterministic per
-seed. Measured (runs to the race, 2026-12-01): on tests.variants.VmaLockRecheckMapped, whose
-race needs a whole mprotect inside a fault's one-step window, 4,512 (seed 1) and 2,258 (seed
-2) runs against swarm's 46,220 and 32,657, in about as many model steps; on the catalogued
-bugs (fresh random scenarios every fourth run, seeds 1-5) the same runs as swarm on every bug
-and seed measured but madv-parallel-flush-miss seed 3 (696 against 792), at about twice the
-steps then and about ten times with SCENARIO_EVERY 1: not a default. The state budget is what
-limits it: most scenarios with the race's operations end truncated at 300 states.
+swarm's); what the scenarios add is counted in ``stats["scenarios"]``. ``steps`` counts every
+model action applied, the search's included (each try is a run of its own, quiescence
+included, as a swarm run's steps are), so runs and steps together compare the engines
+without a clock. The point search's steps are its whole cost; exhaust's "bfs" also pays a
+canonical snapshot key per state, which ``steps`` does not count (measured under load: an
+exhaust step with its share of keying about 10x a swarm step's time), the reason it was 10-40x
+slower than swarm in seconds while close in steps. Deterministic per seed. Measured
+(bench/RESULTS-hybrid.md, "cheaper hybrid"): on tests.variants.VmaLockRecheckMapped, whose race
+needs a whole mprotect inside a fault's one-step window, 3,184 (seed 1) and 983 (seed 2) runs
+against swarm's 46,220 and 32,657, in 658,000 and 208,000 steps against about 5.4 and 3.8
+million; on the catalogued bugs the same or fewer runs than swarm and, where the search does
+not find the bug first, about 1.2-2x swarm's steps.
 """
 
 from __future__ import annotations
