@@ -1,6 +1,7 @@
 """The hybrid engine (mmfuzz/hybrid.py): deterministic per seed, finds a bug, keeps mainline
 clean on the same runs; the synthetic rare-interleaving variant is found by exhaust on its
-scenario. Counts are pinned, never times."""
+scenario, by the hybrid's point search of an overlapping pair, and by the hybrid under seed 2
+in a thirtieth of swarm's runs. Counts are pinned, never times."""
 
 import random
 
