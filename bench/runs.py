@@ -178,7 +178,10 @@ def summarize(rows, runs_max):
                     "steps": sum(r["steps"] for r in rs),
                     "mainline_flagged": [r["seed"] for r in rs if r["mainline"]],
                     "per_seed": {r["seed"]: (r["runs"] if r["found"] else None) for r in rs},
-                    "per_seed_steps": {r["seed"]: r["steps"] for r in rs}})
+                    "per_seed_steps": {r["seed"]: r["steps"] for r in rs},
+                    # a seed that stopped at another property's violation (not a miss at the cap)
+                    "per_seed_other": {r["seed"]: f"{r['prop']}@{r['runs']}" for r in rs
+                                       if not r["found"] and r["prop"]}})
     return out
 
 
@@ -248,6 +251,8 @@ def main(argv=None) -> int:
         if args.per_seed:
             print("    " + " ".join(f"{k}:{'-' if v is None else v}" for k, v in s["per_seed"].items()))
             print("    steps " + " ".join(f"{k}:{v}" for k, v in s["per_seed_steps"].items()))
+            if s["per_seed_other"]:
+                print("    other " + " ".join(f"{k}:{v}" for k, v in s["per_seed_other"].items()))
     return 0
 
 
