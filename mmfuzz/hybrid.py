@@ -57,17 +57,19 @@ SCENARIO_EVERY = 1
 #: how a scenario's interleavings are searched: "points", the stateless preemption-point
 #: search (``point_search``: each try one preemption, its cost exactly the actions it
 #: applies), or "bfs", the stateful breadth-first exhaust under STATES_MAX (each state also
-#: pays a snapshot key, about 15-20 actions' worth of time that ``steps`` does not count)
+#: pays a snapshot key that ``steps`` does not count: measured, an exhaust step with its share
+#: of the keys takes about 6x a swarm step's time, a point-search step about 1x)
 SEARCH = "points"
 #: "points": a scenario's search stops once its tries have applied this many actions, as a
-#: multiple of the actions its swarm run applied (so a run costs at most 1 + SEARCH_SHARE
-#: swarm runs of model steps, and long runs buy long searches)
+#: multiple of the actions its swarm run applied (so a searching run costs about
+#: 1 + SEARCH_SHARE swarm runs of model steps: the schedules without preemption always run,
+#: and the last try may overshoot), so long runs buy long searches
 SEARCH_SHARE = 2.0
 #: search only two operations of the scenario, of two CPUs, that may touch one page
 #: (``overlapping_pair``), and no scenario without such a pair (the swarm run covers it)
 OVERLAP_ONLY = True
 #: "bfs": distinct states searched per scenario, and the preemption bound (None: no bound). A
-#: scenario of this size costs about 20 to 40 swarm runs of model steps.
+#: scenario of this size costs about 5 swarm runs of counted steps, about 30 in time.
 STATES_MAX = 300
 PREEMPTIONS = 1
 #: a scenario slot runs the swarm run of its index first (so the hybrid never needs more
