@@ -135,17 +135,20 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _one(job):
-    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw = job
+    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine = job
     _apply_policy(policy, lengths, sw)
     bug = next(b for b in BUGS if b.slug == slug)
     amax = actions_max or bug.actions_max
-    found, stats = _explore.explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
+    search = _explore.explore
+    if engine == "hybrid":   # mmfuzz/hybrid.py; its steps count every search action too
+        from mmfuzz.hybrid import explore_hybrid as search
+    found, stats = search(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
     row = {"slug": slug, "seed": seed, "found": found is not None and found.prop == bug.prop,
            "prop": found.prop if found else None,
            "runs": found.runs if found else stats["runs"],
            "steps": found.steps if found else stats["steps"], "mainline": None}
     if mainline:
-        clean, _ = _explore.explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
+        clean, _ = search(Mainline, seed, runs_max=row["runs"], actions_max=amax)
         row["mainline"] = None if clean is None else clean.prop
     return row
 
@@ -174,7 +177,11 @@ def summarize(rows, runs_max):
                     "max_steps": max(steps) if steps else None,
                     "steps": sum(r["steps"] for r in rs),
                     "mainline_flagged": [r["seed"] for r in rs if r["mainline"]],
-                    "per_seed": {r["seed"]: (r["runs"] if r["found"] else None) for r in rs}})
+                    "per_seed": {r["seed"]: (r["runs"] if r["found"] else None) for r in rs},
+                    "per_seed_steps": {r["seed"]: r["steps"] for r in rs},
+                    # a seed that stopped at another property's violation (not a miss at the cap)
+                    "per_seed_other": {r["seed"]: f"{r['prop']}@{r['runs']}" for r in rs
+                                       if not r["found"] and r["prop"]}})
     return out
 
 
@@ -200,7 +207,9 @@ def main(argv=None) -> int:
                     help="each run draws its length from these (e.g. 60,120,240), for every bug")
     ap.add_argument("--start-weights", default=None,
                     help="each swarm run draws its syscall-start weight from these (default 0.5,1,2)")
-    ap.add_argument("--per-seed", action="store_true", help="also print runs per seed")
+    ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
+    ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid"),
+                    help="the fast explorer's swarm runs (default) or mmfuzz.hybrid")
     args = ap.parse_args(argv)
     slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
     known = [b.slug for b in BUGS]
@@ -216,7 +225,8 @@ def main(argv=None) -> int:
         return 2
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
     sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
-    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw)
+    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
+             args.engine)
             for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
@@ -227,7 +237,7 @@ def main(argv=None) -> int:
             rows = list(_progress(map(_one, jobs), len(jobs)))
         finally:   # the candidates patch this process only for the measurement
             _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
-    print(f"policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):
@@ -240,6 +250,9 @@ def main(argv=None) -> int:
         print(line)
         if args.per_seed:
             print("    " + " ".join(f"{k}:{'-' if v is None else v}" for k, v in s["per_seed"].items()))
+            print("    steps " + " ".join(f"{k}:{v}" for k, v in s["per_seed_steps"].items()))
+            if s["per_seed_other"]:
+                print("    other " + " ".join(f"{k}:{v}" for k, v in s["per_seed_other"].items()))
     return 0
 
 

@@ -207,7 +207,7 @@ def _explore_worker(args):
         if strategy == "hybrid":   # random scenarios, interleavings searched (mmfuzz/hybrid.py)
             from .hybrid import explore_hybrid_strided
             return explore_hybrid_strided(resolve_kernel(kname), seed, budget, runs_max, start,
-                                          stride)
+                                          stride, actions_max=actions_max)
         return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
                                actions_max, policy=strategy)
     except ModelFailure as mf:
@@ -225,7 +225,8 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
         from .hybrid import explore_hybrid_strided
         return explore_hybrid_strided(kcls, seed, budget, examples, 0, 1,
                                       progress=lambda st, el: progress.update(st["runs"],
-                                                                              st["steps"]))
+                                                                              st["steps"]),
+                                      actions_max=_actions_max(kname))
     actions_max = _actions_max(kname)
     if workers <= 1:
         found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, actions_max,

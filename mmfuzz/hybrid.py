@@ -4,30 +4,40 @@ Random search draws good scenarios often; it is the interleaving inside them it 
 missing. So every run ``i`` of a seed, with its own seeded generator
 (``random.Random(f"mmfuzz:{seed}:{i}")``, as in fast mode, so run i is the same wherever it
 runs), is first exactly the fast explorer's swarm run ``i`` (``SWARM_TOO``), and every
-``SCENARIO_EVERY``-th run then also searches a *scenario*:
+``SCENARIO_EVERY``-th run then may also search a *scenario*:
 
 - its source (``SCENARIO_SOURCE``): "run", the operations that swarm run had in flight
   together (``scenario_from_run``: an anchor among its syscalls, and per CPU the starts and
   accesses issued within ``NEAR`` actions of it, at most ``PROGRAM_MAX`` each), or "draw", a
   fresh ``random_scenario`` (a world from ``random_world`` and, per CPU, one or two syscalls
   of the run's swarm_ops or user accesses);
-- then every interleaving of that scenario is searched by the stateful breadth-first
-  exhaust (mmfuzz/exhaust.py) under a per-scenario state budget (``STATES_MAX``) and
-  preemption bound (``PREEMPTIONS``): one preemption at any point, then another CPU running
-  as long as it can, the schedules a random scheduler rarely makes. The first violation it
-  reports is the shortest in the part it covered.
+- with ``OVERLAP_ONLY``, only two of its operations, of two CPUs, that may touch one page
+  (``overlapping_pair``: footprints read from the arguments the operation registry declares,
+  a VmaRange's pages, a FilePage, a FileId's file, an access's page; a file page is the same
+  through any VMA), and nothing when there is no such pair (about 6 runs in 10): the
+  interleavings of operations that share no page cannot matter, and a pair is a short
+  scenario whose one-preemption schedules are few;
+- then its interleavings with one preemption are searched (``SEARCH``): "points", the
+  stateless ``point_search``, every CPU's schedule without preemption and then, in an order
+  drawn from the run's generator, the schedules that preempt one of those at one point and
+  let another CPU run as long as it can (the schedules a random scheduler rarely makes: a
+  whole operation inside another's window), until the tries have applied ``SEARCH_SHARE``
+  times the swarm run's actions; or "bfs", the stateful breadth-first exhaust
+  (mmfuzz/exhaust.py) under ``STATES_MAX`` states and ``PREEMPTIONS``.
 
 So the hybrid never needs more runs than swarm for what swarm finds (its swarm runs are
-swarm's); what the scenarios add is counted in ``stats["scenarios"]``. The cost of a scenario
-is many swarm runs: ``steps`` counts every model action applied, the search's replays
-included, so runs and steps together compare the engines without a clock. Deterministic per
-seed. Measured (runs to the race, 2026-12-01): on tests.variants.VmaLockRecheckMapped, whose
-race needs a whole mprotect inside a fault's one-step window, 4,512 (seed 1) and 2,258 (seed
-2) runs against swarm's 46,220 and 32,657, in about as many model steps; on the catalogued
-bugs (fresh random scenarios every fourth run, seeds 1-5) the same runs as swarm on every bug
-and seed measured but madv-parallel-flush-miss seed 3 (696 against 792), at about twice the
-steps then and about ten times with SCENARIO_EVERY 1: not a default. The state budget is what
-limits it: most scenarios with the race's operations end truncated at 300 states.
+swarm's); what the scenarios add is counted in ``stats["scenarios"]``. ``steps`` counts every
+model action applied, the search's included (each try is a run of its own, quiescence
+included, as a swarm run's steps are), so runs and steps together compare the engines
+without a clock. The point search's steps are its whole cost; exhaust's "bfs" also pays a
+canonical snapshot key per state, which ``steps`` does not count (measured under load: an
+exhaust step with its share of keying about 10x a swarm step's time), the reason it was 10-40x
+slower than swarm in seconds while close in steps. Deterministic per seed. Measured
+(bench/RESULTS-hybrid.md, "cheaper hybrid"): on tests.variants.VmaLockRecheckMapped, whose race
+needs a whole mprotect inside a fault's one-step window, 3,184 (seed 1) and 983 (seed 2) runs
+against swarm's 46,220 and 32,657, in 658,000 and 208,000 steps against about 5.4 and 3.8
+million; on the catalogued bugs the same or fewer runs than swarm and, where the search does
+not find the bug first, about 1.2-2x swarm's steps.
 """
 
 from __future__ import annotations
@@ -44,8 +54,22 @@ from .run import Run
 
 #: every SCENARIO_EVERY-th run searches a scenario after its swarm run (1: every run does)
 SCENARIO_EVERY = 1
-#: distinct states searched per scenario, and the preemption bound (None: no bound). A
-#: scenario of this size costs about 20 to 40 swarm runs of model steps.
+#: how a scenario's interleavings are searched: "points", the stateless preemption-point
+#: search (``point_search``: each try one preemption, its cost exactly the actions it
+#: applies), or "bfs", the stateful breadth-first exhaust under STATES_MAX (each state also
+#: pays a snapshot key that ``steps`` does not count: measured, an exhaust step with its share
+#: of the keys takes about 6x a swarm step's time, a point-search step about 1x)
+SEARCH = "points"
+#: "points": a scenario's search stops once its tries have applied this many actions, as a
+#: multiple of the actions its swarm run applied (so a searching run costs about
+#: 1 + SEARCH_SHARE swarm runs of model steps: the schedules without preemption always run,
+#: and the last try may overshoot), so long runs buy long searches
+SEARCH_SHARE = 2.0
+#: search only two operations of the scenario, of two CPUs, that may touch one page
+#: (``overlapping_pair``), and no scenario without such a pair (the swarm run covers it)
+OVERLAP_ONLY = True
+#: "bfs": distinct states searched per scenario, and the preemption bound (None: no bound). A
+#: scenario of this size costs about 5 swarm runs of counted steps, about 30 in time.
 STATES_MAX = 300
 PREEMPTIONS = 1
 #: a scenario slot runs the swarm run of its index first (so the hybrid never needs more
@@ -108,17 +132,174 @@ def scenario_from_run(run: Run, rng: random.Random, near: int = NEAR,
     return world, programs
 
 
+def _pages_of(world: dict, mm_id: int, lo: int, hi: int) -> set:
+    """The pages virtual pages lo..hi-1 of world mm ``mm_id`` name: a file page as
+    ("file", id, index) whichever VMA maps it (so two processes sharing it, or two VMAs of one
+    file, meet there), an anonymous page as ("anon", mm, va)."""
+    out = set()
+    for va in range(lo, hi):
+        vma = next((v for v in world["vmas"] if v["mm"] == mm_id and v["start"] <= va < v["end"]),
+                   None)
+        if vma is not None and vma["file"] is not None:
+            out.add(("file", vma["file"], vma["pgoff"] + va - vma["start"]))
+        else:
+            out.add(("anon", mm_id, va))
+    return out
+
+
+def footprint(world: dict, action: list) -> set | None:
+    """The pages a program action may touch, read from its arguments as the operation
+    registry declares them (mmfuzz.ops): an access its page; VmaRange and VmaPage their pages,
+    FilePage its file page, FileId every page of the file. None (any page) for an operation
+    with no page argument (clear_refs, reclaim, ksmd, fork, exit, mmap, the pins) and for a
+    CPU whose process is not the world's (a forked child's)."""
+    cpu = action[1]
+    mm_id = world["cpu_mm"][cpu]
+    if action[0] == "access":
+        return _pages_of(world, mm_id, action[2], action[2] + 1) if mm_id else None
+    op = _ops.get(action[2])
+    out: set = set()
+    values = list(action[3:])
+    for arg in op.args:
+        vals, values = values[: len(arg.names)], values[len(arg.names):]
+        if isinstance(arg, (_ops.VmaRange, _ops.VmaPage)):
+            if not mm_id:
+                return None
+            out |= _pages_of(world, mm_id, vals[0], vals[0] + (vals[1] if len(vals) > 1 else 1))
+        elif isinstance(arg, _ops.FilePage):
+            out.add(("file", vals[0], vals[1]))
+        elif isinstance(arg, _ops.FileId):
+            npages = next(f["npages"] for f in world["files"] if f["id"] == vals[0])
+            out |= {("file", vals[0], i) for i in range(npages)}
+    return out or None
+
+
+def overlapping_pair(world: dict, programs: dict[int, list], rng: random.Random):
+    """Two operations of two CPUs' programs that may touch one page (their footprints, both
+    known, intersect), drawn with ``rng`` among all such pairs, as a scenario of one action per
+    CPU (None: no such pair). An operation with no page argument meets no other here: a
+    scenario of it is left to the swarm runs."""
+    cpus = [c for c in sorted(programs) if programs[c]]
+    fps = {c: [footprint(world, a) for a in programs[c]] for c in cpus}
+    pairs = [(c, i, d, j) for k, c in enumerate(cpus) for d in cpus[k + 1:]
+             for i, x in enumerate(fps[c]) for j, y in enumerate(fps[d])
+             if x is not None and y is not None and x & y]
+    if not pairs:
+        return None
+    c, i, d, j = rng.choice(pairs)
+    out: dict[int, list] = {cpu: [] for cpu in range(world["ncpus"])}
+    out[c], out[d] = [list(programs[c][i])], [list(programs[d][j])]
+    return out
+
+
+def _next_action(run: Run, progs: dict, pcs: dict, cpu: int):
+    """What ``cpu`` does next if scheduled: a step of its runnable task, else its next program
+    action if it is idle and the run takes it; None if it cannot act."""
+    c = run.m.cpus[cpu]
+    if c.task is not None:
+        return ["step", cpu] if c.task.wait is None or c.task.wait.cond() else None
+    prog = progs.get(cpu, ())
+    if pcs[cpu] < len(prog) and run.enabled(prog[pcs[cpu]]):
+        return prog[pcs[cpu]]
+    return None
+
+
+def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int | None = None,
+                   target: int | None = None, alternatives: list | None = None):
+    """One schedule of a scenario with at most one preemption, run to its end (quiescence
+    included, as a swarm run). CPU ``first`` starts; the current CPU keeps acting while it can
+    (its task's steps, then its next program action); when it cannot (blocked, or its program
+    is done) the next CPU after it in ascending order that can act takes over, as a switch
+    that costs no preemption. A pending IPI is taken at once by a CPU with IRQs on (the
+    interrupt arrives at the next instruction). If ``point`` is given, after ``point``
+    scheduled actions the schedule switches to ``target``. ``alternatives``, if given, gets
+    per scheduled action the other CPUs that could have acted there instead: the tries that
+    preempt this schedule. A blocked lock attempt is a recorded step (Run._step_task), as in
+    exhaust. Returns (run, violation or None)."""
+    run = Run(kernel_cls, world)
+    ncpus = world["ncpus"]
+    pcs = {c: 0 for c in range(ncpus)}
+    cur = first
+    n = 0
+    while run.violation is None:
+        ipis = run.ipi_cpus()
+        if ipis:
+            run.apply(["ipi", ipis[0]])
+            continue
+        if n == point:
+            cur = target
+        a = _next_action(run, progs, pcs, cur)
+        k = 1
+        while a is None and k < ncpus:
+            a = _next_action(run, progs, pcs, (cur + k) % ncpus)
+            if a is not None:
+                cur = (cur + k) % ncpus
+            k += 1
+        if a is None:
+            break   # every program consumed (or a deadlock, which quiesce reports)
+        if alternatives is not None:
+            alternatives.append([c for c in range(ncpus)
+                                 if c != cur and _next_action(run, progs, pcs, c) is not None])
+        run.apply(a)
+        if a[0] in ("start", "access"):
+            pcs[cur] += 1
+        n += 1
+    return run, run.violation if run.violation is not None else run.quiesce()
+
+
+def point_search(kernel_cls, world: dict, programs: dict[int, list], rng: random.Random,
+                 steps_max: int):
+    """The scenario's schedules with at most one preemption (CHESS's bound 1, stateless): for
+    every CPU with a program, the schedule without preemption that it starts
+    (preemption_try), then, in an order drawn from ``rng`` without repetition, the schedules
+    that switch to another CPU at one point of one of those, until the tries have applied
+    ``steps_max`` actions (the schedules without preemption always run). Returns (run, steps,
+    tries): the first violating run, carrying its violation as ``found`` (None: none), and
+    the actions applied in all, quiescence included. What it leaves out: choices among CPUs
+    at a switch that costs no preemption (ascending order after the current CPU decides),
+    late IPIs (swarm's knobs delay them)."""
+    progs = {int(c): [list(a) for a in p] for c, p in programs.items()}
+    steps = tries = 0
+    points = []
+    for first in (c for c in sorted(progs) if progs[c]):
+        alts: list = []
+        run, v = preemption_try(kernel_cls, world, progs, first, alternatives=alts)
+        steps += len(run.trace)
+        tries += 1
+        if v is not None:
+            run.found = v
+            return run, steps, tries
+        points += [(first, p, c) for p, cs in enumerate(alts) for c in cs]
+    rng.shuffle(points)
+    for first, p, c in points:
+        if steps >= steps_max:
+            break
+        run, v = preemption_try(kernel_cls, world, progs, first, p, c)
+        steps += len(run.trace)
+        tries += 1
+        if v is not None:
+            run.found = v
+            return run, steps, tries
+    return None, steps, tries
+
+
 def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STATES_MAX,
                preemptions_max: int | None = PREEMPTIONS, every: int = SCENARIO_EVERY,
-               swarm_too: bool = SWARM_TOO, actions_max: int = 60):
+               swarm_too: bool = SWARM_TOO, actions_max: int = 60, search: str | None = None,
+               share: float | None = None, overlap_only: bool | None = None):
     """Run ``index`` of the hybrid engine, as a RunOutcome (kind "scenarios" when a scenario
     was searched). With ``swarm_too`` every run is first fast mode's swarm run ``index``
     (``actions_max`` actions), and a scenario slot then searches a scenario drawn from the
-    same generator after it; without, a scenario slot replaces the swarm run. A scenario's
-    violation that is a known-open race of mainline is set aside as a swarm run's is
-    (mmfuzz.kernels.KNOWN_OPEN)."""
+    same generator after it; without, a scenario slot replaces the swarm run. ``search``,
+    ``share`` and ``overlap_only`` default to SEARCH, SEARCH_SHARE and OVERLAP_ONLY (read at
+    the call). A scenario's violation that is a known-open race of mainline is set aside as a
+    swarm run's is (mmfuzz.kernels.KNOWN_OPEN)."""
+    search = SEARCH if search is None else search
+    share = SEARCH_SHARE if share is None else share
+    overlap_only = OVERLAP_ONLY if overlap_only is None else overlap_only
     scenario = bool(every) and index % every == every - 1
     steps = 0
+    out = None
     if swarm_too or not scenario:
         world, run, v = random_run(kernel_cls, rng, actions_max)
         out = RunOutcome(world, len(run.trace),
@@ -129,15 +310,30 @@ def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STA
         steps = out.steps
     drawn = scenario_from_run(run, rng) if swarm_too and SCENARIO_SOURCE == "run" else None
     world, programs = drawn if drawn is not None else random_scenario(rng)
-    res = exhaust(kernel_cls, world, programs, preemptions_max=preemptions_max,
-                  states_max=states_max)
-    steps += res.transitions + res.replayed
-    if res.violation is not None:
-        known = known_open_race(kernel_cls, world, res.schedule, res.violation)
-        if known is None:
-            return RunOutcome(world, steps, res.schedule, res.violation.prop, kind="scenarios")
-        return RunOutcome(world, steps, known_open=known, kind="scenarios")
-    return RunOutcome(world, steps, kind="scenarios")
+    if overlap_only:
+        programs = overlapping_pair(world, programs, rng)
+        if programs is None:
+            return out if out is not None else RunOutcome(world, 0)
+    if search == "points":
+        budget = share * (steps if swarm_too else actions_max * 2)
+        found, cost, _ = point_search(kernel_cls, world, programs, rng, budget)
+        steps += cost
+        if found is None:
+            return RunOutcome(world, steps, kind="scenarios")
+        schedule = found.schedule_upto(found.violation_step if found.violation is not None
+                                       else None)
+        violation = found.found
+    else:
+        res = exhaust(kernel_cls, world, programs, preemptions_max=preemptions_max,
+                      states_max=states_max)
+        steps += res.transitions + res.replayed
+        if res.violation is None:
+            return RunOutcome(world, steps, kind="scenarios")
+        schedule, violation = res.schedule, res.violation
+    known = known_open_race(kernel_cls, world, schedule, violation)
+    if known is None:
+        return RunOutcome(world, steps, schedule, violation.prop, kind="scenarios")
+    return RunOutcome(world, steps, known_open=known, kind="scenarios")
 
 
 def explore_hybrid_strided(kernel_cls, seed: int, budget_s: float | None,
