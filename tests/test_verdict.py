@@ -26,7 +26,8 @@ ENGINES = {
     "pct": ["--hypothesis", "--strategy", "pct", "--examples", "200"],
     "uniform": ["--hypothesis", "--strategy", "uniform", "--examples", "200"],
     "rules": ["--strategy", "rules", "--examples", "200"],
-    # the hybrid's scenario runs (every 4th) raise from inside exhaust's search
+    # the hybrid's point searches (after a run with two in-flight operations on one page) raise
+    # from inside their tries as its swarm runs do
     "hybrid": ["--fast", "--strategy", "hybrid", "--examples", "300"],
 }
 
