@@ -142,6 +142,8 @@ class ExhaustResult:
     path: list | None = None          # the violating schedule with its probes, as searched
     depth: int = 0                    # the longest schedule the search completed a level of
     replayed: int = 0                 # actions re-applied to restore states
+    replays: int = 0                  # states restored by a replay from the initial state
+    spared: int = 0                   # duplicates' live runs kept to expand their state
 
 
 class _Stop(Exception):
@@ -213,13 +215,17 @@ class SearchRun(Run):
     def replay(self, path: list) -> None:
         """Run.apply's effects on the model for ``path``, without its bookkeeping (no
         enabledness test, no Step or trace, no property check): re-creates a state the search
-        reached through Run.apply on the same actions. tests/test_exhaust.py checks that it
-        gives the same snapshot as apply."""
+        reached through Run.apply on the same actions, the oracle's notes included (the
+        properties judge the next steps by them). tests/test_exhaust.py checks that it gives
+        the same snapshot as apply."""
         m = self.m
+        events = m.events
+        observe = m.oracle.observe
+        self.actions.extend(path)
         for action in path:
             kind, cpu = action[0], action[1]
             m.clock += 1
-            m.events.clear()
+            events.clear()
             if kind == "step":
                 if self._step_task(cpu) is None:
                     m.clock -= 1
@@ -232,6 +238,8 @@ class SearchRun(Run):
                 deliver_ipi(m, cpu)
             else:
                 evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
+            if events:   # as Run._apply: the oracle takes notes from the step's events
+                observe(m, events)
 
     def _start_task(self, cpu: int, name: str, args: tuple):
         k = self._started[cpu]
@@ -784,6 +792,9 @@ class _Node:
     preempts: int
     flushing: bool
     run: Run | None = None   # the live run in this state, if no other use consumed it
+    spares: list | None = None   # more live runs in this state (reached by other paths)
+    need: int = 0            # runs its expansion takes beyond ``run``: spares kept at most
+    key: tuple | None = None  # its key while ``visited`` names it (it may take spares)
 
 
 def _ipi_flushes_nothing(run: Run, cpu: int, rest) -> bool:
@@ -821,22 +832,35 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
     bounded = preemptions_max is not None
     res = ExhaustResult(None, None, 0, 0, False, preemptions_max=preemptions_max)
     t0 = time.perf_counter()
-    visited: set = set()
+    # key -> the node admitted with it while it waits for its expansion (None after, or for
+    # a leaf): a duplicate's live run is a spare copy of that node's state
+    visited: dict = {}
 
     def replay(path: list) -> Run:
         run = SearchRun(kernel_cls, world)
         run.replay(path)
         res.replayed += len(path)
+        res.replays += 1
         return run
 
     def key(run: Run, node: _Node) -> tuple:
         extra = (node.pcs, node.current, node.preempts, node.flushing) if bounded else node.pcs
         return snapshot_key(run, extra)
 
-    def admit(k) -> bool:
+    def admit(k, run: Run) -> bool:
+        """Store a new state's key; for a known one, keep ``run`` as a spare of the waiting
+        node with that key (equal keys, equal futures: any run in the state serves its
+        expansion as well as a replay of the node's own path would)."""
         if k in visited:
+            other = visited[k]
+            if other is not None and other.need:
+                if other.spares is None:
+                    other.spares = []
+                other.spares.append(run)
+                other.need -= 1
+                res.spared += 1
             return False
-        visited.add(k)
+        visited[k] = None
         res.states = len(visited)
         if res.states >= states_max:
             res.truncated = True
@@ -892,6 +916,11 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
     def expand(node: _Node, level: list) -> None:
         run = node.run if node.run is not None else replay(node.path)
         node.run = None
+        spares = node.spares or []
+        node.spares = None
+        node.need = 0
+        if node.key is not None:
+            visited[node.key] = None
         cands = candidates(run, node)
         if not cands and not run.busy():
             # every task returned and what is left of the programs can never run (their CPU
@@ -917,7 +946,11 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                     res.pruned += 1
                     continue
             if not fresh:
-                run = replay(node.path)
+                if spares:
+                    run = spares.pop()
+                    run.actions = list(node.path)   # (what Run.fail reports)
+                else:
+                    run = replay(node.path)
             fresh = False
             before = queued(run)
             step = run.apply(a)
@@ -951,7 +984,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                 if run.violation is not None:   # cannot happen (see invisible_ipi); kept honest
                     record(child, run.violation, "step")
                     continue
-            if not admit(key(run, child)):
+            k = key(run, child)
+            if not admit(k, run):
                 continue
             if done(run, child.pcs):
                 res.interleavings += 1
@@ -960,12 +994,21 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                     record(child, v, "step" if run.violation is not None else "quiescence")
                 continue
             child.run = run
+            # the runs its expansion will take: one per choice (the bound may prune some)
+            child.need = len(candidates(run, child)) - 1
+            if child.need > 0:
+                child.key = k
+                visited[k] = child
             push(child)
 
+    # the search keeps thousands of live runs (each a cyclic object graph) and keys: the
+    # collector's default thresholds would re-scan them hundreds of times
+    thresholds = gc.get_threshold()
+    gc.set_threshold(20_000, 50, 100)
     try:
         root = _Node([], [], tuple(0 for _ in cpus), None, 0, False)
         run = replay([])
-        admit(key(run, root))
+        admit(key(run, root), run)
         if done(run, root.pcs):
             res.interleavings += 1
             v = run.quiesce()
@@ -983,6 +1026,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
             res.depth = d
     except _Stop:
         pass
+    finally:
+        gc.set_threshold(*thresholds)
     res.elapsed_s = time.perf_counter() - t0
     return res
 
