@@ -880,6 +880,7 @@ class _Node:
     spares: list | None = None   # more live runs in this state (reached by other paths)
     need: int = 0            # runs its expansion takes beyond ``run``: spares kept at most
     key: tuple | None = None  # its key while ``visited`` names it (it may take spares)
+    cands: list | None = None  # its choices, found when it was admitted
 
 
 def _ipi_flushes_nothing(run: Run, cpu: int, rest) -> bool:
@@ -1006,7 +1007,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
         node.need = 0
         if node.key is not None:
             visited[node.key] = None
-        cands = candidates(run, node)
+        cands = node.cands if node.cands is not None else candidates(run, node)
+        node.cands = None
         if not cands and not run.busy():
             # every task returned and what is left of the programs can never run (their CPU
             # has no process any more): a complete interleaving
@@ -1080,7 +1082,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                 continue
             child.run = run
             # the runs its expansion will take: one per choice (the bound may prune some)
-            child.need = len(candidates(run, child)) - 1
+            child.cands = candidates(run, child)
+            child.need = len(child.cands) - 1
             if child.need > 0:
                 child.key = k
                 visited[k] = child
