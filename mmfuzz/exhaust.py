@@ -31,8 +31,15 @@ Stateful search
     own notes such as ``expected``, ``revoked_at`` and every task's ``observed``), each CPU's
     kernel task with the full state of its generator chain, plus how far each CPU's program
     has got. Two states with equal keys have the same futures, so each is expanded once.
-    Generators cannot be copied: a state is restored by replaying its path from a fresh Run
-    (property checks off; about 5 us an action). Breadth-first, so the first violation found
+    Generators cannot be copied: expanding a state takes one live run in that state per
+    choice. The first is the run that reached it; the next ones are the live runs of its
+    duplicates (a child whose key is already stored is a run in that state, reached by
+    another path: equal keys, equal futures, so it serves as well as the state's own run;
+    ``spared`` counts them, zap mainline 7,642); only then is the state restored by
+    replaying its path from a fresh Run (property checks off, the oracle's notes taken as
+    Run.apply takes them, so the oracle-based properties judge a replayed state exactly as
+    a live one; ``replays``: zap mainline 4,043, 11,685 before spares). Breadth-first, so
+    the first violation found
     is a shortest one (fewest schedule actions); a violating state and a complete one (every
     program consumed, every task returned: Run.quiesce() decides) are leaves.
 
@@ -54,7 +61,11 @@ Canonical snapshot
     corpus entry against the key of every local, ``LIVE_LOCALS_ONLY = False``); iterators
     are serialised through ``__reduce__``; functions (a Wait's condition) as code plus
     closure. An object this cannot serialise raises TypeError:
-    a loud failure, never a silently unsound key. Left out of the key, as constants or
+    a loud failure, never a silently unsound key. A generator that did not run since the
+    run's last key (every CPU but the one that stepped) is not analysed again: its reduction
+    is kept per run and reused while f_lasti and every frame referent are the same objects
+    (where the plan is static the reduction is a function of those alone; tests check it
+    against the slow key after every action). Left out of the key, as constants or
     write-only records: ``Machine.world``, ``Machine.events`` (cleared before every action),
     ``Machine.stats``, ``Task.steps`` (a step counter nothing reads).
     Three kinds of value are path-dependent numbers that mean only their order: the clock
@@ -142,6 +153,8 @@ class ExhaustResult:
     path: list | None = None          # the violating schedule with its probes, as searched
     depth: int = 0                    # the longest schedule the search completed a level of
     replayed: int = 0                 # actions re-applied to restore states
+    replays: int = 0                  # states restored by a replay from the initial state
+    spared: int = 0                   # duplicates' live runs kept to expand their state
 
 
 class _Stop(Exception):
@@ -213,13 +226,17 @@ class SearchRun(Run):
     def replay(self, path: list) -> None:
         """Run.apply's effects on the model for ``path``, without its bookkeeping (no
         enabledness test, no Step or trace, no property check): re-creates a state the search
-        reached through Run.apply on the same actions. tests/test_exhaust.py checks that it
-        gives the same snapshot as apply."""
+        reached through Run.apply on the same actions, the oracle's notes included (the
+        properties judge the next steps by them). tests/test_exhaust.py checks that it gives
+        the same snapshot as apply."""
         m = self.m
+        events = m.events
+        observe = m.oracle.observe
+        self.actions.extend(path)
         for action in path:
             kind, cpu = action[0], action[1]
             m.clock += 1
-            m.events.clear()
+            events.clear()
             if kind == "step":
                 if self._step_task(cpu) is None:
                     m.clock -= 1
@@ -232,6 +249,8 @@ class SearchRun(Run):
                 deliver_ipi(m, cpu)
             else:
                 evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
+            if events:   # as Run._apply: the oracle takes notes from the step's events
+                observe(m, events)
 
     def _start_task(self, cpu: int, name: str, args: tuple):
         k = self._started[cpu]
@@ -486,12 +505,16 @@ LIVE_LOCALS_ONLY = True
 
 
 def _layout(code: types.CodeType) -> _Layout:
-    got = _LAYOUT.get(code)
-    if got is None:
-        got = _LAYOUT[code] = _Layout(code)
+    """The layout of ``code``, made once per code object: ``_LAYOUT`` is keyed by id()
+    (hashing a code object hashes its contents, every time) and keeps the code object
+    alive beside its layout, so the id cannot be reused."""
+    got = _LAYOUT.get(id(code))
+    if got is None or got[0] is not code:
+        lay = _Layout(code)
         if not LIVE_LOCALS_ONLY:
-            got.flow = None
-    return got
+            lay.flow = None
+        got = _LAYOUT[id(code)] = (code, lay)
+    return got[1]
 
 
 def _frame_slots(g) -> tuple:
@@ -504,18 +527,23 @@ def _frame_slots(g) -> tuple:
     picked by position; elsewhere f_locals tells which are bound and each live local is
     written with its slot number."""
     fr = g.gi_frame
-    lasti = fr.f_lasti
+    return _slots(g, fr, fr.f_lasti, gc.get_referents(g))[:3]
+
+
+def _slots(g, fr, lasti: int, refs: list) -> tuple:
+    """_frame_slots from the frame's referents, plus whether the plan was static (then the
+    result is a function of ``lasti`` and ``refs`` alone)."""
     code = g.gi_code
-    lay = _LAYOUT.get(code)
-    if lay is None:
-        lay = _layout(code)
-    plan = lay.plan(lasti)
-    refs = gc.get_referents(g)
+    got = _LAYOUT.get(id(code))
+    lay = got[1] if got is not None and got[0] is code else _layout(code)
+    plan = lay.plans.get(lasti, _UNSET)
+    if plan is _UNSET:
+        plan = lay.plan(lasti)
     k = refs.index(code, 1) + 1          # after f_code (the names before it are strings)
     if plan is not None:
         n, pick = plan
         slots = refs[k:]
-        return lasti, pick(slots), tuple(slots[n:])
+        return lasti, pick(slots), tuple(slots[n:]), True
     bound = fr.f_locals
     flow = lay.flow.get(lasti) if lay.flow is not None else None
     live = flow[0] if flow is not None else None
@@ -525,7 +553,7 @@ def _frame_slots(g) -> tuple:
             if cell or live is None or i in live:
                 out.append((i, refs[k]))
             k += 1
-    return lasti, ("dyn",) + tuple(out), tuple(refs[k:])
+    return lasti, ("dyn",) + tuple(out), tuple(refs[k:]), False
 
 
 _UNSET = ("<unset>",)
@@ -619,21 +647,27 @@ def _ref(*tag):
     raise AssertionError("snapshot keys are not meant to be loaded")
 
 
-_INTERNED: dict = {}   # code objects and classes -> small ints, per process (lookup only)
+_INTERNED: dict = {}   # id(code object or class) -> (it, a small int), per process
 
 
 def _intern(x) -> int:
-    i = _INTERNED.get(x)
-    if i is None:
-        i = _INTERNED[x] = len(_INTERNED)
-    return i
+    """A small number for a code object or a class, first come first numbered. Keyed by
+    id() with the object kept alive beside its number: hashing a code object hashes its
+    contents every time, and two equal code objects (the same text at the same line of two
+    modules) are still two functions with their own globals."""
+    got = _INTERNED.get(id(x))
+    if got is None or got[0] is not x:
+        got = _INTERNED[id(x)] = (x, len(_INTERNED))
+    return got[1]
 
 
 _STAMPS_SEEN: list = []   # the Stamps of the key being written, in traversal order
+_FNS: dict = {}           # id(function) -> its _Fn, for the key being written
 
 
 _STAMP_KIND = {Tick: 0, Version: 1}
 _STAMP_RED = {t: (_ref, ("S", k)) for t, k in _STAMP_KIND.items()}
+_FT = types.FunctionType
 
 
 def _reduce_stamp(s):
@@ -642,41 +676,91 @@ def _reduce_stamp(s):
     return _STAMP_RED[t]
 
 
+class _Fn:
+    """A function met in a frame or a cell, as the key writes it (pickle writes every
+    function by its global name, before any table is asked; a lambda has none). One per
+    function and key (``_FNS``), so that aliasing stays in the key."""
+
+    __slots__ = ("f",)
+
+    def __init__(self, f):
+        self.f = f
+
+
+def _fn(f) -> _Fn:
+    w = _FNS.get(id(f))
+    if w is None:
+        w = _FNS[id(f)] = _Fn(f)
+    return w
+
+
+def _no_functions(values: tuple) -> tuple:
+    """``values`` with each function in it replaced by its _Fn."""
+    if _FT not in set(map(type, values)):
+        return values
+    return tuple([_fn(v) if type(v) is _FT else v for v in values])
+
+
+_FINISHED = (_ref, ("G",))
+_GENS: dict = {}   # the generator reductions of the run being keyed (Run._key_gens)
+
+
 def _reduce_gen(g):
-    if g.gi_frame is None:
-        return (_ref, ("G",))                   # finished
-    return (_ref, ("G", _intern(g.gi_code)), _frame_slots(g))
+    """A suspended generator as its code, f_lasti and live slots (_frame_slots). The
+    reduction is a function of f_lasti and of the frame's referents alone when its plan is
+    static, so it is kept per run (``_GENS``) and reused while f_lasti and every referent
+    are the same objects as when it was made: a generator that did not run since (every
+    CPU but the one that stepped) costs one get_referents and an identity compare."""
+    fr = g.gi_frame
+    if fr is None:
+        return _FINISHED                        # finished
+    lasti = fr.f_lasti
+    refs = gc.get_referents(g)
+    got = _GENS.get(id(g))
+    if (got is not None and got[1] == lasti and len(got[2]) == len(refs)
+            and all(map(operator.is_, got[2], refs))):
+        return got[3]
+    lasti, local, stack, static = _slots(g, fr, lasti, refs)
+    nlocal, nstack = _no_functions(local), _no_functions(stack)
+    red = (_ref, ("G", _intern(g.gi_code)), (lasti, nlocal, nstack))
+    if static and nlocal is local and nstack is stack:   # (an _Fn is one key's)
+        _GENS[id(g)] = (g, lasti, refs, red)
+    return red
 
 
-def _reduce_function(f):
-    if f is _ref:
-        return NotImplemented                   # pickled by name
+def _reduce_fn(w):
+    f = w.f
     return (_ref, ("F",), (_intern(f.__code__), f.__closure__, f.__defaults__,
                            f.__kwdefaults__))
 
 
 def _reduce_cell(c):
     try:
-        return (_ref, ("C",), (c.cell_contents,))
+        v = c.cell_contents
     except ValueError:
         return (_ref, ("C-",))
+    return (_ref, ("C",), (_fn(v) if type(v) is _FT else v,))
 
 
 def _reduce_code(c):
     return (_ref, ("K", _intern(c)))
 
 
+#: pickle's own reduction, as it would make it for a type the table does not name
+_NATIVE = operator.methodcaller("__reduce_ex__", 5)
+
 _DISPATCH = {Tick: _reduce_stamp, Version: _reduce_stamp, types.GeneratorType: _reduce_gen,
-             types.FunctionType: _reduce_function, types.CellType: _reduce_cell,
-             types.CodeType: _reduce_code}
+             _Fn: _reduce_fn, types.CellType: _reduce_cell, types.CodeType: _reduce_code}
 
 
 def _reducer_for(t):
-    """The reduction of objects of type ``t`` (built once per type): slotted and plain
-    objects as their class number plus field values in declared order (SKIP_FIELDS left out),
-    generators, closures, cells, code and Stamps by the functions above; None for what
-    pickle writes well itself (lists, dicts, iterators through __reduce__, exceptions, str
-    and int subclasses)."""
+    """The reduction of objects of type ``t`` (built once per type): generators, closures,
+    cells, code and Stamps by the functions above; slotted and ``__dict__`` objects as their
+    class number plus field values in declared order (SKIP_FIELDS left out), which is
+    cheaper than object.__reduce_ex__ (it looks up __getnewargs__ and more, and fails);
+    pickle's own reduction for iterators, exceptions, str and int subclasses. (Lists, dicts,
+    tuples, str, functions and classes never get here: pickle writes them before it asks
+    the table.)"""
     fn = _DISPATCH.get(t)
     if fn is not None:
         return fn
@@ -687,7 +771,7 @@ def _reducer_for(t):
         return lambda x: (_ref, tag + tuple(x))
     if t in _ATOMS or t in _ITERATORS or issubclass(t, (BaseException, int, str, float, bytes, list, dict,
                                          tuple)):
-        return None
+        return _NATIVE
     if t in (set, frozenset, bytearray):
         raise TypeError(f"exhaust: cannot snapshot a {t.__name__} (the model keeps lists "
                         "and int-keyed dicts, whose order is defined)")
@@ -706,25 +790,26 @@ def _reducer_for(t):
                                                    if k not in skip])))
 
 
-_REDUCERS: dict = {}
+class _Reducers(dict):
+    """type -> its reduction, made on first use (pickle looks a type up here in C)."""
+
+    def __missing__(self, t):
+        fn = self[t] = _reducer_for(t)
+        return fn
+
+
+_REDUCERS = _Reducers()
 
 
 class _KeyPickler(pickle.Pickler):
     """pickle's C serialiser as the canonical encoder: its memo writes a second reference to
     an object as a back-reference to the first (aliasing is in the key), objects are written
     field by field in slot then ``__dict__`` order, lists and dicts in order; the reducers
-    above add generators, closures, cells and Stamps. Extra distinctions (pickle also
-    memoises equal strings that are distinct objects) only cost merging, never soundness."""
+    above (its ``dispatch_table``, asked in C) add generators, closures, cells and Stamps.
+    Extra distinctions (pickle also memoises equal strings that are distinct objects) only
+    cost merging, never soundness."""
 
-    def reducer_override(self, obj):
-        t = type(obj)
-        try:
-            fn = _REDUCERS[t]
-        except KeyError:
-            fn = _REDUCERS[t] = _reducer_for(t)
-        if fn is None:
-            return NotImplemented
-        return fn(obj)
+    dispatch_table = _REDUCERS
 
 
 _BUF = io.BytesIO()     # one output buffer and one pickler, reused by every key (memo cleared)
@@ -739,6 +824,12 @@ def snapshot_key(run: Run, extra=()) -> tuple:
     buf.seek(0)
     buf.truncate()
     del _STAMPS_SEEN[:]
+    _FNS.clear()
+    global _GENS
+    gens = run.__dict__.get("_key_gens")
+    if gens is None:
+        gens = run._key_gens = {}
+    _GENS = gens
     try:
         if _PICKLER is None:
             _PICKLER = _KeyPickler(buf, protocol=5)
@@ -748,6 +839,8 @@ def snapshot_key(run: Run, extra=()) -> tuple:
         _PICKLER = None                         # (its state after a failed dump is unknown)
         return snapshot_key_slow(run, extra)    # an object pickle cannot name, an unset
                                                 # slot: the slow path
+    finally:
+        _FNS.clear()
     ranks = ()
     if _STAMPS_SEEN:
         # each Stamp's rank among the distinct (kind, value) pairs of the state: kinds sort
@@ -784,6 +877,10 @@ class _Node:
     preempts: int
     flushing: bool
     run: Run | None = None   # the live run in this state, if no other use consumed it
+    spares: list | None = None   # more live runs in this state (reached by other paths)
+    need: int = 0            # runs its expansion takes beyond ``run``: spares kept at most
+    key: tuple | None = None  # its key while ``visited`` names it (it may take spares)
+    cands: list | None = None  # its choices, found when it was admitted
 
 
 def _ipi_flushes_nothing(run: Run, cpu: int, rest) -> bool:
@@ -821,22 +918,35 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
     bounded = preemptions_max is not None
     res = ExhaustResult(None, None, 0, 0, False, preemptions_max=preemptions_max)
     t0 = time.perf_counter()
-    visited: set = set()
+    # key -> the node admitted with it while it waits for its expansion (None after, or for
+    # a leaf): a duplicate's live run is a spare copy of that node's state
+    visited: dict = {}
 
     def replay(path: list) -> Run:
         run = SearchRun(kernel_cls, world)
         run.replay(path)
         res.replayed += len(path)
+        res.replays += 1
         return run
 
     def key(run: Run, node: _Node) -> tuple:
         extra = (node.pcs, node.current, node.preempts, node.flushing) if bounded else node.pcs
         return snapshot_key(run, extra)
 
-    def admit(k) -> bool:
+    def admit(k, run: Run) -> bool:
+        """Store a new state's key; for a known one, keep ``run`` as a spare of the waiting
+        node with that key (equal keys, equal futures: any run in the state serves its
+        expansion as well as a replay of the node's own path would)."""
         if k in visited:
+            other = visited[k]
+            if other is not None and other.need:
+                if other.spares is None:
+                    other.spares = []
+                other.spares.append(run)
+                other.need -= 1
+                res.spared += 1
             return False
-        visited.add(k)
+        visited[k] = None
         res.states = len(visited)
         if res.states >= states_max:
             res.truncated = True
@@ -892,7 +1002,13 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
     def expand(node: _Node, level: list) -> None:
         run = node.run if node.run is not None else replay(node.path)
         node.run = None
-        cands = candidates(run, node)
+        spares = node.spares or []
+        node.spares = None
+        node.need = 0
+        if node.key is not None:
+            visited[node.key] = None
+        cands = node.cands if node.cands is not None else candidates(run, node)
+        node.cands = None
         if not cands and not run.busy():
             # every task returned and what is left of the programs can never run (their CPU
             # has no process any more): a complete interleaving
@@ -917,7 +1033,11 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                     res.pruned += 1
                     continue
             if not fresh:
-                run = replay(node.path)
+                if spares:
+                    run = spares.pop()
+                    run.actions = list(node.path)   # (what Run.fail reports)
+                else:
+                    run = replay(node.path)
             fresh = False
             before = queued(run)
             step = run.apply(a)
@@ -951,7 +1071,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                 if run.violation is not None:   # cannot happen (see invisible_ipi); kept honest
                     record(child, run.violation, "step")
                     continue
-            if not admit(key(run, child)):
+            k = key(run, child)
+            if not admit(k, run):
                 continue
             if done(run, child.pcs):
                 res.interleavings += 1
@@ -960,12 +1081,22 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
                     record(child, v, "step" if run.violation is not None else "quiescence")
                 continue
             child.run = run
+            # the runs its expansion will take: one per choice (the bound may prune some)
+            child.cands = candidates(run, child)
+            child.need = len(child.cands) - 1
+            if child.need > 0:
+                child.key = k
+                visited[k] = child
             push(child)
 
+    # the search keeps thousands of live runs (each a cyclic object graph) and keys: the
+    # collector's default thresholds would re-scan them hundreds of times
+    thresholds = gc.get_threshold()
+    gc.set_threshold(20_000, 50, 100)
     try:
         root = _Node([], [], tuple(0 for _ in cpus), None, 0, False)
         run = replay([])
-        admit(key(run, root))
+        admit(key(run, root), run)
         if done(run, root.pcs):
             res.interleavings += 1
             v = run.quiesce()
@@ -983,6 +1114,8 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
             res.depth = d
     except _Stop:
         pass
+    finally:
+        gc.set_threshold(*thresholds)
     res.elapsed_s = time.perf_counter() - t0
     return res
 

@@ -389,3 +389,97 @@ def test_frame_plans_pick_what_f_locals_says():
                         subs = [x for x in stack if type(x) is types.GeneratorType]
                         g = subs[-1] if subs else None
     assert static > 100
+
+
+# ------------------------------------------------------------ the oracle's notes ---------
+def _lazyfree_scenario():
+    """MADV_FREE on CPU1, a store to the page on CPU0, two reclaim passes on CPU2: a store
+    made after MADV_FREE returned must survive reclaim (no-lost-write-after-madv-free, judged
+    by the oracle's note of that store)."""
+    from tests.test_reclaim import ANON, anon_world
+    programs = {0: [["access", 0, ANON, 1]], 1: [["start", 1, "madvise_free", ANON, 1]],
+                2: [["start", 2, "reclaim", 1, 0, 1], ["start", 2, "reclaim", 1, 0, 1]]}
+    return anon_world(), programs
+
+
+def test_replay_takes_the_oracles_notes():
+    """A state the search re-creates by SearchRun.replay holds the same oracle notes (who
+    wrote which version, what each anon page must read) as the run that reached it through
+    Run.apply, and the same key: the oracle-based properties judge a replayed state as they
+    judge a live one (before, replay took no notes)."""
+    world, programs = _lazyfree_scenario()
+    rng = random.Random(5)
+    noted = 0
+    for _ in range(60):
+        run, path = _random_walk(Mainline, world, programs, rng, rng.randrange(4, 30))
+        again = SearchRun(Mainline, world)
+        again.replay(path)
+        o, p = run.m.oracle, again.m.oracle
+        assert (o.writer, o.anon_expected, o.discards) == (p.writer, p.anon_expected,
+                                                           p.discards)
+        assert snapshot_key(again) == snapshot_key(run)
+        noted += bool(o.writer)
+    assert noted >= 10   # the walks do store to the anon page
+
+
+@pytest.mark.cost(4)
+def test_exhaust_reports_the_shortest_oracle_violation():
+    """The lazyfree discard that ignores PG_dirty loses the store: the search reports the
+    shortest violation, 36 actions (before replay took the oracle's notes, the shortest
+    violating state was re-created without the store's note, judged clean, and the search
+    reported a 37-action one); the schedule reproduces on a plain Run, and mainline is clean
+    over every interleaving of the same scenario."""
+    from tests.variants import LazyfreeDiscardIgnoresDirty
+    world, programs = _lazyfree_scenario()
+    bad = exhaust(LazyfreeDiscardIgnoresDirty, world, programs)
+    assert bad.violation is not None and bad.violation.prop == "no-lost-write-after-madv-free"
+    assert len(bad.schedule) == 36 and not bad.truncated
+    _, out = execute(LazyfreeDiscardIgnoresDirty, world, bad.schedule, strict=True)
+    assert out.violation is not None and out.violation.prop == bad.violation.prop
+    good = exhaust(Mainline, world, programs)
+    assert good.violation is None and not good.truncated and good.states > 1000
+
+
+def test_spare_runs_replace_replays():
+    """Expanding a state with the live runs of its duplicates (equal keys, equal futures)
+    changes no state, transition or verdict, and replaces replays from the root (without
+    spares every choice but a state's first one is a replay: replays + spared)."""
+    cx = _cx("madv-parallel-flush-miss")
+    res = exhaust_cx(cx, "mainline")
+    assert (res.states, res.transitions, res.violation) == (2115, 4438, None)
+    assert res.replays > 0 and res.spared >= (res.replays + res.spared) // 3
+
+
+def test_generator_cache_agrees_with_the_slow_key():
+    """The reductions of generators kept per run (reused while f_lasti and every frame
+    referent are the same objects) give the key a fresh computation gives: keyed after
+    every action of random walks, each fast key maps to one slow key, and a run's key equals
+    the key of a fresh replay of its path (which starts with no cache)."""
+    cx = _cx("zap-rmap-before-flush")
+    kcls = resolve_kernel("mainline")
+    world, programs = scenario_from(cx)
+    rng = random.Random(9)
+    slow_of_fast = {}
+    for _ in range(40):
+        run = SearchRun(kcls, world)
+        pcs = {c: 0 for c in programs}
+        path = []
+        for _ in range(rng.randrange(5, 30)):
+            cands = [["step", c] for c in run.runnable_cpus()]
+            cands += [programs[c][pcs[c]] for c in programs
+                      if run.m.cpus[c].task is None and pcs[c] < len(programs[c])]
+            cands += [["ipi", c] for c in run.ipi_cpus()]
+            if not cands:
+                break
+            a = rng.choice(cands)
+            run.apply(a)
+            path.append(a)
+            if a[0] in ("start", "access"):
+                pcs[a[1]] += 1
+            k = snapshot_key(run)
+            slow_of_fast.setdefault(k, set()).add(snapshot_key_slow(run))
+        again = SearchRun(kcls, world)
+        again.replay(path)
+        assert snapshot_key(again) == snapshot_key(run)
+    assert all(len(v) == 1 for v in slow_of_fast.values())
+    assert len(slow_of_fast) > 100
