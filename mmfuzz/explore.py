@@ -150,6 +150,39 @@ def swarm_ops(rng: random.Random) -> tuple:
     return tuple(op.name for op in decl if rng.random() < op.swarm * scale) or ("madvise_dontneed",)
 
 
+def _pick_weighted(rng: random.Random, items: list) -> int:
+    """The index of one of ``items`` ((value, weight) pairs), drawn with probability
+    proportional to its weight (one rng.random())."""
+    r = rng.random() * sum(w for _, w in items)
+    for i, (_, w) in enumerate(items):
+        r -= w
+        if r <= 0:
+            return i
+    return len(items) - 1
+
+
+def swarm_ops_focused(rng: random.Random, q: float = 0.5, more: float = 0.5,
+                      power: float = 1.0) -> tuple:
+    """A correlated draw (bench/RESULTS-runs.md "Correlated draws"): with probability ``q`` the
+    run is focused: one operation is drawn by its declared share, then partners among the
+    operations it interacts with (mmfuzz.ops.relation: one writes kernel state the other reads
+    or writes), each drawn without replacement with weight (number of state names they share
+    through a conflict) ** ``power``: one partner, and each further one with probability
+    ``more`` (1 + Geometric: 2 partners on average). Otherwise the run draws as swarm_ops.
+    Deterministic in ``rng``; the relation is computed once."""
+    if rng.random() >= q:
+        return swarm_ops(rng)
+    decl = list(_ops.operations().values())
+    focus = decl[_pick_weighted(rng, [(op.name, op.swarm) for op in decl])].name
+    pool = [(b, w ** power) for b, w in _ops.relation()[focus] if b != focus]
+    chosen = [focus]
+    while pool:
+        chosen.append(pool.pop(_pick_weighted(rng, pool))[0])
+        if rng.random() >= more:
+            break
+    return tuple(op.name for op in decl if op.name in chosen)
+
+
 class SwarmPolicy:
     """Swarm testing: per run, some operations are switched off and each kind of action
     (step, IPI, access, syscall, eviction) gets its own weight; BUGGIFY-style scheduling knobs
