@@ -350,7 +350,8 @@ class Gup(KernelBase):
     # (pte_write, PageAnonExclusive); try_grab_folio adds GUP_PIN_COUNTING_BIAS (gup.pin,
     # refcount); faultin_page's write or unshare fault (mm/memory.c wp_page_copy / wp_page_reuse:
     # a new or reused exclusive anon page, PTE writable and dirty); follow_page_pte FOLL_TOUCH:
-    # folio_mark_dirty for a write, folio_mark_accessed
+    # "(flags & FOLL_WRITE) && !pte_dirty(pte) && !folio_test_dirty(folio)" -> folio_mark_dirty,
+    # folio_mark_accessed
     @operation("pin_user_pages", VmaPage(), Choice("write", (1, 0), "FOLL_WRITE"),
                Choice("fast", (1, 0), "pin_user_pages_fast, else pin_user_pages"),
                doc="a long-term FOLL_PIN of one page (gup_test PIN_LONGTERM_TEST_START), held "
@@ -359,7 +360,9 @@ class Gup(KernelBase):
                        "folio.mapcount:anon", "folio.refcount", "gup.pin", "PG_anon_exclusive",
                        "folio.dirty:anon", "folio.dirty:file", "folio.lru"),
                reads=("pgtable", "pte.map:anon", "pte.map:file", "pte.write:anon",
-                      "pte.write:file", "mm.write_protect_seq", "PG_anon_exclusive"))
+                      "pte.write:file", "pte.dirty:anon", "pte.dirty:file",
+                      "mm.write_protect_seq", "PG_anon_exclusive", "folio.dirty:anon",
+                      "folio.dirty:file"))
     def pin_longterm_test_start(self, t: Task, vpn: int, write: int, fast: int):
         """mm/gup_test.c pin_longterm_test_start, as selftests/mm/cow.c drives it ("R/O GUP
         pin", "R/O GUP-fast pin"; io_uring buffer registration pins the same way):
@@ -399,10 +402,11 @@ class Gup(KernelBase):
     # fs/splice.c iter_to_pipe -> iov_iter_get_pages2 -> get_user_pages_fast(FOLL_GET): gup_fast's
     # lockless PMD/PTE reads re-checked after the reference is taken (pgtable, pte.map); FOLL_GET
     # asks nothing of write_protect_seq or PageAnonExclusive (gup_must_unshare is for FOLL_PIN);
-    # the pipe keeps the page (gup.pin, refcount). Its read fault is a user load's
+    # the pipe keeps the page (gup.pin, refcount); the slow path's FOLL_TOUCH:
+    # folio_mark_accessed. Its read fault is a user load's
     @operation("vmsplice", VmaPage(),
                doc="vmsplice() of one page into a pipe: a R/O FOLL_GET reference, read later",
-               writes=("folio.refcount", "gup.pin"),
+               writes=("folio.refcount", "gup.pin", "folio.lru"),
                reads=("pgtable", "pte.map:anon", "pte.map:file"))
     def vmsplice(self, t: Task, vpn: int):
         """fs/splice.c vmsplice_to_pipe -> iter_to_pipe -> iov_iter_get_pages2 ->
@@ -495,14 +499,16 @@ class Gup(KernelBase):
     # mm/memory.c __access_remote_vm -> get_user_page_vma_remote(FOLL_FORCE | FOLL_WRITE): mm/gup.c
     # check_vma_flags (vm_flags), can_follow_write_pte (pte_write, PageAnonExclusive,
     # pte_soft_dirty), faultin_page's write fault breaking COW (wp_page_copy: a new exclusive anon
-    # folio replaces the mapping, the old one's rmap removed; the PTE dirty); copy_to_user_page,
-    # set_page_dirty_lock, put_page
+    # folio replaces the mapping, the old one's rmap removed; the PTE dirty); follow_page_pte's
+    # FOLL_TOUCH (pte_dirty, folio_test_dirty -> folio_mark_dirty; folio_mark_accessed);
+    # copy_to_user_page, set_page_dirty_lock, put_page
     @operation("proc_mem_write", VmaPage(private=True),
                doc="write(/proc/self/mem): a FOLL_FORCE write to a private (maybe R/O) page",
                writes=("pte.map:anon", "pte.dirty:anon", "folio.mapcount:anon",
                        "folio.mapcount:file", "folio.refcount", "PG_anon_exclusive",
-                       "folio.dirty:anon", "folio.data"),
-               reads=("vma", "pte.write:anon", "pte.soft_dirty", "PG_anon_exclusive"))
+                       "folio.dirty:anon", "folio.lru", "folio.data"),
+               reads=("vma", "pte.write:anon", "pte.dirty:anon", "pte.soft_dirty",
+                      "PG_anon_exclusive", "folio.dirty:anon"))
     def proc_mem_write(self, t: Task, vpn: int):
         """fs/proc/base.c mem_rw -> mm/memory.c access_remote_vm -> __access_remote_vm on the
         task's own mm (a debugger poking a breakpoint into a read-only private mapping):
