@@ -142,6 +142,12 @@ SWARM_OPS_MEAN: float | None = 4.2
 
 def swarm_ops(rng: random.Random) -> tuple:
     """The operations one swarm run enables (at least one)."""
+    return swarm_ops_scaled(rng)
+
+
+def swarm_ops_scaled(rng: random.Random) -> tuple:
+    """Each operation with its declared share x SWARM_OPS_MEAN / the sum of the shares (at
+    least one operation)."""
     decl = _ops.operations().values()
     scale = 1.0
     if SWARM_OPS_MEAN is not None:
@@ -168,10 +174,11 @@ def swarm_ops_focused(rng: random.Random, q: float = 0.5, more: float = 0.5,
     operations it interacts with (mmfuzz.ops.relation: one writes kernel state the other reads
     or writes), each drawn without replacement with weight (number of state names they share
     through a conflict) ** ``power``: one partner, and each further one with probability
-    ``more`` (1 + Geometric: 2 partners on average). Otherwise the run draws as swarm_ops.
+    ``more`` (1 + Geometric: 2 partners on average). Otherwise the run draws as
+    swarm_ops_scaled.
     Deterministic in ``rng``; the relation is computed once."""
     if rng.random() >= q:
-        return swarm_ops(rng)
+        return swarm_ops_scaled(rng)
     decl = list(_ops.operations().values())
     focus = decl[_pick_weighted(rng, [(op.name, op.swarm) for op in decl])].name
     pool = [(b, w ** power) for b, w in _ops.relation()[focus] if b != focus]
