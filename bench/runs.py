@@ -106,6 +106,8 @@ CANDIDATES = {
     "focus-1": lambda rng: _explore.swarm_ops_focused(rng, q=1.0),
     "focus-0.5-w2": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, power=2.0),
     "focus-1-w2": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, power=2.0),
+    "focus-1-alone": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, alone=0.25),
+    "focus-0.5-alone": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, alone=0.25),
 }
 
 

@@ -168,13 +168,14 @@ def _pick_weighted(rng: random.Random, items: list) -> int:
 
 
 def swarm_ops_focused(rng: random.Random, q: float = 0.5, more: float = 0.5,
-                      power: float = 1.0) -> tuple:
+                      power: float = 1.0, alone: float = 0.0) -> tuple:
     """A correlated draw (bench/RESULTS-runs.md "Correlated draws"): with probability ``q`` the
     run is focused: one operation is drawn by its declared share, then partners among the
     operations it interacts with (mmfuzz.ops.relation: one writes kernel state the other reads
     or writes), each drawn without replacement with weight (number of state names they share
     through a conflict) ** ``power``: one partner, and each further one with probability
-    ``more`` (1 + Geometric: 2 partners on average). Otherwise the run draws as
+    ``more`` (1 + Geometric: 2 partners on average); with probability ``alone`` the focus runs
+    alone (a race of one operation with user accesses). Otherwise the run draws as
     swarm_ops_scaled.
     Deterministic in ``rng``; the relation is computed once."""
     if rng.random() >= q:
@@ -183,6 +184,8 @@ def swarm_ops_focused(rng: random.Random, q: float = 0.5, more: float = 0.5,
     focus = decl[_pick_weighted(rng, [(op.name, op.swarm) for op in decl])].name
     pool = [(b, w ** power) for b, w in _ops.relation()[focus] if b != focus]
     chosen = [focus]
+    if alone and rng.random() < alone:
+        pool = []
     while pool:
         chosen.append(pool.pop(_pick_weighted(rng, pool))[0])
         if rng.random() >= more:
