@@ -108,6 +108,8 @@ CANDIDATES = {
     "focus-1-w2": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, power=2.0),
     "focus-1-alone": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, alone=0.25),
     "focus-0.5-alone": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, alone=0.25),
+    # grow: each further partner interacts with some operation already drawn (a chain)
+    "grow-0.7": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, more=0.7, grow=True),
 }
 
 
