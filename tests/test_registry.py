@@ -108,3 +108,16 @@ def test_the_focused_draw_is_seeded_and_enables_interacting_operations():
         assert 2 <= len(d) and list(d) == sorted(d, key=order.index)
         # some drawn operation (the focus) interacts with every other one drawn
         assert any(all(b == f or b in dict(rel[f]) for b in d) for f in d), d
+
+
+def test_a_grown_draw_is_a_connected_set_of_interacting_operations():
+    from mmfuzz.explore import swarm_ops_focused
+    rel = ops.relation()
+    for i in range(300):
+        d = swarm_ops_focused(random.Random(f"g{i}"), q=1.0, more=0.7, grow=True)
+        assert d == swarm_ops_focused(random.Random(f"g{i}"), q=1.0, more=0.7, grow=True)
+        # from some drawn operation every other one is reached through interacting pairs
+        reached = {d[0]}
+        for _ in d:
+            reached |= {b for a in list(reached) for b, _ in rel[a] if b in d}
+        assert reached == set(d), d
