@@ -184,7 +184,8 @@ def summarize(rows, runs_max):
                     "max_steps": max(steps) if steps else None,
                     "steps": sum(r["steps"] for r in rs),
                     "mainline_flagged": [r["seed"] for r in rs if r["mainline"]],
-                    "per_seed": {r["seed"]: (r["runs"] if r["found"] else None) for r in rs}})
+                    "per_seed": {r["seed"]: (r["runs"] if r["found"] else None) for r in rs},
+                    "per_seed_steps": {r["seed"]: r["steps"] for r in rs}})
     return out
 
 
@@ -250,6 +251,7 @@ def main(argv=None) -> int:
         print(line)
         if args.per_seed:
             print("    " + " ".join(f"{k}:{'-' if v is None else v}" for k, v in s["per_seed"].items()))
+            print("    steps " + " ".join(f"{k}:{v}" for k, v in s["per_seed_steps"].items()))
     return 0
 
 
