@@ -110,6 +110,7 @@ CANDIDATES = {
     "focus-0.5-alone": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, alone=0.25),
     # grow: each further partner interacts with some operation already drawn (a chain)
     "grow-0.7": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, more=0.7, grow=True),
+    "grow-0.7-q0.5": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, more=0.7, grow=True),
 }
 
 
