@@ -100,6 +100,17 @@ CANDIDATES = {
     "k-1-4": _uniform_k(1, 4),
     "k-2-3": _uniform_k(2, 3),
     "mix": _mixture((0.05, 0.1, 0.2, 0.4)),
+    # correlated draws (mmfuzz.ops.relation; explore.swarm_ops_focused): q of the runs focus on
+    # one operation and 1 + Geometric(1 - more) of the operations it interacts with
+    "focus-0.5": lambda rng: _explore.swarm_ops_focused(rng, q=0.5),
+    "focus-1": lambda rng: _explore.swarm_ops_focused(rng, q=1.0),
+    "focus-0.5-w2": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, power=2.0),
+    "focus-1-w2": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, power=2.0),
+    "focus-1-alone": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, alone=0.25),
+    "focus-0.5-alone": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, alone=0.25),
+    # grow: each further partner interacts with some operation already drawn (a chain)
+    "grow-0.7": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, more=0.7, grow=True),
+    "grow-0.7-q0.5": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, more=0.7, grow=True),
 }
 
 

@@ -716,6 +716,9 @@ def cmd_ops(a) -> int:
         for arg in r["args"] or ["(no arguments)"]:
             print(f"{'':{width}}  argument  {arg}")
         print(f"{'':{width}}  function  {r['module']}.{r['kernel_function']}")
+        for kind in ("writes", "reads"):
+            for k, piece in enumerate(textwrap.wrap(", ".join(r[kind]) or "-", 96 - width)):
+                print(f"{'':{width}}  {kind if k == 0 else '':8}  {piece}")
         if r["models"]:
             for k, piece in enumerate(textwrap.wrap(r["models"], 96 - width)):
                 print(f"{'':{width}}  {'models' if k == 0 else '':8}  {piece}")

@@ -142,12 +142,66 @@ SWARM_OPS_MEAN: float | None = 4.2
 
 def swarm_ops(rng: random.Random) -> tuple:
     """The operations one swarm run enables (at least one)."""
+    return swarm_ops_scaled(rng)
+
+
+def swarm_ops_scaled(rng: random.Random) -> tuple:
+    """Each operation with its declared share x SWARM_OPS_MEAN / the sum of the shares (at
+    least one operation)."""
     decl = _ops.operations().values()
     scale = 1.0
     if SWARM_OPS_MEAN is not None:
         total = sum(op.swarm for op in decl)
         scale = min(1.0, SWARM_OPS_MEAN / total)
     return tuple(op.name for op in decl if rng.random() < op.swarm * scale) or ("madvise_dontneed",)
+
+
+def _pick_weighted(rng: random.Random, items: list) -> int:
+    """The index of one of ``items`` ((value, weight) pairs), drawn with probability
+    proportional to its weight (one rng.random())."""
+    r = rng.random() * sum(w for _, w in items)
+    for i, (_, w) in enumerate(items):
+        r -= w
+        if r <= 0:
+            return i
+    return len(items) - 1
+
+
+def swarm_ops_focused(rng: random.Random, q: float = 0.5, more: float = 0.5,
+                      power: float = 1.0, alone: float = 0.0, grow: bool = False) -> tuple:
+    """A correlated draw (bench/RESULTS-runs.md "Correlated draws"): with probability ``q`` the
+    run is focused: one operation is drawn by its declared share, then partners among the
+    operations it interacts with (mmfuzz.ops.relation: one writes kernel state the other reads
+    or writes), each drawn without replacement with weight (number of state names they share
+    through a conflict) ** ``power``: one partner, and each further one with probability
+    ``more`` (1 + Geometric: 2 partners on average); with probability ``alone`` the focus runs
+    alone (a race of one operation with user accesses). With ``grow`` each further partner is
+    drawn among the operations that interact with any operation chosen so far (weight: the sum
+    of its weights to them), so that a chain of three or four operations, each acting on
+    what the previous changed, can be drawn together. Otherwise the run draws as
+    swarm_ops_scaled.
+    Deterministic in ``rng``; the relation is computed once."""
+    if rng.random() >= q:
+        return swarm_ops_scaled(rng)
+    decl = list(_ops.operations().values())
+    focus = decl[_pick_weighted(rng, [(op.name, op.swarm) for op in decl])].name
+    pool = [(b, w ** power) for b, w in _ops.relation()[focus] if b != focus]
+    chosen = [focus]
+    if alone and rng.random() < alone:
+        pool = []
+    rel = _ops.relation()
+    while pool:
+        chosen.append(pool.pop(_pick_weighted(rng, pool))[0])
+        if rng.random() >= more:
+            break
+        if grow:   # the pool: every operation not chosen, weighted by its ties to the chosen
+            ties: dict = {}
+            for c in chosen:
+                for b, w in rel[c]:
+                    if b not in chosen:
+                        ties[b] = ties.get(b, 0.0) + w ** power
+            pool = [(b, ties[b]) for b in _ops.names() if b in ties]
+    return tuple(op.name for op in decl if op.name in chosen)
 
 
 class SwarmPolicy:

@@ -21,6 +21,19 @@ Declaring an operation
     Mistakes are caught when the class body runs (a duplicate name, an argument that is not an
     Arg, a bad context), with a message saying what to write instead.
 
+State it touches (the interaction relation)
+    ``writes=(...)`` and ``reads=(...)`` name, from ``STATE`` below, the kernel state the
+    modelled kernel function changes and the state its decisions read, each taken from the
+    kernel source of that function (the declaration's comment cites where). Two operations
+    interact (``interacts``) when one writes what the other reads or writes: only such pairs
+    can order each other's effects, so only they need to meet in a run (the partial-order
+    argument). What every operation does is left out, or every pair would interact: finding
+    the VMA and the PTE it acts on (present, which pfn), taking and dropping locks (the
+    locks order; they carry no state), flushing the TLB as such. User loads, stores and
+    faults are not operations: they are enabled in every run, so what they touch is
+    accounted for by the relation between operations only. Swarm draws read the relation
+    (explore.swarm_ops_focused); ``mmfuzz ops --json`` shows it.
+
 Argument domains
     An Arg draws its values with ``pick(options, label)``, the one primitive every engine
     supplies (a seeded random.Random's choice in fast mode, a Hypothesis draw in the rule
@@ -39,6 +52,41 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CONTEXTS = ("process", "kthread")
+
+#: The state an operation may declare it writes or reads, and what each name means. A ":anon"
+#: or ":file" suffix says which kind of folio (or of PTE, by the folio it maps): the kernel's
+#: anon and file paths differ, and an operation that only ever meets one kind (MADV_FREE: anon
+#: VMAs only; writeback: page-cache folios only) says so.
+STATE = {
+    "vma": "an mm's VMA tree and vm_flags (split, detach, insert; VM_WRITE, VM_SOFTDIRTY)",
+    "i_mmap": "a file's address_space->i_mmap tree of the VMAs mapping it (the file rmap)",
+    "pgtable": "the PTE tables themselves (pmd entries; free_pgtables frees them)",
+    "pte.map:anon": "what a PTE of an anon folio maps: cleared, replaced or made a swap entry",
+    "pte.map:file": "what a PTE of a page-cache folio maps: cleared or replaced",
+    "pte.write:anon": "the write bit of a PTE mapping an anon folio",
+    "pte.write:file": "the write bit of a PTE mapping a page-cache folio",
+    "pte.dirty:anon": "the dirty bit of a PTE mapping an anon folio",
+    "pte.dirty:file": "the dirty bit of a PTE mapping a page-cache folio",
+    "pte.young": "the accessed bit of a PTE",
+    "pte.soft_dirty": "the soft-dirty bit of a PTE (present or swap)",
+    "tlb.deferred": "a TLB flush owed past the PTL: an mmu_gather's range, mm->tlb_flush_pending, "
+                    "reclaim's tlb_ubc / mm->tlb_flush_batched",
+    "mm.write_protect_seq": "mm->write_protect_seq, which fork holds while it write-protects and "
+                            "GUP-fast FOLL_PIN checks",
+    "folio.mapcount:anon": "an anon folio's mapcount and anon rmap (anon_vma links)",
+    "folio.mapcount:file": "a page-cache folio's mapcount",
+    "folio.refcount": "references other paths count: folio_ref_freeze, an elevated-refcount test",
+    "gup.pin": "a reference GUP handed out and its holder keeps (FOLL_PIN's bias that "
+               "folio_maybe_dma_pinned reads; a pipe's FOLL_GET page)",
+    "PG_anon_exclusive": "PageAnonExclusive of an anon page",
+    "folio.dirty:anon": "PG_dirty of an anon (swap-backed) folio",
+    "folio.dirty:file": "PG_dirty of a page-cache folio",
+    "folio.writeback": "PG_writeback",
+    "folio.lru": "LRU state: isolation (PG_lru), PG_referenced, PG_swapbacked (lazyfree)",
+    "pagecache": "a file's page cache (the folios in its xarray)",
+    "swap": "the swap cache and swap slots (a swap PTE's slot count)",
+    "folio.data": "the page's contents",
+}
 
 
 @dataclass(frozen=True)
@@ -249,6 +297,8 @@ class Operation:
     module: str = ""
     arg_names: tuple = field(default=())
     swarm: float = 0.7
+    writes: tuple = ()
+    reads: tuple = ()
 
     @property
     def arity(self) -> int:
@@ -278,14 +328,15 @@ class Operation:
     def to_json(self) -> dict:
         return {"name": self.name, "context": self.context, "kernel_function": self.method,
                 "module": self.module, "args": [a.describe() for a in self.args],
-                "arg_names": list(self.arg_names), "doc": self.doc}
+                "arg_names": list(self.arg_names), "doc": self.doc,
+                "writes": list(self.writes), "reads": list(self.reads)}
 
 
 _REGISTRY: dict[str, Operation] = {}
 
 
 def operation(name: str, *args: Arg, context: str = "process", doc: str = "",
-              swarm: float = 0.7):
+              swarm: float = 0.7, writes: tuple = (), reads: tuple = ()):
     """Decorator declaring the kernel entry point of operation ``name`` (see the module doc)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(f"operation name {name!r} must be an identifier such as 'madvise_free'")
@@ -298,6 +349,14 @@ def operation(name: str, *args: Arg, context: str = "process", doc: str = "",
         raise ValueError(f"operation {name!r}: context must be one of {CONTEXTS}, not {context!r}")
     if not (isinstance(swarm, float) and 0.0 < swarm <= 1.0):
         raise ValueError(f"operation {name!r}: swarm must be a probability in (0, 1], such as 0.7")
+    for kind, tags in (("writes", writes), ("reads", reads)):
+        if not isinstance(tags, tuple) or len(set(tags)) != len(tags):
+            raise TypeError(f"operation {name!r}: {kind} must be a tuple of distinct names of "
+                            "mmfuzz.ops.STATE, such as (\"pte.dirty:file\",)")
+        bad = [x for x in tags if x not in STATE]
+        if bad:
+            raise ValueError(f"operation {name!r}: {kind} names unknown state {bad}; "
+                             f"mmfuzz.ops.STATE has {', '.join(STATE)}")
 
     def register(fn):
         if name in _REGISTRY and _REGISTRY[name].method != fn.__name__:
@@ -307,7 +366,7 @@ def operation(name: str, *args: Arg, context: str = "process", doc: str = "",
         names = tuple(n for a in args for n in a.names)
         _REGISTRY[name] = Operation(name, fn.__name__, tuple(args), context, doc or
                                     (fn.__doc__ or "").strip().split("\n")[0], fn.__module__,
-                                    names, swarm)
+                                    names, swarm, tuple(writes), tuple(reads))
         return fn
 
     return register
@@ -334,6 +393,36 @@ def get(name) -> Operation | None:
 
 def names() -> tuple[str, ...]:
     return tuple(_load())
+
+
+def conflicts(a: Operation, b: Operation) -> tuple:
+    """The state through which ``a`` and ``b`` interact: what one writes and the other reads or
+    writes, in STATE order (empty: they commute, as far as the declared state goes)."""
+    touched_a, touched_b = set(a.writes) | set(a.reads), set(b.writes) | set(b.reads)
+    return tuple(x for x in STATE if (x in a.writes and x in touched_b)
+                 or (x in b.writes and x in touched_a))
+
+
+def interacts(a: Operation, b: Operation) -> bool:
+    return bool(conflicts(a, b))
+
+
+def relation() -> dict[str, tuple[tuple[str, int], ...]]:
+    """name -> (other, weight) for every operation it interacts with (itself included when it
+    writes what it reads or writes), in registration order; the weight is the number of
+    state names through which they interact (``conflicts``). Computed once per registry
+    state (a swarm draw reads it once per run)."""
+    decl = _load()
+    key = tuple((op.name, op.writes, op.reads) for op in decl.values())
+    if _RELATION.get("key") != key:
+        ops_ = list(decl.values())
+        _RELATION["key"] = key
+        _RELATION["rel"] = {a.name: tuple((b.name, len(conflicts(a, b))) for b in ops_
+                                          if interacts(a, b)) for a in ops_}
+    return _RELATION["rel"]
+
+
+_RELATION: dict = {}
 
 
 class _More(Exception):

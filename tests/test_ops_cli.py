@@ -26,10 +26,14 @@ def test_ops_lists_every_registered_operation(capsys):
         assert r["context"] == op.context and r["arg_names"] == list(op.arg_names)
         assert r["kernel_function"] == op.method and r["doc"] == op.doc
         assert r["args"] == [a.describe() for a in op.args]
+        # the kernel state it declares (the interaction relation, mmfuzz.ops.STATE)
+        assert r["writes"] == list(op.writes) and r["reads"] == list(op.reads)
+        assert r["writes"] or r["reads"]
         assert r["models"], f"{r['name']}: the modelled function has no docstring"
         assert r["name"] in text and op.doc in text
         assert json.dumps(["start", "CPU", r["name"], *[n.upper() for n in op.arg_names]]) in text
     assert "madvise_dontneed" in text and "mm/madvise.c" in text
+    assert "  writes    " in text and "pte.dirty:file" in text
     assert "until" in text.splitlines()[-1]
 
 

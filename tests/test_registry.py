@@ -65,3 +65,59 @@ def test_declaration_mistakes_are_caught_at_definition():
         @ops.operation("munmap")
         def not_munmap(self, t):
             yield "x"
+    with pytest.raises(ValueError, match="unknown state"):
+        ops.operation("x", writes=("pte.colour",))
+    with pytest.raises(TypeError, match="tuple of distinct names"):
+        ops.operation("x", reads="swap")
+
+
+# ------------------------------------------------ the interaction relation (ops.STATE) ------
+def test_every_operation_declares_the_state_it_touches():
+    for op in ops.operations().values():
+        assert op.writes or op.reads, f"{op.name} declares no state (writes=/reads=)"
+        assert all(x in ops.STATE for x in op.writes + op.reads), op.name
+    # only readers: the holder of a GUP reference reads the page through it
+    assert ops.get("pin_read").writes == () and "gup.pin" in ops.get("pin_read").reads
+
+
+def test_the_relation_is_symmetric_deterministic_and_discriminates():
+    rel = ops.relation()
+    assert list(rel) == list(ops.names())
+    for a, partners in rel.items():
+        for b, w in partners:
+            assert w == len(ops.conflicts(ops.get(a), ops.get(b))) >= 1
+            assert (a, w) in rel[b], (a, b)
+    # what the declarations say, read back: a zap and writeback meet on the file PTE's dirty
+    # bit, PG_dirty and the mapcount; a pipe reader meets only the holders and writers of a
+    # GUP reference's page; clear_refs_all (young bits only) never meets writeback
+    assert {"pte.dirty:file", "folio.dirty:file", "folio.mapcount:file"} <= set(
+        ops.conflicts(ops.get("madvise_dontneed"), ops.get("writeback")))
+    assert [b for b, _ in rel["pin_read"]] == ["pin_user_pages", "vmsplice", "pin_write",
+                                              "unpin", "proc_mem_write"]
+    assert "writeback" not in dict(rel["clear_refs_all"])
+    assert ops.relation() is rel     # computed once
+
+
+def test_the_focused_draw_is_seeded_and_enables_interacting_operations():
+    from mmfuzz.explore import swarm_ops_focused
+    draws = [swarm_ops_focused(random.Random(f"d{i}"), q=1.0) for i in range(300)]
+    assert draws == [swarm_ops_focused(random.Random(f"d{i}"), q=1.0) for i in range(300)]
+    rel = ops.relation()
+    order = list(ops.names())
+    for d in draws:
+        assert 2 <= len(d) and list(d) == sorted(d, key=order.index)
+        # some drawn operation (the focus) interacts with every other one drawn
+        assert any(all(b == f or b in dict(rel[f]) for b in d) for f in d), d
+
+
+def test_a_grown_draw_is_a_connected_set_of_interacting_operations():
+    from mmfuzz.explore import swarm_ops_focused
+    rel = ops.relation()
+    for i in range(300):
+        d = swarm_ops_focused(random.Random(f"g{i}"), q=1.0, more=0.7, grow=True)
+        assert d == swarm_ops_focused(random.Random(f"g{i}"), q=1.0, more=0.7, grow=True)
+        # from some drawn operation every other one is reached through interacting pairs
+        reached = {d[0]}
+        for _ in d:
+            reached |= {b for a in list(reached) for b, _ in rel[a] if b in d}
+        assert reached == set(d), d

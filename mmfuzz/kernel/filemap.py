@@ -88,8 +88,15 @@ class Filemap(KernelBase):
         yield f"__remove_mapping: __filemap_remove_folio(file{f.file_id}[{folio.index}]) pfn {folio.pfn}"
         return True
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/truncate.c mapping_try_invalidate: find_lock_entries (pagecache, a reference);
+    # mapping_evict_folio: folio_test_dirty / folio_test_writeback, folio_ref_count >
+    # nr + private + 1; mm/vmscan.c __remove_mapping: folio_ref_freeze, __filemap_remove_folio;
+    # a folio kept goes to deactivate_file_folio (the model leaves that LRU move out)
     @operation("drop_cache", FilePage(), context="kthread",
-               doc="fadvise(DONTNEED)-style eviction of one clean page-cache folio")
+               doc="fadvise(DONTNEED)-style eviction of one clean page-cache folio",
+               writes=("folio.refcount", "folio.lru", "pagecache"),
+               reads=("folio.refcount", "folio.dirty:file", "folio.writeback", "pagecache"))
     def drop_cache(self, t: Task, file_id: int, index: int):
         """An fadvise(POSIX_FADV_DONTNEED)-style eviction of one clean page-cache folio
         (mm/fadvise.c -> mapping_try_invalidate -> mapping_evict_folio): lookup with

@@ -19,9 +19,19 @@ from .base import KernelBase, Last, Task
 
 
 class ForkOps(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/mmap.c dup_mmap: vm_area_dup + anon_vma_fork + the child's tree (vma), i_mmap insert;
+    # mm/memory.c copy_page_range: raw_write_seqcount_begin(write_protect_seq) for a COW mapping;
+    # copy_present_ptes: folio_try_dup_anon_rmap_pte (PageAnonExclusive, folio_needs_cow_for_dma ->
+    # folio_maybe_dma_pinned; clears PG_anon_exclusive), folio_dup_file_rmap_pte, folio_get,
+    # wrprotect_ptes of a writable COW PTE; copy_nonpresent_pte: swap_duplicate
     @operation("fork", ChildCpu(),
                doc="fork: dup_mmap (COW write-protect, anon folio sharing) and a child process on an idle CPU",
-               swarm=0.35)
+               swarm=0.35,
+               writes=("vma", "i_mmap", "pte.write:anon", "mm.write_protect_seq",
+                       "folio.mapcount:anon", "folio.mapcount:file", "folio.refcount",
+                       "PG_anon_exclusive", "swap"),
+               reads=("vma", "pte.write:anon", "gup.pin", "PG_anon_exclusive"))
     def fork(self, t: Task, child_cpu: int):
         """kernel/fork.c kernel_clone -> copy_process -> copy_mm -> dup_mm: mm_alloc a new mm,
         dup_mmap(mm, oldmm), then wake_up_new_task runs the child on ``child_cpu``."""
@@ -69,8 +79,16 @@ class ForkOps(KernelBase):
         yield from self.flush_tlb_mm_range(t, oldmm, 0, 0, True, False)  # flush_tlb_mm(oldmm)
         yield from self.up_write(t, oldmm.mmap_lock, f"dup_mmap: flush_tlb_mm done, mmap_write_unlock(mm{oldmm.mm_id})")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # kernel/exit.c exit_mm; mm/mmap.c exit_mmap: unmap_vmas of every VMA (zap_pte_range, as
+    # munmap), free_pgtables (pgtable, unlink_anon_vmas, unlink_file_vma), tlb_finish_mmu,
+    # remove_vma
     @operation("exit", doc="exit of the CPU's process: exit_mm, and exit_mmap by the mm's last user",
-               swarm=0.35)
+               swarm=0.35,
+               writes=("vma", "i_mmap", "pgtable", "pte.map:anon", "pte.map:file",
+                       "folio.mapcount:anon", "folio.mapcount:file", "folio.dirty:file",
+                       "folio.lru", "folio.refcount", "swap", "tlb.deferred"),
+               reads=("pte.dirty:file", "pte.young", "swap", "tlb.deferred"))
     def exit(self, t: Task):
         """kernel/exit.c do_exit -> exit_mm: under mmap_read_lock, current->mm = NULL and
         enter_lazy_tlb (the CPU leaves the mm: its TLB entries of the mm are dropped and it

@@ -344,10 +344,25 @@ class Gup(KernelBase):
         what = "zero page" if folio is None else f"pfn {folio.pfn}"
         yield Last(f"{label}: pin {pin.pin_id} = {what} ({foll_str(flags)})")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/gup.c gup_fast: read_seqcount of write_protect_seq, lockless PMD/PTE reads re-checked
+    # after try_grab_folio_fast (pgtable, pte.map); gup_must_unshare and can_follow_write_pte
+    # (pte_write, PageAnonExclusive); try_grab_folio adds GUP_PIN_COUNTING_BIAS (gup.pin,
+    # refcount); faultin_page's write or unshare fault (mm/memory.c wp_page_copy / wp_page_reuse:
+    # a new or reused exclusive anon page, PTE writable and dirty); follow_page_pte FOLL_TOUCH:
+    # "(flags & FOLL_WRITE) && !pte_dirty(pte) && !folio_test_dirty(folio)" -> folio_mark_dirty,
+    # folio_mark_accessed
     @operation("pin_user_pages", VmaPage(), Choice("write", (1, 0), "FOLL_WRITE"),
                Choice("fast", (1, 0), "pin_user_pages_fast, else pin_user_pages"),
                doc="a long-term FOLL_PIN of one page (gup_test PIN_LONGTERM_TEST_START), held "
-                   "until unpin")
+                   "until unpin",
+               writes=("pte.map:anon", "pte.write:anon", "pte.dirty:anon",
+                       "folio.mapcount:anon", "folio.refcount", "gup.pin", "PG_anon_exclusive",
+                       "folio.dirty:anon", "folio.dirty:file", "folio.lru"),
+               reads=("pgtable", "pte.map:anon", "pte.map:file", "pte.write:anon",
+                      "pte.write:file", "pte.dirty:anon", "pte.dirty:file",
+                      "mm.write_protect_seq", "PG_anon_exclusive", "folio.dirty:anon",
+                      "folio.dirty:file"))
     def pin_longterm_test_start(self, t: Task, vpn: int, write: int, fast: int):
         """mm/gup_test.c pin_longterm_test_start, as selftests/mm/cow.c drives it ("R/O GUP
         pin", "R/O GUP-fast pin"; io_uring buffer registration pins the same way):
@@ -383,8 +398,16 @@ class Gup(KernelBase):
             return
         yield from self._hold(t, folio, vpn, flags, "pin_user_pages")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # fs/splice.c iter_to_pipe -> iov_iter_get_pages2 -> get_user_pages_fast(FOLL_GET): gup_fast's
+    # lockless PMD/PTE reads re-checked after the reference is taken (pgtable, pte.map); FOLL_GET
+    # asks nothing of write_protect_seq or PageAnonExclusive (gup_must_unshare is for FOLL_PIN);
+    # the pipe keeps the page (gup.pin, refcount); the slow path's FOLL_TOUCH:
+    # folio_mark_accessed. Its read fault is a user load's
     @operation("vmsplice", VmaPage(),
-               doc="vmsplice() of one page into a pipe: a R/O FOLL_GET reference, read later")
+               doc="vmsplice() of one page into a pipe: a R/O FOLL_GET reference, read later",
+               writes=("folio.refcount", "gup.pin", "folio.lru"),
+               reads=("pgtable", "pte.map:anon", "pte.map:file"))
     def vmsplice(self, t: Task, vpn: int):
         """fs/splice.c vmsplice_to_pipe -> iter_to_pipe -> iov_iter_get_pages2 ->
         get_user_pages_fast(FOLL_GET, R/O): the pipe buffer holds a plain reference to the
@@ -398,9 +421,14 @@ class Gup(KernelBase):
             return
         yield from self._hold(t, folio, vpn, flags, "vmsplice")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # the holder of a GUP reference reads the page (a device's DMA, a pipe read's
+    # copy_page_to_iter)
     @operation("pin_read", Choice("pin", PIN_IDS, "a held GUP reference, by id"),
                context="kthread",
-               doc="a device or pipe reader reads the page through a held GUP reference")
+               doc="a device or pipe reader reads the page through a held GUP reference",
+               writes=(),
+               reads=("gup.pin", "folio.data"))
     def pin_read(self, t: Task, pin_id: int):
         """The holder reads the page through its reference: a device's DMA from a pinned
         buffer, a read() of the pipe a vmsplice filled (copy_page_to_iter)."""
@@ -414,8 +442,12 @@ class Gup(KernelBase):
         m.events.append(("pin_load", pin.mm_id, pin.vpn, pfn, data, pin_id))
         yield Last(f"pin_read: pin {pin_id} (mm{pin.mm_id} va {pin.vpn:#x}) -> pfn {pfn} v{data}")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # a device writes the page through a FOLL_PIN | FOLL_WRITE reference (DMA)
     @operation("pin_write", Choice("pin", PIN_IDS, "a held GUP reference, by id"),
-               context="kthread", doc="a device writes the page through a held R/W pin (DMA)")
+               context="kthread", doc="a device writes the page through a held R/W pin (DMA)",
+               writes=("folio.data",),
+               reads=("gup.pin",))
     def pin_write(self, t: Task, pin_id: int):
         """A device writes the page through a FOLL_PIN | FOLL_WRITE reference (DMA into an
         io_uring fixed buffer, an O_DIRECT read completing). Only R/W pins may be written."""
@@ -431,9 +463,14 @@ class Gup(KernelBase):
         yield Last(f"pin_write: pin {pin_id} (mm{pin.mm_id} va {pin.vpn:#x}) -> pfn "
                    f"{pin.folio.pfn} v{version}")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/gup.c unpin_user_pages_dirty_lock: folio_test_dirty -> folio_lock + folio_mark_dirty,
+    # gup_put_folio (the bias off the refcount; put_page for a pipe's FOLL_GET page)
     @operation("unpin", Choice("pin", PIN_IDS, "a held GUP reference, by id"),
                context="kthread",
-               doc="release a held GUP reference (unpin_user_page, or put_page for FOLL_GET)")
+               doc="release a held GUP reference (unpin_user_page, or put_page for FOLL_GET)",
+               writes=("folio.refcount", "gup.pin", "folio.dirty:anon", "folio.dirty:file"),
+               reads=("gup.pin", "folio.dirty:anon", "folio.dirty:file"))
     def unpin(self, t: Task, pin_id: int):
         """Release a held reference: a R/W pin as unpin_user_pages_dirty_lock(make_dirty=true)
         does when a DMA into it completed (folio_lock, folio_mark_dirty, folio_unlock, then
@@ -458,8 +495,20 @@ class Gup(KernelBase):
         name = "unpin_user_page" if pin.flags & FOLL_PIN else "put_page"
         yield Last(f"{name}: {what}")
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/memory.c __access_remote_vm -> get_user_page_vma_remote(FOLL_FORCE | FOLL_WRITE): mm/gup.c
+    # check_vma_flags (vm_flags), can_follow_write_pte (pte_write, PageAnonExclusive,
+    # pte_soft_dirty), faultin_page's write fault breaking COW (wp_page_copy: a new exclusive anon
+    # folio replaces the mapping, the old one's rmap removed; the PTE dirty); follow_page_pte's
+    # FOLL_TOUCH (pte_dirty, folio_test_dirty -> folio_mark_dirty; folio_mark_accessed);
+    # copy_to_user_page, set_page_dirty_lock, put_page
     @operation("proc_mem_write", VmaPage(private=True),
-               doc="write(/proc/self/mem): a FOLL_FORCE write to a private (maybe R/O) page")
+               doc="write(/proc/self/mem): a FOLL_FORCE write to a private (maybe R/O) page",
+               writes=("pte.map:anon", "pte.dirty:anon", "folio.mapcount:anon",
+                       "folio.mapcount:file", "folio.refcount", "PG_anon_exclusive",
+                       "folio.dirty:anon", "folio.lru", "folio.data"),
+               reads=("vma", "pte.write:anon", "pte.dirty:anon", "pte.soft_dirty",
+                      "PG_anon_exclusive", "folio.dirty:anon"))
     def proc_mem_write(self, t: Task, vpn: int):
         """fs/proc/base.c mem_rw -> mm/memory.c access_remote_vm -> __access_remote_vm on the
         task's own mm (a debugger poking a breakpoint into a read-only private mapping):

@@ -31,9 +31,22 @@ KSM_MM = 1
 
 
 class Ksm(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/ksm.c find_mergeable_vma (vm_flags); write_protect_page: pte_write / pte_dirty /
+    # PageAnonExclusive / mm_tlb_flush_pending -> ptep_clear_flush, folio_mapcount + 1 +
+    # folio_test_swapcache against folio_ref_count, folio_try_share_anon_rmap_pte, pte_dirty ->
+    # folio_mark_dirty, pte_mkclean(pte_wrprotect()); pages_identical; replace_page (the PTE maps
+    # the KSM page: its rmap added, the old folio's removed); try_to_merge_one_page:
+    # folio_mark_accessed, folio_mark_dirty; folio_get/folio_put around the merge
     @operation("ksmd", Choice("page", (0, 1), "which of the anon VMA's first two pages is scanned"),
                context="kthread",
-               doc="ksmd: write_protect_page, pages_identical, replace_page on two anon pages")
+               doc="ksmd: write_protect_page, pages_identical, replace_page on two anon pages",
+               writes=("pte.map:anon", "pte.write:anon", "pte.dirty:anon",
+                       "folio.mapcount:anon", "folio.refcount", "PG_anon_exclusive",
+                       "folio.dirty:anon", "folio.lru"),
+               reads=("vma", "pte.write:anon", "pte.dirty:anon", "tlb.deferred",
+                      "folio.mapcount:anon", "folio.refcount", "PG_anon_exclusive", "swap",
+                      "folio.data"))
     def ksmd(self, t: Task, page: int):
         """mm/ksm.c ksm_do_scan -> cmp_and_merge_page -> try_to_merge_two_pages, for the pages
         at the anon VMA's start + page (scanned) and start + 1 - page (tree page)."""

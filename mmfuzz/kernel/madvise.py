@@ -16,8 +16,18 @@ from .base import KernelBase, Task
 
 
 class Madvise(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/memory.c zap_pte_range: flush_tlb_batched_pending reads reclaim's deferred flush;
+    # zap_present_folio_ptes clears the PTE (pte.map), a file PTE's pte_dirty -> folio_mark_dirty,
+    # pte_young -> folio_mark_accessed (folio.lru), folio_remove_rmap_ptes (mapcount), the page
+    # held by the gather until its flush (refcount); zap_nonpresent_ptes -> free_swap_and_cache;
+    # mm/mmu_gather.c tlb_gather_mmu/tlb_finish_mmu: inc/dec_tlb_flush_pending, mm_tlb_flush_nested
     @operation("madvise_dontneed", VmaRange(),
-               doc="madvise(MADV_DONTNEED): zap a range under mmap_lock for read")
+               doc="madvise(MADV_DONTNEED): zap a range under mmap_lock for read",
+               writes=("pte.map:anon", "pte.map:file", "folio.mapcount:anon",
+                       "folio.mapcount:file", "folio.dirty:file", "folio.lru", "folio.refcount",
+                       "swap", "tlb.deferred"),
+               reads=("pte.dirty:file", "pte.young", "swap", "tlb.deferred"))
     def madvise_dontneed(self, t: Task, start: int, npages: int):
         """mm/madvise.c do_madvise -> madvise_lock (mmap_read_lock) -> madvise_walk_vmas ->
         madvise_dontneed_free -> madvise_dontneed_single_vma -> zap_page_range_single, per VMA
@@ -33,8 +43,18 @@ class Madvise(KernelBase):
         self.m.events.append(("unmap_returned", t.mm.mm_id, start, end, t.tid, dict(t.observed)))
 
     # ------------------------------------------------------------------ MADV_FREE -----
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/madvise.c madvise_free_single_vma: vma_is_anonymous; madvise_free_pte_range:
+    # flush_tlb_batched_pending, a swap PTE -> free_swap_and_cache + clear, folio_test_swapcache /
+    # folio_test_dirty -> folio_mapcount, folio_free_swap, folio_clear_dirty; a young or dirty PTE
+    # -> pte_mkold(pte_mkclean()) + tlb_remove_tlb_entry; folio_mark_lazyfree (mm/swap.c);
+    # tlb_finish_mmu's mm_tlb_flush_nested
     @operation("madvise_free", VmaRange(),
-               doc="madvise(MADV_FREE): clean and age anon PTEs (keeping W), lazyfree the folios")
+               doc="madvise(MADV_FREE): clean and age anon PTEs (keeping W), lazyfree the folios",
+               writes=("pte.map:anon", "pte.dirty:anon", "pte.young", "folio.dirty:anon",
+                       "folio.lru", "swap", "tlb.deferred"),
+               reads=("vma", "pte.dirty:anon", "pte.young", "folio.dirty:anon",
+                      "folio.mapcount:anon", "swap", "tlb.deferred"))
     def madvise_free(self, t: Task, start: int, npages: int):
         """mm/madvise.c do_madvise(MADV_FREE) -> madvise_lock (mmap_read_lock: MADV_FREE does
         not need the write lock) -> madvise_walk_vmas -> madvise_dontneed_free ->

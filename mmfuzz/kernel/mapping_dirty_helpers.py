@@ -28,9 +28,15 @@ from .base import KernelBase, Task
 
 
 class MappingDirtyHelpers(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/mapping_dirty_helpers.c: walk_page_mapping over i_mmap; wp_clean_pre_vma
+    # inc_tlb_flush_pending; clean_record_pte: pte_dirty -> pte_mkclean; wp_clean_post_vma:
+    # mm_tlb_flush_nested, flush_tlb_range, dec_tlb_flush_pending
     @operation("clean_record_shared_mapping_range", FilePage(), Choice("nr", (1, 2, 4)),
                context="kthread",
-               doc="a driver's PTE cleaner: pte_mkclean keeping W, flush deferred to the VMA end")
+               doc="a driver's PTE cleaner: pte_mkclean keeping W, flush deferred to the VMA end",
+               writes=("pte.dirty:file", "tlb.deferred"),
+               reads=("i_mmap", "pte.dirty:file", "tlb.deferred"))
     def clean_record_shared_mapping_range(self, t: Task, file_id: int, first_index: int,
                                           nr: int):
         """mm/mapping_dirty_helpers.c clean_record_shared_mapping_range: i_mmap_lock_read,

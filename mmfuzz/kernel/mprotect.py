@@ -26,8 +26,17 @@ MPROTECT_PROTS = (PROT_READ, PROT_READ | PROT_WRITE)
 
 
 class Mprotect(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/mprotect.c mprotect_fixup: vma_modify_flags (split: vma, i_mmap), vm_flags_reset;
+    # change_pte_range: flush_tlb_batched_pending, ptep_modify_prot_start/commit of the new
+    # protection, can_change_pte_writable (VM_WRITE, pte_needs_soft_dirty_wp, PageAnonExclusive
+    # for a private page, pte_dirty for a shared one), pte_needs_flush (the old write bit),
+    # tlb_flush_pte_range; tlb_finish_mmu's mm_tlb_flush_nested
     @operation("mprotect", VmaRange(), Choice("prot", MPROTECT_PROTS, "1 PROT_READ, 3 PROT_READ|PROT_WRITE"),
-               doc="mprotect: split, change_protection under mmap_write_lock, flush at VMA end")
+               doc="mprotect: split, change_protection under mmap_write_lock, flush at VMA end",
+               writes=("vma", "i_mmap", "pte.write:anon", "pte.write:file", "tlb.deferred"),
+               reads=("vma", "pte.write:anon", "pte.write:file", "pte.dirty:file",
+                      "pte.soft_dirty", "PG_anon_exclusive", "tlb.deferred"))
     def mprotect(self, t: Task, start: int, npages: int, prot: int):
         """mm/mprotect.c do_mprotect_pkey (SYSCALL mprotect): mmap_write_lock; the first VMA
         must start at or below ``start`` (else -ENOMEM); tlb_gather_mmu; mprotect_fixup on every

@@ -13,8 +13,18 @@ from .base import KernelBase, Task, Wait
 
 
 class PageWriteback(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/page-writeback.c writeback_iter: filemap_get_folios_tag (pagecache, folio_try_get),
+    # folio_prepare_writeback (PG_dirty, folio_wait_writeback), folio_clear_dirty_for_io ->
+    # mm/rmap.c folio_mkclean: folio_mapped, rmap_walk_file (i_mmap), page_vma_mkclean_one
+    # (pte_dirty/pte_write -> wrprotect + mkclean); folio_start/end_writeback; the device reads
+    # the folio
     @operation("writeback", FileId(), context="kthread",
-               doc="fsync-style writeback of every dirty page-cache folio of a file (WB_SYNC_ALL)")
+               doc="fsync-style writeback of every dirty page-cache folio of a file (WB_SYNC_ALL)",
+               writes=("pte.write:file", "pte.dirty:file", "folio.dirty:file",
+                       "folio.writeback", "folio.refcount"),
+               reads=("i_mmap", "pte.write:file", "pte.dirty:file", "folio.mapcount:file",
+                      "folio.dirty:file", "folio.writeback", "pagecache", "folio.data"))
     def writeback(self, t: Task, file_id: int):
         """mm/filemap.c filemap_fdatawrite_wbc -> mm/page-writeback.c do_writepages (from
         fsync/msync/sync_file_range) ->

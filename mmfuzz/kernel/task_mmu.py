@@ -30,7 +30,15 @@ CLEAR_REFS_ALL, CLEAR_REFS_SOFT_DIRTY = 1, 4
 
 
 class TaskMmu(KernelBase):
-    @operation("clear_refs", doc="write 4 (CLEAR_REFS_SOFT_DIRTY) to /proc/self/clear_refs")
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_SOFT_DIRTY): vm_flags_clear(VM_SOFTDIRTY),
+    # inc_tlb_flush_pending ... flush_tlb_mm, dec_tlb_flush_pending; clear_soft_dirty:
+    # pte_is_pinned (is_cow_mapping, pte_write, folio_maybe_dma_pinned), pte_wrprotect +
+    # pte_clear_soft_dirty (a swap PTE: pte_swp_clear_soft_dirty)
+    @operation("clear_refs", doc="write 4 (CLEAR_REFS_SOFT_DIRTY) to /proc/self/clear_refs",
+               writes=("vma", "pte.write:anon", "pte.write:file", "pte.soft_dirty",
+                       "tlb.deferred"),
+               reads=("vma", "pte.write:anon", "gup.pin"))
     def clear_refs(self, t: Task, type: int = CLEAR_REFS_SOFT_DIRTY):
         """fs/proc/task_mmu.c clear_refs_write on the task's own mm: type 4
         (CLEAR_REFS_SOFT_DIRTY) or 1 (CLEAR_REFS_ALL)."""
@@ -58,8 +66,13 @@ class TaskMmu(KernelBase):
         yield from self.up_write(t, mm.mmap_lock, "clear_refs: mmap_write_unlock, return", last=True)
         self.m.events.append(("softdirty_cleared", mm.mm_id, t.tid, dict(t.observed)))
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # fs/proc/task_mmu.c clear_refs_pte_range(CLEAR_REFS_ALL): ptep_test_and_clear_young,
+    # folio_clear_referenced; no flush, no test of anything but the PTE it walks
     @operation("clear_refs_all", doc="write 1 (CLEAR_REFS_ALL: young and referenced bits) to "
-               "/proc/self/clear_refs")
+               "/proc/self/clear_refs",
+               writes=("pte.young", "folio.lru"),
+               reads=())
     def clear_refs_all(self, t: Task):
         """fs/proc/task_mmu.c clear_refs_write(CLEAR_REFS_ALL): clear_refs with type 1 (its own
         operation so that "clear_refs", type 4, keeps the argument list saved files use)."""

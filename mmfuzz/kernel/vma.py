@@ -16,7 +16,15 @@ from .base import KernelBase, Task
 
 
 class VmaOps(KernelBase):
-    @operation("munmap", VmaRange(), doc="munmap: split, detach, downgrade, zap, free_pgtables")
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/vma.c do_vmi_align_munmap: __split_vma + vma_iter_clear (vma; i_mmap for a file VMA);
+    # vms_clear_ptes -> unmap_vmas (as madvise_dontneed's zap_pte_range) and free_pgtables
+    # (pgtable; unlink_anon_vmas, unlink_file_vma), tlb_finish_mmu
+    @operation("munmap", VmaRange(), doc="munmap: split, detach, downgrade, zap, free_pgtables",
+               writes=("vma", "i_mmap", "pgtable", "pte.map:anon", "pte.map:file",
+                       "folio.mapcount:anon", "folio.mapcount:file", "folio.dirty:file",
+                       "folio.lru", "folio.refcount", "swap", "tlb.deferred"),
+               reads=("vma", "pte.dirty:file", "pte.young", "swap", "tlb.deferred"))
     def munmap(self, t: Task, start: int, npages: int):
         """mm/mmap.c __vm_munmap -> do_vmi_munmap -> do_vmi_align_munmap."""
         m = self.m
@@ -86,8 +94,13 @@ class VmaOps(KernelBase):
             mm.vmas.insert(mm.vmas.index(vma) + 1, new)
             yield f"__split_vma: {vma.describe()} + {new.describe()}"
 
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/mmap.c mmap_region: the range must be free (vma); vma_link into the tree and, for a file,
+    # vma_interval_tree_insert into i_mmap
     @operation("mmap", VmaTemplate(),
-               doc="mmap(MAP_FIXED_NOREPLACE) of a world VMA again (EEXIST if the range is used)")
+               doc="mmap(MAP_FIXED_NOREPLACE) of a world VMA again (EEXIST if the range is used)",
+               writes=("vma", "i_mmap"),
+               reads=("vma",))
     def mmap(self, t: Task, template: int):
         """mm/mmap.c do_mmap -> mmap_region (MAP_FIXED_NOREPLACE): under mmap_write_lock, fail
         with EEXIST if the range is in use, else vma_link: into the mm's tree and, for a file,

@@ -27,12 +27,29 @@ PAGE_KEEP, PAGE_ACTIVATE, PAGE_SUCCESS, PAGE_CLEAN = range(4)
 
 
 class Vmscan(KernelBase):
+    # State (mmfuzz.ops.STATE), from the kernel source:
+    # mm/vmscan.c isolate_lru_folios (folio_try_get, PG_lru); shrink_folio_list: folio_test_writeback,
+    # folio_check_references -> mm/rmap.c folio_referenced (rmap walk: i_mmap / anon_vma,
+    # ptep_clear_flush_young) + folio_test_clear_referenced; folio_maybe_dma_pinned; add_to_swap;
+    # try_to_unmap_one (pte_dirty -> folio_mark_dirty, PageAnonExclusive ->
+    # folio_try_share_anon_rmap_pte, a swap entry or none, folio_remove_rmap_pte,
+    # set_tlb_ubc_flush_pending; a lazyfree folio: folio_test_dirty and the refcount decide);
+    # pageout: folio_clear_dirty_for_io, swap_writepage (PG_writeback); __remove_mapping:
+    # folio_ref_freeze, PG_dirty, the swap cache or the page cache
     @operation("reclaim", Choice("lru", (2, 0, 1), "2: both, as shrink_lruvec scans them; "
                                  "0: the anon LRU only, 1: the file LRU only"),
                Choice("skip", (0, 1, 2), "folios of each LRU passed over"),
                Choice("nr", (1, 2, 32), "folios isolated per LRU (32: SWAP_CLUSTER_MAX, the "
                       "whole LRU of a small world)"), context="kthread",
-               doc="reclaim (kswapd): isolate folios, shrink_folio_list, put back")
+               doc="reclaim (kswapd): isolate folios, shrink_folio_list, put back",
+               writes=("pte.map:anon", "pte.map:file", "pte.young", "tlb.deferred",
+                       "folio.mapcount:anon", "folio.mapcount:file", "folio.refcount",
+                       "PG_anon_exclusive", "folio.dirty:anon", "folio.dirty:file",
+                       "folio.writeback", "folio.lru", "pagecache", "swap"),
+               reads=("i_mmap", "pte.dirty:anon", "pte.dirty:file", "pte.young",
+                      "folio.mapcount:anon", "folio.mapcount:file", "folio.refcount", "gup.pin",
+                      "PG_anon_exclusive", "folio.dirty:anon", "folio.dirty:file",
+                      "folio.writeback", "folio.lru", "swap"))
     def reclaim(self, t: Task, lru: int, skip: int, nr: int):
         """mm/vmscan.c shrink_lruvec -> shrink_list -> shrink_inactive_list (as kswapd or
         direct reclaim run it) on the anon LRU then the file LRU (for_each_evictable_lru
