@@ -2,7 +2,7 @@
 fast explorer, swarm strategy), deterministic.
 
     python -m bench.runs --bugs all --seeds 1-10 --runs-max 20000 [--jobs 2] [--mainline]
-                         [--ops-policy NAME]
+                         [--ops-policy NAME] [--engine swarm|guided] [--out FILE.json]
 
 Runs, not seconds: a run count depends only on the kernel, the seed and the search policy, so
 the numbers mean the same on a loaded machine as on an idle one. Each row also gives the
@@ -17,11 +17,16 @@ shrinker's time comes on top). A seed not found within --runs-max counts as more
 
 ``--ops-policy NAME`` replaces explore.swarm_ops (which operations a swarm run enables) by
 one of CANDIDATES below for this process: the candidates measured when the default was chosen.
+
+``--engine guided`` measures the coverage-guided schedule search (mmfuzz/guided.py) instead of
+the swarm explorer, mainline included; its runs and steps count every mutated run and every
+replayed prefix step. ``--out FILE`` writes the per-seed rows (runs and steps) as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -134,19 +139,29 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _explorer(engine):
+    """explore(kernel, seed, runs_max=, actions_max=) of the measured engine."""
+    if engine == "guided":
+        from mmfuzz.guided import explore_guided
+        return explore_guided
+    return _explore.explore
+
+
 def _one(job):
-    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw = job
+    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine = job
     _apply_policy(policy, lengths, sw)
     bug = next(b for b in BUGS if b.slug == slug)
     amax = actions_max or bug.actions_max
-    found, stats = _explore.explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
+    explore = _explorer(engine)
+    found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
     row = {"slug": slug, "seed": seed, "found": found is not None and found.prop == bug.prop,
            "prop": found.prop if found else None,
            "runs": found.runs if found else stats["runs"],
            "steps": found.steps if found else stats["steps"], "mainline": None}
     if mainline:
-        clean, _ = _explore.explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
+        clean, mstats = explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
         row["mainline"] = None if clean is None else clean.prop
+        row["mainline_steps"] = mstats["steps"]
     return row
 
 
@@ -201,6 +216,9 @@ def main(argv=None) -> int:
     ap.add_argument("--start-weights", default=None,
                     help="each swarm run draws its syscall-start weight from these (default 0.5,1,2)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs per seed")
+    ap.add_argument("--engine", default="swarm", choices=("swarm", "guided"),
+                    help="swarm (the fast explorer, default) or guided (mmfuzz/guided.py)")
+    ap.add_argument("--out", default=None, help="write the per-seed rows as JSON to this file")
     args = ap.parse_args(argv)
     slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
     known = [b.slug for b in BUGS]
@@ -216,8 +234,8 @@ def main(argv=None) -> int:
         return 2
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
     sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
-    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw)
-            for s in slugs for seed in seeds]
+    jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
+             args.engine) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs)))
@@ -227,7 +245,11 @@ def main(argv=None) -> int:
             rows = list(_progress(map(_one, jobs), len(jobs)))
         finally:   # the candidates patch this process only for the measurement
             _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
-    print(f"policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"argv": argv if argv is not None else sys.argv[1:], "rows": rows}, f,
+                      indent=1)
+    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):
@@ -240,6 +262,8 @@ def main(argv=None) -> int:
         print(line)
         if args.per_seed:
             print("    " + " ".join(f"{k}:{'-' if v is None else v}" for k, v in s["per_seed"].items()))
+            print("    steps " + " ".join(f"{r['seed']}:{r['steps']}" for r in rows
+                                          if r["slug"] == s["slug"]))
     return 0
 
 
