@@ -28,6 +28,8 @@ ENGINES = {
     "rules": ["--strategy", "rules", "--examples", "200"],
     # the hybrid's scenario runs (every 4th) raise from inside exhaust's search
     "hybrid": ["--fast", "--strategy", "hybrid", "--examples", "300"],
+    # the guided engine (mmfuzz/guided.py): fresh and mutated runs of one corpus
+    "guided": ["--engine", "guided", "--examples", "300"],
 }
 
 
