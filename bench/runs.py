@@ -165,12 +165,22 @@ def _one(job):
     return row
 
 
-def _progress(rows, n):
-    """Pass rows through, one line per finished job on stderr."""
+def _progress(rows, n, out=None, argv=None):
+    """Pass rows through, one line per finished job on stderr (and, with ``out``, every row so
+    far written to that JSON file, so that a long measurement cut short keeps what it did)."""
+    done = []
     for i, r in enumerate(rows, 1):
+        if out:
+            done.append(r)
+            _write(out, argv, done)
         print(f"  [{i}/{n}] {r['slug']} seed {r['seed']}: "
               f"{r['runs'] if r['found'] else '-'} runs", file=sys.stderr, flush=True)
         yield r
+
+
+def _write(path, argv, rows):
+    with open(path, "w") as f:
+        json.dump({"argv": argv if argv is not None else sys.argv[1:], "rows": rows}, f, indent=1)
 
 
 def summarize(rows, runs_max):
@@ -238,17 +248,13 @@ def main(argv=None) -> int:
              args.engine) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
-            rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs)))
+            rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
     else:
         saved = (_explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__)
         try:
-            rows = list(_progress(map(_one, jobs), len(jobs)))
+            rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
             _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"argv": argv if argv is not None else sys.argv[1:], "rows": rows}, f,
-                      indent=1)
     print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
