@@ -66,7 +66,7 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
 
 def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int = 60) -> dict:
     """``engine``: swarm, pct, uniform (the fast explorer), hybrid (mmfuzz/hybrid.py),
-    hyp-swarm, hyp-pct, hyp-uniform
+    guided (mmfuzz/guided.py), hyp-swarm, hyp-pct, hyp-uniform
     (the same policies as Hypothesis strategies), hyp-rules (the rule-based machine) or
     hyp-ops (strategies.machine.OpsMachine: operations as rules, each example's mix run under
     PCT and searched by exhaust). ``actions_max``: the fast engines' run length (a bug's own
@@ -93,6 +93,9 @@ def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int = 6
     if engine == "hybrid":
         from mmfuzz.hybrid import explore_hybrid
         found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max)
+    elif engine == "guided":
+        from mmfuzz.guided import explore_guided
+        found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max)
     else:
         found, stats = explore(kernel, seed, budget_s=budget, policy=engine,
                                actions_max=actions_max)

@@ -2,7 +2,7 @@
 fast explorer, swarm strategy), deterministic.
 
     python -m bench.runs --bugs all --seeds 1-10 --runs-max 20000 [--jobs 2] [--mainline]
-                         [--ops-policy NAME]
+                         [--ops-policy NAME] [--engine swarm|guided] [--out FILE.json]
 
 Runs, not seconds: a run count depends only on the kernel, the seed and the search policy, so
 the numbers mean the same on a loaded machine as on an idle one. Each row also gives the
@@ -17,11 +17,16 @@ shrinker's time comes on top). A seed not found within --runs-max counts as more
 
 ``--ops-policy NAME`` replaces explore.swarm_ops (which operations a swarm run enables) by
 one of CANDIDATES below for this process: the candidates measured when the default was chosen.
+
+``--engine guided`` measures the coverage-guided schedule search (mmfuzz/guided.py) instead of
+the swarm explorer, mainline included; its runs and steps count every mutated run and every
+replayed prefix step. ``--out FILE`` writes the per-seed rows (runs and steps) as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -145,31 +150,51 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _explorer(engine):
+    """explore(kernel, seed, runs_max=, actions_max=) of the measured engine."""
+    if engine == "guided":
+        from mmfuzz.guided import explore_guided
+        return explore_guided
+    if engine == "hybrid":   # mmfuzz/hybrid.py; its steps count every search action too
+        from mmfuzz.hybrid import explore_hybrid
+        return explore_hybrid
+    return _explore.explore
+
+
 def _one(job):
     slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine = job
     _apply_policy(policy, lengths, sw)
     bug = next(b for b in BUGS if b.slug == slug)
     amax = actions_max or bug.actions_max
-    search = _explore.explore
-    if engine == "hybrid":   # mmfuzz/hybrid.py; its steps count every search action too
-        from mmfuzz.hybrid import explore_hybrid as search
-    found, stats = search(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
+    explore = _explorer(engine)
+    found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
     row = {"slug": slug, "seed": seed, "found": found is not None and found.prop == bug.prop,
            "prop": found.prop if found else None,
            "runs": found.runs if found else stats["runs"],
            "steps": found.steps if found else stats["steps"], "mainline": None}
     if mainline:
-        clean, _ = search(Mainline, seed, runs_max=row["runs"], actions_max=amax)
+        clean, mstats = explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
         row["mainline"] = None if clean is None else clean.prop
+        row["mainline_steps"] = mstats["steps"]
     return row
 
 
-def _progress(rows, n):
-    """Pass rows through, one line per finished job on stderr."""
+def _progress(rows, n, out=None, argv=None):
+    """Pass rows through, one line per finished job on stderr (and, with ``out``, every row so
+    far written to that JSON file, so that a long measurement cut short keeps what it did)."""
+    done = []
     for i, r in enumerate(rows, 1):
+        if out:
+            done.append(r)
+            _write(out, argv, done)
         print(f"  [{i}/{n}] {r['slug']} seed {r['seed']}: "
               f"{r['runs'] if r['found'] else '-'} runs", file=sys.stderr, flush=True)
         yield r
+
+
+def _write(path, argv, rows):
+    with open(path, "w") as f:
+        json.dump({"argv": argv if argv is not None else sys.argv[1:], "rows": rows}, f, indent=1)
 
 
 def summarize(rows, runs_max):
@@ -219,8 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument("--start-weights", default=None,
                     help="each swarm run draws its syscall-start weight from these (default 0.5,1,2)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
-    ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid"),
-                    help="the fast explorer's swarm runs (default) or mmfuzz.hybrid")
+    ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
+                    help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
+    ap.add_argument("--out", default=None, help="write the per-seed rows as JSON to this file")
     args = ap.parse_args(argv)
     slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
     known = [b.slug for b in BUGS]
@@ -237,15 +263,14 @@ def main(argv=None) -> int:
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
     sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
     jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
-             args.engine)
-            for s in slugs for seed in seeds]
+             args.engine) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
-            rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs)))
+            rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
     else:
         saved = (_explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__)
         try:
-            rows = list(_progress(map(_one, jobs), len(jobs)))
+            rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
             _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
     print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")

@@ -25,16 +25,24 @@ EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_MODEL_FAILURE = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 141
 
 #: The engine of `fuzz` and `hunt` when neither --fast nor --hypothesis is given: "fast" (the
-#: plain-Python explorer) or "hypothesis". The fast explorer with swarm is the fastest engine
+#: plain-Python explorer), "guided" (the fast explorer's coverage-guided schedule search,
+#: mmfuzz/guided.py; --strategy guided) or "hypothesis". The fast explorer with swarm is the fastest engine
 #: on every catalogued bug (bench/RESULTS.md). The one place to change the default.
 DEFAULT_ENGINE = "fast"
 
 
 def choose_engine(a) -> str:
-    """"fast" or "hypothesis" for these options: --fast and --hypothesis decide; --strategy
-    rules is Hypothesis's rule machine; otherwise DEFAULT_ENGINE."""
-    if a.hypothesis or (a.strategy == "rules" and not a.fast):
+    """"fast", "guided" or "hypothesis" for these options: --fast, --hypothesis and --engine
+    decide; --strategy rules is Hypothesis's rule machine, --strategy guided the guided engine;
+    otherwise DEFAULT_ENGINE."""
+    engine = getattr(a, "engine", None)
+    if a.hypothesis or engine == "hypothesis" or (a.strategy == "rules" and not a.fast
+                                                   and engine is None):
         return "hypothesis"
+    if engine is not None:
+        return engine
+    if a.strategy == "guided":
+        return "guided"
     if a.fast:
         return "fast"
     return DEFAULT_ENGINE
@@ -94,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the plain-Python random explorer (the default engine)")
         eng.add_argument("--hypothesis", action="store_true",
                          help="the Hypothesis engine (implied by --strategy rules)")
-        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules", "hybrid"),
+        eng.add_argument("--engine", choices=("fast", "guided", "hypothesis"),
+                         help="fast (--fast), hypothesis (--hypothesis) or guided: the fast "
+                         "explorer's coverage-guided schedule search (a corpus of runs that "
+                         "reached new interleavings, continued from a replayed prefix)")
+        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules", "hybrid",
+                                              "guided"),
                        default="swarm",
                        help="scheduling strategy: swarm (default), pct or uniform, with either "
                        "engine; rules = Hypothesis's rule-based state machine (implies "
@@ -208,6 +221,10 @@ def _explore_worker(args):
             from .hybrid import explore_hybrid_strided
             return explore_hybrid_strided(resolve_kernel(kname), seed, budget, runs_max, start,
                                           stride, actions_max=actions_max)
+        if strategy == "guided":   # one corpus per worker, over its own run indices
+            from .guided import explore_guided_strided
+            return explore_guided_strided(resolve_kernel(kname), seed, budget, runs_max, start,
+                                          stride, actions_max)
         return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
                                actions_max, policy=strategy)
     except ModelFailure as mf:
@@ -228,6 +245,11 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
                                                                               st["steps"]),
                                       actions_max=_actions_max(kname))
     actions_max = _actions_max(kname)
+    if workers <= 1 and strategy == "guided":
+        from .guided import explore_guided_strided
+        return explore_guided_strided(kcls, seed, budget, examples, 0, 1, actions_max,
+                                      progress=lambda st, el: progress.update(st["runs"],
+                                                                              st["steps"]))
     if workers <= 1:
         found, stats = explore_strided(kcls, seed, budget, examples, 0, 1, actions_max,
                                        policy=strategy,
@@ -408,7 +430,16 @@ def report_model_failure(mf: ModelFailure, kname: str, engine: str, seed, save_d
 
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
-    fast = choose_engine(a) == "fast"
+    chosen = choose_engine(a)
+    if chosen == "guided":
+        if a.strategy not in ("swarm", "guided"):
+            raise UsageError(f"--engine guided continues swarm runs; --strategy {a.strategy} "
+                             "is another engine's (drop it or use --strategy swarm)")
+        a.strategy = "guided"
+    fast = chosen in ("fast", "guided")
+    if not fast and a.strategy == "guided":
+        raise UsageError("--strategy guided is a fast-mode engine (a corpus of swarm runs "
+                         "continued from replayed prefixes); drop --hypothesis")
     if not fast and a.strategy == "hybrid":
         raise UsageError("--strategy hybrid is a fast-mode engine (random scenarios searched by "
                          "exhaust); drop --hypothesis")

@@ -439,13 +439,15 @@ def random_run(kernel_cls, rng: random.Random, actions_max: int = 60, policy: st
     return world, run, v
 
 
-def run_policy(kernel_cls, world: dict, pol, rng, actions_max: int = 60):
+def run_policy(kernel_cls, world: dict, pol, rng, actions_max: int = 60, run: Run | None = None):
     """Run ``world`` with actions picked by ``pol`` drawing from ``rng`` (a seeded
     random.Random in fast mode, Hypothesis's own random in strategies/schedules.py): returns
-    (run, violation or None), quiescence included."""
+    (run, violation or None), quiescence included. ``run``: go on from this run of ``world``
+    (the guided engine's replayed prefix) up to ``actions_max`` actions in all."""
     after = getattr(pol, "after", None)
-    run = Run(kernel_cls, world)
-    for _ in range(actions_max):
+    if run is None:
+        run = Run(kernel_cls, world)
+    for _ in range(actions_max - len(run.actions)):
         action = pol.pick(rng, run)
         if action is None:
             break

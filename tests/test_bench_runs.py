@@ -25,3 +25,18 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
     assert runs.main(["--seeds", "one"]) == 2
     err = capsys.readouterr().err
     assert "unknown bug 'no-such-bug'" in err and "bad --seeds 'one'" in err
+
+
+def test_the_guided_engine_is_measured_with_its_steps(capsys, tmp_path):
+    """--engine guided: the same seeds as tests/test_guided.py pins (12 and 4 runs), mainline
+    clean on as many guided runs, every row in --out with its model steps."""
+    import json
+    out_file = tmp_path / "rows.json"
+    assert runs.main(["--bugs", "clear-refs-softdirty-no-flush", "--seeds", "1,4",
+                      "--runs-max", "100", "--per-seed", "--mainline", "--engine", "guided",
+                      "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "engine guided" in out and "1:12 4:4" in out and "clean" in out
+    rows = json.load(open(out_file))["rows"]
+    assert [(r["seed"], r["runs"], r["steps"]) for r in rows] == [(1, 12, 1385), (4, 4, 386)]
+    assert all(r["mainline"] is None and r["mainline_steps"] > 0 for r in rows)

@@ -29,6 +29,8 @@ ENGINES = {
     # the hybrid's point searches (after a run with two in-flight operations on one page) raise
     # from inside their tries as its swarm runs do
     "hybrid": ["--fast", "--strategy", "hybrid", "--examples", "300"],
+    # the guided engine (mmfuzz/guided.py): fresh and mutated runs of one corpus
+    "guided": ["--engine", "guided", "--examples", "300"],
 }
 
 
