@@ -84,11 +84,12 @@ class Mprotect(KernelBase):
         writable = bool(prot & PROT_WRITE)
         if vma.writable == writable:
             return
+        # mm/vma.c vma_modify: "split_vma(vmi, vma, start, 1)" then "split_vma(vmi, vma, end,
+        # 0)": vma itself ends up as [start, end)
         if vma.start < start:
-            yield from self.split_vma(t, vma, start)
-            vma = t.mm.find_vma(start)
+            yield from self.split_vma(t, vma, start, new_below=True)
         if end < vma.end:
-            yield from self.split_vma(t, vma, end)
+            yield from self.split_vma(t, vma, end, new_below=False)
         yield from self.vma_start_write(t, vma, f"vma_start_write({vma.describe()})")
         vma.writable = writable
         try_change_writable = self.vma_wants_manual_pte_write_upgrade(vma)

@@ -42,7 +42,10 @@ class VmaOps(KernelBase):
             for vma in list(mm.vmas):
                 if vma.start < cut < vma.end:
                     yield from self.vma_start_write(t, vma, f"__split_vma: vma_start_write(vma{vma.vid})")
-                    yield from self.split_vma(t, vma, cut)
+                    # "__split_vma(vms->vmi, vms->vma, vms->start, 1)" at the start edge,
+                    # "__split_vma(vms->vmi, next, vms->end, 0)" at the end: the part kept
+                    # is the new VMA, so the VMA that is detached is the original one
+                    yield from self.split_vma(t, vma, cut, new_below=cut == start)
         vmas = [v for v in mm.vmas if v.start < end and start < v.end]
         for vma in vmas:
             yield from self.vma_start_write(t, vma, f"vms_gather_munmap_vmas: vma_start_write(vma{vma.vid})")
@@ -59,19 +62,20 @@ class VmaOps(KernelBase):
         yield from self.up_read(t, mm.mmap_lock, "munmap: remove_vma, mmap_read_unlock, return", last=True)
         m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
 
-    def split_vma(self, t: Task, vma: Vma, cut: int):
+    def split_vma(self, t: Task, vma: Vma, cut: int, new_below: bool):
         """mm/vma.c __split_vma: both VMAs are write-locked (vma_start_write), then the new VMA
-        (vm_area_dup + anon_vma_clone, whose anon_vma
-        root lock is left out: no rmap walker of anon folios runs under it in the model) is
-        inserted into the tree and into i_mmap (under i_mmap_rwsem, write) before the old one
-        is shrunk."""
+        (vm_area_dup + anon_vma_clone, whose anon_vma root lock is left out: no rmap walker of
+        anon folios runs under it in the model) is the part below ``cut`` if ``new_below``,
+        else the part above; it is inserted into the tree and into i_mmap (under i_mmap_rwsem,
+        write) before the old one is shrunk to the other part."""
         m = self.m
         mm = t.mm
         # "vma_start_write(vma); vma_start_write(new);": a fault holding the VMA's read lock
         # finishes first, and none starts under it until mmap_write_unlock
         yield from self.vma_start_write(t, vma, f"__split_vma: vma_start_write(vma{vma.vid})")
-        new = Vma(m.next_vid, mm.mm_id, cut, vma.end, vma.file,
-                  vma.pgoff + (cut - vma.start) if vma.file is not None else 0,
+        lo, hi = (vma.start, cut) if new_below else (cut, vma.end)
+        new = Vma(m.next_vid, mm.mm_id, lo, hi, vma.file,
+                  vma.pgoff + (lo - vma.start) if vma.file is not None else 0,
                   vma.shared, vma.writable)
         new.softdirty = vma.softdirty
         new.vm_lock_seq = mm.mm_lock_seq   # vma_start_write(new): not yet visible, no waiting
@@ -82,16 +86,25 @@ class VmaOps(KernelBase):
         for av in vma.anon_vma_chain:
             av.vmas.append(new)
             new.anon_vma_chain.append(av)
+
+        def shrink():
+            # "if (new_below) { vma->vm_start = addr; vma->vm_pgoff += ...; } else vma->vm_end = addr"
+            if new_below:
+                if vma.file is not None:
+                    vma.pgoff += cut - vma.start
+                vma.start = cut
+            else:
+                vma.end = cut
+            mm.vmas.insert(mm.vmas.index(vma) + (0 if new_below else 1), new)
+
         if vma.file is not None:
             f = m.files[vma.file]
             yield from self.down_write(t, f.i_mmap_rwsem, f"__split_vma: i_mmap_lock_write(file{f.file_id})")
-            vma.end = cut
+            shrink()
             f.i_mmap.append(new)
-            mm.vmas.insert(mm.vmas.index(vma) + 1, new)
             yield from self.up_write(t, f.i_mmap_rwsem, f"__split_vma: {vma.describe()} + {new.describe()}, unlock")
         else:
-            vma.end = cut
-            mm.vmas.insert(mm.vmas.index(vma) + 1, new)
+            shrink()
             yield f"__split_vma: {vma.describe()} + {new.describe()}"
 
     # State (mmfuzz.ops.STATE), from the kernel source:
