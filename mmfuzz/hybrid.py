@@ -83,6 +83,11 @@ SCENARIO_SOURCE = "run"
 #: PROGRAM_MAX per CPU
 NEAR = 12
 PROGRAM_MAX = 2
+#: a pair drawn from a swarm run is searched from the state that run had reached just before
+#: the earlier of the two was issued (its actions before it replayed, operations still in
+#: flight there go on), not from the world's initial state: what the run did earlier (an
+#: mprotect that made a VMA read-only, a fork, a prefault) is the scenario's precondition
+FROM_RUN_STATE = True
 
 
 def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
@@ -107,13 +112,15 @@ def random_scenario(rng: random.Random) -> tuple[dict, dict[int, list]]:
 
 
 def scenario_from_run(run: Run, rng: random.Random, near: int = NEAR,
-                      program_max: int = PROGRAM_MAX) -> tuple[dict, dict[int, list]] | None:
+                      program_max: int = PROGRAM_MAX,
+                      positions: dict | None = None) -> tuple[dict, dict[int, list]] | None:
     """The operations a swarm run had in flight together, as a scenario in that run's world:
     an anchor drawn among the run's syscall starts, and per CPU the program actions (starts
     and accesses) issued within ``near`` actions of it, at most ``program_max`` per CPU,
     nearest first, in their order. A CPU with no process in the world (a fork's child)
     keeps only kernel-thread starts. None when fewer than two CPUs have a program: the swarm
-    run drew the scenario, the search covers the interleavings it did not try."""
+    run drew the scenario, the search covers the interleavings it did not try. ``positions``,
+    if given, gets per CPU the indices in the run's actions of its program's actions."""
     world = run.world
     acts = run.actions[: run.quiesce_from] if run.quiesce_from is not None else run.actions
     prog = [(i, a) for i, a in enumerate(acts) if a[0] in ("start", "access")
@@ -126,7 +133,10 @@ def scenario_from_run(run: Run, rng: random.Random, near: int = NEAR,
     programs: dict[int, list] = {cpu: [] for cpu in range(world["ncpus"])}
     for cpu in range(world["ncpus"]):
         mine = sorted((abs(i - ai), i) for i, a in prog if a[1] == cpu and abs(i - ai) <= near)
-        programs[cpu] = [list(acts[i]) for _, i in sorted(mine[:program_max], key=lambda x: x[1])]
+        chosen = sorted(i for _, i in mine[:program_max])
+        programs[cpu] = [list(acts[i]) for i in chosen]
+        if positions is not None:
+            positions[cpu] = chosen
     if sum(1 for p in programs.values() if p) < 2:
         return None
     return world, programs
@@ -174,11 +184,13 @@ def footprint(world: dict, action: list) -> set | None:
     return out or None
 
 
-def overlapping_pair(world: dict, programs: dict[int, list], rng: random.Random):
+def overlapping_pair(world: dict, programs: dict[int, list], rng: random.Random,
+                     chosen: list | None = None):
     """Two operations of two CPUs' programs that may touch one page (their footprints, both
     known, intersect), drawn with ``rng`` among all such pairs, as a scenario of one action per
     CPU (None: no such pair). An operation with no page argument meets no other here: a
-    scenario of it is left to the swarm runs."""
+    scenario of it is left to the swarm runs. ``chosen``, if given, gets the pair's (cpu,
+    index in that CPU's program) twice."""
     cpus = [c for c in sorted(programs) if programs[c]]
     fps = {c: [footprint(world, a) for a in programs[c]] for c in cpus}
     pairs = [(c, i, d, j) for k, c in enumerate(cpus) for d in cpus[k + 1:]
@@ -187,6 +199,8 @@ def overlapping_pair(world: dict, programs: dict[int, list], rng: random.Random)
     if not pairs:
         return None
     c, i, d, j = rng.choice(pairs)
+    if chosen is not None:
+        chosen += [(c, i), (d, j)]
     out: dict[int, list] = {cpu: [] for cpu in range(world["ncpus"])}
     out[c], out[d] = [list(programs[c][i])], [list(programs[d][j])]
     return out
@@ -205,7 +219,8 @@ def _next_action(run: Run, progs: dict, pcs: dict, cpu: int):
 
 
 def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int | None = None,
-                   target: int | None = None, alternatives: list | None = None):
+                   target: int | None = None, alternatives: list | None = None,
+                   prefix: tuple = ()):
     """One schedule of a scenario with at most one preemption, run to its end (quiescence
     included, as a swarm run). CPU ``first`` starts; the current CPU keeps acting while it can
     (its task's steps, then its next program action); when it cannot (blocked, or its program
@@ -215,8 +230,12 @@ def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int 
     scheduled actions the schedule switches to ``target``. ``alternatives``, if given, gets
     per scheduled action the other CPUs that could have acted there instead: the tries that
     preempt this schedule. A blocked lock attempt is a recorded step (Run._step_task), as in
-    exhaust. Returns (run, violation or None)."""
+    exhaust. ``prefix``: actions applied first, exactly (a swarm run's, up to where its
+    scenario starts); the schedule's choices and ``point`` count from there. Returns (run,
+    violation or None)."""
     run = Run(kernel_cls, world)
+    for a in prefix:
+        run.apply(a)
     ncpus = world["ncpus"]
     pcs = {c: 0 for c in range(ncpus)}
     cur = first
@@ -248,7 +267,7 @@ def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int 
 
 
 def point_search(kernel_cls, world: dict, programs: dict[int, list], rng: random.Random,
-                 steps_max: int):
+                 steps_max: int, prefix: tuple = ()):
     """The scenario's schedules with at most one preemption (CHESS's bound 1, stateless): for
     every CPU with a program, the schedule without preemption that it starts
     (preemption_try), then, in an order drawn from ``rng`` without repetition, the schedules
@@ -257,13 +276,15 @@ def point_search(kernel_cls, world: dict, programs: dict[int, list], rng: random
     tries): the first violating run, carrying its violation as ``found`` (None: none), and
     the actions applied in all, quiescence included. What it leaves out: choices among CPUs
     at a switch that costs no preemption (ascending order after the current CPU decides),
-    late IPIs (swarm's knobs delay them)."""
+    late IPIs (swarm's knobs delay them). Every try first applies ``prefix``
+    (preemption_try), counted in its steps."""
     progs = {int(c): [list(a) for a in p] for c, p in programs.items()}
     steps = tries = 0
     points = []
     for first in (c for c in sorted(progs) if progs[c]):
         alts: list = []
-        run, v = preemption_try(kernel_cls, world, progs, first, alternatives=alts)
+        run, v = preemption_try(kernel_cls, world, progs, first, alternatives=alts,
+                                prefix=prefix)
         steps += len(run.trace)
         tries += 1
         if v is not None:
@@ -274,7 +295,7 @@ def point_search(kernel_cls, world: dict, programs: dict[int, list], rng: random
     for first, p, c in points:
         if steps >= steps_max:
             break
-        run, v = preemption_try(kernel_cls, world, progs, first, p, c)
+        run, v = preemption_try(kernel_cls, world, progs, first, p, c, prefix=prefix)
         steps += len(run.trace)
         tries += 1
         if v is not None:
@@ -308,15 +329,22 @@ def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STA
         if not scenario or out.actions is not None:
             return out
         steps = out.steps
-    drawn = scenario_from_run(run, rng) if swarm_too and SCENARIO_SOURCE == "run" else None
+    positions: dict = {}
+    drawn = (scenario_from_run(run, rng, positions=positions)
+             if swarm_too and SCENARIO_SOURCE == "run" else None)
     world, programs = drawn if drawn is not None else random_scenario(rng)
+    prefix: tuple = ()
     if overlap_only:
-        programs = overlapping_pair(world, programs, rng)
-        if programs is None:
+        chosen: list = []
+        pair = overlapping_pair(world, programs, rng, chosen)
+        if pair is None:
             return out if out is not None else RunOutcome(world, 0)
+        if drawn is not None and FROM_RUN_STATE and search == "points":
+            prefix = tuple(run.actions[:min(positions[c][i] for c, i in chosen)])
+        programs = pair
     if search == "points":
         budget = share * (steps if swarm_too else actions_max * 2)
-        found, cost, _ = point_search(kernel_cls, world, programs, rng, budget)
+        found, cost, _ = point_search(kernel_cls, world, programs, rng, budget, prefix)
         steps += cost
         if found is None:
             return RunOutcome(world, steps, kind="scenarios")

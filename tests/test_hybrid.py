@@ -92,36 +92,44 @@ def test_a_scenario_run_that_makes_the_model_fail_is_a_model_failure_that_replay
 
 
 def test_synthetic_deep_window_found_by_exhaust_at_bound_1_and_mainline_clean():
-    """VmaLockRecheckMapped: a store to the upper anonymous page while mprotect(PROT_READ)
-    splits it off. At preemption bound 1 (the store's fault stops after mas_walk, mprotect runs
-    its whole write-locked part, the fault goes on) exhaust finds it: accounting when the
-    split came before the old VMA had an anon_vma (25 actions), pte-within-vma-protection when
-    it had one (page 4 prefaulted: 20 actions). Mainline is clean on both scenarios, and the
-    variant's weaker re-check still covers munmap (the same split by munmap is clean)."""
+    """VmaLockRecheckMapped: mprotect(PROT_READ) of the anonymous VMA, then mprotect(PROT_READ
+    | PROT_WRITE) of its upper page, while a store to the lower page faults. mm/vma.c
+    vma_modify splits "split_vma(vmi, vma, start, 1)", so the VMA the fault found by mas_walk
+    is the one that becomes the upper, writable part, and the lower page lies in the new
+    read-only VMA. At preemption bound 1 (the store's fault stops after mas_walk, the second
+    mprotect runs its whole write-locked part, the fault goes on) exhaust finds it: accounting
+    when the split came before the VMA had an anon_vma (33 actions), pte-within-vma-protection
+    when it had one (page 5 prefaulted: 37 actions). Mainline is clean on both scenarios, the
+    variant is clean when the second mprotect is a downgrade (the VMA the fault holds becomes
+    the read-only part), and its weaker re-check still covers munmap (which detaches the VMA
+    the fault found)."""
     world = default_world()
-    store = [["access", 1, 5, 1]]
-    mprotect = {0: [["start", 0, "mprotect", 5, 1, 1]], 1: store}
-    with_anon_vma = dict(world, prefault=world["prefault"] + [[0, 4, 1]])
-    for w, prop, length in ((world, "accounting", 25),
-                            (with_anon_vma, "pte-within-vma-protection", 20)):
-        bad = exhaust(VmaLockRecheckMapped, w, mprotect, preemptions_max=1)
+    store = [["access", 1, 4, 1]]
+    upgrade = {0: [["start", 0, "mprotect", 4, 2, 1], ["start", 0, "mprotect", 5, 1, 3]],
+               1: store}
+    with_anon_vma = dict(world, prefault=world["prefault"] + [[0, 5, 1]])
+    for w, prop, length in ((world, "accounting", 33),
+                            (with_anon_vma, "pte-within-vma-protection", 37)):
+        bad = exhaust(VmaLockRecheckMapped, w, upgrade, preemptions_max=1)
         assert bad.violation is not None and bad.violation.prop == prop
         assert len(bad.schedule) == length and not bad.truncated
-        good = exhaust(Mainline, w, mprotect, preemptions_max=1)
+        good = exhaust(Mainline, w, upgrade, preemptions_max=1)
         assert good.violation is None and not good.truncated
-    munmap = exhaust(VmaLockRecheckMapped, world, {0: [["start", 0, "munmap", 5, 1]], 1: store},
-                     preemptions_max=1)
-    assert munmap.violation is None and not munmap.truncated
+    for programs in ({0: [["start", 0, "mprotect", 5, 1, 1]], 1: [["access", 1, 5, 1]]},
+                     {0: [["start", 0, "munmap", 5, 1]], 1: [["access", 1, 5, 1]]}):
+        other = exhaust(VmaLockRecheckMapped, world, programs, preemptions_max=1)
+        assert other.violation is None and not other.truncated
 
 
 @pytest.mark.fuzz
 @pytest.mark.cost(60)
 def test_synthetic_deep_window_is_rare_for_swarm():
-    """Swarm needs 46,220 runs for VmaLockRecheckMapped under seed 1 (the first violation of
-    any property in those runs is this race; mainline: the exhaust test above)."""
+    """Swarm needs 42,593 runs for VmaLockRecheckMapped under seed 1 (the first violation of
+    any property in those runs is this race; mainline: the exhaust test above). It was 46,220
+    while the model split VMAs the wrong way round (the new VMA always the upper part)."""
     from mmfuzz.explore import explore
-    found, _ = explore(VmaLockRecheckMapped, 1, runs_max=47000)
-    assert found is not None and found.prop == "accounting" and found.runs == 46220
+    found, _ = explore(VmaLockRecheckMapped, 1, runs_max=43000)
+    assert found is not None and found.prop == "accounting" and found.runs == 42593
 
 
 @pytest.mark.fuzz
@@ -142,36 +150,48 @@ def test_ops_machine_pct_runs_find_what_the_search_alone_misses():
 
 
 def test_synthetic_deep_window_found_by_a_hybrid_scenario():
-    """Hybrid run 982 of seed 2 on VmaLockRecheckMapped: its swarm run misses the race; of
-    the operations it had in flight, a store to va 4 (CPU1) and mprotect(4, 1, PROT_READ)
-    (CPU2) may touch one page, and the point search of that pair finds the race in its sixth
-    try (pte-within-vma-protection). Mainline is clean on every try of the same pair."""
+    """Hybrid run 709 of seed 1 on VmaLockRecheckMapped: its swarm run (97 actions) misses the
+    race; of the operations it had in flight, mprotect(0, 1, PROT_READ | PROT_WRITE) on CPU0
+    and on CPU2 may touch one page, and the point search of that pair, from the state the run
+    had reached before the first of them (its 22 actions replayed, a fault still in flight),
+    finds the race in its fourth try (accounting). Mainline is clean on every try of the same
+    pair from the same state, and on the found schedule."""
     from mmfuzz.explore import random_run
     from mmfuzz.hybrid import hybrid_run, overlapping_pair, point_search, scenario_from_run
-    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:2:982"), 982)
-    assert out.kind == "scenarios" and out.prop == "pte-within-vma-protection"
-    assert out.steps == 268 and len(out.actions) == 21   # 116 of the swarm run, 152 searching
+    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:1:709"), 709)
+    assert out.kind == "scenarios" and out.prop == "accounting"
+    assert out.steps == 328 and len(out.actions) == 65   # 97 of the swarm run, 231 searching
     _, replay = execute(VmaLockRecheckMapped, out.world, out.actions, strict=True)
     assert replay.violation is not None and replay.violation.prop == out.prop
-    rng = random.Random("mmfuzz:2:982")
+    _, clean_replay = execute(Mainline, out.world, out.actions)
+    assert clean_replay.violation is None
+    rng = random.Random("mmfuzz:1:709")
     _, run, v = random_run(VmaLockRecheckMapped, rng)
-    world, programs = scenario_from_run(run, rng)
-    pair = overlapping_pair(world, programs, rng)
-    assert v is None and pair == {0: [], 1: [["access", 1, 4, 1]],
-                                  2: [["start", 2, "mprotect", 4, 1, 1]]}
-    found, steps, tries = point_search(VmaLockRecheckMapped, world, pair, rng, 2 * 116)
-    assert found is not None and (steps, tries) == (152, 6)
-    clean, steps, tries = point_search(Mainline, world, pair, random.Random(0), 10 ** 9)
-    assert clean is None and tries == 22   # every schedule of the pair with one preemption
+    positions: dict = {}
+    world, programs = scenario_from_run(run, rng, positions=positions)
+    chosen: list = []
+    pair = overlapping_pair(world, programs, rng, chosen)
+    assert v is None and pair == {0: [["start", 0, "mprotect", 0, 1, 3]], 1: [],
+                                  2: [["start", 2, "mprotect", 0, 1, 3]]}
+    prefix = tuple(run.actions[:min(positions[c][i] for c, i in chosen)])
+    assert len(prefix) == 22
+    found, steps, tries = point_search(VmaLockRecheckMapped, world, pair, rng, 2 * 97, prefix)
+    assert found is not None and (steps, tries) == (231, 4)
+    clean, steps, tries = point_search(Mainline, world, pair, random.Random(0), 10 ** 9, prefix)
+    assert clean is None and tries == 40   # every schedule of the pair with one preemption
 
 
-def test_bfs_search_mode_still_finds_the_synthetic_race():
-    """SEARCH "bfs" (the stateful exhaust under STATES_MAX, every operation of the scenario)
-    as before: run 2,257 of seed 2 finds VmaLockRecheckMapped (accounting)."""
+def test_bfs_search_mode_still_finds_a_bug_in_a_scenario():
+    """SEARCH "bfs" (the stateful exhaust under STATES_MAX, every operation of the scenario,
+    from the world's initial state): run 120 of seed 1 finds clear-refs-softdirty-no-flush in
+    its scenario, not in its swarm run."""
     from mmfuzz.hybrid import hybrid_run
-    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:2:2257"), 2257, search="bfs",
+    bug = bug_by_slug("clear-refs-softdirty-no-flush")
+    out = hybrid_run(bug.kernel, random.Random("mmfuzz:1:120"), 120, search="bfs",
                      overlap_only=False)
-    assert out.kind == "scenarios" and out.prop == "accounting"
+    assert out.kind == "scenarios" and out.prop == bug.prop
+    _, replay = execute(bug.kernel, out.world, out.actions)
+    assert replay.violation is not None and replay.violation.prop == bug.prop
 
 
 def test_footprints_and_overlapping_pairs():
@@ -199,11 +219,11 @@ def test_footprints_and_overlapping_pairs():
 @pytest.mark.fuzz
 @pytest.mark.cost(60)
 def test_synthetic_found_by_hybrid_in_a_tenth_of_swarms_runs_and_mainline_clean():
-    """Under seed 2 the hybrid finds VmaLockRecheckMapped at run 983 (swarm: 32,657 runs,
-    bench/RESULTS-hybrid.md) in 207,746 model steps, search included (swarm: about 3.8
-    million); mainline is clean on the same 983 hybrid runs."""
-    found, stats = explore_hybrid(VmaLockRecheckMapped, 2, runs_max=1000)
-    assert found is not None and found.prop == "pte-within-vma-protection"
-    assert found.runs == 983 and found.steps == 207746
-    clean, st = explore_hybrid(Mainline, 2, runs_max=983)
-    assert clean is None and st["runs"] == 983
+    """Under seed 1 the hybrid finds VmaLockRecheckMapped at run 710 (swarm: 42,593 runs,
+    tests below and bench/RESULTS-hybrid.md) in 157,713 model steps, search included (swarm:
+    about 5.0 million); mainline is clean on the same 710 hybrid runs."""
+    found, stats = explore_hybrid(VmaLockRecheckMapped, 1, runs_max=720)
+    assert found is not None and found.prop == "accounting"
+    assert found.runs == 710 and found.steps == 157713
+    clean, st = explore_hybrid(Mainline, 1, runs_max=710)
+    assert clean is None and st["runs"] == 710

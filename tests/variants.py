@@ -241,22 +241,26 @@ class SwapinWithoutKsmCopy(Mainline):
 
 class VmaLockRecheckMapped(Mainline):
     """SYNTHETIC, not historic: a race that needs a rare interleaving in a common scenario (a
-    store to a page while another thread mprotects the part of its mapping that holds it
-    read-only). lock_vma_under_rcu as the kernel has it, two lockless steps (mas_walk finds
-    the VMA under RCU, then vma_start_read), and the detached re-check, but the range re-check
-    ("address < vma->vm_start || address >= vma->vm_end") replaced by a weaker one: a second
-    mas_walk that only asks whether some VMA still maps the address, not whether it is the VMA
-    it locked. After a munmap nothing maps it and the fault falls back as mainline's does;
-    after mprotect split the VMA, the new VMA maps it and the check passes. vma_start_read
-    refuses a VMA that mprotect has write-locked (vm_lock_seq == mm_lock_seq, until
-    mmap_write_unlock), so the fault goes wrong only when mprotect's whole write-locked part,
-    from splitting the VMA to mmap_write_unlock (change_protection and its flush included),
-    runs between the fault's two steps: the fault then handles the address under the old,
-    shrunk VMA, which still has VM_WRITE, and maps the page writable in the range mprotect
-    made read-only (trips pte-within-vma-protection at quiescence, or accounting when the new
-    VMA was split off before the old one had an anon_vma). One preemption at one point, then a
-    whole operation running while the faulting CPU, which holds no lock, does not step: what a
-    systematic search at preemption bound 1 tries first and a random scheduler rarely does."""
+    store to a page while another thread mprotects the mapping that holds it).
+    lock_vma_under_rcu as the kernel has it, two lockless steps (mas_walk finds the VMA under
+    RCU, then vma_start_read), and the detached re-check, but the range re-check ("address <
+    vma->vm_start || address >= vma->vm_end") replaced by a weaker one: a second mas_walk that
+    only asks whether some VMA still maps the address, not whether it is the VMA it locked.
+    After a munmap the VMA it found is detached and the fault falls back as mainline's does.
+    mprotect of part of a VMA keeps the original VMA for the range it changes (mm/vma.c
+    vma_modify: "split_vma(vmi, vma, start, 1)", then "split_vma(vmi, vma, end, 0)"), so the
+    address the fault wanted can now lie in a new VMA with the old flags while the VMA it locked
+    has the new ones; the check passes. vma_start_read refuses a VMA that mprotect has
+    write-locked (vm_lock_seq == mm_lock_seq, until mmap_write_unlock), so the fault goes wrong
+    only when mprotect's whole write-locked part, from splitting the VMA to mmap_write_unlock
+    (change_protection and its flush included), runs between the fault's two steps; and it
+    maps a page writable where it must not only when that mprotect made the locked part
+    writable (an upgrade, after an earlier mprotect(PROT_READ)): the store then goes in under
+    the upgraded VMA into the new read-only one (trips pte-within-vma-protection at quiescence,
+    or accounting when the new VMA was split off before the old one had an anon_vma). One
+    preemption at one point, then a whole operation running while the faulting CPU, which holds
+    no lock, does not step: what a systematic search at preemption bound 1 tries first and a
+    random scheduler rarely does."""
 
     def lock_vma_under_rcu(self, t, mm, vpn):
         vma = mm.find_vma(vpn)
