@@ -33,11 +33,12 @@ without a clock. The point search's steps are its whole cost; exhaust's "bfs" al
 canonical snapshot key per state, which ``steps`` does not count (measured under load: an
 exhaust step with its share of keying about 10x a swarm step's time), the reason it was 10-40x
 slower than swarm in seconds while close in steps. Deterministic per seed. Measured
-(bench/RESULTS-hybrid.md, "cheaper hybrid"): on tests.variants.VmaLockRecheckMapped, whose race
-needs a whole mprotect inside a fault's one-step window, 3,184 (seed 1) and 983 (seed 2) runs
-against swarm's 46,220 and 32,657, in 658,000 and 208,000 steps against about 5.4 and 3.8
-million; on the catalogued bugs the same or fewer runs than swarm and, where the search does
-not find the bug first, about 1.2-2x swarm's steps.
+(bench/RESULTS-hybrid.md, "cheaper hybrid" and "from the run's state"): on
+tests.variants.VmaLockRecheckMapped, whose race needs a whole mprotect upgrade inside a fault's
+one-step window after an earlier downgrade, 710 runs (seed 1, 157,713 steps) against swarm's
+42,593 (about 5.0 million steps), but not within 40,000 and 12,000 on seeds 2 and 3 (swarm
+more than 150,000 and 111,591); on the catalogued bugs the same or fewer runs than swarm and,
+where the search does not find the bug first, more steps than swarm.
 """
 
 from __future__ import annotations
