@@ -185,14 +185,14 @@ def test_old_dfs_still_counts_ipi_reduction():
 
 
 # ------------------------------------------------------------------ the state key --------
-def _random_walk(kcls, world, programs, rng, steps):
-    """A random path of the search's own moves from the initial state (no quiescence)."""
+def _random_walk(kcls, world, programs, rng, steps, after_each=None):
+    """A random path of the search's own moves from the initial state (no quiescence);
+    ``after_each(run)`` is called after every action."""
     run = SearchRun(kcls, world)
     pcs = {c: 0 for c in programs}
     path = []
     for _ in range(steps):
-        cands = [["step", c.cpu_id] for c in run.m.cpus
-                 if c.task is not None and (c.task.wait is None or c.task.wait.cond())]
+        cands = [["step", c] for c in run.runnable_cpus()]
         cands += [programs[c][pcs[c]] for c in programs
                   if run.m.cpus[c].task is None and pcs[c] < len(programs[c])]
         cands += [["ipi", c] for c in run.ipi_cpus()]
@@ -203,6 +203,8 @@ def _random_walk(kcls, world, programs, rng, steps):
         path.append(a)
         if a[0] in ("start", "access"):
             pcs[a[1]] += 1
+        if after_each is not None:
+            after_each(run)
         if run.violation is not None:
             break
     return run, path
@@ -460,24 +462,11 @@ def test_generator_cache_agrees_with_the_slow_key():
     world, programs = scenario_from(cx)
     rng = random.Random(9)
     slow_of_fast = {}
+    def keys(run):
+        slow_of_fast.setdefault(snapshot_key(run), set()).add(snapshot_key_slow(run))
+
     for _ in range(40):
-        run = SearchRun(kcls, world)
-        pcs = {c: 0 for c in programs}
-        path = []
-        for _ in range(rng.randrange(5, 30)):
-            cands = [["step", c] for c in run.runnable_cpus()]
-            cands += [programs[c][pcs[c]] for c in programs
-                      if run.m.cpus[c].task is None and pcs[c] < len(programs[c])]
-            cands += [["ipi", c] for c in run.ipi_cpus()]
-            if not cands:
-                break
-            a = rng.choice(cands)
-            run.apply(a)
-            path.append(a)
-            if a[0] in ("start", "access"):
-                pcs[a[1]] += 1
-            k = snapshot_key(run)
-            slow_of_fast.setdefault(k, set()).add(snapshot_key_slow(run))
+        run, path = _random_walk(kcls, world, programs, rng, rng.randrange(5, 30), keys)
         again = SearchRun(kcls, world)
         again.replay(path)
         assert snapshot_key(again) == snapshot_key(run)

@@ -60,18 +60,26 @@ def test_synthetic_rare_interleaving_found_by_exhaust_on_its_scenario():
 
 def test_ops_machine_has_a_rule_per_registered_operation_and_finds_a_bug():
     from mmfuzz import ops
-    from strategies.machine import OpsMachine, run_ops_hypothesis
+    from strategies.machine import OpsMachine
     for name in ops.names():
         assert callable(getattr(OpsMachine, name))
-    bug = bug_by_slug("clear-refs-softdirty-no-flush")
-    failure, cls = run_ops_hypothesis(bug.kernel, 1, 100, polish=False,
+    # seed 1 today: machine run 21 (22 before the PCT runs were added, 14 before the merge)
+    _ops_machine_finds("clear-refs-softdirty-no-flush", 1, 100, 21)
+
+
+def _ops_machine_finds(slug, seed, examples, first_run_max):
+    """OpsMachine's campaign of ``examples`` under ``seed`` finds bug ``slug`` by machine run
+    ``first_run_max``, its schedule replays to the violation, and mainline is clean on a
+    60-example campaign under the same seed."""
+    from strategies.machine import run_ops_hypothesis
+    bug = bug_by_slug(slug)
+    failure, cls = run_ops_hypothesis(bug.kernel, seed, examples, polish=False,
                                       hypothesis_shrink=False)
     assert failure is not None and failure["violation"].prop == bug.prop
-    # seed 1 today: machine run 21 (22 before the PCT runs were added, 14 before the merge)
-    assert cls.first_failure_run <= 21
+    assert cls.first_failure_run <= first_run_max
     _, out = execute(bug.kernel, failure["world"], failure["schedule"])
     assert out.violation is not None and out.violation.prop == bug.prop
-    clean, mcls = run_ops_hypothesis(Mainline, 1, 60, polish=False, hypothesis_shrink=False)
+    clean, mcls = run_ops_hypothesis(Mainline, seed, 60, polish=False, hypothesis_shrink=False)
     assert clean is None and mcls.runs_total >= 60
 
 
@@ -138,15 +146,7 @@ def test_ops_machine_pct_runs_find_what_the_search_alone_misses():
     """OpsMachine runs each example's mix under PCT (PCT_TRIES) before exhaust: under seed 2,
     bug:madv-parallel-flush-miss is found at machine run 86 of a 60-example campaign (with
     PCT_TRIES 0 not at all in it); mainline is clean on the same campaign."""
-    from strategies.machine import run_ops_hypothesis
-    bug = bug_by_slug("madv-parallel-flush-miss")
-    failure, cls = run_ops_hypothesis(bug.kernel, 2, 60, polish=False, hypothesis_shrink=False)
-    assert failure is not None and failure["violation"].prop == bug.prop
-    assert cls.first_failure_run <= 86
-    _, out = execute(bug.kernel, failure["world"], failure["schedule"])
-    assert out.violation is not None and out.violation.prop == bug.prop
-    clean, mcls = run_ops_hypothesis(Mainline, 2, 60, polish=False, hypothesis_shrink=False)
-    assert clean is None and mcls.runs_total >= 60
+    _ops_machine_finds("madv-parallel-flush-miss", 2, 60, 86)
 
 
 def test_synthetic_deep_window_found_by_a_hybrid_scenario():
