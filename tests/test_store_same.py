@@ -11,6 +11,8 @@ twin while the CPU holds a writable, dirty translation for it.
 import json
 import random
 
+import pytest
+
 from mmfuzz import corpus
 from mmfuzz.explore import STORE_SAME_SHARE, _shrink, access_kind
 from mmfuzz.hw import STORE_SAME
@@ -176,24 +178,12 @@ def test_corpus_writes_the_lowest_version_and_reads_both(tmp_path):
 
 def test_a_version_1_file_with_a_store_same_is_bad_input(tmp_path):
     d = _cx([["access", 0, 4, STORE_SAME]]).to_json()
-    d["format_version"] = 1
-    p = tmp_path / "old.json"
-    p.write_text(json.dumps(d))
-    try:
-        corpus.load(str(p))
-    except corpus.CorpusError as e:
-        assert "is format_version 2" in str(e)
-    else:
-        raise AssertionError("a store-same in a version 1 file loaded")
-    d["format_version"] = 2
-    d["schedule"] = [["access", 0, 4, 3]]
-    p.write_text(json.dumps(d))
-    try:
-        corpus.load(str(p))
-    except corpus.CorpusError as e:
-        assert "out of range 0..2" in str(e)
-    else:
-        raise AssertionError("an unknown access kind loaded")
+    p = tmp_path / "bad.json"
+    for version, schedule, message in ((1, d["schedule"], "is format_version 2"),
+                                       (2, [["access", 0, 4, 3]], "out of range 0..2")):
+        p.write_text(json.dumps(dict(d, format_version=version, schedule=schedule)))
+        with pytest.raises(corpus.CorpusError, match=message):
+            corpus.load(str(p))
 
 
 def test_a_schedule_with_store_same_replays_deterministically():
