@@ -71,7 +71,7 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write) -> tuple[str, str]:
         wclean = entry.write
         entry = None
     if entry is None:
-        entry = page_walk(m, cpu, vpn, bool(write))
+        entry = page_walk(m, cpu, vpn, write != 0)
         if entry is None:
             kind = ("store-same" if write == STORE_SAME else "store") if write else "load"
             return "fault", f"{kind} va {vpn:#x}: page fault"
