@@ -608,7 +608,8 @@ _BY_NAME[TlbGeneration.name] = TlbGeneration
 # With the store of the same value (hw.STORE_SAME, the diagram's first row; explore draws it
 # as one store in ten) it is still not found: swarm, seeds 1-10, 20,000 runs of 60 actions
 # each, none (ksmd's no-flush path with a flush pending in 1 of the 200,000 runs); seeds
-# 1-5, 10,000 runs of 200 actions, none; guided seeds 1-2, 10,000 runs, none; PCT, none.
+# 1-5, 10,000 runs of 200 actions, none (that path in 2 of 50,000); guided seeds 1-2,
+# 10,000 runs, none; PCT seeds 1-3, 20,000 runs, none (the path never).
 # The rare part is not the identical page (a load or a store of the same value gives the
 # writable, dirty entry) but the PTE clean and read-only while both flushes are owed:
 # with only the three operations on (200 actions, seed 1, 5,000 runs) ksmd takes the
