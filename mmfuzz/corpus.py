@@ -1,7 +1,7 @@
 """Counterexamples as versioned JSON: load, validate, save atomically, replay, check.
 
-The format is documented for people in docs/corpus-format.md (format_version 2; 1 still reads): a file names
-the kernel, the world (every field a race diagram does not mention has a default), the whole
+The format is documented for people in docs/corpus-format.md (format_version 2; version 1
+files still load): a file names the kernel, the world (every field a race diagram does not mention has a default), the whole
 schedule of actions (an ``until`` action runs a CPU to the next step whose label names a
 kernel function, so nobody counts yields), the expected verdict (``"violation:PROPERTY"`` or
 ``"pass"``), one sentence of why, and how it was found. A file is plain data: loading it never

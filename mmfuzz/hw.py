@@ -10,10 +10,10 @@ Rules (arch/x86/include/asm/tlbflush.h, mm/rmap.c try_to_unmap_one comment, SDM)
 - a store without write permission faults, and the faulting translation is dropped, so
   permission upgrades need no flush.
 
-The store sets A and D whatever value it writes (SDM 4.8: the processor sets the dirty flag
-"the first time there is a write to that page", not on a change of contents), so a user
-store of the value the page already holds (STORE_SAME: a program writing back what it
-read, memset of a zeroed page) walks, faults and dirties exactly as any store; only the
+The store sets A and D whatever value it writes (Intel SDM vol. 3A, 4.8 "Accessed and Dirty
+Flags": the dirty flag is set on a write to the page, not on a change of its contents), so
+a user store of the value the page already holds (STORE_SAME: a program writing back what
+it read, memset of a zeroed page) walks, faults and dirties exactly as any store; only the
 contents and the oracle's notes differ.
 """
 
@@ -73,8 +73,7 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write) -> tuple[str, str]:
     if entry is None:
         entry = page_walk(m, cpu, vpn, write != 0)
         if entry is None:
-            kind = ("store-same" if write == STORE_SAME else "store") if write else "load"
-            return "fault", f"{kind} va {vpn:#x}: page fault"
+            return "fault", f"{ACCESS_KINDS[write]} va {vpn:#x}: page fault"
         cpu.tlb[key] = entry
         if how == "TLB hit":
             how = "TLB fill"
@@ -128,7 +127,8 @@ def _store_same(m: Machine, cpu_id: int, vpn: int, entry: TlbEntry, frame, how: 
                 m.events.append(("store_same", cpu_id, vpn, entry.pfn, data))
                 return "done", label
         if not frame.anon:
-            m.events.append(("store_lost", cpu_id, vpn, entry.pfn, data, "file folio no longer in the page cache"))
+            m.events.append(("store_lost", cpu_id, vpn, entry.pfn, data,
+                             "file folio no longer in the page cache"))
     else:
         m.events.append(("store_to_freed", cpu_id, vpn, entry.pfn, data))
     m.events.append(("store_same", cpu_id, vpn, entry.pfn, data))

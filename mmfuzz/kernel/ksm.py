@@ -186,8 +186,8 @@ class Ksm(KernelBase):
                                         "no flush, unlock")
             return entry
         swapped = 1 if folio.swapcache else 0
-        entry = yield from self.ptep_clear_flush(t, mm, table, slot, vpn,
-                                                 f"write_protect_page: ptep_clear_flush va {vpn:#x}: clear")
+        entry = yield from self.ptep_clear_flush(
+            t, mm, table, slot, vpn, f"write_protect_page: ptep_clear_flush va {vpn:#x}: clear")
         if folio.mapcount + 1 + swapped != folio.refcount or \
                 (anon_exclusive and folio.pincount):
             table.ptes[slot] = entry
