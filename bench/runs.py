@@ -18,6 +18,9 @@ shrinker's time comes on top). A seed not found within --runs-max counts as more
 ``--ops-policy NAME`` replaces explore.swarm_ops (which operations a swarm run enables) by
 one of CANDIDATES below for this process: the candidates measured when the default was chosen.
 
+``--bugs SLUG`` may also name a catalogued bug of mmfuzz.kernels.UNFOUND (a variant the
+search does not find yet; ``all`` leaves them out).
+
 ``--engine guided`` measures the coverage-guided schedule search (mmfuzz/guided.py) instead of
 the swarm explorer, mainline included; its runs and steps count every mutated run and every
 replayed prefix step. ``--out FILE`` writes the per-seed rows (runs and steps) as JSON.
@@ -35,7 +38,7 @@ from multiprocessing import get_context
 from mmfuzz import explore as _explore
 from mmfuzz import ops as _ops
 from mmfuzz.kernel import Mainline
-from mmfuzz.kernels import BUGS
+from mmfuzz.kernels import BUGS, UNFOUND
 
 STEPS_PER_S = 100_000
 
@@ -164,7 +167,7 @@ def _explorer(engine):
 def _one(job):
     slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine = job
     _apply_policy(policy, lengths, sw)
-    bug = next(b for b in BUGS if b.slug == slug)
+    bug = next(b for b in BUGS + UNFOUND if b.slug == slug)
     amax = actions_max or bug.actions_max
     explore = _explorer(engine)
     found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
@@ -249,7 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the per-seed rows as JSON to this file")
     args = ap.parse_args(argv)
     slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
-    known = [b.slug for b in BUGS]
+    known = [b.slug for b in BUGS + UNFOUND]   # all: BUGS; an UNFOUND one only by name
     for s in slugs:
         if s not in known:
             print(f"bench.runs: unknown bug {s!r}; use all or some of {', '.join(known)}",

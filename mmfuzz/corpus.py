@@ -1,7 +1,7 @@
 """Counterexamples as versioned JSON: load, validate, save atomically, replay, check.
 
-The format is documented for people in docs/corpus-format.md (format_version 1): a file names
-the kernel, the world (every field a race diagram does not mention has a default), the whole
+The format is documented for people in docs/corpus-format.md (format_version 2; version 1
+files still load): a file names the kernel, the world (every field a race diagram does not mention has a default), the whole
 schedule of actions (an ``until`` action runs a CPU to the next step whose label names a
 kernel function, so nobody counts yields), the expected verdict (``"violation:PROPERTY"`` or
 ``"pass"``), one sentence of why, and how it was found. A file is plain data: loading it never
@@ -29,13 +29,20 @@ from dataclasses import dataclass, field
 from properties import PROPERTY_NAMES
 
 from . import __version__
+from .hw import STORE_SAME
 from .kernels import KernelNameError, resolve_kernel
 from .model import OutOfFrames
 from .run import (LIMITS, Divergence, ModelError, ModelFailure, Outcome, Run,
                   _divergence_message, execute, validate_action, validate_world)
 from .trace import render
 
-FORMAT_VERSION = 1
+#: the newest format this mmfuzz reads and writes; FORMAT_VERSION_MIN the oldest it reads.
+#: Version 2 added one access kind: ["access", cpu, vpn, 2], a store of the value the page
+#: already holds (mmfuzz.hw.STORE_SAME). A file is written with the lowest version that can
+#: hold its schedule (format_version_for), so a file without that access stays readable by
+#: an mmfuzz that reads only version 1.
+FORMAT_VERSION = 2
+FORMAT_VERSION_MIN = 1
 KIND = "mmfuzz-counterexample"
 
 #: a corpus file may be no larger (a hand-written one is a few kB)
@@ -112,7 +119,7 @@ class Counterexample:
     def to_json(self) -> dict:
         calls = [a[2:] for a in self.schedule if a[0] == "start"]
         d = {
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version_for(self.schedule),
             "kind": KIND,
             "kernel": self.kernel,
             "flush_model": "x86-ipi",
@@ -141,6 +148,14 @@ class Verdict:
     run: Run | None = None
     outcome: Outcome | None = None
     skipped: int = 0
+
+
+def format_version_for(schedule: list) -> int:
+    """The lowest format_version that can hold ``schedule``: 2 if it has a store-same access
+    (["access", cpu, vpn, 2]), else 1."""
+    if any(a[0] == "access" and len(a) == 4 and a[3] == STORE_SAME for a in schedule):
+        return 2
+    return 1
 
 
 def found_info(seed, engine: str, **extra) -> dict:
@@ -299,15 +314,15 @@ def load(path: str) -> Counterexample:
     if type(ver) is not int:
         raise _fail(path, "has no integer format_version", f"add \"format_version\": "
                     f"{FORMAT_VERSION}")
-    if ver < FORMAT_VERSION:
-        raise _fail(path, f"format_version {ver} is older than the {FORMAT_VERSION} this mmfuzz "
-                    "reads", "re-record it with `mmfuzz hunt` or `mmfuzz fuzz --save`")
+    if ver < FORMAT_VERSION_MIN:
+        raise _fail(path, f"format_version {ver} is older than the {FORMAT_VERSION_MIN} this "
+                    "mmfuzz reads", "re-record it with `mmfuzz hunt` or `mmfuzz fuzz --save`")
     if ver > FORMAT_VERSION:
         raise _fail(path, f"format_version {ver} is newer than this mmfuzz ({__version__}) reads",
                     f"upgrade mmfuzz (this one reads format_version {FORMAT_VERSION})")
     for key in d:
         if key not in FIELDS:
-            raise _fail(path, f"has an unknown field {key[:40]!r} (format_version 1 has: "
+            raise _fail(path, f"has an unknown field {key[:40]!r} (format_version {ver} has: "
                         f"{', '.join(FIELDS)})", _EDIT_FIX)
     for key in REQUIRED:
         if key not in d:
@@ -348,6 +363,11 @@ def load(path: str) -> Counterexample:
         except ValueError as e:
             raise _fail(path, str(e), _EDIT_FIX + " (\"Actions\"; `mmfuzz ops` lists the "
                         "operations)") from None
+        if ver < 2 and a[0] == "access" and a[3] == STORE_SAME:
+            raise _fail(path, f"schedule[{i}] {json.dumps(a)}: access kind (write) 2, a "
+                        "store of the value the page holds, is format_version 2; format_version"
+                        f" {ver} has 0 (load) and 1 (store)", "write \"format_version\": 2, or "
+                        "make it a store (1)")
     if "calls" in d and type(d["calls"]) is not list:
         raise _fail(path, "field 'calls' must be a list (or left out: it is derived from the "
                     "schedule)", _EDIT_FIX)
@@ -680,7 +700,8 @@ def save_failure(failure: dict, kernel: str, directory: str, found: dict) -> str
     """Save a model failure (a ModelFailure's info: not a counterexample, never a find) as
     versioned JSON under ``directory``/failures/, named by kernel, exception type and a hash of
     the content; ``mmfuzz replay`` re-runs it to the same exception. Returns the path."""
-    data = {"format_version": FORMAT_VERSION, "kind": FAILURE_KIND, "kernel": kernel,
+    data = {"format_version": format_version_for(failure["schedule"]), "kind": FAILURE_KIND,
+            "kernel": kernel,
             "world": failure["world"], "schedule": failure["schedule"],
             "failure": {k: failure.get(k) for k in ("type", "message", "where", "phase",
                                                     "action", "traceback")},
@@ -707,9 +728,10 @@ def load_failure(path: str) -> dict | None:
         return None   # load() reads it again and names the problem
     if not isinstance(d, dict) or d.get("kind") != FAILURE_KIND:
         return None
-    if d.get("format_version") != FORMAT_VERSION:
-        raise _fail(path, f"model-failure format_version {d.get('format_version')!r} is not "
-                    f"the {FORMAT_VERSION} this mmfuzz reads")
+    ver = d.get("format_version")
+    if type(ver) is not int or not FORMAT_VERSION_MIN <= ver <= FORMAT_VERSION:
+        raise _fail(path, f"model-failure format_version {ver!r} is not one of the "
+                    f"{FORMAT_VERSION_MIN}-{FORMAT_VERSION} this mmfuzz reads")
     for key, typ in (("kernel", str), ("world", dict), ("schedule", list), ("failure", dict)):
         if not isinstance(d.get(key), typ):
             raise _fail(path, f"field {key!r} is missing or not a {typ.__name__}")

@@ -243,7 +243,7 @@ class SearchRun(Run):
             elif kind == "start":
                 self._start_task(cpu, action[2], tuple(action[3:]))
             elif kind == "access":
-                if user_access(m, cpu, action[2], bool(action[3]))[0] == "fault":
+                if user_access(m, cpu, action[2], action[3])[0] == "fault":
                     self._start_task(cpu, "fault", (action[2], bool(action[3])))
             elif kind == "ipi":
                 deliver_ipi(m, cpu)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from . import cost
 from . import ops as _ops
+from .hw import STORE_SAME
 from .kernels import known_open_race
 from .run import Divergence, ModelError, ModelFailure, Run, execute
 
@@ -105,6 +106,24 @@ def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:
     return ["start", cpu, op, *_ops.get(op).draw(pick, _ops.Ctx(world, cpu, mm_id))]
 
 
+#: The share of a run's user stores that store the value the page already holds
+#: (hw.STORE_SAME: a store's faults and A/D bits, the contents unchanged). Small: most races
+#: need a store to change the contents; the few that need a page to stay as it is while a
+#: CPU dirties it (ksm-madvfree-clearrefs: "write the same value the page already has")
+#: get it now and then.
+STORE_SAME_SHARE = 0.1
+
+
+def access_kind(r: float, store_bias: float) -> int:
+    """The access kind (hw.LOAD, STORE, STORE_SAME) for one uniform draw ``r`` in [0, 1): a
+    store below ``store_bias``, the lowest STORE_SAME_SHARE of those a store of the same
+    value. One draw, the one a load-or-store choice took before store-same existed, so the
+    random streams of every run stay what they were."""
+    if r < store_bias:
+        return STORE_SAME if r < store_bias * STORE_SAME_SHARE else 1
+    return 0
+
+
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
                            store_bias: float):
     """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs (a
@@ -119,7 +138,7 @@ def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, 
     mm_id = run.process_origin(cpu)
     if ops is None:
         lo, hi = rng.choice([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id])
-        return ["access", cpu, rng.randrange(lo, hi), int(rng.random() < store_bias)]
+        return ["access", cpu, rng.randrange(lo, hi), access_kind(rng.random(), store_bias)]
     return syscall_action(lambda options, label: rng.choice(options), world, mm_id, cpu,
                           rng.choice(ops))
 
@@ -268,7 +287,7 @@ class SwarmPolicy:
             cached = list(m.cpus[cpu].tlb)
             if cached:
                 return ["access", cpu, rng.choice(cached) & 0xffffffff,
-                        int(rng.random() < self.store_bias)]
+                        access_kind(rng.random(), self.store_bias)]
         return _random_program_action(rng, run, self.world, cpu,
                                       None if kind == "access" else self.ops, self.store_bias)
 
@@ -575,7 +594,8 @@ def raises_same(kernel_cls, world: dict, actions: list, failure: ModelFailure) -
 def shrink(kernel_cls, world: dict, actions: list, prop: str,
            attempts_max: int = 5000) -> tuple[dict, list]:
     """Greedy delta debugging over the schedule (drop chunks, then single actions) and the
-    world's prefault list, keeping the same property violated. Disabled actions are skipped
+    world's prefault list, then each store of the same value made a plain store, keeping the
+    same property violated. Disabled actions are skipped
     in the shrinker's replay, so every candidate is a valid schedule. Ends with the actions
     the shrunk run really executed, cut at the violation (a violation at quiescence: cut
     where quiescence begins, which replays it)."""
@@ -669,6 +689,16 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
             if cand is not None:
                 world, actions = w2, cand
                 changed = True
+        # a store of the value the page holds is the rarer action: each becomes a plain
+        # store where the failure stays (deleting it was tried above)
+        for i, a in enumerate(actions):
+            if attempts >= attempts_max:
+                break
+            if a[0] == "access" and a[3] == STORE_SAME:
+                cand = actions[:i] + [[*a[:3], 1]] + actions[i + 1:]
+                if ok(world, cand):
+                    actions = cand
+                    changed = True
     return world, _executed(kernel_cls, world, actions)
 
 

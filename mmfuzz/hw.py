@@ -9,12 +9,23 @@ Rules (arch/x86/include/asm/tlbflush.h, mm/rmap.c try_to_unmap_one comment, SDM)
   cached TLB entry is written through and traps if the PTE is unmapped");
 - a store without write permission faults, and the faulting translation is dropped, so
   permission upgrades need no flush.
+
+The store sets A and D whatever value it writes (Intel SDM vol. 3A, 4.8 "Accessed and Dirty
+Flags": the dirty flag is set on a write to the page, not on a change of its contents), so
+a user store of the value the page already holds (STORE_SAME: a program writing back what
+it read, memset of a zeroed page) walks, faults and dirties exactly as any store; only the
+contents and the oracle's notes differ.
 """
 
 from __future__ import annotations
 
 from .model import Folio, Machine, TlbEntry, tlb_key
 from .kernel.tlbflush import flush_cpu_tlb
+
+#: the access kinds of an ["access", cpu, vpn, kind] action (run.py): a load, a store of a
+#: new version, a store of the value the page already holds
+LOAD, STORE, STORE_SAME = 0, 1, 2
+ACCESS_KINDS = {LOAD: "load", STORE: "store", STORE_SAME: "store-same"}
 
 
 def page_walk(m: Machine, cpu, vpn: int, write: bool):
@@ -44,9 +55,10 @@ def page_walk(m: Machine, cpu, vpn: int, write: bool):
     return TlbEntry(pte.pfn, uid, new.write, new.dirty)
 
 
-def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, str]:
-    """One user load or store by the thread running on ``cpu_id``. Returns (outcome, label)
-    where outcome is "done" or "fault"."""
+def user_access(m: Machine, cpu_id: int, vpn: int, write) -> tuple[str, str]:
+    """One user load or store by the thread running on ``cpu_id``; ``write`` is an access
+    kind (LOAD, STORE, STORE_SAME; a bool is LOAD or STORE). Returns (outcome, label) where
+    outcome is "done" or "fault"."""
     cpu = m.cpus[cpu_id]
     key = tlb_key(cpu.mm_id, vpn)
     entry = cpu.tlb.get(key)
@@ -59,10 +71,9 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
         wclean = entry.write
         entry = None
     if entry is None:
-        entry = page_walk(m, cpu, vpn, write)
+        entry = page_walk(m, cpu, vpn, write != 0)
         if entry is None:
-            kind = "store" if write else "load"
-            return "fault", f"{kind} va {vpn:#x}: page fault"
+            return "fault", f"{ACCESS_KINDS[write]} va {vpn:#x}: page fault"
         cpu.tlb[key] = entry
         if how == "TLB hit":
             how = "TLB fill"
@@ -75,6 +86,8 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
         data = frame.data if isinstance(frame, Folio) else 0
         m.events.append(("load", cpu_id, vpn, entry.pfn, data))
         return "done", f"load va {vpn:#x} -> pfn {entry.pfn} v{data} [{how} {flags}]"
+    if write == STORE_SAME:
+        return _store_same(m, cpu_id, vpn, entry, frame, f"[{how} {flags}]")
     version = m.next_version
     m.next_version += 1
     if isinstance(frame, Folio) and frame.uid == entry.uid:
@@ -94,6 +107,32 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write: bool) -> tuple[str, st
         m.events.append(("store_to_freed", cpu_id, vpn, entry.pfn, version))
     m.events.append(("store", cpu_id, vpn, entry.pfn, version))
     return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
+
+
+def _store_same(m: Machine, cpu_id: int, vpn: int, entry: TlbEntry, frame, how: str):
+    """The write of a STORE_SAME access, after the translation and the A/D update a store
+    makes: the frame the entry names keeps its contents (the value written is the one it
+    holds) and no new version exists. The facts are a store's, with that value: the oracle
+    notes that the page must keep it ("store_same"; the version's writer stays the process
+    that first stored it), a file folio in the page cache must reach the disk with it, and a
+    store into a file folio no longer in the page cache, or into a freed frame, is reported
+    as such (the stale writable translation exists whatever the value)."""
+    data = frame.data if isinstance(frame, Folio) else 0
+    label = f"store-same v{data} va {vpn:#x} -> pfn {entry.pfn} {how}"
+    if isinstance(frame, Folio) and frame.uid == entry.uid:
+        if frame.mapping is not None:
+            f = m.files[frame.mapping]
+            if f.cache.get(frame.index) is frame:
+                m.expected[(frame.mapping, frame.index)] = data
+                m.events.append(("store_same", cpu_id, vpn, entry.pfn, data))
+                return "done", label
+        if not frame.anon:
+            m.events.append(("store_lost", cpu_id, vpn, entry.pfn, data,
+                             "file folio no longer in the page cache"))
+    else:
+        m.events.append(("store_to_freed", cpu_id, vpn, entry.pfn, data))
+    m.events.append(("store_same", cpu_id, vpn, entry.pfn, data))
+    return "done", label
 
 
 def deliver_ipi(m: Machine, cpu_id: int) -> str:

@@ -17,7 +17,8 @@ What it records:
   has to follow that address, and a store through it may land in a page no longer mapped;
 - what each anonymous page must read (no-lost-write-after-madv-free): the last store to it
   (through a mapping or a pin), or, once madvise(MADV_DONTNEED / MADV_FREE) returned on it,
-  0 or one of the versions stored to it.
+  0 or one of the versions stored to it. A store of the value the page already holds
+  (hw.STORE_SAME) is a store of that value here: the page must keep it from then on.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class Oracle:
                 _, cpu, vpn, pfn, version = ev
                 self._stored(m, m.cpus[cpu].mm_id, pfn, version)
                 self.anon_stored(m, m.cpus[cpu].mm_id, vpn, pfn, version)
+            elif kind == "store_same":
+                # a store of the value the page holds: the page must keep it, but the version
+                # is not new (its writer stays the process that stored it first)
+                _, cpu, vpn, pfn, data = ev
+                self.anon_stored(m, m.cpus[cpu].mm_id, vpn, pfn, data)
             elif kind == "pin_store":
                 _, mm_id, vpn, pfn, version = ev
                 self._stored(m, mm_id, pfn, version)

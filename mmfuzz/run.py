@@ -4,8 +4,10 @@ An action is plain JSON data, the unit of the schedule:
   ["start", cpu, op, *args]   a syscall or kernel thread begins on an idle CPU (the operations
                               and their arguments are declared in mmfuzz.ops)
   ["step", cpu]               that CPU's kernel operation advances one atomic step
-  ["access", cpu, vpn, write] the user thread on an idle CPU loads (0) or stores (1); a fault
-                              starts handle_mm_fault on that CPU
+  ["access", cpu, vpn, write] the user thread on an idle CPU loads (0), stores (1) or stores
+                              the value the page already holds (2, hw.STORE_SAME: a store's
+                              faults and A/D bits, contents unchanged; corpus format_version
+                              2); a fault starts handle_mm_fault on that CPU
   ["ipi", cpu]                the CPU takes its oldest pending TLB-flush IPI
   ["evict", cpu, vpn]         the CPU's TLB drops its entry for vpn
 The same list drives the fast explorer, the Hypothesis state machine, the shrinker and replay.
@@ -362,7 +364,7 @@ def validate_action(world: dict, action, where: str = "action") -> None:
     if kind in ("access", "evict"):
         _int_in(action[2], 0, pages - 1, "{} vpn", where)
     if kind == "access":
-        _int_in(action[3], 0, 1, "{} write", where)
+        _int_in(action[3], 0, 2, "{} write (the access kind: 0 load, 1 store, 2 store-same)", where)
     if kind == "until":
         pat = action[2]
         if type(pat) is not str or not pat or len(pat) > UNTIL_PATTERN_MAX:
@@ -613,7 +615,7 @@ class Run:
             op = name
             text = f"{name}({', '.join(map(_fmt_arg, args))}) begins"
         elif kind == "access":
-            outcome, text = user_access(m, cpu, action[2], bool(action[3]))
+            outcome, text = user_access(m, cpu, action[2], action[3])
             if outcome == "fault":
                 tid = self._start_task(cpu, "fault", (action[2], bool(action[3]))).tid
                 op = "fault"

@@ -6,6 +6,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition
                                  run_state_machine_as_test)
 
 from mmfuzz.explore import GATHERS, syscall_action
+from mmfuzz.hw import STORE_SAME
 from mmfuzz.kernel import Mainline
 from mmfuzz.model import tlb_key
 from mmfuzz import ops as _ops
@@ -20,6 +21,10 @@ class PropertyViolated(AssertionError):
 
 
 BURSTS = st.integers(1, 8)
+#: the kind of a user access: a store or a load, and in one store of ten (as
+#: mmfuzz.explore.STORE_SAME_SHARE) a store of the value the page holds (hw.STORE_SAME);
+#: shrinks toward a store
+ACCESS_KINDS = st.sampled_from((1, 0) * 9 + (STORE_SAME,))
 SYSCALLS = _ops.names()   # every operation the model declares, in mmfuzz.ops order
 
 
@@ -174,7 +179,7 @@ class MmStateMachine(RuleBasedStateMachine):
         cpu = data.draw(st.sampled_from(tuple(self.run.idle_process_cpus())), label="cpu")
         lo, hi = data.draw(st.sampled_from(tuple(self._spans(cpu))), label="vma")
         vpn = data.draw(st.integers(lo, hi - 1), label="va")
-        write = data.draw(st.sampled_from((1, 0)), label="write")
+        write = data.draw(ACCESS_KINDS, label="write")
         self._apply(["access", cpu, vpn, write])
 
     @precondition(_idle)
@@ -350,7 +355,7 @@ class OpsMachine(RuleBasedStateMachine):
                            label="vma")
         self.programs[cpu].append(["access", cpu, data.draw(st.integers(lo, hi - 1),
                                                             label="va"),
-                                   data.draw(st.sampled_from((1, 0)), label="write")])
+                                   data.draw(ACCESS_KINDS, label="write")])
 
     @precondition(lambda self: self.world is not None and not self._room())
     @rule()

@@ -83,7 +83,7 @@ CASES = [
     ("foreign-json", b'{"name": "left-pad", "version": "1.3.0"}', "not an mmfuzz counterexample"),
     ("oversized-file", doc(found={"pad": "x" * (1 << 20)}), "larger than"),
     # versions and fields
-    ("newer-version", doc(format_version=2), "upgrade mmfuzz"),
+    ("newer-version", doc(format_version=3), "upgrade mmfuzz"),
     ("older-version", doc(format_version=0), "re-record"),
     ("version-string", doc(format_version="1"), "integer format_version"),
     ("version-bool", doc(format_version=True), "integer format_version"),
@@ -143,7 +143,10 @@ CASES = [
     ("cpu-bool", sched(START, ["step", True]), "not a boolean"),
     ("cpu-string", sched(["start", "1", "madvise_dontneed", 0, 1]), "must be an integer"),
     ("access-write-bool", sched(["access", 0, 0, True]), "not a boolean"),
-    ("access-write-2", sched(["access", 0, 0, 2]), "write"),
+    # a store of the same value (2) is format_version 2; an access kind past it is unknown
+    ("access-write-2", sched(["access", 0, 0, 2]), "is format_version 2"),
+    ("access-write-3", doc(format_version=2, schedule=[["access", 0, 0, 3]]),
+     "write (the access kind"),
     ("unknown-op", sched(["start", 1, "vfork"]), "unknown operation"),
     ("op-arg-count", sched(["start", 1, "madvise_dontneed", 0]), "takes 2 argument"),
     ("op-arg-huge", sched(["start", 1, "madvise_dontneed", 0, 10**12]), "must lie inside"),

@@ -347,11 +347,8 @@ class _DesignCheckOnMappedPteOnly(ZapRmapInFlushRegionWithTlbGeneration):
             yield from self.pte_table_flush_check(t, mm, table)
             pte = table.ptes[slot]
             if self.mkclean_pte_needs_flush(mm, table, pte):
-                old = table.ptes[slot]
-                table.ptes[slot] = None
-                m.revoke(mm.mm_id, vpn)
-                yield f"page_vma_mkclean_one: ptep_clear_flush va {vpn:#x}: clear"
-                yield from self.flush_tlb_page(t, mm, vpn)
+                old = yield from self.ptep_clear_flush(
+                    t, mm, table, slot, vpn, f"page_vma_mkclean_one: ptep_clear_flush va {vpn:#x}: clear")
                 table.ptes[slot] = old._replace(write=False, dirty=False)
                 cleaned = 1
                 yield f"page_vma_mkclean_one: set_pte_at va {vpn:#x} read-only, clean"

@@ -99,14 +99,18 @@ def test_same_seed_same_search_whatever_modules_are_loaded(tmp_path, monkeypatch
 @pytest.mark.fuzz
 def test_rule_machine_without_hypothesis_shrink_stops_at_the_first_failure():
     """Campaign mode (``mmfuzz fuzz --strategy rules``): no Hypothesis shrink phase, so the
-    campaign ends soon after the first failure (Hypothesis finishes the batch of mutations of
-    an example it is in, then replays the failure once: 25 examples here, where seed 2 first
-    fails at 319), and the schedule shrinker alone still brings it to a short replayable
-    schedule."""
+    campaign ends soon after the first failure Hypothesis sees (it replays it once; a failure
+    in the teardown of a test case that overran is not one it sees, see below), and the
+    schedule shrinker alone still brings it to a short replayable schedule."""
     failure, cls = run_hypothesis(FreeBeforeFlush, HYP_SEED, HYP_EXAMPLES, hypothesis_shrink=False)
     assert failure is not None and failure["violation"].prop == "no-use-after-free-via-TLB"
     assert cls.first_failure_run <= HYP_FIRST
-    assert cls.runs_total <= cls.first_failure_run + 25
+    # Re-pinned when user accesses gained the store of the same value (the write draw became
+    # strategies.machine.ACCESS_KINDS, so the choice sequences moved): the machine first
+    # fails at run 190, but in the teardown of a test case that had already overrun its
+    # choice budget (status OVERRUN, 396 choices), which Hypothesis discards; the campaign
+    # stops at its next failure, run 561, and replays it (562). Before, 319 + 25.
+    assert cls.runs_total <= 562
     assert len(failure["schedule"]) <= 15
     _, out = execute(FreeBeforeFlush, failure["world"], failure["schedule"], strict=True)
     assert out.violation is not None and out.violation.prop == "no-use-after-free-via-TLB"

@@ -63,8 +63,10 @@ def test_ops_machine_has_a_rule_per_registered_operation_and_finds_a_bug():
     from strategies.machine import OpsMachine
     for name in ops.names():
         assert callable(getattr(OpsMachine, name))
-    # seed 1 today: machine run 21 (22 before the PCT runs were added, 14 before the merge)
-    _ops_machine_finds("clear-refs-softdirty-no-flush", 1, 100, 21)
+    # seed 1 today: machine run 25 (21 before user accesses drew the store of the same value,
+    # strategies.machine.ACCESS_KINDS, which moved Hypothesis's choices; 22 before the PCT
+    # runs were added, 14 before the merge)
+    _ops_machine_finds("clear-refs-softdirty-no-flush", 1, 100, 25)
 
 
 def _ops_machine_finds(slug, seed, examples, first_run_max):

@@ -186,10 +186,8 @@ class Ksm(KernelBase):
                                         "no flush, unlock")
             return entry
         swapped = 1 if folio.swapcache else 0
-        table.ptes[slot] = None
-        m.revoke(mm.mm_id, vpn)
-        yield f"write_protect_page: ptep_clear_flush va {vpn:#x}: clear"
-        yield from self.flush_tlb_page(t, mm, vpn)
+        entry = yield from self.ptep_clear_flush(
+            t, mm, table, slot, vpn, f"write_protect_page: ptep_clear_flush va {vpn:#x}: clear")
         if folio.mapcount + 1 + swapped != folio.refcount or \
                 (anon_exclusive and folio.pincount):
             table.ptes[slot] = entry
@@ -224,11 +222,9 @@ class Ksm(KernelBase):
         kfolio.refcount += 1
         kfolio.mapcount += 1
         kfolio.ksm_rmap.append((mm.mm_id, vpn))
-        table.ptes[slot] = None
-        m.revoke(mm.mm_id, vpn)
-        yield (f"replace_page: folio_get + folio_add_anon_rmap_pte(pfn {kfolio.pfn}), "
-               f"ptep_clear_flush va {vpn:#x}: clear")
-        yield from self.flush_tlb_page(t, mm, vpn)
+        yield from self.ptep_clear_flush(t, mm, table, slot, vpn,
+                                         f"replace_page: folio_get + folio_add_anon_rmap_pte(pfn "
+                                         f"{kfolio.pfn}), ptep_clear_flush va {vpn:#x}: clear")
         table.ptes[slot] = Pte(kfolio.pfn, write=False, dirty=False, young=False,
                                soft_dirty=orig.soft_dirty)
         yield f"replace_page: set_pte_at va {vpn:#x} -> KSM pfn {kfolio.pfn} (read-only)"

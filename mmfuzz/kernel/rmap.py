@@ -185,11 +185,9 @@ class Rmap(KernelBase):
         if pte is not None and not pte.special and pte.pfn == folio.pfn and \
                 self.mkclean_pte_needs_flush(mm, table, pte):
             # ptep_clear_flush: atomic get-and-clear catches a D set by hardware meanwhile.
-            old = table.ptes[slot]
-            table.ptes[slot] = None
-            m.revoke(mm.mm_id, vpn)
-            yield f"page_vma_mkclean_one: ptep_clear_flush va {vpn:#x}: clear (was {'D' if old.dirty else '-'}{'W' if old.write else '-'})"
-            yield from self.flush_tlb_page(t, mm, vpn)
+            old = yield from self.ptep_clear_flush(
+                t, mm, table, slot, vpn, f"page_vma_mkclean_one: ptep_clear_flush va {vpn:#x}: "
+                f"clear (was {'D' if pte.dirty else '-'}{'W' if pte.write else '-'})")
             table.ptes[slot] = old._replace(write=False, dirty=False)
             cleaned = 1
             yield f"page_vma_mkclean_one: set_pte_at va {vpn:#x} read-only, clean"

@@ -81,6 +81,21 @@ class TlbFlushX86(KernelBase):
         """include/asm-generic/tlb.h, x86 flush_tlb_page = flush_tlb_mm_range of one page."""
         yield from self.flush_tlb_mm_range(t, mm, vpn, vpn + 1, False, False)
 
+    def ptep_clear_flush(self, t: Task, mm: Mm, table, slot: int, vpn: int, label: str):
+        """mm/pgtable-generic.c ptep_clear_flush: "pte = ptep_get_and_clear(mm, address,
+        ptep); if (pte_accessible(mm, pte)) flush_tlb_page(vma, address); return pte;". The
+        caller holds the PTL. The atomic get-and-clear (the CPU's TLB entries for the page
+        dropped from the model's bookkeeping) is one step, labelled ``label``; then the flush,
+        waiting for every CPU. Returns the PTE that was there, with any D the hardware set up
+        to the clear. Every PTE it is given here is present, and pte_accessible is true for a
+        present PTE on x86, so the flush always comes."""
+        old = table.ptes[slot]
+        table.ptes[slot] = None
+        self.m.revoke(mm.mm_id, vpn)
+        yield label
+        yield from self.flush_tlb_page(t, mm, vpn)
+        return old
+
     # --- reclaim's batched unmap flush (CONFIG_ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH) ---------
     def flush_tlb_mm(self, t: Task, mm: Mm):
         """arch/x86/include/asm/tlbflush.h flush_tlb_mm = flush_tlb_mm_range(mm, 0,
