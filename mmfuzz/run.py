@@ -18,11 +18,18 @@ import traceback
 from dataclasses import dataclass
 
 from properties import QUIESCENT_PROPERTIES, STATE_STEP_PROPERTIES, STEP_PROPERTIES, Violation
+from properties import step_gate
 
 from .hw import deliver_ipi, evict, user_access
 from .kernel.base import Last, Task, Wait
 from . import ops
 from .model import FileObj, Machine, Mm, tlb_key
+
+#: After a step without events, check only the state properties whose inputs changed
+#: (properties/_gate.py): the same verdicts at the same steps, fewer calls. False: every
+#: state property after every step (tests/test_speed.py compares the two).
+STEP_GATE = True
+
 
 class ModelError(Exception):
     """The model itself misbehaved (deadlock, a step that does not progress)."""
@@ -394,6 +401,7 @@ class Run:
         self.quiesce_from: int | None = None   # len(actions) when quiescence began
         self.skipped = 0
         self.phase = "setup"
+        self._gate = step_gate()
         self._build()
         try:
             self._prefault()
@@ -629,8 +637,18 @@ class Run:
         if events:  # the oracle takes notes only from events
             m.oracle.observe(m, events)
         if self.check and self.violation is None:
-            # a step without events cannot violate an event-only property
-            for prop in STEP_PROPERTIES if events else STATE_STEP_PROPERTIES:
+            # a step without events cannot violate an event-only property, nor a state
+            # property whose inputs it left as they were (properties/_gate.py)
+            props = STEP_PROPERTIES if events else STATE_STEP_PROPERTIES
+            if STEP_GATE:
+                if events:
+                    self._gate.after_events(m, len(self.actions))
+                else:
+                    # a task may have begun or ended: every action but a step that left its
+                    # task running
+                    props = self._gate.changed(m, len(self.actions),
+                                               kind != "step" or m.cpus[cpu].task is None)
+            for prop in props:
                 v = prop(m, events)
                 if v is not None:
                     self.violation = v

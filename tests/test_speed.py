@@ -33,8 +33,10 @@ def _runs(kernel, seed, runs, policy="swarm"):
 
 
 def _reference(monkeypatch):
-    """The plain definition: every step property after every step, events or not."""
+    """The plain definition: every step property after every step, events or not, whatever
+    the step changed."""
     monkeypatch.setattr(run_mod, "STATE_STEP_PROPERTIES", STEP_PROPERTIES)
+    monkeypatch.setattr(run_mod, "STEP_GATE", False)
 
 
 def test_state_properties_keep_their_order():

@@ -1,0 +1,175 @@
+"""Which state step properties a step without events can have changed the verdict of.
+
+Run.apply checks the step properties only while none has been violated, so at each check
+every state step property (STATE_STEP_PROPERTIES) returned None at the previous one. After
+a step without events, a property whose inputs are as they were then returns None again:
+Run.apply need not call it. ``StepGate`` keeps a copy of the inputs (the *parts* below) as
+they were at the previous check, compares them after every step, and names the properties
+that read a part that changed. A property not listed in properties.STATE_READS reads
+everything and runs after every step. The verdicts, and the step that reports the first
+one, are those of the plain definition (tests/test_speed.py compares them on random runs).
+
+The parts (a property may read only what its parts cover, besides the constants of a run:
+``m.files`` itself, a file's npages, ``m.readonly_files``, the world's geometry, a folio's
+uid and pfn):
+- PGTABLE: ``m.mms`` (which mms, by identity), each mm's PMD (which PTE tables) and each live
+  table's PTEs (by value: a Pte is an immutable tuple).
+- CACHE: each file's page cache (index -> folio, by identity).
+- FOLIOS: each file's disk, and the uptodate, dirty and wb_pending of each folio the page
+  caches hold whose data differs from its disk page: a property reads these only of such
+  a folio, and what it reads of its data is only that it differs. A folio's data changes
+  only by a store (hw.user_access, a GUP store: each emits an event), by a read from the
+  disk (filemap_fault: data = disk, which can only end a difference) or in a folio new to
+  the place that holds it (a COW, KSM or swap-in copy: a change of the cache, if any).
+- EXPECTED: ``m.expected``.
+- PINS: ``m.pins`` (a Pin's fields never change after gup made it).
+- SWAPCACHE: ``m.swap.cache`` (offset -> folio, by identity).
+- ORACLE: the oracle's notes Oracle.task_started and task_returned write (discards, GUP
+  start clocks, pin dates): Run.apply says whether the step started or ended a task (the
+  notes Oracle.observe takes come with events, after which every property runs).
+What every step without events leaves alone needs no part either:
+- a frame is freed (``m.frames[pfn]`` cleared, ``Folio.freed``, ``PteTable.freed`` set) only
+  by Machine.free_folio and free_pte_table, which emit an event; a frame allocated (None ->
+  a new Folio or PteTable) breaks nothing that held at the previous check: a PTE or a TLB
+  entry naming a free frame was a violation then (a TLB entry filled while its frame held
+  no folio has uid 0 and is never judged);
+- a TLB entry is filled only by hw.user_access, which emits a load or store event; an entry
+  dropped (a flush, an eviction) cannot make a translation stale.
+
+A check made from anywhere but Run.apply (the exhaustive search replays its paths without
+checks) changes the state behind the gate's back: Run.apply tells the gate how many actions
+the run holds, and when that is not one more than at the gate's previous check, every
+property runs and every part is copied anew.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+
+PGTABLE = 1
+CACHE = 2
+FOLIOS = 4
+EXPECTED = 8
+PINS = 16
+SWAPCACHE = 32
+ORACLE = 64
+ALL = 127
+
+_FOLIO_STATE = attrgetter("uptodate", "dirty", "wb_pending")
+
+
+class StepGate:
+    """The parts as they were at the previous check of one Run (kept on the Run, never on
+    the Machine: the exhaustive search's state key is the Machine's object graph). The live
+    containers of a part are listed beside their copies, so that one comparison of two
+    lists says whether the part changed: the model never replaces a PMD list, a table's PTE
+    list, a page cache, a disk or the mms, pins and swap-cache dicts, so the containers
+    listed stay the live ones until the mms or a PMD change (then they are listed anew)."""
+
+    __slots__ = ("props", "reads", "at", "tables", "table_copies", "ptes", "pte_copies",
+                 "caches", "cache_copies", "disks", "disk_copies", "folios", "folio_states",
+                 "other", "other_copies", "_by_mask")
+
+    def __init__(self, props: tuple, reads: dict):
+        self.props = props                # STATE_STEP_PROPERTIES, in their order
+        self.reads = reads                # property -> mask of the parts it reads
+        self.at = None                    # len(run.actions) at the previous check
+        self._by_mask: dict[int, tuple] = {}
+
+    def _copy_pgtable(self, m) -> None:
+        """PGTABLE: the mms and their PMDs, then the PTE lists of the live tables."""
+        tables = [m.mms]
+        ptes = []
+        for mm in m.mms.values():
+            pmd = mm.pmd
+            tables.append(pmd)
+            for t in pmd:
+                if t is not None:
+                    ptes.append(t.ptes)
+        self.tables = tables
+        self.table_copies = [c.copy() for c in tables]
+        self.ptes = ptes
+        self.pte_copies = [c.copy() for c in ptes]
+
+    def _copy_files(self, m) -> None:
+        """CACHE and FOLIOS, with the cached folios whose data differs from the disk."""
+        files = m.files.values()
+        self.caches = [f.cache for f in files]
+        self.cache_copies = [c.copy() for c in self.caches]
+        self.disks = [f.disk for f in files]
+        self.disk_copies = [d.copy() for d in self.disks]
+        folios = []
+        for f in files:
+            disk = f.disk
+            for index, folio in f.cache.items():
+                if folio.data != disk[index]:
+                    folios.append(folio)
+        self.folios = folios
+        self.folio_states = list(map(_FOLIO_STATE, folios))
+
+    def _copy_other(self, m) -> None:
+        self.other = [m.expected, m.pins, m.swap.cache]
+        self.other_copies = [c.copy() for c in self.other]
+
+    def copy_all(self, m, actions: int) -> None:
+        """Copy every part from the state now."""
+        self.at = actions
+        self._copy_pgtable(m)
+        self._copy_files(m)
+        self._copy_other(m)
+
+    def after_events(self, m, actions: int) -> None:
+        """After a step with events, when every property runs: copy the parts that
+        changed, and find the folios whose data differs from the disk anew (a store)."""
+        if self.at is None or actions != self.at + 1:
+            self.copy_all(m, actions)
+            return
+        self.at = actions
+        if self.tables != self.table_copies:
+            self._copy_pgtable(m)
+        elif self.ptes != self.pte_copies:
+            self.pte_copies = [c.copy() for c in self.ptes]
+        self._copy_files(m)
+        if self.other != self.other_copies:
+            self._copy_other(m)
+
+    def changed(self, m, actions: int, task_boundary: bool) -> tuple:
+        """After a step without events (``actions``: the run's actions now; ``task_boundary``:
+        it may have started or ended a task): the state properties whose parts changed, in
+        order, those parts copied anew; every one of them when the state changed behind the
+        gate's back."""
+        if self.at is None or actions != self.at + 1:
+            self.copy_all(m, actions)
+            return self.props
+        self.at = actions
+        mask = ORACLE if task_boundary else 0
+        if self.ptes != self.pte_copies:
+            mask = PGTABLE
+            if self.tables != self.table_copies:
+                self._copy_pgtable(m)
+            else:
+                self.pte_copies = [c.copy() for c in self.ptes]
+        elif self.tables != self.table_copies:
+            mask = PGTABLE
+            self._copy_pgtable(m)
+        if self.caches != self.cache_copies:
+            mask |= CACHE | FOLIOS
+            self._copy_files(m)
+        elif self.disks != self.disk_copies or (
+                self.folios and list(map(_FOLIO_STATE, self.folios)) != self.folio_states):
+            mask |= FOLIOS
+            self._copy_files(m)
+        if self.other != self.other_copies:
+            other, copies = self.other, self.other_copies
+            mask |= ((EXPECTED if other[0] != copies[0] else 0)
+                     | (PINS if other[1] != copies[1] else 0)
+                     | (SWAPCACHE if other[2] != copies[2] else 0))
+            self._copy_other(m)
+        if not mask:
+            return ()
+        got = self._by_mask.get(mask)
+        if got is None:
+            reads = self.reads
+            got = self._by_mask[mask] = tuple(p for p in self.props
+                                              if reads.get(p, ALL) & mask)
+        return got
