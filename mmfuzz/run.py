@@ -643,11 +643,10 @@ class Run:
             if STEP_GATE:
                 if events:
                     self._gate.after_events(m, len(self.actions))
+                elif kind == "step":
+                    props = self._gate.changed(m, len(self.actions), m.cpus[cpu].task is None)
                 else:
-                    # a task may have begun or ended: every action but a step that left its
-                    # task running
-                    props = self._gate.changed(m, len(self.actions),
-                                               kind != "step" or m.cpus[cpu].task is None)
+                    props = self._gate.no_kernel_code(m, len(self.actions), tid != 0)
             for prop in props:
                 v = prop(m, events)
                 if v is not None:

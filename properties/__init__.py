@@ -54,15 +54,24 @@ STATE_READS = {
     # TLB entries filled only with events)
     no_use_after_free_via_tlb: 0,
     no_write_to_readonly_file: _gate.CACHE | _gate.FOLIOS,
-    dirty_data_preserved: _gate.CACHE | _gate.FOLIOS | _gate.EXPECTED | _gate.PGTABLE,
+    dirty_data_preserved: _gate.CACHE | _gate.FOLIOS | _gate.PGTABLE,
     accounting: _gate.PGTABLE | _gate.CACHE,
     gup_pin_coherent: _gate.PINS | _gate.ORACLE | _gate.PGTABLE | _gate.SWAPCACHE,
 }
 
+#: A state step property that returns None whenever a Machine attribute is empty, and that
+#: attribute: the gate runs it only while the attribute is not.
+STATE_GUARDS = {
+    no_write_to_readonly_file: "readonly_files",   # it judges only the read-only files
+    gup_pin_coherent: "pins",                      # it judges only pins
+}
+
+_GATE_SELECTIONS: dict = {}
+
 
 def step_gate() -> _gate.StepGate:
     """A new StepGate over STATE_STEP_PROPERTIES (one per Run)."""
-    return _gate.StepGate(STATE_STEP_PROPERTIES, STATE_READS)
+    return _gate.StepGate(STATE_STEP_PROPERTIES, STATE_READS, STATE_GUARDS, _GATE_SELECTIONS)
 
 
 QUIESCENT_PROPERTIES = (
@@ -90,4 +99,4 @@ PROPERTY_NAMES = (
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "EVENT_STEP_PROPERTIES", "STATE_STEP_PROPERTIES",
-           "STATE_READS", "step_gate", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]
+           "STATE_READS", "STATE_GUARDS", "step_gate", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

@@ -21,7 +21,6 @@ uid and pfn):
   only by a store (hw.user_access, a GUP store: each emits an event), by a read from the
   disk (filemap_fault: data = disk, which can only end a difference) or in a folio new to
   the place that holds it (a COW, KSM or swap-in copy: a change of the cache, if any).
-- EXPECTED: ``m.expected``.
 - PINS: ``m.pins`` (a Pin's fields never change after gup made it).
 - SWAPCACHE: ``m.swap.cache`` (offset -> folio, by identity).
 - ORACLE: the oracle's notes Oracle.task_started and task_returned write (discards, GUP
@@ -34,7 +33,14 @@ What every step without events leaves alone needs no part either:
   entry naming a free frame was a violation then (a TLB entry filled while its frame held
   no folio has uid 0 and is never judged);
 - a TLB entry is filled only by hw.user_access, which emits a load or store event; an entry
-  dropped (a flush, an eviction) cannot make a translation stale.
+  dropped (a flush, an eviction) cannot make a translation stale;
+- ``m.expected`` is written only by hw.user_access's store into a page-cache folio, which
+  emits its store event.
+
+A property may also name a guard (properties.STATE_GUARDS): a Machine attribute such that
+the property returns None whenever it is empty (gup-pin-coherent judges only pins). It then
+runs only while the attribute is not empty (the step on which it becomes so changes a part
+the property reads: an induction over the steps, each one's verdict None).
 
 A check made from anywhere but Run.apply (the exhaustive search replays its paths without
 checks) changes the state behind the gate's back: Run.apply tells the gate how many actions
@@ -49,11 +55,10 @@ from operator import attrgetter
 PGTABLE = 1
 CACHE = 2
 FOLIOS = 4
-EXPECTED = 8
-PINS = 16
-SWAPCACHE = 32
-ORACLE = 64
-ALL = 127
+PINS = 8
+SWAPCACHE = 16
+ORACLE = 32
+ALL = 63
 
 _FOLIO_STATE = attrgetter("uptodate", "dirty", "wb_pending")
 
@@ -66,15 +71,17 @@ class StepGate:
     list, a page cache, a disk or the mms, pins and swap-cache dicts, so the containers
     listed stay the live ones until the mms or a PMD change (then they are listed anew)."""
 
-    __slots__ = ("props", "reads", "at", "tables", "table_copies", "ptes", "pte_copies",
-                 "caches", "cache_copies", "disks", "disk_copies", "folios", "folio_states",
-                 "other", "other_copies", "_by_mask")
+    __slots__ = ("props", "reads", "guards", "at", "tables", "table_copies", "ptes",
+                 "pte_copies", "caches", "cache_copies", "disks", "disk_copies", "folios",
+                 "folio_states", "other", "other_copies", "by_mask")
 
-    def __init__(self, props: tuple, reads: dict):
+    def __init__(self, props: tuple, reads: dict, guards: dict, by_mask: dict):
         self.props = props                # STATE_STEP_PROPERTIES, in their order
         self.reads = reads                # property -> mask of the parts it reads
+        # (property, its guard's bit, the attribute): the bits above the parts'
+        self.guards = tuple((p, (ALL + 1) << i, attr) for i, (p, attr) in enumerate(guards.items()))
+        self.by_mask = by_mask            # mask with guard bits -> properties (shared)
         self.at = None                    # len(run.actions) at the previous check
-        self._by_mask: dict[int, tuple] = {}
 
     def _copy_pgtable(self, m) -> None:
         """PGTABLE: the mms and their PMDs, then the PTE lists of the live tables."""
@@ -108,7 +115,7 @@ class StepGate:
         self.folio_states = list(map(_FOLIO_STATE, folios))
 
     def _copy_other(self, m) -> None:
-        self.other = [m.expected, m.pins, m.swap.cache]
+        self.other = [m.pins, m.swap.cache]
         self.other_copies = [c.copy() for c in self.other]
 
     def copy_all(self, m, actions: int) -> None:
@@ -133,6 +140,17 @@ class StepGate:
         if self.other != self.other_copies:
             self._copy_other(m)
 
+    def no_kernel_code(self, m, actions: int, started: bool) -> tuple:
+        """After an action without events that ran no kernel code (an IPI, an eviction, a
+        start, an access that faulted: an operation's method is a generator function, whose
+        code runs only when it is stepped; the hardware's own PTE update comes with the
+        access's event): no part changed, and a task began if ``started``."""
+        if self.at is None or actions != self.at + 1:
+            self.copy_all(m, actions)
+            return self.props
+        self.at = actions
+        return self._select(m, ORACLE) if started else ()
+
     def changed(self, m, actions: int, task_boundary: bool) -> tuple:
         """After a step without events (``actions``: the run's actions now; ``task_boundary``:
         it may have started or ended a task): the state properties whose parts changed, in
@@ -155,21 +173,30 @@ class StepGate:
         if self.caches != self.cache_copies:
             mask |= CACHE | FOLIOS
             self._copy_files(m)
-        elif self.disks != self.disk_copies or (
-                self.folios and list(map(_FOLIO_STATE, self.folios)) != self.folio_states):
+        elif self.disks != self.disk_copies:
             mask |= FOLIOS
             self._copy_files(m)
+        elif self.folios:
+            folios = self.folios
+            if (_FOLIO_STATE(folios[0]) != self.folio_states[0] if len(folios) == 1
+                    else list(map(_FOLIO_STATE, folios)) != self.folio_states):
+                mask |= FOLIOS
+                self._copy_files(m)
         if self.other != self.other_copies:
             other, copies = self.other, self.other_copies
-            mask |= ((EXPECTED if other[0] != copies[0] else 0)
-                     | (PINS if other[1] != copies[1] else 0)
-                     | (SWAPCACHE if other[2] != copies[2] else 0))
+            mask |= (PINS if other[0] != copies[0] else 0) | (SWAPCACHE if other[1] != copies[1] else 0)
             self._copy_other(m)
-        if not mask:
-            return ()
-        got = self._by_mask.get(mask)
+        return self._select(m, mask) if mask else ()
+
+    def _select(self, m, mask: int) -> tuple:
+        """The properties that read a part of ``mask`` and whose guard holds, in order."""
+        for _, bit, attr in self.guards:
+            if getattr(m, attr):
+                mask |= bit
+        got = self.by_mask.get(mask)
         if got is None:
             reads = self.reads
-            got = self._by_mask[mask] = tuple(p for p in self.props
-                                              if reads.get(p, ALL) & mask)
+            off = [p for p, bit, _ in self.guards if not mask & bit]
+            got = self.by_mask[mask] = tuple(p for p in self.props
+                                             if reads.get(p, ALL) & mask and p not in off)
         return got
