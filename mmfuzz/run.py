@@ -526,6 +526,9 @@ class Run:
                 self._check_released(t)
                 self.m.oracle.task_returned(self.m, t)
                 return f"{t.name} returns"
+            if type(y) is str:   # a plain label, the common case: neither a Wait nor Last
+                t.steps += 1
+                return y
             if isinstance(y, Wait):
                 if y.cond():
                     continue
@@ -556,7 +559,8 @@ class Run:
             return False
         c = m.cpus[cpu]
         if kind == "step":
-            return c.task is not None and (c.task.wait is None or c.task.wait.cond())
+            t = c.task
+            return t is not None and (t.wait is None or t.wait.cond())
         if kind == "start":
             op = ops.get(action[2])
             if not (c.task is None and op is not None and len(action) == 3 + op.arity
@@ -612,8 +616,9 @@ class Run:
         op = ""
         tid = 0
         if kind == "step":
-            op = m.cpus[cpu].task.name
-            tid = m.cpus[cpu].task.tid
+            task = m.cpus[cpu].task
+            op = task.name
+            tid = task.tid
             text = self._step_task(cpu)
         elif kind == "start":
             name, args = action[2], tuple(action[3:])

@@ -66,14 +66,13 @@ _FOLIO_STATE = attrgetter("uptodate", "dirty", "wb_pending")
 class StepGate:
     """The parts as they were at the previous check of one Run (kept on the Run, never on
     the Machine: the exhaustive search's state key is the Machine's object graph). The live
-    containers of a part are listed beside their copies, so that one comparison of two
-    lists says whether the part changed: the model never replaces a PMD list, a table's PTE
+    containers are listed beside their copies, so that one comparison of two lists says
+    whether anything in them changed: the model never replaces a PMD list, a table's PTE
     list, a page cache, a disk or the mms, pins and swap-cache dicts, so the containers
     listed stay the live ones until the mms or a PMD change (then they are listed anew)."""
 
-    __slots__ = ("props", "reads", "guards", "at", "tables", "table_copies", "ptes",
-                 "pte_copies", "caches", "cache_copies", "disks", "disk_copies", "folios",
-                 "folio_states", "other", "other_copies", "by_mask")
+    __slots__ = ("props", "reads", "guards", "by_mask", "at", "pg", "pg_copies", "rest",
+                 "rest_copies", "ncaches", "folios", "folio_states")
 
     def __init__(self, props: tuple, reads: dict, guards: dict, by_mask: dict):
         self.props = props                # STATE_STEP_PROPERTIES, in their order
@@ -84,27 +83,30 @@ class StepGate:
         self.at = None                    # len(run.actions) at the previous check
 
     def _copy_pgtable(self, m) -> None:
-        """PGTABLE: the mms and their PMDs, then the PTE lists of the live tables."""
-        tables = [m.mms]
+        """PGTABLE: the mms, their PMDs and the PTE lists of the live tables."""
+        pg = [m.mms]
         ptes = []
         for mm in m.mms.values():
             pmd = mm.pmd
-            tables.append(pmd)
+            pg.append(pmd)
             for t in pmd:
                 if t is not None:
                     ptes.append(t.ptes)
-        self.tables = tables
-        self.table_copies = [c.copy() for c in tables]
-        self.ptes = ptes
-        self.pte_copies = [c.copy() for c in ptes]
+        pg += ptes
+        self.pg = pg
+        self.pg_copies = [c.copy() for c in pg]
 
-    def _copy_files(self, m) -> None:
-        """CACHE and FOLIOS, with the cached folios whose data differs from the disk."""
+    def _copy_rest(self, m) -> None:
+        """The page caches (CACHE), the disks (FOLIOS), the pins (PINS) and the swap cache
+        (SWAPCACHE), with the cached folios whose data differs from the disk (FOLIOS)."""
         files = m.files.values()
-        self.caches = [f.cache for f in files]
-        self.cache_copies = [c.copy() for c in self.caches]
-        self.disks = [f.disk for f in files]
-        self.disk_copies = [d.copy() for d in self.disks]
+        rest = [f.cache for f in files]
+        self.ncaches = len(rest)
+        rest += [f.disk for f in files]
+        rest.append(m.pins)
+        rest.append(m.swap.cache)
+        self.rest = rest
+        self.rest_copies = [c.copy() for c in rest]
         folios = []
         for f in files:
             disk = f.disk
@@ -114,16 +116,11 @@ class StepGate:
         self.folios = folios
         self.folio_states = list(map(_FOLIO_STATE, folios))
 
-    def _copy_other(self, m) -> None:
-        self.other = [m.pins, m.swap.cache]
-        self.other_copies = [c.copy() for c in self.other]
-
     def copy_all(self, m, actions: int) -> None:
         """Copy every part from the state now."""
         self.at = actions
         self._copy_pgtable(m)
-        self._copy_files(m)
-        self._copy_other(m)
+        self._copy_rest(m)
 
     def after_events(self, m, actions: int) -> None:
         """After a step with events, when every property runs: copy the parts that
@@ -132,13 +129,9 @@ class StepGate:
             self.copy_all(m, actions)
             return
         self.at = actions
-        if self.tables != self.table_copies:
+        if self.pg != self.pg_copies:
             self._copy_pgtable(m)
-        elif self.ptes != self.pte_copies:
-            self.pte_copies = [c.copy() for c in self.ptes]
-        self._copy_files(m)
-        if self.other != self.other_copies:
-            self._copy_other(m)
+        self._copy_rest(m)
 
     def no_kernel_code(self, m, actions: int, started: bool) -> tuple:
         """After an action without events that ran no kernel code (an IPI, an eviction, a
@@ -161,31 +154,27 @@ class StepGate:
             return self.props
         self.at = actions
         mask = ORACLE if task_boundary else 0
-        if self.ptes != self.pte_copies:
-            mask = PGTABLE
-            if self.tables != self.table_copies:
-                self._copy_pgtable(m)
-            else:
-                self.pte_copies = [c.copy() for c in self.ptes]
-        elif self.tables != self.table_copies:
+        if self.pg != self.pg_copies:
             mask = PGTABLE
             self._copy_pgtable(m)
-        if self.caches != self.cache_copies:
-            mask |= CACHE | FOLIOS
-            self._copy_files(m)
-        elif self.disks != self.disk_copies:
-            mask |= FOLIOS
-            self._copy_files(m)
+        rest, copies = self.rest, self.rest_copies
+        if rest != copies:
+            nc = self.ncaches
+            if rest[:nc] != copies[:nc]:
+                mask |= CACHE | FOLIOS
+            if rest[nc:-2] != copies[nc:-2]:
+                mask |= FOLIOS
+            if rest[-2] != copies[-2]:
+                mask |= PINS
+            if rest[-1] != copies[-1]:
+                mask |= SWAPCACHE
+            self._copy_rest(m)
         elif self.folios:
             folios = self.folios
             if (_FOLIO_STATE(folios[0]) != self.folio_states[0] if len(folios) == 1
                     else list(map(_FOLIO_STATE, folios)) != self.folio_states):
                 mask |= FOLIOS
-                self._copy_files(m)
-        if self.other != self.other_copies:
-            other, copies = self.other, self.other_copies
-            mask |= (PINS if other[0] != copies[0] else 0) | (SWAPCACHE if other[1] != copies[1] else 0)
-            self._copy_other(m)
+                self._copy_rest(m)
         return self._select(m, mask) if mask else ()
 
     def _select(self, m, mask: int) -> tuple:
