@@ -232,31 +232,45 @@ class SwarmPolicy:
         # one pass over the CPUs for what run.runnable_cpus(), ipi_cpus(), idle_cpus() and
         # idle_process_cpus() would return (this runs before every action)
         runnable, ipis, idle_all, idle_proc = run.cpu_lists()
-        choices = []
-        for cpu in runnable:
-            w = kw["step"]
-            if self.lock_hold != 1.0 and m.cpus[cpu].task.locks:
-                w *= self.lock_hold
-            choices.append((w, ("step", cpu)))
-        for cpu in ipis:
-            choices.append((kw["ipi"], ("ipi", cpu)))
+        # the weight of each choice, in order: a step of each runnable CPU, an IPI of each CPU
+        # with one pending, then each kind in ``kinds`` (an access, a start, an eviction)
+        w = kw["step"]
+        hold = self.lock_hold
+        if hold != 1.0:
+            cpus = m.cpus
+            weights = [w * hold if cpus[cpu].task.locks else w for cpu in runnable]
+        else:
+            weights = [w] * len(runnable)
+        if ipis:
+            weights += [kw["ipi"]] * len(ipis)
+        kinds = []
         idle = idle_proc if self.process_only else idle_all
         if idle_proc:
-            choices.append((kw["access"] * len(idle_proc), ("access",)))
+            weights.append(kw["access"] * len(idle_proc))
+            kinds.append("access")
         if idle:
-            choices.append((kw["start"] * len(idle), ("start",)))
+            weights.append(kw["start"] * len(idle))
+            kinds.append("start")
         if kw["evict"] and any(c.tlb for c in m.cpus):
-            choices.append((kw["evict"], ("evict",)))
-        if not choices:
+            weights.append(kw["evict"])
+            kinds.append("evict")
+        if not weights:
             return None
-        r = rng.random() * sum([w for w, _ in choices])
-        for w, c in choices:
+        r = rng.random() * sum(weights)
+        i = 0
+        for w in weights:
             r -= w
             if r <= 0:
                 break
-        kind = c[0]
-        if kind in ("step", "ipi"):
-            return [kind, c[1]]
+            i += 1
+        else:
+            i -= 1   # rounding left r above 0: the last choice
+        if i < len(runnable):
+            return ["step", runnable[i]]
+        i -= len(runnable)
+        if i < len(ipis):
+            return ["ipi", ipis[i]]
+        kind = kinds[i - len(ipis)]
         if kind == "evict":
             cpu = rng.choice([x.cpu_id for x in m.cpus if x.tlb])
             return ["evict", cpu, rng.choice(list(m.cpus[cpu].tlb)) & 0xffffffff]
