@@ -554,10 +554,11 @@ class Run:
     def enabled(self, action: list) -> bool:
         kind = action[0]
         m = self.m
+        cpus = m.cpus
         cpu = action[1]
-        if not isinstance(cpu, int) or not 0 <= cpu < len(m.cpus):
+        if not isinstance(cpu, int) or not 0 <= cpu < len(cpus):
             return False
-        c = m.cpus[cpu]
+        c = cpus[cpu]
         if kind == "step":
             t = c.task
             return t is not None and (t.wait is None or t.wait.cond())
@@ -611,7 +612,8 @@ class Run:
             return None
         m = self.m
         m.clock += 1
-        m.events.clear()
+        events = m.events
+        events.clear()
         kind, cpu = action[0], action[1]
         op = ""
         tid = 0
@@ -635,23 +637,26 @@ class Run:
         else:
             text = evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
         action = list(action)
-        step = Step(len(self.trace), cpu, text, action, op, tid)
-        self.trace.append(step)
-        self.actions.append(action)
-        events = m.events
+        trace = self.trace
+        step = Step(len(trace), cpu, text, action, op, tid)
+        trace.append(step)
+        actions = self.actions
+        actions.append(action)
         if events:  # the oracle takes notes only from events
             m.oracle.observe(m, events)
         if self.check and self.violation is None:
             # a step without events cannot violate an event-only property, nor a state
             # property whose inputs it left as they were (properties/_gate.py)
-            props = STEP_PROPERTIES if events else STATE_STEP_PROPERTIES
-            if STEP_GATE:
-                if events:
-                    self._gate.after_events(m, len(self.actions))
-                elif kind == "step":
-                    props = self._gate.changed(m, len(self.actions), m.cpus[cpu].task is None)
-                else:
-                    props = self._gate.no_kernel_code(m, len(self.actions), tid != 0)
+            if events:
+                props = STEP_PROPERTIES
+                if STEP_GATE:
+                    self._gate.after_events(m, len(actions))
+            elif not STEP_GATE:
+                props = STATE_STEP_PROPERTIES
+            elif kind == "step":
+                props = self._gate.changed(m, len(actions), m.cpus[cpu].task is None)
+            else:
+                props = self._gate.no_kernel_code(m, len(actions), tid != 0)
             for prop in props:
                 v = prop(m, events)
                 if v is not None:
