@@ -9,6 +9,7 @@ any machine and in any process.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -607,11 +608,21 @@ def shrink_failure(kernel_cls, failure: ModelFailure,
 
 def _shrink(kernel_cls, world, actions, fails, attempts_max):
     attempts = 0
+    # candidate (a digest of its text) -> its verdict: a replay is deterministic, and the
+    # passes propose the same candidate again (a later round retries every deletion that
+    # failed after the last success; 43% of a cow-gup find's 5,000 attempts, 85% of a dio
+    # find's). A repeated candidate still counts as an attempt, so the budget runs out where
+    # it did and the shrunk schedule is the same.
+    verdicts: dict = {}
 
     def ok(w, acts):
         nonlocal attempts
         attempts += 1
-        return fails(w, acts)
+        key = hashlib.blake2b(repr((w, acts)).encode(), digest_size=16).digest()
+        got = verdicts.get(key)
+        if got is None:
+            got = verdicts[key] = fails(w, acts)
+        return got
 
     actions = _executed(kernel_cls, world, actions)
     # The costly fallbacks (drop an operation or a prefault together with a run of another
