@@ -71,7 +71,7 @@ class StepGate:
     list, a page cache, a disk or the mms, pins and swap-cache dicts, so the containers
     listed stay the live ones until the mms or a PMD change (then they are listed anew)."""
 
-    __slots__ = ("props", "reads", "guards", "by_mask", "at", "pg", "pg_copies", "rest",
+    __slots__ = ("props", "reads", "guards", "by_mask", "next", "pg", "pg_copies", "rest",
                  "rest_copies", "ncaches", "folios", "folio_states")
 
     def __init__(self, props: tuple, reads: dict, guards: dict, by_mask: dict):
@@ -80,7 +80,7 @@ class StepGate:
         # (property, its guard's bit, the attribute): the bits above the parts'
         self.guards = tuple((p, (ALL + 1) << i, attr) for i, (p, attr) in enumerate(guards.items()))
         self.by_mask = by_mask            # mask with guard bits -> properties (shared)
-        self.at = None                    # len(run.actions) at the previous check
+        self.next = -1                    # len(run.actions) expected at the next check
 
     def _copy_pgtable(self, m) -> None:
         """PGTABLE: the mms, their PMDs and the PTE lists of the live tables."""
@@ -118,17 +118,17 @@ class StepGate:
 
     def copy_all(self, m, actions: int) -> None:
         """Copy every part from the state now."""
-        self.at = actions
+        self.next = actions + 1
         self._copy_pgtable(m)
         self._copy_rest(m)
 
     def after_events(self, m, actions: int) -> None:
         """After a step with events, when every property runs: copy the parts that
         changed, and find the folios whose data differs from the disk anew (a store)."""
-        if self.at is None or actions != self.at + 1:
+        if actions != self.next:
             self.copy_all(m, actions)
             return
-        self.at = actions
+        self.next = actions + 1
         if self.pg != self.pg_copies:
             self._copy_pgtable(m)
         self._copy_rest(m)
@@ -138,10 +138,10 @@ class StepGate:
         start, an access that faulted: an operation's method is a generator function, whose
         code runs only when it is stepped; the hardware's own PTE update comes with the
         access's event): no part changed, and a task began if ``started``."""
-        if self.at is None or actions != self.at + 1:
+        if actions != self.next:
             self.copy_all(m, actions)
             return self.props
-        self.at = actions
+        self.next = actions + 1
         return self._select(m, ORACLE) if started else ()
 
     def changed(self, m, actions: int, task_boundary: bool) -> tuple:
@@ -149,13 +149,13 @@ class StepGate:
         it may have started or ended a task): the state properties whose parts changed, in
         order, those parts copied anew; every one of them when the state changed behind the
         gate's back."""
-        if self.at is None or actions != self.at + 1:
+        if actions != self.next:
             self.copy_all(m, actions)
             return self.props
-        self.at = actions
+        self.next = actions + 1
         mask = ORACLE if task_boundary else 0
         if self.pg != self.pg_copies:
-            mask = PGTABLE
+            mask |= PGTABLE
             self._copy_pgtable(m)
         rest, copies = self.rest, self.rest_copies
         if rest != copies:
