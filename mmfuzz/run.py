@@ -20,11 +20,18 @@ import traceback
 from dataclasses import dataclass
 
 from properties import QUIESCENT_PROPERTIES, STATE_STEP_PROPERTIES, STEP_PROPERTIES, Violation
+from properties import step_gate
 
 from .hw import deliver_ipi, evict, user_access
 from .kernel.base import Last, Task, Wait
 from . import ops
 from .model import FileObj, Machine, Mm, tlb_key
+
+#: After a step without events, check only the state properties whose inputs changed
+#: (properties/_gate.py): the same verdicts at the same steps, fewer calls. False: every
+#: state property after every step (tests/test_speed.py compares the two).
+STEP_GATE = True
+
 
 class ModelError(Exception):
     """The model itself misbehaved (deadlock, a step that does not progress)."""
@@ -396,6 +403,7 @@ class Run:
         self.quiesce_from: int | None = None   # len(actions) when quiescence began
         self.skipped = 0
         self.phase = "setup"
+        self._gate = step_gate()
         self._build()
         try:
             self._prefault()
@@ -520,6 +528,9 @@ class Run:
                 self._check_released(t)
                 self.m.oracle.task_returned(self.m, t)
                 return f"{t.name} returns"
+            if type(y) is str:   # a plain label, the common case: neither a Wait nor Last
+                t.steps += 1
+                return y
             if isinstance(y, Wait):
                 if y.cond():
                     continue
@@ -545,12 +556,14 @@ class Run:
     def enabled(self, action: list) -> bool:
         kind = action[0]
         m = self.m
+        cpus = m.cpus
         cpu = action[1]
-        if not isinstance(cpu, int) or not 0 <= cpu < len(m.cpus):
+        if not isinstance(cpu, int) or not 0 <= cpu < len(cpus):
             return False
-        c = m.cpus[cpu]
+        c = cpus[cpu]
         if kind == "step":
-            return c.task is not None and (c.task.wait is None or c.task.wait.cond())
+            t = c.task
+            return t is not None and (t.wait is None or t.wait.cond())
         if kind == "start":
             op = ops.get(action[2])
             if not (c.task is None and op is not None and len(action) == 3 + op.arity
@@ -601,13 +614,15 @@ class Run:
             return None
         m = self.m
         m.clock += 1
-        m.events.clear()
+        events = m.events
+        events.clear()
         kind, cpu = action[0], action[1]
         op = ""
         tid = 0
         if kind == "step":
-            op = m.cpus[cpu].task.name
-            tid = m.cpus[cpu].task.tid
+            task = m.cpus[cpu].task
+            op = task.name
+            tid = task.tid
             text = self._step_task(cpu)
         elif kind == "start":
             name, args = action[2], tuple(action[3:])
@@ -624,15 +639,27 @@ class Run:
         else:
             text = evict(m, cpu, tlb_key(m.cpus[cpu].mm_id, action[2]))
         action = list(action)
-        step = Step(len(self.trace), cpu, text, action, op, tid)
-        self.trace.append(step)
-        self.actions.append(action)
-        events = m.events
+        trace = self.trace
+        step = Step(len(trace), cpu, text, action, op, tid)
+        trace.append(step)
+        actions = self.actions
+        actions.append(action)
         if events:  # the oracle takes notes only from events
             m.oracle.observe(m, events)
         if self.check and self.violation is None:
-            # a step without events cannot violate an event-only property
-            for prop in STEP_PROPERTIES if events else STATE_STEP_PROPERTIES:
+            # a step without events cannot violate an event-only property, nor a state
+            # property whose inputs it left as they were (properties/_gate.py)
+            if events:
+                props = STEP_PROPERTIES
+                if STEP_GATE:
+                    self._gate.after_events(m, len(actions))
+            elif not STEP_GATE:
+                props = STATE_STEP_PROPERTIES
+            elif kind == "step":
+                props = self._gate.changed(m, len(actions), m.cpus[cpu].task is None)
+            else:
+                props = self._gate.no_kernel_code(m, len(actions), tid != 0)
+            for prop in props:
                 v = prop(m, events)
                 if v is not None:
                     self.violation = v

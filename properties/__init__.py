@@ -5,6 +5,7 @@ events of the last step, returning a Violation or None; each names the kernel te
 synced and dropped (the "eventually" half of the same properties).
 """
 
+from . import _gate
 from ._core import Violation
 from .accounting import accounting, accounting_quiescent
 from .anon import (no_lost_write_after_madv_free_quiescent,
@@ -45,6 +46,34 @@ EVENT_STEP_PROPERTIES = (
 #: checks (the first violated property in STEP_PROPERTIES order is still the one reported)
 STATE_STEP_PROPERTIES = tuple(p for p in STEP_PROPERTIES if p not in EVENT_STEP_PROPERTIES)
 
+#: The parts of the state (properties/_gate.py) each state step property reads: after a step
+#: without events Run.apply checks only those whose parts changed. A STATE_STEP property not
+#: listed here reads everything and runs after every step.
+STATE_READS = {
+    # 0: only a step with events can make it fail (properties/_gate.py: frames are freed and
+    # TLB entries filled only with events)
+    no_use_after_free_via_tlb: 0,
+    no_write_to_readonly_file: _gate.CACHE | _gate.FOLIOS,
+    dirty_data_preserved: _gate.CACHE | _gate.FOLIOS | _gate.PGTABLE,
+    accounting: _gate.PGTABLE | _gate.CACHE,
+    gup_pin_coherent: _gate.PINS | _gate.ORACLE | _gate.PGTABLE | _gate.SWAPCACHE,
+}
+
+#: A state step property that returns None whenever a Machine attribute is empty, and that
+#: attribute: the gate runs it only while the attribute is not.
+STATE_GUARDS = {
+    no_write_to_readonly_file: "readonly_files",   # it judges only the read-only files
+    gup_pin_coherent: "pins",                      # it judges only pins
+}
+
+_GATE_SELECTIONS: dict = {}
+
+
+def step_gate() -> _gate.StepGate:
+    """A new StepGate over STATE_STEP_PROPERTIES (one per Run)."""
+    return _gate.StepGate(STATE_STEP_PROPERTIES, STATE_READS, STATE_GUARDS, _GATE_SELECTIONS)
+
+
 QUIESCENT_PROPERTIES = (
     dirty_data_preserved_quiescent,
     no_stale_translation_quiescent,
@@ -70,4 +99,4 @@ PROPERTY_NAMES = (
 )
 
 __all__ = ["Violation", "STEP_PROPERTIES", "EVENT_STEP_PROPERTIES", "STATE_STEP_PROPERTIES",
-           "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]
+           "STATE_READS", "STATE_GUARDS", "step_gate", "QUIESCENT_PROPERTIES", "PROPERTY_NAMES"]

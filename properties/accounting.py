@@ -10,7 +10,7 @@ from __future__ import annotations
 from mmfuzz.kernel.gup import FOLL_PIN, GUP_PIN_COUNTING_BIAS
 from mmfuzz.model import SWAP_HAS_CACHE, Folio, PteTable
 
-from ._core import Violation, live_ptes, mapped_ptes
+from ._core import Violation, live_ptes
 
 NAME = "accounting"
 
@@ -77,9 +77,14 @@ def accounting_quiescent(m) -> Violation | None:
                              f"{'' if in_cache else 'not '}in the swap cache",
                              {"slot": offset, "swap_map": count, "ptes": swap_ptes[offset],
                               "cached": in_cache})
+    # mapped_ptes(m, folio) for every folio at once: the PTEs of each pfn, in live_ptes order
+    by_pfn: dict = {}
+    for mm, vpn, pte in live_ptes(m):
+        if pte.present and not pte.special:
+            by_pfn.setdefault(pte.pfn, []).append((mm.mm_id, vpn, pte))
     for frame in m.frames:
         if isinstance(frame, Folio):
-            ptes = mapped_ptes(m, frame)
+            ptes = by_pfn.get(frame.pfn, [])
             if frame.ksm:
                 # mm/ksm.c rmap_walk_ksm: a KSM folio is found through its stable node's rmap
                 # items, not its anon_vma; a forked child's mapping through the item's anon_vma

@@ -33,8 +33,10 @@ def _runs(kernel, seed, runs, policy="swarm"):
 
 
 def _reference(monkeypatch):
-    """The plain definition: every step property after every step, events or not."""
+    """The plain definition: every step property after every step, events or not, whatever
+    the step changed."""
     monkeypatch.setattr(run_mod, "STATE_STEP_PROPERTIES", STEP_PROPERTIES)
+    monkeypatch.setattr(run_mod, "STEP_GATE", False)
 
 
 def test_state_properties_keep_their_order():
@@ -87,7 +89,9 @@ def test_fast_checks_give_the_runs_of_the_plain_definition(kernel, seed, runs, p
 @pytest.mark.parametrize("slug,seed,budget", [("madv-parallel-flush-miss", 8, 100),
                                               ("clear-refs-softdirty-no-flush", 1, 100),
                                               ("dirty-cow", 3, 100),
-                                              ("cow-gup-wrong-direction-pagecount", 2, 100)])
+                                              ("cow-gup-wrong-direction-pagecount", 2, 100),
+                                              ("madvfree-reclaim-vs-dio", 2, 100),
+                                              ("zap-rmap-before-flush", 1, 400)])
 def test_fast_checks_find_what_the_plain_definition_finds(slug, seed, budget, monkeypatch):
     bug = bug_by_slug(slug)
     fast, _ = ex.explore(bug.kernel, seed, runs_max=budget, actions_max=bug.actions_max)
@@ -96,3 +100,20 @@ def test_fast_checks_find_what_the_plain_definition_finds(slug, seed, budget, mo
     assert fast is not None and ref is not None
     assert (fast.prop, fast.run_index, fast.runs, fast.steps, fast.actions, fast.world) == \
         (ref.prop, ref.run_index, ref.runs, ref.steps, ref.actions, ref.world)
+
+
+def test_operations_run_no_code_when_started():
+    """StepGate.no_kernel_code takes a start action to change nothing a state property reads:
+    every operation's method is a generator function, whose code runs only when stepped."""
+    import inspect
+
+    from mmfuzz import ops
+    from mmfuzz.kernels import BUGS
+
+    from . import variants
+    kernels = [Mainline] + [b.kernel for b in BUGS] + [
+        v for v in vars(variants).values() if isinstance(v, type) and issubclass(v, Mainline)]
+    for k in kernels:
+        assert inspect.isgeneratorfunction(k.do_user_addr_fault)
+        for op in ops.operations().values():
+            assert inspect.isgeneratorfunction(getattr(k, op.method)), (k.__name__, op.name)
