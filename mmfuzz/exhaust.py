@@ -768,7 +768,7 @@ def _fn(f) -> _Fn:
 
 def _no_functions(values: tuple) -> tuple:
     """``values`` with each function in it replaced by its _Fn."""
-    if _FT not in set(map(type, values)):
+    if _FT not in map(type, values):
         return values
     return tuple([_fn(v) if type(v) is _FT else v for v in values])
 
