@@ -337,16 +337,23 @@ def test_dead_locals_change_no_verdict_and_no_length(path, request):
     and nothing else: on every corpus entry (its own kernel and mainline) the search without
     them reports the same verdict and the same shortest length as the search keying every
     local, over no more states."""
+    _merges_only(path, request, "every_local", ("zap-rmap-before-flush",))
+
+
+def _merges_only(path, request, finer: str, merging: tuple) -> None:
+    """The search with today's key against the one the fixture ``finer`` makes: on the
+    entry's own kernel and on mainline the same verdict and the same shortest length, over
+    no more states; on mainline over fewer where the path names one of ``merging``."""
     cx = load(path)
     kernels = [cx.kernel] + (["mainline"] if cx.kernel != "mainline" else [])
-    live = _verdicts(cx, kernels)
-    request.getfixturevalue("every_local")
+    coarse = _verdicts(cx, kernels)
+    request.getfixturevalue(finer)
     full = _verdicts(cx, kernels)
     for k in kernels:
-        assert live[k][:3] == full[k][:3], (k, live[k], full[k])
-        assert live[k][3] <= full[k][3]
-    if "zap-rmap-before-flush" in path:
-        assert live["mainline"][3] < full["mainline"][3]   # it does merge on zap
+        assert coarse[k][:3] == full[k][:3], (k, coarse[k], full[k])
+        assert coarse[k][3] <= full[k][3]
+    if any(slug in path for slug in merging):
+        assert coarse["mainline"][3] < full["mainline"][3]
 
 
 @pytest.fixture
@@ -370,16 +377,8 @@ def test_reduced_notes_change_no_verdict_and_no_length(path, request):
     nothing else: on every corpus entry (its own kernel and mainline) the same verdict and
     the same shortest length as with the notes keyed in full, over no more states; on the
     zap and madv scenarios over fewer (zap mainline 7,635 -> 5,956, madv 2,115 -> 1,131)."""
-    cx = load(path)
-    kernels = [cx.kernel] + (["mainline"] if cx.kernel != "mainline" else [])
-    reduced = _verdicts(cx, kernels)
-    request.getfixturevalue("full_notes")
-    full = _verdicts(cx, kernels)
-    for k in kernels:
-        assert reduced[k][:3] == full[k][:3], (k, reduced[k], full[k])
-        assert reduced[k][3] <= full[k][3]
-    if "zap-rmap-before-flush" in path or "madv-parallel-flush-miss" in path:
-        assert reduced["mainline"][3] < full["mainline"][3]
+    _merges_only(path, request, "full_notes",
+                 ("zap-rmap-before-flush", "madv-parallel-flush-miss"))
 
 
 def test_frame_plans_pick_what_f_locals_says():
