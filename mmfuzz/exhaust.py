@@ -28,17 +28,18 @@ Stateful search
     A state is keyed by a canonical snapshot (``snapshot_key``): the whole object graph
     reachable from the kernel object (the Machine: every CPU's TLB, IPI queue and irqs_off,
     each mm's page table, locks and counters, the folios, page cache and disk, the checker's
-    own notes such as ``expected``, ``revoked_at`` and every task's ``observed``), each CPU's
+    own notes such as ``expected``, ``revoked_at`` and every task's ``observed``, the last
+    two reduced to what can still be compared, see "Checker's notes" below), each CPU's
     kernel task with the full state of its generator chain, plus how far each CPU's program
     has got. Two states with equal keys have the same futures, so each is expanded once.
     Generators cannot be copied: expanding a state takes one live run in that state per
     choice. The first is the run that reached it; the next ones are the live runs of its
     duplicates (a child whose key is already stored is a run in that state, reached by
     another path: equal keys, equal futures, so it serves as well as the state's own run;
-    ``spared`` counts them, zap mainline 7,642); only then is the state restored by
+    ``spared`` counts them, zap mainline 6,069); only then is the state restored by
     replaying its path from a fresh Run (property checks off, the oracle's notes taken as
     Run.apply takes them, so the oracle-based properties judge a replayed state exactly as
-    a live one; ``replays``: zap mainline 4,043, 11,685 before spares). Breadth-first, so
+    a live one; ``replays``: zap mainline 2,889, 8,958 without spares). Breadth-first, so
     the first violation found
     is a shortest one (fewest schedule actions); a violating state and a complete one (every
     program consumed, every task returned: Run.quiesce() decides) are leaves.
@@ -65,9 +66,17 @@ Canonical snapshot
     run's last key (every CPU but the one that stepped) is not analysed again: its reduction
     is kept per run and reused while f_lasti and every frame referent are the same objects
     (where the plan is static the reduction is a function of those alone; tests check it
-    against the slow key after every action). Left out of the key, as constants or
-    write-only records: ``Machine.world``, ``Machine.events`` (cleared before every action),
-    ``Machine.stats``, ``Task.steps`` (a step counter nothing reads).
+    against the slow key after every action). A frame's f_lasti and referents change only
+    while it runs, and an action runs only the generators of its own CPU's task, so
+    SearchRun notes the CPUs of the actions applied since its last key (``_ran``; a replay,
+    a drain or quiescence: any) and the chains (``gi_yieldfrom``) of the other CPUs' tasks,
+    the same task objects as at the last key, reuse their kept reductions without even
+    that compare (zap mainline, before the notes below were reduced: 92,582 of 209,562
+    generator reductions). Left out of the key, as constants or write-only records:
+    ``Machine.world``, ``Machine.events`` (cleared before every action), ``Machine.stats``,
+    ``Task.steps`` (a step counter nothing reads), ``Machine.cost`` and ``cost_cpus`` (the
+    cost record: mmfuzz.cost.note_flush writes it and reads it only to fill itself in; no
+    kernel function and no property reads it).
     Three kinds of value are path-dependent numbers that mean only their order: the clock
     (``m.clock``; ``revoked_at`` and ``observed`` keep its values), store versions
     (``m.next_version``; folio data, disk, ``expected``) and task ids. The search runs on
@@ -78,6 +87,25 @@ Canonical snapshot
     ids are numbered per CPU (the k-th task started on CPU c gets 1 + c + ncpus * k) instead of
     globally, so the order in which CPUs started their operations does not leak into lock
     owners; a fresh id is new in either numbering and ids are only compared for equality.
+
+Checker's notes
+    ``Machine.revoked_at`` (key -> clock of the last revocation of that translation) and each
+    task's ``observed`` (key -> clock when it last looked at that PTE under its PTL) are
+    written by the model and read in one place only: properties._core.last_changed_by_caller
+    compares ``revoked_at.get(key, -1) <= observed[key]`` for one key, on a copy of the task's
+    ``observed`` that the step's own event carries (no kernel function reads either; the
+    other clocks, the oracle's, are never compared with these). So the key holds, instead of
+    their values and instead of ranking them among the other clocks, per task and per key it
+    observed, the outcome of that comparison (``_observed_relation``). Two states with equal
+    keys then decide every future comparison alike: one between two values of the state is
+    in the key; one where either side was written later compares a later clock with an
+    earlier one (or two later ones, written in the same order in both), the same way in
+    both; a missing ``observed`` entry is in the key (its key set), a missing ``revoked_at``
+    entry reads -1 in the comparison. Everything else of the state stays in the key, so the
+    futures are the same and so are the verdicts (zap mainline: 7,635 -> 5,956 states,
+    20,250 -> 15,452 transitions; madv 2,115 -> 1,131; tests/test_exhaust.py checks verdicts
+    and shortest lengths on every corpus entry against the full notes, ``REDUCED_NOTES =
+    False``, and that equal keys have equal futures on random paths).
 
 Preemption bounding (CHESS, Musuvathi & Qadeer 2007), optional (``preemptions_max``; default
 None: no bound, every interleaving)
@@ -111,6 +139,7 @@ Results
 
 from __future__ import annotations
 
+import collections
 import dis
 import gc
 import io
@@ -222,6 +251,23 @@ class SearchRun(Run):
         m.clock = Tick(m.clock)
         m.next_version = Version(m.next_version)
         self._started = [0] * len(m.cpus)
+        # the CPUs whose kernel task may have run since this run's last key (None: any);
+        # snapshot_key trusts the generator reductions it kept for the others
+        self._ran: set | None = None
+
+    def apply(self, action: list):
+        ran = self._ran
+        if ran is not None:
+            ran.add(action[1])   # an action runs at most the generators of its own CPU
+        return super().apply(action)
+
+    def _apply_unrecorded(self, action: list) -> None:
+        self._ran = None
+        super()._apply_unrecorded(action)
+
+    def quiesce(self):
+        self._ran = None
+        return super().quiesce()
 
     def replay(self, path: list) -> None:
         """Run.apply's effects on the model for ``path``, without its bookkeeping (no
@@ -232,6 +278,7 @@ class SearchRun(Run):
         m = self.m
         events = m.events
         observe = m.oracle.observe
+        self._ran = None
         self.actions.extend(path)
         for action in path:
             kind, cpu = action[0], action[1]
@@ -262,8 +309,28 @@ class SearchRun(Run):
 #: fields that are constants of a run or write-only records, never read by the model
 SKIP_FIELDS = {Machine: frozenset(("world", "events", "stats")),
                Task: frozenset(("wait", "steps"))}
+#: the checker's notes the key leaves out or holds reduced (module docstring, "Checker's
+#: notes"): the cost record (write-only), and the clocks of revoked translations and of what
+#: each task observed, which the key holds as _observed_relation
+NOTES_SKIP = {Machine: frozenset(("cost", "cost_cpus", "revoked_at")),
+              Task: frozenset(("observed",))}
+#: False: key the notes in full (the finer key the tests compare the search against; clear
+#: _FIELDS and _REDUCERS after changing it)
+REDUCED_NOTES = True
 _ATOMS = frozenset((type(None), bool, int, str, float, bytes, complex, range,
                     types.BuiltinFunctionType, type, types.CodeType, type(Ellipsis)))
+
+
+def _observed_relation(t: Task, revoked: dict) -> tuple:
+    """What a task's ``observed`` notes can still decide: for each PTE key it observed (in
+    key order), whether ``revoked_at`` says no one revoked that translation since
+    (``revoked.get(key, -1) <= observed[key]``, the one comparison properties make of these
+    clocks, in properties._core.last_changed_by_caller)."""
+    obs = t.observed
+    if not obs:
+        return ()
+    get = revoked.get
+    return tuple(sorted([(k, get(k, -1) <= v) for k, v in obs.items()]))
 _ITERATORS = frozenset(type(it) for it in (iter([]), iter(()), iter(range(0)), iter(""),
                                            iter({}), iter({}.values()), iter({}.items()),
                                            reversed([]), enumerate([]), zip(), map(int, [])))
@@ -285,6 +352,8 @@ def _fields(cls) -> tuple[tuple[str, ...], bool, frozenset]:
         skip = frozenset()
         for c in cls.__mro__:
             skip |= SKIP_FIELDS.get(c, frozenset())
+            if REDUCED_NOTES:
+                skip |= NOTES_SKIP.get(c, frozenset())
         got = _FIELDS[cls] = (tuple(names), has_dict, skip)
     return got
 
@@ -562,12 +631,13 @@ _UNSET = ("<unset>",)
 class _Encoder:
     """One traversal: the canonical, hashable serialisation of an object graph."""
 
-    __slots__ = ("memo", "keep", "stamps")
+    __slots__ = ("memo", "keep", "stamps", "revoked")
 
-    def __init__(self):
+    def __init__(self, revoked: dict):
         self.memo: dict[int, int] = {}   # id(obj) -> first-visit number (lookup only)
         self.keep: list = []             # the visited objects, alive while ids are in use
         self.stamps: list = []           # Stamps in traversal order
+        self.revoked = revoked           # the machine's revoked_at (_observed_relation)
 
     def _first(self, x) -> tuple | None:
         i = self.memo.get(id(x))
@@ -623,6 +693,8 @@ class _Encoder:
                 out.append(enc(getattr(x, n, _UNSET)))
         if has_dict:
             out.extend((k, enc(v)) for k, v in x.__dict__.items() if k not in skip)
+        if REDUCED_NOTES and isinstance(x, Task):
+            out.append(("observed", _observed_relation(x, self.revoked)))
         return tuple(out)
 
     def _cell(self, c):
@@ -696,13 +768,15 @@ def _fn(f) -> _Fn:
 
 def _no_functions(values: tuple) -> tuple:
     """``values`` with each function in it replaced by its _Fn."""
-    if _FT not in set(map(type, values)):
+    if _FT not in map(type, values):
         return values
     return tuple([_fn(v) if type(v) is _FT else v for v in values])
 
 
 _FINISHED = (_ref, ("G",))
 _GENS: dict = {}   # the generator reductions of the run being keyed (Run._key_gens)
+_TRUSTED: set = set()   # ids of its generators that did not run since its last key
+_REVOKED: dict = {}     # its machine's revoked_at (_observed_relation)
 
 
 def _reduce_gen(g):
@@ -710,13 +784,17 @@ def _reduce_gen(g):
     reduction is a function of f_lasti and of the frame's referents alone when its plan is
     static, so it is kept per run (``_GENS``) and reused while f_lasti and every referent
     are the same objects as when it was made: a generator that did not run since (every
-    CPU but the one that stepped) costs one get_referents and an identity compare."""
+    CPU but the one that stepped) costs one get_referents and an identity compare, and
+    none at all when snapshot_key knows it did not run (``_TRUSTED``: a frame's f_lasti and
+    referents change only while it runs)."""
     fr = g.gi_frame
     if fr is None:
         return _FINISHED                        # finished
+    got = _GENS.get(id(g))
+    if got is not None and id(g) in _TRUSTED:
+        return got[3]
     lasti = fr.f_lasti
     refs = gc.get_referents(g)
-    got = _GENS.get(id(g))
     if (got is not None and got[1] == lasti and len(got[2]) == len(refs)
             and all(map(operator.is_, got[2], refs))):
         return got[3]
@@ -725,6 +803,8 @@ def _reduce_gen(g):
     red = (_ref, ("G", _intern(g.gi_code)), (lasti, nlocal, nstack))
     if static and nlocal is local and nstack is stack:   # (an _Fn is one key's)
         _GENS[id(g)] = (g, lasti, refs, red)
+    elif got is not None:
+        del _GENS[id(g)]                        # (so that a kept one is always current)
     return red
 
 
@@ -749,6 +829,15 @@ def _reduce_code(c):
 #: pickle's own reduction, as it would make it for a type the table does not name
 _NATIVE = operator.methodcaller("__reduce_ex__", 5)
 
+
+def _reduce_iterator(it):
+    """An iterator (a ``for`` loop's, on a frame's value stack) as its own ``__reduce__``
+    with the callable in it (``builtins.iter``, a type) numbered instead of written by
+    name: pickle names a global by importing its module, every time it meets it first in
+    a dump."""
+    red = it.__reduce__()
+    return (_ref, ("I", _intern(red[0])), red[1:])
+
 _DISPATCH = {Tick: _reduce_stamp, Version: _reduce_stamp, types.GeneratorType: _reduce_gen,
              _Fn: _reduce_fn, types.CellType: _reduce_cell, types.CodeType: _reduce_code}
 
@@ -769,7 +858,9 @@ def _reducer_for(t):
     if issubclass(t, tuple) and hasattr(t, "_fields"):
         tag = ("N", _intern(t))
         return lambda x: (_ref, tag + tuple(x))
-    if t in _ATOMS or t in _ITERATORS or issubclass(t, (BaseException, int, str, float, bytes, list, dict,
+    if t in _ITERATORS:
+        return _reduce_iterator
+    if t in _ATOMS or issubclass(t, (BaseException, int, str, float, bytes, list, dict,
                                          tuple)):
         return _NATIVE
     if t in (set, frozenset, bytearray):
@@ -784,21 +875,28 @@ def _reducer_for(t):
     if len(keep) == 1:
         one = getter
         getter = lambda x: (one(x),)   # noqa: E731
+    if REDUCED_NOTES and issubclass(t, Task):
+        if has_dict:
+            raise TypeError(f"exhaust: cannot snapshot {t.__qualname__}: a Task with a __dict__")
+        return lambda x: (_ref, tag, (getter(x), _observed_relation(x, _REVOKED)))
     if not has_dict:
         return lambda x: (_ref, tag, getter(x))
     return lambda x: (_ref, tag, (getter(x), tuple([(k, v) for k, v in x.__dict__.items()
                                                    if k not in skip])))
 
 
-class _Reducers(dict):
-    """type -> its reduction, made on first use (pickle looks a type up here in C)."""
+def _learn(x):
+    """The reduction of an object whose type the table has not seen: its type's reducer is
+    made (``_reducer_for``), stored and applied."""
+    fn = _REDUCERS[type(x)] = _reducer_for(type(x))
+    return fn(x)
 
-    def __missing__(self, t):
-        fn = self[t] = _reducer_for(t)
-        return fn
 
-
-_REDUCERS = _Reducers()
+#: type -> its reduction, made on first use. A defaultdict is a dict to pickle's C lookup
+#: (``PyObject_GetItem`` on a dict subclass with a Python ``__missing__`` goes through a
+#: Python-level ``__getitem__`` lookup on every object; a defaultdict's hit is the plain
+#: dict lookup, and its miss stores ``_learn``, which replaces itself by the type's reducer)
+_REDUCERS: collections.defaultdict = collections.defaultdict(lambda: _learn)
 
 
 class _KeyPickler(pickle.Pickler):
@@ -825,11 +923,30 @@ def snapshot_key(run: Run, extra=()) -> tuple:
     buf.truncate()
     del _STAMPS_SEEN[:]
     _FNS.clear()
-    global _GENS
-    gens = run.__dict__.get("_key_gens")
+    global _GENS, _REVOKED
+    _REVOKED = run.m.revoked_at
+    d = run.__dict__
+    gens = d.get("_key_gens")
     if gens is None:
         gens = run._key_gens = {}
     _GENS = gens
+    # the kernel tasks of CPUs that did not run since the run's last key (SearchRun keeps
+    # track) are the same objects in the same state: their generators are trusted
+    trusted = _TRUSTED
+    trusted.clear()
+    tasks = [c.task for c in run.m.cpus]
+    ran = d.get("_ran")
+    last = d.get("_key_tasks")
+    if ran is not None and last is not None:
+        for i, t in enumerate(tasks):
+            if t is not None and t is last[i] and i not in ran:
+                g = t.gen
+                while type(g) is types.GeneratorType:
+                    trusted.add(id(g))
+                    g = g.gi_yieldfrom
+    if isinstance(run, SearchRun):
+        run._key_tasks = tasks
+        run._ran = set()
     try:
         if _PICKLER is None:
             _PICKLER = _KeyPickler(buf, protocol=5)
@@ -837,6 +954,8 @@ def snapshot_key(run: Run, extra=()) -> tuple:
         _PICKLER.dump(run.kernel)
     except (pickle.PicklingError, AttributeError):
         _PICKLER = None                         # (its state after a failed dump is unknown)
+        if isinstance(run, SearchRun):
+            run._key_tasks = None               # (the kept reductions were not checked)
         return snapshot_key_slow(run, extra)    # an object pickle cannot name, an unset
                                                 # slot: the slow path
     finally:
@@ -855,7 +974,7 @@ def snapshot_key(run: Run, extra=()) -> tuple:
 def snapshot_key_slow(run: Run, extra=()) -> tuple:
     """The same key computed by the pure-Python encoder (used where pickle cannot name an
     object, e.g. a class local to a function; the tests check the two agree on equality)."""
-    e = _Encoder()
+    e = _Encoder(run.m.revoked_at)
     body = e.enc(run.kernel)
     ranks = ()
     if e.stamps:
@@ -1090,9 +1209,11 @@ def exhaust(kernel_cls, world: dict, programs: dict, preemptions_max: int | None
             push(child)
 
     # the search keeps thousands of live runs (each a cyclic object graph) and keys: the
-    # collector's default thresholds would re-scan them hundreds of times
+    # collector's default thresholds would re-scan them hundreds of times (a young
+    # generation of 100,000 objects: each collection scans what is still alive of it, so a
+    # larger one scans fewer of the short-lived objects a key or a replay makes)
     thresholds = gc.get_threshold()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(100_000, 50, 100)
     try:
         root = _Node([], [], tuple(0 for _ in cpus), None, 0, False)
         run = replay([])
