@@ -64,7 +64,7 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
     return {"found": False, "runs": runs, "t_first": None, "t_report": None}
 
 
-def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int = 60) -> dict:
+def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int | None = None) -> dict:
     """``engine``: swarm, pct, uniform (the fast explorer), hybrid (mmfuzz/hybrid.py),
     guided (mmfuzz/guided.py), hyp-swarm, hyp-pct, hyp-uniform
     (the same policies as Hypothesis strategies), hyp-rules (the rule-based machine) or
@@ -92,10 +92,10 @@ def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int = 6
     t0 = time.perf_counter()
     if engine == "hybrid":
         from mmfuzz.hybrid import explore_hybrid
-        found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max)
+        found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max or 60)
     elif engine == "guided":
         from mmfuzz.guided import explore_guided
-        found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max)
+        found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max or 60)
     else:
         found, stats = explore(kernel, seed, budget_s=budget, policy=engine,
                                actions_max=actions_max)
@@ -116,7 +116,7 @@ def _bug(slug: str):
         return bug
     from types import SimpleNamespace
     from mmfuzz.kernels import resolve_kernel
-    return SimpleNamespace(slug=slug, kernel=resolve_kernel(slug), actions_max=60,
+    return SimpleNamespace(slug=slug, kernel=resolve_kernel(slug), actions_max=None,
                            diagram_steps=0)
 
 

@@ -133,7 +133,7 @@ def _apply_policy(name, lengths=None, start_weights=None):
     if name is not None:
         _explore.swarm_ops = CANDIDATES[name]
     if lengths:
-        def random_run(kernel_cls, rng, actions_max=60, policy="swarm"):
+        def random_run(kernel_cls, rng, actions_max=None, policy="swarm"):
             world = _explore.random_world(rng)
             pol = _explore.POLICIES[policy](rng, world)
             return (world, *_explore.run_policy(kernel_cls, world, pol, rng, rng.choice(lengths)))
@@ -169,6 +169,8 @@ def _one(job):
     _apply_policy(policy, lengths, sw)
     bug = next(b for b in BUGS + UNFOUND if b.slug == slug)
     amax = actions_max or bug.actions_max
+    if engine in ("guided", "hybrid"):
+        amax = amax or 60   # their runs are 60 actions; fast mode draws from RUN_LENGTHS
     explore = _explorer(engine)
     found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
     row = {"slug": slug, "seed": seed, "found": found is not None and found.prop == bug.prop,

@@ -465,11 +465,28 @@ class Found:
     seconds: float
 
 
-def random_run(kernel_cls, rng: random.Random, actions_max: int = 60, policy: str = "swarm"):
+#: the lengths (actions before quiescence) a run draws from when no length is given: a race
+#: of two operations needs both in one run, and a run of m starts meets a given pair about
+#: (m/n)^2 times for n operations declared, while quiescence (drain, write back, drop the
+#: cache: about 56 steps) costs the same in a short run as in a long one, so longer runs
+#: meet more pairs per model step. Measured (bench/RESULTS-runs.md, "Run lengths"), seeds
+#: 1-6 against 60 actions: madv-parallel-flush-miss 17-75 runs against 145-792,
+#: the pagecount COW 20-94 against 51-944, zap-rmap-before-flush 3 of 6 seeds within 12,000
+#: runs against 1 within 55,000, clear-refs-softdirty-no-flush the same few runs.
+RUN_LENGTHS = (120, 240)
+
+
+def random_run(kernel_cls, rng: random.Random, actions_max: int | None = 60,
+               policy: str = "swarm"):
     """One random run under ``policy``: returns (world, run, violation or None), quiescence
-    included."""
+    included. ``actions_max`` None: the run draws its length from RUN_LENGTHS (what the
+    fast explorer, explore(), does by default; the hybrid and guided engines, and tests that
+    build single runs, give 60)."""
     world = random_world(rng)
-    run, v = run_policy(kernel_cls, world, POLICIES[policy](rng, world), rng, actions_max)
+    pol = POLICIES[policy](rng, world)
+    if actions_max is None:
+        actions_max = rng.choice(RUN_LENGTHS)
+    run, v = run_policy(kernel_cls, world, pol, rng, actions_max)
     return world, run, v
 
 
@@ -504,7 +521,8 @@ def run_policy(kernel_cls, world: dict, pol, rng, actions_max: int = 60, run: Ru
 
 
 def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int | None = None,
-            actions_max: int = 60, progress=None, policy: str = "swarm") -> tuple[Found | None, dict]:
+            actions_max: int | None = None, progress=None,
+            policy: str = "swarm") -> tuple[Found | None, dict]:
     """Random runs 0, 1, 2, ... until a violation, the time budget or the run budget.
     Deterministic for a given seed and run count (the budget only decides where to stop)."""
     return explore_strided(kernel_cls, seed, budget_s, runs_max, 0, 1, actions_max, progress,
@@ -512,7 +530,7 @@ def explore(kernel_cls, seed: int, budget_s: float | None = None, runs_max: int 
 
 
 def explore_strided(kernel_cls, seed: int, budget_s: float | None, runs_max: int | None,
-                    start: int, stride: int, actions_max: int = 60,
+                    start: int, stride: int, actions_max: int | None = None,
                     progress=None, policy: str = "swarm") -> tuple[Found | None, dict]:
     """Runs start, start + stride, ...: worker w of n takes (w, n), so n workers together run
     exactly the runs one worker would, and run i is the same wherever it runs."""

@@ -160,7 +160,7 @@ class Guided:
         self.power = power
         self.extend = extend
         self.kernel_cls = kernel_cls
-        self.actions_max = actions_max
+        self.actions_max = 60 if actions_max is None else actions_max   # its runs: 60 actions
         self.fresh = fresh
         self.add_op = add_op
         self.cov = Coverage(label, context)

@@ -21,9 +21,10 @@ class Bug:
     prop: str
     kernel: type
     diagram_steps: int  # rows of the published / catalogued race diagram (see trace.segments)
-    # the run length (actions) the fast explorer gives each run when hunting this bug: a race
-    # that needs a fork (27 steps alone) does not fit in the default 60
-    actions_max: int = 60
+    # the run length (actions) the fast explorer gives each run when hunting this bug (None:
+    # each run draws one of explore.RUN_LENGTHS, as for any kernel): a race that needs a fork
+    # (27 steps alone) was measured with a length of its own
+    actions_max: int | None = None
 
 
 class ZapRmapBeforeFlush(Mainline):

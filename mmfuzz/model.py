@@ -163,7 +163,7 @@ class AnonVma:
 class Vma:
     __slots__ = ("vid", "mm_id", "start", "end", "file", "pgoff", "shared", "writable",
                  "detached", "anon_vma", "anon_vma_chain", "vm_lock", "vm_lock_seq",
-                 "softdirty")
+                 "softdirty", "mapid")
 
     def __init__(self, vid, mm_id, start, end, file, pgoff, shared, writable):
         self.vid = vid
@@ -182,6 +182,11 @@ class Vma:
         # VM_SOFTDIRTY: set on every new VMA (mm/vma.c __mmap_region), cleared by clear_refs 4;
         # while set, soft-dirty write-fault tracking is off for the VMA (vma_soft_dirty_enabled)
         self.softdirty = True
+        # the checker's name for the mapping this VMA is part of (not kernel state): the vid
+        # of the VMA that mmap (or the world) created; __split_vma's new VMA keeps its
+        # original's, so notes taken on a page survive an mprotect or munmap that splits
+        # the VMA around it, and only an unmap and a new mapping of the range reset them
+        self.mapid = vid
 
     def contains(self, vpn: int) -> bool:
         return self.start <= vpn < self.end

@@ -49,7 +49,7 @@ class Oracle:
         self.discards: dict[int, list] = {}   # task id -> [mm, range or None, start, end]
         self.gup_started: dict[int, int] = {}  # task id of a running GUP call -> start clock
         self.pin_since: dict[int, int] = {}    # pin id -> start clock of the call that took it
-        # (mm << 32 | vpn) -> (vid of the VMA, version the page must read or None after
+        # (mm << 32 | vpn) -> (mapid of the VMA, version the page must read or None after
         # madvise returned, the versions stored to it: what it may read besides 0 then)
         self.anon_expected: dict[int, tuple] = {}
         # (mm << 32 | vpn) of the anon pages the world's prefault wrote (no notes are taken
@@ -139,13 +139,13 @@ class Oracle:
         if vma is not None and vma.file is None:  # private file COW pages are not tracked
             key = (mm_id << 32) | vpn
             prev = self.anon_expected.get(key)
-            seen = prev[2] if prev is not None and prev[0] == vma.vid else ()
+            seen = prev[2] if prev is not None and prev[0] == vma.mapid else ()
             if detached:  # the page may or may not still be the pinned one: either is fine
-                want = None if prev is None or prev[0] != vma.vid else prev[1]
-                self.anon_expected[key] = (vma.vid, None, seen + (version,) +
+                want = None if prev is None or prev[0] != vma.mapid else prev[1]
+                self.anon_expected[key] = (vma.mapid, None, seen + (version,) +
                                            (() if want is None else (want,)))
             else:
-                self.anon_expected[key] = (vma.vid, version, seen + (version,))
+                self.anon_expected[key] = (vma.mapid, version, seen + (version,))
 
     def anon_freed(self, m, mm, start: int, end: int, lazy: bool) -> None:
         """madvise(MADV_DONTNEED or MADV_FREE) returned: until its next store, each anon page
@@ -161,13 +161,13 @@ class Oracle:
             vma = mm.find_vma(vpn)
             key = (mm.mm_id << 32) | vpn
             prev = self.anon_expected.get(key)
-            if vma is None or prev is None or prev[0] != vma.vid:
+            if vma is None or prev is None or prev[0] != vma.mapid:
                 continue
             if vma.file is not None:
                 if not lazy:
                     del self.anon_expected[key]
                 continue
-            self.anon_expected[key] = (vma.vid, None, prev[2])
+            self.anon_expected[key] = (vma.mapid, None, prev[2])
 
     def forked(self, parent_mm: int, child_mm: int, clock: int) -> None:
         """fork() returned: from now on neither side may see the other's stores."""

@@ -30,12 +30,13 @@ def no_lost_write_after_madv_free_quiescent(m) -> Violation | None:
     madvise(MADV_FREE or MADV_DONTNEED) returned on it since, 0 or a version stored to it
     before (a store concurrent with the call may be the one that survives; so may be lost a
     store through a GUP reference whose page a discard zapped while the reference existed).
-    Pages whose VMA was unmapped or replaced since (another VMA id) are not checked."""
-    for key, (vid, want, was) in m.oracle.anon_expected.items():
+    Pages whose VMA was unmapped or replaced since (another mapping: Vma.mapid, which a
+    split keeps) are not checked."""
+    for key, (mapid, want, was) in m.oracle.anon_expected.items():
         mm_id, vpn = key >> 32, key & 0xffffffff
         mm = m.mms.get(mm_id)
         vma = mm.find_vma(vpn) if mm is not None else None
-        if vma is None or vma.vid != vid:
+        if vma is None or vma.mapid != mapid:
             continue
         got = m.anon_content(mm, vpn)
         if want is None:

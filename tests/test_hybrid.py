@@ -35,7 +35,7 @@ def test_hybrid_finds_a_bug_and_mainline_stays_clean():
     bug = bug_by_slug("clear-refs-softdirty-no-flush")
     for seed, runs in ((1, 2), (2, 7), (3, 2), (4, 12), (5, 25)):
         found, stats = explore_hybrid(bug.kernel, seed, runs_max=100)
-        swarm, _ = explore(bug.kernel, seed, runs_max=100)
+        swarm, _ = explore(bug.kernel, seed, runs_max=100, actions_max=60)   # hybrid's runs
         assert found is not None and found.prop == bug.prop and found.runs <= swarm.runs == runs
         assert stats["scenarios"] <= found.runs
         _, out = execute(bug.kernel, found.world, found.actions)
@@ -138,7 +138,9 @@ def test_synthetic_deep_window_is_rare_for_swarm():
     any property in those runs is this race; mainline: the exhaust test above). It was 46,220
     while the model split VMAs the wrong way round (the new VMA always the upper part)."""
     from mmfuzz.explore import explore
-    found, _ = explore(VmaLockRecheckMapped, 1, runs_max=43000)
+    # 60-action runs, as the hybrid's (the default now draws 120 or 240: 36,200 runs, where
+    # the first violation is the read-only range's writable PTE, pte-within-vma-protection)
+    found, _ = explore(VmaLockRecheckMapped, 1, runs_max=43000, actions_max=60)
     assert found is not None and found.prop == "accounting" and found.runs == 42593
 
 

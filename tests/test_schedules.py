@@ -19,12 +19,13 @@ def test_policies_are_deterministic_per_seed():
         assert sa["steps"] == sb["steps"] and sa["steps"] > 0
 
 
-# PCT: seed 2 needs 1,764 runs on the merged model (seed 1 no longer finds it in 8,000).
+# PCT: seed 1 needs 152 runs in runs of 120 or 240 actions (explore.RUN_LENGTHS; seeds 2, 3:
+# 2,075, 753); with 60-action runs seed 1 did not find it in 8,000 and seed 2 needed 1,764.
 # Uniform choice, the baseline, is no longer pinned here: on the merged model (20 operations)
 # no seed of 1-40 finds the race within 2,000 runs, which is the point of the strategies; its
 # numbers are the benchmark's (bench/RESULTS-uniform-long.md).
 @pytest.mark.fuzz
-@pytest.mark.parametrize("policy,seed,needed", [pytest.param("pct", 2, 1764,
+@pytest.mark.parametrize("policy,seed,needed", [pytest.param("pct", 1, 152,
                                                              marks=pytest.mark.cost(2))])
 def test_other_policies_find_the_nested_flush_miss(policy, seed, needed):
     bug = resolve_kernel("bug:madv-parallel-flush-miss")

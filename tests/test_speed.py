@@ -91,7 +91,7 @@ def test_fast_checks_give_the_runs_of_the_plain_definition(kernel, seed, runs, p
                                               ("dirty-cow", 3, 100),
                                               ("cow-gup-wrong-direction-pagecount", 2, 100),
                                               ("madvfree-reclaim-vs-dio", 2, 100),
-                                              ("zap-rmap-before-flush", 1, 400)])
+                                              ("zap-rmap-before-flush", 1, 2000)])
 def test_fast_checks_find_what_the_plain_definition_finds(slug, seed, budget, monkeypatch):
     bug = bug_by_slug(slug)
     fast, _ = ex.explore(bug.kernel, seed, runs_max=budget, actions_max=bug.actions_max)

@@ -78,6 +78,7 @@ class VmaOps(KernelBase):
                   vma.pgoff + (lo - vma.start) if vma.file is not None else 0,
                   vma.shared, vma.writable)
         new.softdirty = vma.softdirty
+        new.mapid = vma.mapid   # the same mapping, split (the checker's notes carry over)
         new.vm_lock_seq = mm.mm_lock_seq   # vma_start_write(new): not yet visible, no waiting
         m.next_vid += 1
         # vm_area_dup copies vma->anon_vma and anon_vma_clone links the new VMA into every
