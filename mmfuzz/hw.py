@@ -87,51 +87,33 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write) -> tuple[str, str]:
         m.events.append(("load", cpu_id, vpn, entry.pfn, data))
         return "done", f"load va {vpn:#x} -> pfn {entry.pfn} v{data} [{how} {flags}]"
     if write == STORE_SAME:
-        return _store_same(m, cpu_id, vpn, entry, frame, f"[{how} {flags}]")
-    version = m.next_version
-    m.next_version += 1
-    if isinstance(frame, Folio) and frame.uid == entry.uid:
-        frame.data = version
-        if frame.mapping is not None:
-            f = m.files[frame.mapping]
-            if f.cache.get(frame.index) is frame:
-                m.expected[(frame.mapping, frame.index)] = version
-                m.events.append(("store", cpu_id, vpn, entry.pfn, version))
-                return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
-        if not frame.anon:
-            m.events.append(("store_lost", cpu_id, vpn, entry.pfn, version, "file folio no longer in the page cache"))
+        # the frame keeps its contents (the value written is the one it holds) and no new
+        # version exists; the facts are a store's, with that value: the oracle notes that the
+        # page must keep it ("store_same": the version's writer stays the process that first
+        # stored it), and a store into a file folio no longer in the page cache, or into a
+        # freed frame, is reported as such (the stale writable translation exists whatever
+        # the value)
+        value = frame.data if isinstance(frame, Folio) else 0
+        kind = "store_same"
+        label = f"store-same v{value} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
     else:
-        # the frame was freed or reused: the store corrupts whatever is there now
+        value = m.next_version
+        m.next_version += 1
+        kind = "store"
+        label = f"store v{value} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
         if isinstance(frame, Folio):
-            frame.data = version
-        m.events.append(("store_to_freed", cpu_id, vpn, entry.pfn, version))
-    m.events.append(("store", cpu_id, vpn, entry.pfn, version))
-    return "done", f"store v{version} va {vpn:#x} -> pfn {entry.pfn} [{how} {flags}]"
-
-
-def _store_same(m: Machine, cpu_id: int, vpn: int, entry: TlbEntry, frame, how: str):
-    """The write of a STORE_SAME access, after the translation and the A/D update a store
-    makes: the frame the entry names keeps its contents (the value written is the one it
-    holds) and no new version exists. The facts are a store's, with that value: the oracle
-    notes that the page must keep it ("store_same"; the version's writer stays the process
-    that first stored it), a file folio in the page cache must reach the disk with it, and a
-    store into a file folio no longer in the page cache, or into a freed frame, is reported
-    as such (the stale writable translation exists whatever the value)."""
-    data = frame.data if isinstance(frame, Folio) else 0
-    label = f"store-same v{data} va {vpn:#x} -> pfn {entry.pfn} {how}"
+            # a frame freed or reused since the fill: the store corrupts whatever is there now
+            frame.data = value
+    events = m.events
     if isinstance(frame, Folio) and frame.uid == entry.uid:
-        if frame.mapping is not None:
-            f = m.files[frame.mapping]
-            if f.cache.get(frame.index) is frame:
-                m.expected[(frame.mapping, frame.index)] = data
-                m.events.append(("store_same", cpu_id, vpn, entry.pfn, data))
-                return "done", label
-        if not frame.anon:
-            m.events.append(("store_lost", cpu_id, vpn, entry.pfn, data,
-                             "file folio no longer in the page cache"))
+        if frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame:
+            m.expected[(frame.mapping, frame.index)] = value
+        elif not frame.anon:
+            events.append(("store_lost", cpu_id, vpn, entry.pfn, value,
+                           "file folio no longer in the page cache"))
     else:
-        m.events.append(("store_to_freed", cpu_id, vpn, entry.pfn, data))
-    m.events.append(("store_same", cpu_id, vpn, entry.pfn, data))
+        events.append(("store_to_freed", cpu_id, vpn, entry.pfn, value))
+    events.append((kind, cpu_id, vpn, entry.pfn, value))
     return "done", label
 
 
