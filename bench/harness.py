@@ -92,10 +92,10 @@ def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int | N
     t0 = time.perf_counter()
     if engine == "hybrid":
         from mmfuzz.hybrid import explore_hybrid
-        found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max or 60)
+        found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max)
     elif engine == "guided":
         from mmfuzz.guided import explore_guided
-        found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max or 60)
+        found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max)
     else:
         found, stats = explore(kernel, seed, budget_s=budget, policy=engine,
                                actions_max=actions_max)

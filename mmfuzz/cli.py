@@ -220,11 +220,11 @@ def _explore_worker(args):
         if strategy == "hybrid":   # random scenarios, interleavings searched (mmfuzz/hybrid.py)
             from .hybrid import explore_hybrid_strided
             return explore_hybrid_strided(resolve_kernel(kname), seed, budget, runs_max, start,
-                                          stride, actions_max=actions_max or 60)
+                                          stride, actions_max=actions_max)
         if strategy == "guided":   # one corpus per worker, over its own run indices
             from .guided import explore_guided_strided
             return explore_guided_strided(resolve_kernel(kname), seed, budget, runs_max, start,
-                                          stride, actions_max or 60)
+                                          stride, actions_max)
         return explore_strided(resolve_kernel(kname), seed, budget, runs_max, start, stride,
                                actions_max, policy=strategy)
     except ModelFailure as mf:
@@ -244,11 +244,11 @@ def _fuzz_fast(kname, kcls, seed, budget, examples, workers, progress, strategy)
         return explore_hybrid_strided(kcls, seed, budget, examples, 0, 1,
                                       progress=lambda st, el: progress.update(st["runs"],
                                                                               st["steps"]),
-                                      actions_max=_actions_max(kname) or 60)
+                                      actions_max=_actions_max(kname))
     actions_max = _actions_max(kname)
     if workers <= 1 and strategy == "guided":
         from .guided import explore_guided_strided
-        return explore_guided_strided(kcls, seed, budget, examples, 0, 1, actions_max or 60,
+        return explore_guided_strided(kcls, seed, budget, examples, 0, 1, actions_max,
                                       progress=lambda st, el: progress.update(st["runs"],
                                                                               st["steps"]))
     if workers <= 1:

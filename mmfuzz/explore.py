@@ -474,6 +474,9 @@ class Found:
 #: the pagecount COW 20-94 against 51-944, zap-rmap-before-flush 3 of 6 seeds within 12,000
 #: runs against 1 within 55,000, clear-refs-softdirty-no-flush the same few runs.
 RUN_LENGTHS = (120, 240)
+#: the run length of the hybrid and guided engines when none is given (None there means this,
+#: not a draw: their measurements and pins are of 60-action runs)
+FIXED_RUN_LENGTH = 60
 
 
 def random_run(kernel_cls, rng: random.Random, actions_max: int | None = 60,

@@ -49,7 +49,8 @@ import random
 import re
 
 from . import ops as _ops
-from .explore import (Found, RunOutcome, SwarmPolicy, explore_runs, random_world, run_policy)
+from .explore import (FIXED_RUN_LENGTH, Found, RunOutcome, SwarmPolicy, explore_runs,
+                      random_world, run_policy)
 from .kernel.base import Last
 from .run import Divergence, ModelFailure, Run
 
@@ -160,7 +161,7 @@ class Guided:
         self.power = power
         self.extend = extend
         self.kernel_cls = kernel_cls
-        self.actions_max = 60 if actions_max is None else actions_max   # its runs: 60 actions
+        self.actions_max = FIXED_RUN_LENGTH if actions_max is None else actions_max
         self.fresh = fresh
         self.add_op = add_op
         self.cov = Coverage(label, context)

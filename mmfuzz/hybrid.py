@@ -46,7 +46,7 @@ from __future__ import annotations
 import random
 
 from .exhaust import exhaust
-from .explore import (Found, RunOutcome, _random_program_action, explore_runs, random_run,
+from .explore import (FIXED_RUN_LENGTH, Found, RunOutcome, _random_program_action, explore_runs, random_run,
                       random_world, swarm_ops)
 from .kernels import known_open_race
 from . import ops as _ops
@@ -210,9 +210,9 @@ def overlapping_pair(world: dict, programs: dict[int, list], rng: random.Random,
 def _next_action(run: Run, progs: dict, pcs: dict, cpu: int):
     """What ``cpu`` does next if scheduled: a step of its runnable task, else its next program
     action if it is idle and the run takes it; None if it cannot act."""
-    c = run.m.cpus[cpu]
-    if c.task is not None:
-        return ["step", cpu] if c.task.wait is None or c.task.wait.cond() else None
+    if run.m.cpus[cpu].task is not None:
+        step = ["step", cpu]
+        return step if run.enabled(step) else None
     prog = progs.get(cpu, ())
     if pcs[cpu] < len(prog) and run.enabled(prog[pcs[cpu]]):
         return prog[pcs[cpu]]
@@ -307,7 +307,8 @@ def point_search(kernel_cls, world: dict, programs: dict[int, list], rng: random
 
 def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STATES_MAX,
                preemptions_max: int | None = PREEMPTIONS, every: int = SCENARIO_EVERY,
-               swarm_too: bool = SWARM_TOO, actions_max: int = 60, search: str | None = None,
+               swarm_too: bool = SWARM_TOO, actions_max: int | None = FIXED_RUN_LENGTH,
+               search: str | None = None,
                share: float | None = None, overlap_only: bool | None = None):
     """Run ``index`` of the hybrid engine, as a RunOutcome (kind "scenarios" when a scenario
     was searched). With ``swarm_too`` every run is first fast mode's swarm run ``index``
@@ -317,6 +318,7 @@ def hybrid_run(kernel_cls, rng: random.Random, index: int, states_max: int = STA
     the call). A scenario's violation that is a known-open race of mainline is set aside as a
     swarm run's is (mmfuzz.kernels.KNOWN_OPEN)."""
     search = SEARCH if search is None else search
+    actions_max = FIXED_RUN_LENGTH if actions_max is None else actions_max
     share = SEARCH_SHARE if share is None else share
     overlap_only = OVERLAP_ONLY if overlap_only is None else overlap_only
     scenario = bool(every) and index % every == every - 1
