@@ -122,9 +122,14 @@ CANDIDATES = {
 }
 
 
+#: SwarmPolicy.__init__ as the module defines it: a start-weight candidate wraps this one, so
+#: that the jobs one process runs in turn do not wrap each other's wrappers
+_SWARM_INIT = _explore.SwarmPolicy.__init__
+
+
 def _apply_policy(name, lengths=None, start_weights=None):
     if start_weights:
-        init = _explore.SwarmPolicy.__init__
+        init = _SWARM_INIT
 
         def __init__(self, rng, world):
             init(self, rng, world)
@@ -133,11 +138,7 @@ def _apply_policy(name, lengths=None, start_weights=None):
     if name is not None:
         _explore.swarm_ops = CANDIDATES[name]
     if lengths:
-        def random_run(kernel_cls, rng, actions_max=None, policy="swarm"):
-            world = _explore.random_world(rng)
-            pol = _explore.POLICIES[policy](rng, world)
-            return (world, *_explore.run_policy(kernel_cls, world, pol, rng, rng.choice(lengths)))
-        _explore.random_run = random_run
+        _explore.RUN_LENGTHS = tuple(lengths)
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -169,8 +170,8 @@ def _one(job):
     _apply_policy(policy, lengths, sw)
     bug = next(b for b in BUGS + UNFOUND if b.slug == slug)
     amax = actions_max or bug.actions_max
-    if engine in ("guided", "hybrid"):
-        amax = amax or 60   # their runs are 60 actions; fast mode draws from RUN_LENGTHS
+    if lengths and engine == "swarm":
+        amax = None   # each run draws from --run-lengths (explore.RUN_LENGTHS, set above)
     explore = _explorer(engine)
     found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
     row = {"slug": slug, "seed": seed, "found": found is not None and found.prop == bug.prop,
@@ -273,11 +274,11 @@ def main(argv=None) -> int:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
     else:
-        saved = (_explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__)
+        saved = (_explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__)
         try:
             rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
-            _explore.swarm_ops, _explore.random_run, _explore.SwarmPolicy.__init__ = saved
+            _explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__ = saved
     print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
