@@ -163,7 +163,8 @@ def test_exhaust_finds_bug_and_clears_mainline():
 
 def test_hypothesis_workers_find_a_broken_kernel(tmp_path):
     r = mmfuzz("fuzz", "--kernel", "tests.variants:FreeBeforeFlush", "--hypothesis",
-               "--examples", "600", "--workers", "2", "--quiet", "--save", str(tmp_path))
+               "--examples", "600", "--workers", "2", "--seed", "1", "--quiet",
+               "--save", str(tmp_path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "VIOLATION no-use-after-free-via-TLB" in r.stdout and "engine=hypothesis/swarm" in r.stdout
     assert list(tmp_path.rglob("*.json"))

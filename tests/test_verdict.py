@@ -113,9 +113,12 @@ def test_without_save_the_failure_goes_to_a_temp_dir(capsys):
 
 @pytest.mark.cost(3)
 def test_fast_workers_report_a_model_failure(tmp_path, capsys):
+    # A fixed seed: on a folio mapped twice the variant's double removal leaves mapcount 0
+    # with a PTE still mapping it, a real `accounting` violation (exit 1) that a fresh seed
+    # can meet first (seed 4151179518 did, in CI). Seed 1 meets the underflow in run 1.
     status, out, err = _main(capsys, "fuzz", "--kernel", "tests.variants:DoubleRmapRemove",
                              "--fast", "--workers", "2", "--examples", "200", "--quiet",
-                             "--save", str(tmp_path))
+                             "--seed", "1", "--save", str(tmp_path))
     assert status == cli.EXIT_MODEL_FAILURE, out + err
     assert len(_failure_files(tmp_path)) == 1
 
