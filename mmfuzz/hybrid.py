@@ -84,6 +84,12 @@ SCENARIO_SOURCE = "run"
 #: PROGRAM_MAX per CPU
 NEAR = 12
 PROGRAM_MAX = 2
+#: point_search tries first the preemptions of a CPU that holds no exclusive lock there
+#: (Task.locks 0: between a lockless read and the lock it leads to, or between two critical
+#: sections), the windows another operation can run through; a CPU preempted inside a
+#: critical section mostly makes the other spin on its lock. The drawn order is kept within
+#: each group.
+LOCK_FREE_POINTS_FIRST = True
 #: a pair drawn from a swarm run is searched from the state that run had reached just before
 #: the earlier of the two was issued (its actions before it replayed, operations still in
 #: flight there go on), not from the world's initial state: what the run did earlier (an
@@ -176,7 +182,15 @@ def footprint(world: dict, action: list) -> set | None:
         if isinstance(arg, (_ops.VmaRange, _ops.VmaPage)):
             if not mm_id:
                 return None
-            out |= _pages_of(world, mm_id, vals[0], vals[0] + (vals[1] if len(vals) > 1 else 1))
+            lo, hi = vals[0], vals[0] + (vals[1] if len(vals) > 1 else 1)
+            if "vma" in op.writes:
+                # an operation that changes VMAs (munmap, mprotect) splits the VMAs its range
+                # lies in (mm/vma.c __split_vma): a fault anywhere in them reads the VMA it
+                # changed, so it may touch every page of those VMAs, not only its range's
+                for v in world["vmas"]:
+                    if v["mm"] == mm_id and v["start"] < hi and lo < v["end"]:
+                        lo, hi = min(lo, v["start"]), max(hi, v["end"])
+            out |= _pages_of(world, mm_id, lo, hi)
         elif isinstance(arg, _ops.FilePage):
             out.add(("file", vals[0], vals[1]))
         elif isinstance(arg, _ops.FileId):
@@ -221,7 +235,7 @@ def _next_action(run: Run, progs: dict, pcs: dict, cpu: int):
 
 def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int | None = None,
                    target: int | None = None, alternatives: list | None = None,
-                   prefix: tuple = ()):
+                   prefix: tuple = (), held: list | None = None):
     """One schedule of a scenario with at most one preemption, run to its end (quiescence
     included, as a swarm run). CPU ``first`` starts; the current CPU keeps acting while it can
     (its task's steps, then its next program action); when it cannot (blocked, or its program
@@ -230,7 +244,8 @@ def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int 
     interrupt arrives at the next instruction). If ``point`` is given, after ``point``
     scheduled actions the schedule switches to ``target``. ``alternatives``, if given, gets
     per scheduled action the other CPUs that could have acted there instead: the tries that
-    preempt this schedule. A blocked lock attempt is a recorded step (Run._step_task), as in
+    preempt this schedule; ``held``, if given, gets per scheduled action whether the CPU
+    acting there holds an exclusive lock (Task.locks). A blocked lock attempt is a recorded step (Run._step_task), as in
     exhaust. ``prefix``: actions applied first, exactly (a swarm run's, up to where its
     scenario starts); the schedule's choices and ``point`` count from there. Returns (run,
     violation or None)."""
@@ -260,6 +275,9 @@ def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int 
         if alternatives is not None:
             alternatives.append([c for c in range(ncpus)
                                  if c != cur and _next_action(run, progs, pcs, c) is not None])
+            if held is not None:   # does the CPU a preemption here would stop hold a lock?
+                t = run.m.cpus[cur].task
+                held.append(t is not None and t.locks > 0)
         run.apply(a)
         if a[0] in ("start", "access"):
             pcs[cur] += 1
@@ -284,16 +302,19 @@ def point_search(kernel_cls, world: dict, programs: dict[int, list], rng: random
     points = []
     for first in (c for c in sorted(progs) if progs[c]):
         alts: list = []
+        held: list = []
         run, v = preemption_try(kernel_cls, world, progs, first, alternatives=alts,
-                                prefix=prefix)
+                                prefix=prefix, held=held)
         steps += len(run.trace)
         tries += 1
         if v is not None:
             run.found = v
             return run, steps, tries
-        points += [(first, p, c) for p, cs in enumerate(alts) for c in cs]
+        points += [(held[p], first, p, c) for p, cs in enumerate(alts) for c in cs]
     rng.shuffle(points)
-    for first, p, c in points:
+    if LOCK_FREE_POINTS_FIRST:
+        points.sort(key=lambda x: x[0])   # stable: the drawn order within each group
+    for _, first, p, c in points:
         if steps >= steps_max:
             break
         run, v = preemption_try(kernel_cls, world, progs, first, p, c, prefix=prefix)

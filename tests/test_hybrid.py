@@ -154,33 +154,35 @@ def test_ops_machine_pct_runs_find_what_the_search_alone_misses():
 
 
 def test_synthetic_deep_window_found_by_a_hybrid_scenario():
-    """Hybrid run 709 of seed 1 on VmaLockRecheckMapped: its swarm run (97 actions) misses the
-    race; of the operations it had in flight, mprotect(0, 1, PROT_READ | PROT_WRITE) on CPU0
-    and on CPU2 may touch one page, and the point search of that pair, from the state the run
-    had reached before the first of them (its 22 actions replayed, a fault still in flight),
-    finds the race in its fourth try (accounting). Mainline is clean on every try of the same
-    pair from the same state, and on the found schedule."""
+    """Hybrid run 516 of seed 1 on VmaLockRecheckMapped: its swarm run (95 actions) misses the
+    race; of the operations it had in flight, mprotect(2, 2, PROT_READ) on CPU2 and
+    mprotect(3, 1, PROT_READ | PROT_WRITE) on CPU1 may touch one page, and the point search of
+    that pair, from the state the run had reached before the first of them (its first action
+    replayed: CPU0's store, whose fault is still in flight), finds the race in its fourth try
+    (accounting): the downgrade, then the whole upgrade inside the fault's window. Mainline is
+    clean on every try of the same pair from the same state, and on the found schedule."""
     from mmfuzz.explore import random_run
     from mmfuzz.hybrid import hybrid_run, overlapping_pair, point_search, scenario_from_run
-    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:1:709"), 709)
+    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:1:516"), 516)
     assert out.kind == "scenarios" and out.prop == "accounting"
-    assert out.steps == 328 and len(out.actions) == 65   # 97 of the swarm run, 231 searching
+    assert out.steps == 312 and len(out.actions) == 33   # 95 of the swarm run, 217 searching
     _, replay = execute(VmaLockRecheckMapped, out.world, out.actions, strict=True)
     assert replay.violation is not None and replay.violation.prop == out.prop
     _, clean_replay = execute(Mainline, out.world, out.actions)
     assert clean_replay.violation is None
-    rng = random.Random("mmfuzz:1:709")
+    rng = random.Random("mmfuzz:1:516")
     _, run, v = random_run(VmaLockRecheckMapped, rng)
     positions: dict = {}
     world, programs = scenario_from_run(run, rng, positions=positions)
     chosen: list = []
     pair = overlapping_pair(world, programs, rng, chosen)
-    assert v is None and pair == {0: [["start", 0, "mprotect", 0, 1, 3]], 1: [],
-                                  2: [["start", 2, "mprotect", 0, 1, 3]]}
+    assert v is None and len(run.trace) == 95
+    assert pair == {0: [], 1: [["start", 1, "mprotect", 3, 1, 3]],
+                    2: [["start", 2, "mprotect", 2, 2, 1]]}
     prefix = tuple(run.actions[:min(positions[c][i] for c, i in chosen)])
-    assert len(prefix) == 22
-    found, steps, tries = point_search(VmaLockRecheckMapped, world, pair, rng, 2 * 97, prefix)
-    assert found is not None and (steps, tries) == (231, 4)
+    assert len(prefix) == 1 and prefix[0][:2] == ["access", 0]
+    found, steps, tries = point_search(VmaLockRecheckMapped, world, pair, rng, 2 * 95, prefix)
+    assert found is not None and (steps, tries) == (217, 4)
     clean, steps, tries = point_search(Mainline, world, pair, random.Random(0), 10 ** 9, prefix)
     assert clean is None and tries == 40   # every schedule of the pair with one preemption
 
@@ -200,8 +202,8 @@ def test_bfs_search_mode_still_finds_a_bug_in_a_scenario():
 
 def test_footprints_and_overlapping_pairs():
     """Footprints come from the operations' declared arguments: a file page is the same page
-    through any VMA; an operation without a page argument has no footprint and pairs with
-    nothing."""
+    through any VMA; an operation that changes VMAs touches the whole VMAs its range lies in;
+    an operation without a page argument has no footprint and pairs with nothing."""
     from mmfuzz.hybrid import footprint, overlapping_pair
     world = default_world()
     assert footprint(world, ["access", 1, 2, 1]) == {("file", 1, 2)}
@@ -212,8 +214,15 @@ def test_footprints_and_overlapping_pairs():
     rng = random.Random(0)
     assert overlapping_pair(world, {0: [["start", 0, "clear_refs"]], 1: [["access", 1, 4, 1]]},
                             rng) is None
+    assert overlapping_pair(world, {0: [["start", 0, "madvise_dontneed", 5, 1]],
+                                    1: [["access", 1, 4, 1]]}, rng) is None
+    # munmap (and mprotect) change VMAs: munmap of 5 splits the VMA 4-5, and a fault at 4
+    # reads that VMA, so their footprint is every page of the VMAs the range lies in
+    assert footprint(world, ["start", 0, "munmap", 5, 1]) == {("anon", 1, 4), ("anon", 1, 5)}
+    assert footprint(world, ["start", 0, "mprotect", 1, 1, 1]) == {("file", 1, i)
+                                                                   for i in range(4)}
     assert overlapping_pair(world, {0: [["start", 0, "munmap", 5, 1]], 1: [["access", 1, 4, 1]]},
-                            rng) is None
+                            rng) == {0: [["start", 0, "munmap", 5, 1]], 1: [["access", 1, 4, 1]], 2: []}
     progs = {0: [["start", 0, "munmap", 4, 2]], 1: [["access", 1, 0, 0], ["access", 1, 5, 1]],
              2: []}
     assert overlapping_pair(world, progs, rng) == {0: [["start", 0, "munmap", 4, 2]],
@@ -223,11 +232,13 @@ def test_footprints_and_overlapping_pairs():
 @pytest.mark.fuzz
 @pytest.mark.cost(60)
 def test_synthetic_found_by_hybrid_in_a_tenth_of_swarms_runs_and_mainline_clean():
-    """Under seed 1 the hybrid finds VmaLockRecheckMapped at run 710 (swarm: 42,593 runs,
-    tests below and bench/RESULTS-hybrid.md) in 157,713 model steps, search included (swarm:
-    about 5.0 million); mainline is clean on the same 710 hybrid runs."""
-    found, stats = explore_hybrid(VmaLockRecheckMapped, 1, runs_max=720)
+    """Under seed 1 the hybrid finds VmaLockRecheckMapped at run 517 (swarm: 36,200 runs at
+    its drawn lengths, 42,593 at 60 actions; bench/RESULTS-hybrid.md) in 119,786 model steps,
+    search included (swarm: about 8.9 million); mainline is clean on the same 517 hybrid runs.
+    It was run 710 (157,713 steps) before the point search tried lock-free preemption points
+    first and VMA-changing operations got the footprint of the VMAs they split."""
+    found, stats = explore_hybrid(VmaLockRecheckMapped, 1, runs_max=520)
     assert found is not None and found.prop == "accounting"
-    assert found.runs == 710 and found.steps == 157713
-    clean, st = explore_hybrid(Mainline, 1, runs_max=710)
-    assert clean is None and st["runs"] == 710
+    assert found.runs == 517 and found.steps == 119786
+    clean, st = explore_hybrid(Mainline, 1, runs_max=517)
+    assert clean is None and st["runs"] == 517
