@@ -25,20 +25,22 @@ runs), is first exactly the fast explorer's swarm run ``i`` (``SWARM_TOO``), and
   times the swarm run's actions; or "bfs", the stateful breadth-first exhaust
   (mmfuzz/exhaust.py) under ``STATES_MAX`` states and ``PREEMPTIONS``.
 
-So the hybrid never needs more runs than swarm for what swarm finds (its swarm runs are
-swarm's); what the scenarios add is counted in ``stats["scenarios"]``. ``steps`` counts every
-model action applied, the search's included (each try is a run of its own, quiescence
-included, as a swarm run's steps are), so runs and steps together compare the engines
-without a clock. The point search's steps are its whole cost; exhaust's "bfs" also pays a
+So the hybrid never needs more runs than 60-action swarm for what that finds (its swarm runs
+are those, explore(..., actions_max=60)); swarm's default draws 120 or 240 actions, whose runs
+differ (hybrid runs at those lengths, with the VMA footprints and before lock-free points first,
+were measured worse: none of seeds 1-3 of the synthetic race within 15,000). What the
+scenarios add is counted in ``stats["scenarios"]``. ``steps`` counts every model action
+applied, the search's included (each try is a run of its own, quiescence included, as a swarm
+run's steps are), so runs and steps together compare the engines without a clock. The point search's steps are its whole cost; exhaust's "bfs" also pays a
 canonical snapshot key per state, which ``steps`` does not count (measured under load: an
 exhaust step with its share of keying about 10x a swarm step's time), the reason it was 10-40x
 slower than swarm in seconds while close in steps. Deterministic per seed. Measured
-(bench/RESULTS-hybrid.md, "cheaper hybrid" and "from the run's state"): on
-tests.variants.VmaLockRecheckMapped, whose race needs a whole mprotect upgrade inside a fault's
-one-step window after an earlier downgrade, 710 runs (seed 1, 157,713 steps) against swarm's
-42,593 (about 5.0 million steps), but not within 40,000 and 12,000 on seeds 2 and 3 (swarm
-more than 150,000 and 111,591); on the catalogued bugs the same or fewer runs than swarm and,
-where the search does not find the bug first, more steps than swarm.
+(bench/RESULTS-hybrid.md, "Lock-free points first"): on tests.variants.VmaLockRecheckMapped,
+whose race needs a whole mprotect upgrade inside a fault's one-step window after an earlier
+downgrade, seeds 1-6 take 517 / 989 / 1,087 / 16,018 / 6,413 / 3,230 hybrid runs against
+swarm's 36,200 / 15,104 / 112,992 / 63,438 / 33,512 / 134,333 (its default 120/240-action
+runs), and fewer model steps on every seed; on the catalogued bugs the same or fewer runs than
+swarm and, where the search does not find the bug first, more steps than swarm.
 """
 
 from __future__ import annotations
@@ -245,10 +247,10 @@ def preemption_try(kernel_cls, world: dict, progs: dict, first: int, point: int 
     scheduled actions the schedule switches to ``target``. ``alternatives``, if given, gets
     per scheduled action the other CPUs that could have acted there instead: the tries that
     preempt this schedule; ``held``, if given, gets per scheduled action whether the CPU
-    acting there holds an exclusive lock (Task.locks). A blocked lock attempt is a recorded step (Run._step_task), as in
-    exhaust. ``prefix``: actions applied first, exactly (a swarm run's, up to where its
-    scenario starts); the schedule's choices and ``point`` count from there. Returns (run,
-    violation or None)."""
+    acting there holds an exclusive lock (Task.locks). A blocked lock attempt is a recorded
+    step (Run._step_task), as in exhaust. ``prefix``: actions applied first, exactly (a swarm
+    run's, up to where its scenario starts); the schedule's choices and ``point`` count from
+    there. Returns (run, violation or None)."""
     run = Run(kernel_cls, world)
     for a in prefix:
         run.apply(a)
