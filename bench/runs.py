@@ -124,6 +124,9 @@ CANDIDATES = {
     # (bench/RESULTS-runs.md "Correlated draw at 120/240 actions")
     "grow-0.85-q0.5": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, more=0.85, grow=True),
     "grow-0.85-q0.25": lambda rng: _explore.swarm_ops_focused(rng, q=0.25, more=0.85, grow=True),
+    # control, not a candidate: the default draw after the focus coin (q 0), i.e. the default's
+    # operation sets on the random stream the focused candidates' unfocused runs see
+    "shifted": lambda rng: _explore.swarm_ops_focused(rng, q=0.0),
 }
 
 
