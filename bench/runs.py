@@ -119,6 +119,14 @@ CANDIDATES = {
     # grow: each further partner interacts with some operation already drawn (a chain)
     "grow-0.7": lambda rng: _explore.swarm_ops_focused(rng, q=1.0, more=0.7, grow=True),
     "grow-0.7-q0.5": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, more=0.7, grow=True),
+    # more partners per grown run (1 / (1 - 0.85) = 6.7 on average, 7.4 operations in all with
+    # the focus, fewer where its ties run out), a quarter or half of the runs grown
+    # (bench/RESULTS-runs.md "Correlated draw at 120/240 actions")
+    "grow-0.85-q0.5": lambda rng: _explore.swarm_ops_focused(rng, q=0.5, more=0.85, grow=True),
+    "grow-0.85-q0.25": lambda rng: _explore.swarm_ops_focused(rng, q=0.25, more=0.85, grow=True),
+    # control, not a candidate: the default draw after the focus coin (q 0), i.e. the default's
+    # operation sets on the random stream the focused candidates' unfocused runs see
+    "shifted": lambda rng: _explore.swarm_ops_focused(rng, q=0.0),
 }
 
 
