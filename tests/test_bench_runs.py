@@ -23,8 +23,21 @@ def test_a_candidate_policy_patches_only_the_measurement(capsys):
 def test_bad_input_is_one_line_and_exit_2(capsys):
     assert runs.main(["--bugs", "no-such-bug"]) == 2
     assert runs.main(["--seeds", "one"]) == 2
+    assert runs.main(["--bugs", "tests.variants:NotThere"]) == 2
     err = capsys.readouterr().err
     assert "unknown bug 'no-such-bug'" in err and "bad --seeds 'one'" in err
+    assert "not a subclass" in err and len(err.strip().splitlines()) == 3
+
+
+def test_a_variant_by_module_path_is_measured(capsys):
+    """MODULE:CLASS measures a variant that is not catalogued, its find the first violation
+    of any property: the synthetic race of issue #8 under the hybrid, seed 1, run 517
+    (tests/test_hybrid.py), mainline clean on as many runs."""
+    assert runs.main(["--bugs", "tests.variants:VmaLockRecheckMapped", "--engine", "hybrid",
+                      "--seeds", "1", "--runs-max", "600", "--per-seed", "--mainline"]) == 0
+    out = capsys.readouterr().out
+    assert "tests.variants:VmaLockRecheckMapped" in out and " 1/1 " in out
+    assert "1:517" in out and "clean" in out
 
 
 def test_the_guided_engine_is_measured_with_its_steps(capsys, tmp_path):
