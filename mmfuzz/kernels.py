@@ -264,6 +264,26 @@ class MadvFreeReclaimVsDio(Mainline):
         return False
 
 
+class NoFlushTlbBatchedPending(Mainline):
+    """Mainline with 3ea277194daa ("mm, mprotect: flush TLB if potentially racing with a
+    parallel reclaim leaving stale TLB entries", Mel Gorman, 2017) reverted: no path catches
+    up with a flush reclaim deferred (flush_tlb_batched_pending, which the fix introduced and
+    called from change_pte_range, madvise_free_pte_range, zap_pte_range and move_ptes, does
+    nothing). Nadav Amit's race from the commit: a CPU caches a RW PTE; reclaim's
+    try_to_unmap_one clears it with set_tlb_ubc_flush_pending; mprotect(PROT_READ) (or munmap,
+    madvise: "the same type of race exists ... for operations that can leave an old TLB entry
+    behind") finds the PTE non-present, has nothing to flush and returns while the CPU still
+    writes through the cached entry until reclaim's try_to_unmap_flush."""
+
+    name = "bug:reclaim-batched-flush-miss"
+
+    def flush_tlb_batched_pending(self, t, mm):
+        """mm/rmap.c flush_tlb_batched_pending before 3ea277194daa: it did not exist, so no
+        caller flushed what reclaim batched on this mm."""
+        return
+        yield
+
+
 class KsmMadvfreeClearrefs(Mainline):
     """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
     The fix changed two functions: KSM's write_protect_page learned to flush when
@@ -343,6 +363,12 @@ BUGS: list[Bug] = [
     Bug("madvfree-reclaim-vs-dio", "6c8e2a256915",
         "mm: fix race between MADV_FREE reclaim and blkdev direct IO read",
         "gup-pin-coherent", MadvFreeReclaimVsDio, 6),
+    # reclaim's batched flush against munmap / MADV_DONTNEED / MADV_FREE / mprotect (the
+    # commit's diagram: the user's access, reclaim's unmap, mprotect and the stale store, then
+    # reclaim's flush)
+    Bug("reclaim-batched-flush-miss", "3ea277194daa",
+        "mm, mprotect: flush TLB if potentially racing with a parallel reclaim leaving stale "
+        "TLB entries", "no-stale-translation-after-return", NoFlushTlbBatchedPending, 4),
 ]
 
 #: Catalogued bugs whose variant the model has but the search does not find from scratch:

@@ -37,7 +37,12 @@ HUNTS = [pytest.param("zap-rmap-before-flush", 1, 1963, 3000, marks=pytest.mark.
          # page lost its PTE). Seeds 1-6 need 3,228, 1,115, 1,492, 11,381, 1,521, 3,566 runs
          # (with 200 actions, seeds 1-4: 5,549, 42, 6,856, 5,404).
          pytest.param("madvfree-reclaim-vs-dio", 2, 1115, 2000, marks=pytest.mark.cost(10)),
-         pytest.param("madvfree-reclaim-vs-dio", 1, 3228, 5000, marks=pytest.mark.cost(25))]
+         pytest.param("madvfree-reclaim-vs-dio", 1, 3228, 5000, marks=pytest.mark.cost(25)),
+         # reclaim's batched flush met by a munmap / MADV_DONTNEED that finds the PTE already
+         # cleared: seeds 1-10 need 2,217 2,372 9,783 478 2,239 674 2,891 2,806 2,178 3,499
+         # runs (python -m bench.runs --bugs reclaim-batched-flush-miss --per-seed)
+         pytest.param("reclaim-batched-flush-miss", 4, 478, 1000, marks=pytest.mark.cost(3)),
+         pytest.param("reclaim-batched-flush-miss", 6, 674, 1500, marks=pytest.mark.cost(4))]
 
 
 @pytest.mark.fuzz

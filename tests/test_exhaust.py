@@ -97,7 +97,7 @@ def test_mainline_closes_every_interleaving(path):
 #: clear-refs: 13 since clear_refs write-locks each VMA and checks pte_is_pinned as mainline
 #: does (11 before)
 SHORTEST = {"zap-rmap-before-flush": 16, "madv-parallel-flush-miss": 14,
-            "clear-refs-softdirty-no-flush": 13}
+            "clear-refs-softdirty-no-flush": 13, "reclaim-batched-flush-miss": 34}
 
 
 @pytest.mark.parametrize("path", BUGGY, ids=BUGGY_IDS)

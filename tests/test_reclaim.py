@@ -261,7 +261,7 @@ def test_lazyfree_discard_must_recheck_dirty():
 
 
 def test_zap_must_flush_what_reclaim_deferred():
-    from tests.variants import NoFlushTlbBatchedPending
+    from mmfuzz.kernels import NoFlushTlbBatchedPending
     for kernel, stale in ((MAINLINE, False), (NoFlushTlbBatchedPending, True)):
         r = Run(kernel, anon_world())
         run_op(r, 1, "madvise_free", ANON, 1)

@@ -183,16 +183,7 @@ class LazyfreeDiscardIgnoresDirty(Mainline):
         return (yield from super().try_to_unmap_lazyfree(t, folio, mm, table, slot, vpn, pteval))
 
 
-class NoFlushTlbBatchedPending(Mainline):
-    """No path catches up with a flush reclaim deferred (flush_tlb_batched_pending does
-    nothing, as before 3ea277194daa "mm, mprotect: flush TLB if potentially racing with a
-    parallel reclaim leaving stale TLB entries"): MADV_DONTNEED finds the PTE reclaim already
-    cleared, has nothing to flush and returns while a CPU still translates the page (trips
-    no-stale-translation-after-return)."""
-
-    def flush_tlb_batched_pending(self, t, mm):
-        return
-        yield
+# NoFlushTlbBatchedPending is catalogued now: bug:reclaim-batched-flush-miss (mmfuzz/kernels.py)
 
 
 class PageoutWithoutFlushDirty(Mainline):
