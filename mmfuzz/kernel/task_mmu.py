@@ -129,24 +129,28 @@ class TaskMmu(KernelBase):
         return pinned
 
     def clear_soft_dirty(self, t: Task, table, slot: int, vpn: int):
-        """fs/proc/task_mmu.c clear_soft_dirty, present PTE: ptep_modify_prot_start (x86:
-        ptep_get_and_clear, so the PTE reads none to a concurrent hardware walk), then
-        ptep_modify_prot_commit of pte_clear_soft_dirty(pte_wrprotect(old)); no flush here."""
+        """fs/proc/task_mmu.c clear_soft_dirty, present PTE: pte_is_pinned on the PTE read
+        first ("ptent"), then ptep_modify_prot_start (x86: ptep_get_and_clear, so the PTE reads
+        none to a concurrent hardware walk), whose return value ("old_pte": the PTE as it is
+        then, with any D the hardware set since the first read) is what ptep_modify_prot_commit
+        writes back as pte_clear_soft_dirty(pte_wrprotect(old_pte)); no flush here."""
         m = self.m
-        old = table.ptes[slot]
-        if old is None:
+        ptent = table.ptes[slot]
+        if ptent is None:
             return
-        if not old.present:  # is_swap_pte: pte_swp_clear_soft_dirty, set_pte_at
-            table.ptes[slot] = old._replace(soft_dirty=False)
+        if not ptent.present:  # is_swap_pte: pte_swp_clear_soft_dirty, set_pte_at
+            table.ptes[slot] = ptent._replace(soft_dirty=False)
             yield f"clear_soft_dirty: swap PTE va {vpn:#x}: pte_swp_clear_soft_dirty"
             return
-        pinned = yield from self.pte_is_pinned(t, vpn, old)
+        pinned = yield from self.pte_is_pinned(t, vpn, ptent)
         if pinned:
             return
+        # under the PTL only the hardware changes the PTE meanwhile (A and D bits)
+        old_pte = table.ptes[slot]
         table.ptes[slot] = None
         m.revoke(t.mm.mm_id, vpn)
         yield f"clear_soft_dirty: ptep_modify_prot_start va {vpn:#x} (PTE none)"
-        table.ptes[slot] = old._replace(write=False, soft_dirty=False)
+        table.ptes[slot] = old_pte._replace(write=False, soft_dirty=False)
         self.pte_table_flush_deferred(t.mm, table)
         yield f"clear_soft_dirty: ptep_modify_prot_commit va {vpn:#x} wrprotect, clear soft-dirty"
 
