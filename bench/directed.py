@@ -103,9 +103,12 @@ def main(argv=None) -> int:
     print(f"{slug}: operations reaching {overridden(kernel)}: {reach}")
     for seed in range(int(lo), int(hi) + 1):
         found, stats = _explore.explore(kernel, seed, runs_max=int(cap))
-        print(f"  seed {seed}: " + (f"{found.prop} at run {found.runs:,} ({found.steps:,} steps)"
-                                   if found else f"none in {stats['runs']:,} ({stats['steps']:,} steps)"),
-              flush=True)
+        if found:
+            print(f"  seed {seed}: {found.prop} at run {found.runs:,} ({found.steps:,} steps)",
+                  flush=True)
+        else:
+            print(f"  seed {seed}: none in {stats['runs']:,} ({stats['steps']:,} steps)",
+                  flush=True)
     return 0
 
 

@@ -31,8 +31,8 @@ differ (hybrid runs at those lengths, with the VMA footprints and before lock-fr
 were measured worse: none of seeds 1-3 of the synthetic race within 15,000). What the
 scenarios add is counted in ``stats["scenarios"]``. ``steps`` counts every model action
 applied, the search's included (each try is a run of its own, quiescence included, as a swarm
-run's steps are), so runs and steps together compare the engines without a clock. The point search's steps are its whole cost; exhaust's "bfs" also pays a
-canonical snapshot key per state, which ``steps`` does not count (measured under load: an
+run's steps are), so runs and steps together compare the engines without a clock. The point
+search's steps are its whole cost; exhaust's "bfs" also pays a canonical snapshot key per state, which ``steps`` does not count (measured under load: an
 exhaust step with its share of keying about 10x a swarm step's time), the reason it was 10-40x
 slower than swarm in seconds while close in steps. Deterministic per seed. Measured
 (bench/RESULTS-hybrid.md, "Lock-free points first"): on tests.variants.VmaLockRecheckMapped,

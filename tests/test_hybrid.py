@@ -222,7 +222,8 @@ def test_footprints_and_overlapping_pairs():
     assert footprint(world, ["start", 0, "mprotect", 1, 1, 1]) == {("file", 1, i)
                                                                    for i in range(4)}
     assert overlapping_pair(world, {0: [["start", 0, "munmap", 5, 1]], 1: [["access", 1, 4, 1]]},
-                            rng) == {0: [["start", 0, "munmap", 5, 1]], 1: [["access", 1, 4, 1]], 2: []}
+                            rng) == {0: [["start", 0, "munmap", 5, 1]],
+                                     1: [["access", 1, 4, 1]], 2: []}
     progs = {0: [["start", 0, "munmap", 4, 2]], 1: [["access", 1, 0, 0], ["access", 1, 5, 1]],
              2: []}
     assert overlapping_pair(world, progs, rng) == {0: [["start", 0, "munmap", 4, 2]],
