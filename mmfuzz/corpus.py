@@ -1,13 +1,13 @@
 """Counterexamples as versioned JSON: load, validate, save atomically, replay, check.
 
-The format is documented for people in docs/corpus-format.md (format_version 2; version 1
-files still load): a file names the kernel, the world (every field a race diagram does not mention has a default), the whole
-schedule of actions (an ``until`` action runs a CPU to the next step whose label names a
-kernel function, so nobody counts yields), the expected verdict (``"violation:PROPERTY"`` or
-``"pass"``), one sentence of why, and how it was found. A file is plain data: loading it never
-imports anything, builds nothing before every field is checked against documented limits, and
-a bad file is a CorpusError whose message names the problem and the fix (the CLI: one line,
-exit 2).
+The format is documented for people in docs/corpus-format.md (format_version 2; version 1 files
+still load): a file names the kernel, the world (every field a race diagram does not mention
+has a default), the whole schedule of actions (an ``until`` action runs a CPU to the next step
+whose label names a kernel function, so nobody counts yields), the expected verdict
+(``"violation:PROPERTY"`` or ``"pass"``), one sentence of why, and how it was found. A file is
+plain data: loading it never imports anything, builds nothing before every field is checked
+against documented limits, and a bad file is a CorpusError whose message names the problem and
+the fix (the CLI: one line, exit 2).
 
 API for tools and the pytest plugin: ``load(path)`` -> Counterexample, ``check(cx, kernel)`` ->
 Verdict, ``replay(cx, kernel)`` -> (run, outcome, skipped), ``save(cx, directory)`` -> path,

@@ -32,9 +32,10 @@ were measured worse: none of seeds 1-3 of the synthetic race within 15,000). Wha
 scenarios add is counted in ``stats["scenarios"]``. ``steps`` counts every model action
 applied, the search's included (each try is a run of its own, quiescence included, as a swarm
 run's steps are), so runs and steps together compare the engines without a clock. The point
-search's steps are its whole cost; exhaust's "bfs" also pays a canonical snapshot key per state, which ``steps`` does not count (measured under load: an
-exhaust step with its share of keying about 10x a swarm step's time), the reason it was 10-40x
-slower than swarm in seconds while close in steps. Deterministic per seed. Measured
+search's steps are its whole cost; exhaust's "bfs" also pays a canonical snapshot key per
+state, which ``steps`` does not count (measured under load: an exhaust step with its share of
+keying about 10x a swarm step's time), the reason it was 10-40x slower than swarm in seconds
+while close in steps. Deterministic per seed. Measured
 (bench/RESULTS-hybrid.md, "Lock-free points first"): on tests.variants.VmaLockRecheckMapped,
 whose race needs a whole mprotect upgrade inside a fault's one-step window after an earlier
 downgrade, seeds 1-6 take 517 / 989 / 1,087 / 16,018 / 6,413 / 3,230 hybrid runs against
@@ -48,8 +49,8 @@ from __future__ import annotations
 import random
 
 from .exhaust import exhaust
-from .explore import (FIXED_RUN_LENGTH, Found, RunOutcome, _random_program_action, explore_runs, random_run,
-                      random_world, swarm_ops)
+from .explore import (FIXED_RUN_LENGTH, Found, RunOutcome, _random_program_action, explore_runs,
+                      random_run, random_world, swarm_ops)
 from .kernels import known_open_race
 from . import ops as _ops
 from .kernel import Mainline

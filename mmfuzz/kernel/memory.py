@@ -800,8 +800,9 @@ class Memory(KernelBase):
         if table is not None and table.ptes[slot] != orig:
             yield from self.spin_unlock(t, table.ptl, "wp_page_copy: !pte_same, unlock")
         elif table is not None:
-            yield from self.ptep_clear_flush(t, t.mm, table, slot, vpn,
-                                             f"wp_page_copy: pte_same; ptep_clear_flush va {vpn:#x}: clear")
+            yield from self.ptep_clear_flush(
+                t, t.mm, table, slot, vpn,
+                f"wp_page_copy: pte_same; ptep_clear_flush va {vpn:#x}: clear")
             self.folio_add_new_anon_rmap_now(new, vma, vpn)
             if unshare:
                 pte = Pte(new.pfn, write=False, dirty=False, young=True,
