@@ -629,9 +629,11 @@ def raises_same(kernel_cls, world: dict, actions: list, failure: ModelFailure) -
 
 def shrink(kernel_cls, world: dict, actions: list, prop: str,
            attempts_max: int = 5000) -> tuple[dict, list]:
-    """Greedy delta debugging over the schedule (drop chunks, then single actions) and the
-    world's prefault list, then each store of the same value made a plain store, keeping the
-    same property violated. Disabled actions are skipped
+    """Greedy delta debugging over the schedule (whole operations, renumbering the GUP pins
+    that later actions name when a dropped one took a pin; chunks, then single actions) and
+    the world's prefault list, then each store of the same value made a plain store, and
+    last the schedule reordered into fewer rows (one CPU's stretches moved together, with a
+    budget of its own), keeping the same property violated. Disabled actions are skipped
     in the shrinker's replay, so every candidate is a valid schedule. Ends with the actions
     the shrunk run really executed, cut at the violation (a violation at quiescence: cut
     where quiescence begins, which replays it)."""
@@ -676,7 +678,7 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
         costly = not changed
         changed = False
         # whole operations: a task's start (or faulting access) with every step it took
-        groups = _task_groups(kernel_cls, world, actions)
+        groups, pins_made = _task_groups(kernel_cls, world, actions)
         for tid in sorted(groups, key=lambda t: -len(groups[t])):
             if attempts >= attempts_max:
                 break
@@ -684,7 +686,15 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
             cand = [a for i, a in enumerate(actions) if i not in drop]
             if len(cand) == len(actions):
                 continue
-            if not ok(world, cand):
+            good = ok(world, cand)
+            if not good and tid in pins_made:
+                # the operation took a GUP reference: pins are numbered in the order they
+                # are taken, so without it every later pin's number is one lower, and the
+                # pin_read / pin_write / unpin that named one must name it by its new number
+                renumbered = _renumber_pins(cand, pins_made[tid])
+                if renumbered != cand and ok(world, renumbered):
+                    cand, good = renumbered, True
+            if not good:
                 # without that operation another one may do fewer steps (less to write back)
                 cand = None if not costly else _drop_prefault_with_steps(
                     cand, world["ncpus"], lambda acts: ok(world, acts),
@@ -745,21 +755,85 @@ def _shrink(kernel_cls, world, actions, fails, attempts_max):
                 if ok(world, cand):
                     actions = cand
                     changed = True
+    # Nothing more to delete: fewer rows (what a race diagram draws), by moving one CPU's
+    # stretch of actions next to its previous or next stretch, with a budget of its own
+    # (the deletions above often spend theirs, most of it on candidates seen before).
+    attempts_max = attempts + COALESCE_ATTEMPTS
+    while attempts < attempts_max:
+        moved = _coalesce(actions, lambda acts: ok(world, acts), lambda: attempts < attempts_max)
+        if moved is None:
+            break
+        actions = _executed(kernel_cls, world, moved)
     return world, _executed(kernel_cls, world, actions)
 
 
-def _task_groups(kernel_cls, world, actions) -> dict:
-    """tid -> indices of the actions that started or advanced that task."""
+#: the shrinker's budget (replays) for reordering a shrunk schedule into fewer rows
+COALESCE_ATTEMPTS = 1500
+
+
+def _coalesce(actions, ok, budget_left):
+    """One schedule with fewer rows (trace.segments) for which ``ok`` holds, or None: for each
+    stretch of one CPU's actions, the next stretch of the same CPU moved up to follow it, or
+    it moved down to precede that one; whole stretches first, then the first action of the
+    later stretch alone."""
+    bounds = []   # (start, end, cpu) of each stretch
+    for i, a in enumerate(actions):
+        if bounds and bounds[-1][2] == a[1]:
+            bounds[-1][1] = i + 1
+        else:
+            bounds.append([i, i + 1, a[1]])
+    for whole in (True, False):
+        for k, (s0, e0, cpu) in enumerate(bounds):
+            nxt = next((b for b in bounds[k + 2:] if b[2] == cpu), None)
+            if nxt is None:
+                continue
+            sj, ej = nxt[0], nxt[1] if whole else nxt[0] + 1
+            cands = [actions[:e0] + actions[sj:ej] + actions[e0:sj] + actions[ej:]]
+            if whole:
+                cands.append(actions[:s0] + actions[e0:sj] + actions[s0:e0] + actions[sj:])
+            for cand in cands:
+                if not budget_left():
+                    return None
+                if ok(cand):
+                    return cand
+    return None
+
+
+def _task_groups(kernel_cls, world, actions) -> tuple[dict, dict]:
+    """(tid -> indices of the actions that started or advanced that task, tid -> the
+    numbers of the GUP pins that task took)."""
     run = Run(kernel_cls, world)
     groups: dict = {}
+    pins: dict = {}
+    m = run.m
     for i, a in enumerate(actions):
+        before = m.next_pin
         try:
             step = run.apply(a)
         except ModelFailure:
             break
         if step is not None and step.tid:
             groups.setdefault(step.tid, []).append(i)
-    return groups
+            if m.next_pin != before:
+                pins.setdefault(step.tid, []).extend(range(before, m.next_pin))
+    return groups, pins
+
+
+def _renumber_pins(actions, gone) -> list:
+    """``actions`` with the pin numbers that operations name (their "pin" argument) as they
+    are once the pins numbered ``gone`` are never taken: a higher number drops by how many
+    of ``gone`` are below it (Machine.next_pin counts pins in the order they are taken)."""
+    out = []
+    for a in actions:
+        if a[0] == "start":
+            op = _ops.get(a[2])
+            if op is not None and "pin" in op.arg_names:
+                j = 3 + op.arg_names.index("pin")
+                v = a[j]
+                if type(v) is int and v not in gone:
+                    a = [*a[:j], v - sum(1 for g in gone if g < v), *a[j + 1:]]
+        out.append(a)
+    return out
 
 
 def _drop_prefault_with_steps(actions, ncpus, ok, budget_left, run_max: int = 32):
