@@ -20,6 +20,7 @@ from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for,
                      load_failure, render_cx, replay, save, save_failure)
 from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
 from .run import ModelError, ModelFailure, execute
+from .trace import segments
 
 EXIT_CLEAN, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_MODEL_FAILURE = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 141
@@ -518,7 +519,7 @@ def _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed,
                           else {"seconds": budget}),
                "workers": workers, "runs": stats["runs"], "steps": stats["steps"],
                "verdict": "clean", "property": None, "why": None, "schedule_len": None,
-               "quiescence_len": None, "saved": None}
+               "quiescence_len": None, "rows": None, "saved": None}
     if found is not None:
         if fast:
             from .explore import shrink
@@ -535,7 +536,8 @@ def _campaign(kname, kcls, a, fast, engine, budget, workers, progress, t0, seed,
         path, v, quiescent = _report_found(kname, kcls, world, schedule, seed, engine, a.save,
                                            extra, sys.stderr if a.json else sys.stdout)
         summary.update(verdict="violation", property=prop, schedule_len=len(schedule),
-                       quiescence_len=quiescent, saved=path, why=v.why, facts=v.facts)
+                       quiescence_len=quiescent, rows=segments(schedule), saved=path,
+                       why=v.why, facts=v.facts)
     if collector is not None:
         from . import cost
         cost.stop()
@@ -572,7 +574,8 @@ def _print_summary(summary: dict, elapsed: float, cov, as_json: bool) -> None:
     else:
         shrunk = [None] * summary["schedule_len"]
         line = (head + f"{summary['property']} after {summary['runs']} runs; shrunk to "
-                f"{_lengths(shrunk, summary['quiescence_len'] or 0)}"
+                f"{_lengths(shrunk, summary['quiescence_len'] or 0)} in {summary['rows']} "
+                f"row{'s' if summary['rows'] != 1 else ''}"
                 + (f"; saved {summary['saved']}" if summary["saved"] else ""))
     line += summary.pop("cost_note", "")
     timing = f"time: {elapsed:.1f}s, {rate:,.0f} steps/s"

@@ -56,13 +56,14 @@ def test_json_summary_and_the_fresh_seed_saved_in_the_counterexample(tmp_path):
     assert data["verdict"] == "violation" and data["property"] == "no-use-after-free-via-TLB"
     assert data["budget"] == {"examples": 600} and data["runs"] >= 1 and data["steps"] >= 1
     assert data["schedule_len"] >= 1 and data["why"]
+    assert 1 <= data["rows"] <= data["schedule_len"]   # the report's rows (trace.segments)
     saved = json.load(open(data["saved"]))
     assert saved["found"]["seed"] == data["seed"]
     assert "VIOLATION no-use-after-free-via-TLB" in r.stderr    # the report goes to stderr
     r = mmfuzz("fuzz", "--seed", "5", "--examples", "30", "--quiet", "--json")
     data = json.loads(r.stdout)
     assert r.returncode == 0 and data["verdict"] == "clean" and data["property"] is None
-    assert data["seed"] == 5 and data["saved"] is None
+    assert data["seed"] == 5 and data["saved"] is None and data["rows"] is None
 
 
 def test_progress_is_plain_lines_off_a_terminal():
