@@ -506,3 +506,33 @@ def test_generator_cache_agrees_with_the_slow_key():
         assert snapshot_key(again) == snapshot_key(run)
     assert all(len(v) == 1 for v in slow_of_fast.values())
     assert len(slow_of_fast) > 100
+
+
+@pytest.mark.cost(30)
+def test_todays_key_on_the_saved_dirty_cow_scenario():
+    """Dirty COW's saved race (tests/data/exhaust-key-dirty-cow.json, below): the bug in 39
+    actions, mainline clean over every interleaving."""
+    cx = load(os.path.join(ROOT, "tests", "data", "exhaust-key-dirty-cow.json"))
+    res = exhaust_cx(cx)
+    assert res.violation is not None and res.violation.prop == cx.prop
+    assert len(res.schedule) == 39 and not res.truncated
+    clean = exhaust_cx(cx, "mainline")
+    assert clean.violation is None and not clean.truncated
+
+
+@pytest.mark.cost(7)
+@pytest.mark.xfail(strict=True, reason="known defect, cause not found yet: with every local "
+                   "keyed (the every_local fixture, the oracle of the test above) expand offers "
+                   "['step', 2] on a run (not a spare) where CPU2 spins on a PTL that CPU0 "
+                   "holds, a ModelError at action 26")
+def test_every_local_key_on_the_saved_dirty_cow_scenario(every_local):
+    """The dirty-cow counterexample saved by `mmfuzz hunt dirty-cow --seed 1 --save` (today's
+    shrinker; kept in tests/data/, not in corpus/, until this is fixed): today's key explores
+    it cleanly on both kernels (the test above), the every-local key raises a ModelFailure in
+    expand, on the bug kernel and on mainline."""
+    from mmfuzz.run import ModelFailure
+    cx = load(os.path.join(ROOT, "tests", "data", "exhaust-key-dirty-cow.json"))
+    try:
+        exhaust_cx(cx, "mainline")
+    except ModelFailure as mf:
+        pytest.fail(str(mf))
