@@ -674,7 +674,7 @@ class _Encoder:
         if t is types.MethodType:
             return ("M", enc(x.__func__), enc(x.__self__))
         if t is types.CellType:
-            return self._cell(x)
+            return self._cell_contents(x)   # (memoised above: _cell would find it)
         if t in _ITERATORS:
             return ("I", t, enc(x.__reduce__()))
         if isinstance(x, BaseException):
@@ -701,6 +701,9 @@ class _Encoder:
         ref = self._first(c)
         if ref is not None:
             return ref
+        return self._cell_contents(c)
+
+    def _cell_contents(self, c):
         try:
             return ("C", self.enc(c.cell_contents))
         except ValueError:
@@ -766,6 +769,15 @@ def _fn(f) -> _Fn:
     return w
 
 
+def _no_functions_dyn(local: tuple) -> tuple:
+    """_no_functions for the ("dyn", (slot, value), ...) form of _slots: the functions are
+    the pairs' values (left as they are, pickle would fail on a lambda, and the key would
+    take the slow path)."""
+    if not any(type(p[1]) is _FT for p in local[1:]):
+        return local
+    return (local[0],) + tuple([(i, _fn(v)) if type(v) is _FT else (i, v) for i, v in local[1:]])
+
+
 def _no_functions(values: tuple) -> tuple:
     """``values`` with each function in it replaced by its _Fn."""
     if _FT not in map(type, values):
@@ -799,7 +811,8 @@ def _reduce_gen(g):
             and all(map(operator.is_, got[2], refs))):
         return got[3]
     lasti, local, stack, static = _slots(g, fr, lasti, refs)
-    nlocal, nstack = _no_functions(local), _no_functions(stack)
+    nlocal = _no_functions(local) if static else _no_functions_dyn(local)
+    nstack = _no_functions(stack)
     red = (_ref, ("G", _intern(g.gi_code)), (lasti, nlocal, nstack))
     if static and nlocal is local and nstack is stack:   # (an _Fn is one key's)
         _GENS[id(g)] = (g, lasti, refs, red)

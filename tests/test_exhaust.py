@@ -292,6 +292,36 @@ def test_key_sees_every_field_and_probe_effects():
     assert snapshot_key(c) == snapshot_key(d)
 
 
+def test_slow_key_sees_what_a_cell_holds():
+    """The pure-Python encoder (the key's slow path) keys a closure cell's contents: a cell in
+    a generator's frame (a local a lambda captures, as handle_pte_fault's ``orig``) as well
+    as a closure's. It once wrote a cell it met outside a closure as a back-reference to
+    itself, so two states that differed only in such a cell got one key: the every-local
+    key (which took the slow path on frames holding lambdas) handed dirty-cow's search a
+    spare run whose fault had read a different PTE, and expand met a step it had offered
+    but that was not enabled."""
+    import types
+    from mmfuzz.exhaust import _Encoder
+
+    def enc(x):
+        return _Encoder({}).enc(x)
+
+    one, two = types.CellType(1), types.CellType(2)
+    assert enc([one]) != enc([two])
+    assert enc([one, one]) != enc([one, types.CellType(1)])   # aliasing stays in the key
+
+    def fault(v):
+        orig = v
+        same = lambda: orig   # noqa: E731  (a cell, as in handle_pte_fault)
+        yield same
+
+    g1, g2, g3 = fault(None), fault(3), fault(None)
+    for g in (g1, g2, g3):
+        next(g)
+    assert enc(g1) != enc(g2)
+    assert enc(g1) == enc(g3)
+
+
 def test_a_model_failure_is_a_model_failure():
     from mmfuzz.run import ModelFailure
 
@@ -520,19 +550,12 @@ def test_todays_key_on_the_saved_dirty_cow_scenario():
     assert clean.violation is None and not clean.truncated
 
 
-@pytest.mark.cost(7)
-@pytest.mark.xfail(strict=True, reason="known defect, cause not found yet: with every local "
-                   "keyed (the every_local fixture, the oracle of the test above) expand offers "
-                   "['step', 2] on a run (not a spare) where CPU2 spins on a PTL that CPU0 "
-                   "holds, a ModelError at action 26")
+@pytest.mark.cost(15)
 def test_every_local_key_on_the_saved_dirty_cow_scenario(every_local):
-    """The dirty-cow counterexample saved by `mmfuzz hunt dirty-cow --seed 1 --save` (today's
-    shrinker; kept in tests/data/, not in corpus/, until this is fixed): today's key explores
-    it cleanly on both kernels (the test above), the every-local key raises a ModelFailure in
-    expand, on the bug kernel and on mainline."""
-    from mmfuzz.run import ModelFailure
+    """The dirty-cow counterexample saved by `mmfuzz hunt dirty-cow --seed 1 --save`: with
+    every local keyed, exhaust explores mainline cleanly. Until the slow encoder keyed the
+    cells it meets in frames (test_slow_key_sees_what_a_cell_holds) it raised a ModelFailure
+    here: "['step', 2] was offered but is not enabled", at action 26 of a spare run."""
     cx = load(os.path.join(ROOT, "tests", "data", "exhaust-key-dirty-cow.json"))
-    try:
-        exhaust_cx(cx, "mainline")
-    except ModelFailure as mf:
-        pytest.fail(str(mf))
+    res = exhaust_cx(cx, "mainline")
+    assert res.violation is None and not res.truncated
