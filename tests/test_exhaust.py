@@ -18,19 +18,79 @@ from mmfuzz.run import execute
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # violation files only: a pass file (corpus/passes/) has no bug for exhaust to find
 FILES = corpus_files(os.path.join(ROOT, "corpus", "violations"))
-IDS = [os.path.relpath(p, ROOT) for p in FILES]
 BUGGY = [p for p in FILES if load(p).kernel.startswith("bug:")]
-BUGGY_IDS = [os.path.relpath(p, ROOT) for p in BUGGY]
 
 
 def _programs(path) -> int:
     return sum(1 for prog in scenario_from(load(path))[1].values() if prog)
 
 
+def _slug(path) -> str:
+    return os.path.basename(os.path.dirname(path))
+
+
+#: the lengths of the shortest violations. The first four from the stateless DFS at
+#: preemption bound 2 with stop_at_first=False (bench/RESULTS-minimal.md, 2026-11-22): the
+#: BFS must match them (clear-refs: 13 since clear_refs write-locks each VMA and checks
+#: pte_is_pinned as mainline does, 11 before). The other four from the BFS itself, unbounded
+#: and at bound 2 alike (2026-12-02): the counterexamples `mmfuzz hunt SLUG --seed 1 --save`
+#: wrote, whose violations come in quiescence (where the BFS reports the schedule that
+#: reaches them with every task returned).
+SHORTEST = {"zap-rmap-before-flush": 16, "madv-parallel-flush-miss": 14,
+            "clear-refs-softdirty-no-flush": 13, "reclaim-batched-flush-miss": 34,
+            "cow-gup-wrong-direction": 57, "cow-gup-wrong-direction-pagecount": 36,
+            "dirty-cow": 39, "madvfree-reclaim-vs-dio": 61}
+
+#: scenarios whose one search takes 10 s or more on one core (measured 2026-12-02, own kernel
+#: / mainline: cow-gup-wrong-direction 13,306 / 18,610 states in 6 / 11 s, its fork, pipe
+#: and pin put 3 CPUs in every interleaving; madvfree-reclaim-vs-dio 67,538 / 69,393 in
+#: 35 / 43 s, 4 CPUs; dirty-cow 25,242 / 27,333 in 12 / 12 s). They get every check that
+#: decides a verdict (the bug at each bound, the shortest length, a strict replay, mainline
+#: clean over every interleaving), but not the comparisons that re-run the search 4-8
+#: times against a reference (the plain search beside the IPI reduction, the finer keys of
+#: the oracle tests): those are checked on the other scenarios, and would add ~10 minutes
+#: to CI. dirty-cow keeps one of them, the every-local key's
+#: (test_dead_locals_change_no_verdict_and_no_length): its search found that key's defect.
+HEAVY = {"cow-gup-wrong-direction": 25, "madvfree-reclaim-vs-dio": 60, "dirty-cow": 15}
+
+
+def _params(paths, heavy: bool = True, keep: tuple = ()):
+    """pytest params for ``paths`` (ids relative to the repository), the heavy ones marked
+    with their cost, or left out when ``heavy`` is False (unless ``keep`` names them: then
+    the test runs four searches, and costs four times as much)."""
+    out = []
+    for p in paths:
+        if _slug(p) in HEAVY:
+            if heavy or _slug(p) in keep:
+                cost = HEAVY[_slug(p)] * (1 if heavy else 4)
+                out.append(pytest.param(p, id=os.path.relpath(p, ROOT),
+                                        marks=pytest.mark.cost(cost)))
+        else:
+            out.append(pytest.param(p, id=os.path.relpath(p, ROOT)))
+    return out
+
+
 #: scenarios where more than one CPU runs a program: only there is there an interleaving to
 #: choose (clear-refs-softdirty-no-flush needs one CPU: its own TLB is never flushed either)
 RACES = [p for p in FILES if _programs(p) >= 2]
-RACE_IDS = [os.path.relpath(p, ROOT) for p in RACES]
+
+
+def _recorded_length(cx) -> int:
+    """How many actions the recorded counterexample takes to its violation: to its step, or
+    (a property judged at the end of quiescence) every action of the replay."""
+    run, out = execute(resolve_kernel(cx.kernel), cx.world, cx.schedule)
+    assert out.violation is not None and out.violation.prop == cx.prop
+    return out.step + 1 if out.step is not None else len(run.actions)
+
+
+#: the preemption bound from which a scenario's race is reachable, where it is not 0. Most
+#: need none: the flusher blocks on its IPIs (a free switch), which opens the window; the
+#: fork scenarios' tasks block on locks and in waits of their own (a pipe read, a pin's
+#: I/O) the same way. Dirty COW's window is inside wp_page_copy, between its
+#: pte_offset_map_lock and its pte_same, where the GUP task waits for nothing: another CPU's
+#: load must set the PTE's young bit there (clear_refs cleared it), so that the copy backs
+#: off and the retried follow_page_pte, without FOLL_WRITE, grabs the page-cache page.
+FIRST_BOUND = {"dirty-cow": 1}
 
 
 def _cx(slug):
@@ -56,60 +116,62 @@ def test_scenario_keeps_program_actions_only():
         assert prog == order
 
 
-@pytest.mark.parametrize("path", FILES, ids=IDS)
-@pytest.mark.parametrize("bound", [None, 0, 1, 2])
-def test_bug_found_on_its_own_kernel(path, bound):
-    # every catalogued scenario reproduces already at bound 0: the flusher blocks on its IPIs
-    # (a free switch), which opens the window without any preemption
+@pytest.mark.parametrize("path", _params(FILES))
+def test_bug_found_shortest_and_replayable(path):
+    """The unbounded search on the entry's own kernel: the bug, reported at the shortest
+    length (SHORTEST, and no longer than the recorded counterexample's run to its
+    violation), with a schedule that replays strictly to the same violation."""
     cx = load(path)
-    res = exhaust_cx(cx, preemptions_max=bound)
+    res = exhaust_cx(cx)
     assert res.violation is not None and res.violation.prop == cx.prop
     assert not res.truncated
     assert res.schedule and res.shortest == res.schedule
-
-
-@pytest.mark.parametrize("path", FILES, ids=IDS)
-def test_schedule_replays_strictly(path):
-    cx = load(path)
-    res = exhaust_cx(cx)
-    kcls = resolve_kernel(cx.kernel)
-    _, out = execute(kcls, cx.world, res.schedule, strict=True)
+    if "handwritten" not in path:   # (a hand-written file's schedule uses "until" macros)
+        assert len(res.schedule) == SHORTEST[cx.kernel[4:]]
+        assert len(res.schedule) <= _recorded_length(cx)
+    _, out = execute(resolve_kernel(cx.kernel), cx.world, res.schedule, strict=True)
     assert out.violation is not None and out.violation.prop == cx.prop
     assert out.phase == res.phase
     assert not any(a[0] == "evict" for a in res.schedule)
 
 
+@pytest.mark.parametrize("path", _params(FILES))
+@pytest.mark.parametrize("bound", [0, 1, 2])
+def test_bug_found_from_its_bound(path, bound):
+    """Within each preemption bound from FIRST_BOUND on, the bug; below it, every
+    interleaving clean."""
+    cx = load(path)
+    res = exhaust_cx(cx, preemptions_max=bound)
+    assert not res.truncated
+    if bound < FIRST_BOUND.get(_slug(path), 0):
+        assert res.violation is None and res.interleavings >= 1
+        return
+    assert res.violation is not None and res.violation.prop == cx.prop
+    assert res.schedule and res.shortest == res.schedule
+
+
 @pytest.mark.cost(8)
-@pytest.mark.parametrize("path", BUGGY, ids=BUGGY_IDS)
+@pytest.mark.parametrize("path", _params(BUGGY))
 def test_mainline_closes_every_interleaving(path):
     """No preemption bound: every interleaving of every corpus scenario, with and without the
-    IPI reduction."""
+    IPI reduction (a heavy scenario with it only: test_ipi_reduction_agrees_with_plain_search
+    checks it loses nothing on the others)."""
     cx = load(path)
-    for reduce_ipis in (True, False):
+    for reduce_ipis in (True,) if _slug(path) in HEAVY else (True, False):
         res = exhaust_cx(cx, "mainline", reduce_ipis=reduce_ipis)
         assert res.violation is None, (res.violation, res.schedule)
         assert not res.truncated
         assert res.interleavings >= 1 and res.states > res.interleavings
 
 
-#: the lengths of the shortest violations, from the stateless DFS at preemption bound 2 with
-#: stop_at_first=False (bench/RESULTS-minimal.md, 2026-11-22): the BFS must match them.
-#: clear-refs: 13 since clear_refs write-locks each VMA and checks pte_is_pinned as mainline
-#: does (11 before)
-SHORTEST = {"zap-rmap-before-flush": 16, "madv-parallel-flush-miss": 14,
-            "clear-refs-softdirty-no-flush": 13, "reclaim-batched-flush-miss": 34}
-
-
-@pytest.mark.parametrize("path", BUGGY, ids=BUGGY_IDS)
-@pytest.mark.parametrize("reduce_ipis", [True, False])
-def test_bfs_reports_the_shortest_violation(path, reduce_ipis):
+@pytest.mark.parametrize("path", _params(BUGGY, heavy=False))
+def test_plain_search_reports_the_same_shortest_violation(path):
+    """Without the IPI reduction the BFS reports the same shortest length."""
     cx = load(path)
-    slug = cx.kernel[4:]
-    res = exhaust_cx(cx, reduce_ipis=reduce_ipis)
-    if "handwritten" not in path:   # (a hand-written file's schedule uses "until" macros)
-        assert len(res.schedule) == SHORTEST[slug]
-        # (a recorded schedule stops where quiescence begins; its violation may come later)
-        assert len(res.schedule) <= max(len(cx.schedule), (cx.step or 0) + 1)
+    res = exhaust_cx(cx, reduce_ipis=False)
+    assert res.violation is not None and res.violation.prop == cx.prop
+    if "handwritten" not in path:
+        assert len(res.schedule) == SHORTEST[cx.kernel[4:]]
 
 
 def test_bfs_is_no_longer_than_the_old_dfs():
@@ -164,7 +226,7 @@ def test_deterministic():
     assert a.violations > 1
 
 
-@pytest.mark.parametrize("path", RACES, ids=RACE_IDS)
+@pytest.mark.parametrize("path", _params(RACES, heavy=False))
 def test_ipi_reduction_agrees_with_plain_search(path):
     # the forced delivery of unobservable IPIs loses no violation and no length
     cx = load(path)
@@ -299,7 +361,8 @@ def test_slow_key_sees_what_a_cell_holds():
     itself, so two states that differed only in such a cell got one key: the every-local
     key (which took the slow path on frames holding lambdas) handed dirty-cow's search a
     spare run whose fault had read a different PTE, and expand met a step it had offered
-    but that was not enabled."""
+    but that was not enabled (test_dead_locals_change_no_verdict_and_no_length runs that
+    search on corpus/violations/dirty-cow/)."""
     import types
     from mmfuzz.exhaust import _Encoder
 
@@ -338,7 +401,6 @@ def test_a_model_failure_is_a_model_failure():
 
 # ------------------------------------------------------------ dead locals out of the key --
 ALL_FILES = corpus_files(os.path.join(ROOT, "corpus"))
-ALL_IDS = [os.path.relpath(p, ROOT) for p in ALL_FILES]
 
 
 @pytest.fixture
@@ -361,7 +423,7 @@ def _verdicts(cx, kernels):
 
 
 @pytest.mark.cost(12)
-@pytest.mark.parametrize("path", ALL_FILES, ids=ALL_IDS)
+@pytest.mark.parametrize("path", _params(ALL_FILES, heavy=False, keep=("dirty-cow",)))
 def test_dead_locals_change_no_verdict_and_no_length(path, request):
     """Leaving out of the key the locals a generator's code can no longer read merges states
     and nothing else: on every corpus entry (its own kernel and mainline) the search without
@@ -400,7 +462,7 @@ def full_notes(monkeypatch):
 
 
 @pytest.mark.cost(12)
-@pytest.mark.parametrize("path", ALL_FILES, ids=ALL_IDS)
+@pytest.mark.parametrize("path", _params(ALL_FILES, heavy=False))
 def test_reduced_notes_change_no_verdict_and_no_length(path, request):
     """Holding revoked_at and the tasks' observed clocks only as the comparisons the
     properties make of them (and leaving the write-only cost record out) merges states and
@@ -536,26 +598,3 @@ def test_generator_cache_agrees_with_the_slow_key():
         assert snapshot_key(again) == snapshot_key(run)
     assert all(len(v) == 1 for v in slow_of_fast.values())
     assert len(slow_of_fast) > 100
-
-
-@pytest.mark.cost(30)
-def test_todays_key_on_the_saved_dirty_cow_scenario():
-    """Dirty COW's saved race (tests/data/exhaust-key-dirty-cow.json, below): the bug in 39
-    actions, mainline clean over every interleaving."""
-    cx = load(os.path.join(ROOT, "tests", "data", "exhaust-key-dirty-cow.json"))
-    res = exhaust_cx(cx)
-    assert res.violation is not None and res.violation.prop == cx.prop
-    assert len(res.schedule) == 39 and not res.truncated
-    clean = exhaust_cx(cx, "mainline")
-    assert clean.violation is None and not clean.truncated
-
-
-@pytest.mark.cost(15)
-def test_every_local_key_on_the_saved_dirty_cow_scenario(every_local):
-    """The dirty-cow counterexample saved by `mmfuzz hunt dirty-cow --seed 1 --save`: with
-    every local keyed, exhaust explores mainline cleanly. Until the slow encoder keyed the
-    cells it meets in frames (test_slow_key_sees_what_a_cell_holds) it raised a ModelFailure
-    here: "['step', 2] was offered but is not enabled", at action 26 of a spare run."""
-    cx = load(os.path.join(ROOT, "tests", "data", "exhaust-key-dirty-cow.json"))
-    res = exhaust_cx(cx, "mainline")
-    assert res.violation is None and not res.truncated
