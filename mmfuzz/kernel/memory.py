@@ -965,10 +965,11 @@ class Memory(KernelBase):
 
     def pte_needs_soft_dirty_wp(self, vma: Vma, pte: Pte) -> bool:
         """include/linux/mm.h pte_needs_soft_dirty_wp = vma_soft_dirty_enabled(vma) &&
-        !pte_soft_dirty(pte). VM_SOFTDIRTY is not modelled: tracking is taken as enabled
-        (as after clear_refs 4), so a page swapped out clean of soft-dirty is mapped
-        read-only and its first store faults to mark it."""
-        return not pte.soft_dirty
+        !pte_soft_dirty(pte); mm/internal.h vma_soft_dirty_enabled: "its tracking is enabled
+        when the vma flags not set", !(vma->vm_flags & VM_SOFTDIRTY) (clear_refs 4 clears
+        it). Then a page that is not soft-dirty is mapped read-only, and its first store
+        faults to mark it."""
+        return not vma.softdirty and not pte.soft_dirty
 
 def _ret_note(ret) -> str:
     return f" ({ret})" if ret else ""

@@ -175,8 +175,8 @@ class Mprotect(KernelBase):
         only if the PTE is already dirty ("the FS was already notified")."""
         if not vma.writable:
             return False
-        if not vma.softdirty and not pte.soft_dirty:   # pte_needs_soft_dirty_wp
-            return False
+        if self.pte_needs_soft_dirty_wp(vma, pte):   # "Do we need write faults for softdirty
+            return False                              # tracking?"
         if not vma.shared:
             if pte.special:
                 return False
