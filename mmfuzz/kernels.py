@@ -284,6 +284,34 @@ class NoFlushTlbBatchedPending(Mainline):
         yield
 
 
+class MprotectSoftDirtyInverted(Mainline):
+    """Mainline with 76aefad628aa ("mm/mprotect: fix soft-dirty check in
+    can_change_pte_writable()", Peter Xu, 2022) reverted: can_change_pte_writable tests the
+    VMA flag the wrong way round, "(vma->vm_flags & VM_SOFTDIRTY) && !pte_soft_dirty(pte)".
+    "The intention is correct but we didn't check it right because VM_SOFTDIRTY set actually
+    means soft-dirty tracking disabled": after clear_refs 4 (VM_SOFTDIRTY clear, every PTE
+    write-protected and not soft-dirty), mprotect(PROT_READ) then mprotect(PROT_READ |
+    PROT_WRITE) maps an exclusive anonymous page writable again, and the next store lands
+    without the fault that would mark it soft-dirty (the commit's reproducer: "Wrote page
+    again", soft-dirty=0). The bug dates from 64e455079e1b; 64fe24a3e05e brought it to
+    anonymous memory through mprotect."""
+
+    name = "bug:mprotect-softdirty-inverted"
+
+    def can_change_pte_writable(self, vma, vpn, pte):
+        """mm/mprotect.c can_change_pte_writable before 76aefad628aa: the soft-dirty test
+        "(vma->vm_flags & VM_SOFTDIRTY) && !pte_soft_dirty(pte)"; the rest is mainline's
+        (asked with the PTE's soft-dirty bit set, so that mainline's own test passes: nothing
+        else there reads the bit)."""
+        if not vma.writable:
+            return False
+        if vma.softdirty and not pte.soft_dirty:
+            return False
+        if not vma.softdirty and not pte.soft_dirty:
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        return super().can_change_pte_writable(vma, vpn, pte._replace(soft_dirty=True))
+
+
 class KsmMadvfreeClearrefs(Mainline):
     """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
     The fix changed two functions: KSM's write_protect_page learned to flush when
@@ -369,6 +397,11 @@ BUGS: list[Bug] = [
     Bug("reclaim-batched-flush-miss", "3ea277194daa",
         "mm, mprotect: flush TLB if potentially racing with a parallel reclaim leaving stale "
         "TLB entries", "no-stale-translation-after-return", NoFlushTlbBatchedPending, 4),
+    # one process, no race: the commit's reproducer (fault, clear_refs 4, mprotect RO, RW,
+    # store), a row each
+    Bug("mprotect-softdirty-inverted", "76aefad628aa",
+        "mm/mprotect: fix soft-dirty check in can_change_pte_writable()",
+        "soft-dirty-accurate", MprotectSoftDirtyInverted, 5),
 ]
 
 #: Catalogued bugs whose variant the model has but the search does not find from scratch:

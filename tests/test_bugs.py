@@ -42,7 +42,11 @@ HUNTS = [pytest.param("zap-rmap-before-flush", 1, 1963, 3000, marks=pytest.mark.
          # cleared: seeds 1-10 need 2,217 2,372 9,783 478 2,239 674 2,891 2,806 2,178 3,499
          # runs (python -m bench.runs --bugs reclaim-batched-flush-miss --per-seed)
          pytest.param("reclaim-batched-flush-miss", 4, 478, 1000, marks=pytest.mark.cost(3)),
-         pytest.param("reclaim-batched-flush-miss", 6, 674, 1500, marks=pytest.mark.cost(4))]
+         pytest.param("reclaim-batched-flush-miss", 6, 674, 1500, marks=pytest.mark.cost(4)),
+         # no race: a store, clear_refs 4, mprotect RO then RW of that page, a store; seeds 1-10
+         # need 21,347 3,970 2,821 1,363 6,920 440 995 3,764 5,984 11,533 runs
+         pytest.param("mprotect-softdirty-inverted", 6, 440, 1000, marks=pytest.mark.cost(2)),
+         pytest.param("mprotect-softdirty-inverted", 4, 1363, 3000, marks=pytest.mark.cost(6))]
 
 
 @pytest.mark.fuzz

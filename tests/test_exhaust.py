@@ -32,14 +32,14 @@ def _slug(path) -> str:
 #: the lengths of the shortest violations. The first four from the stateless DFS at
 #: preemption bound 2 with stop_at_first=False (bench/RESULTS-minimal.md, 2026-11-22): the
 #: BFS must match them (clear-refs: 13 since clear_refs write-locks each VMA and checks
-#: pte_is_pinned as mainline does, 11 before). The other four from the BFS itself, unbounded
-#: and at bound 2 alike (2026-12-02): the counterexamples `mmfuzz hunt SLUG --seed 1 --save`
-#: wrote, whose violations come in quiescence (where the BFS reports the schedule that
-#: reaches them with every task returned).
+#: pte_is_pinned as mainline does, 11 before). The others from the BFS itself, unbounded and
+#: at bound 2 alike (2026-12-02), on the counterexamples `mmfuzz hunt SLUG --seed 1 --save`
+#: wrote; the first four of those find their violations in quiescence (where the BFS reports
+#: the schedule that reaches them with every task returned).
 SHORTEST = {"zap-rmap-before-flush": 16, "madv-parallel-flush-miss": 14,
             "clear-refs-softdirty-no-flush": 13, "reclaim-batched-flush-miss": 34,
             "cow-gup-wrong-direction": 57, "cow-gup-wrong-direction-pagecount": 36,
-            "dirty-cow": 39, "madvfree-reclaim-vs-dio": 61}
+            "dirty-cow": 39, "madvfree-reclaim-vs-dio": 61, "mprotect-softdirty-inverted": 40}
 
 #: scenarios whose one search takes 10 s or more on one core (measured 2026-12-02, own kernel
 #: / mainline: cow-gup-wrong-direction 13,306 / 18,610 states in 6 / 11 s, its fork, pipe
