@@ -41,7 +41,7 @@ GUP_WRITER_OPS = ("proc_mem_write",)
 
 class Oracle:
     __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since", "anon_expected",
-                 "setup_written")
+                 "setup_written", "softdirty_skipped")
 
     def __init__(self):
         self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
@@ -55,6 +55,9 @@ class Oracle:
         # (mm << 32 | vpn) of the anon pages the world's prefault wrote (no notes are taken
         # while the world is set up, so their versions are not known)
         self.setup_written: dict[int, bool] = {}
+        # (mm << 32 | vpn) -> the PTE clear_refs(SOFT_DIRTY) last left as it was because the
+        # page may be pinned (fs/proc/task_mmu.c pte_is_pinned): its writes are not tracked
+        self.softdirty_skipped: dict[int, object] = {}
 
     # ------------------------------------------------------------------ notes -------
     def setup_done(self, m) -> None:
@@ -72,7 +75,10 @@ class Oracle:
         """Take notes from the facts the last step emitted."""
         for ev in events:
             kind = ev[0]
-            if kind == "store":
+            if kind == "softdirty_skipped":
+                _, mm_id, vpn, pte = ev
+                self.softdirty_skipped[mm_id << 32 | vpn] = pte
+            elif kind == "store":
                 _, cpu, vpn, pfn, version = ev
                 self._stored(m, m.cpus[cpu].mm_id, pfn, version)
                 self.anon_stored(m, m.cpus[cpu].mm_id, vpn, pfn, version)

@@ -30,7 +30,11 @@ def soft_dirty_accurate(m, events) -> Violation | None:
     ordered before it), a store into the page its PTE still maps leaves pagemap reporting
     that page soft-dirty (76aefad628aa: mprotect "didn't check it right because VM_SOFTDIRTY
     set actually means soft-dirty tracking disabled" and made a tracked PTE writable, so "Wrote
-    page again" read soft-dirty=0)."""
+    page again" read soft-dirty=0). Mainline's one exception is kept: clear_refs leaves a
+    writable page of a COW mapping that may be pinned as it is, write bit and soft-dirty bit
+    ("pte_is_pinned": write-protecting it would let a write fault copy it away from the pin),
+    so stores to it are not tracked until its PTE changes; the checker notes which PTE it
+    left (Oracle.softdirty_skipped)."""
     for ev in events:
         if ev[0] in ("store", "store_same"):
             v = _store_not_soft_dirty(m, ev)
@@ -65,6 +69,9 @@ def _store_not_soft_dirty(m, ev) -> Violation | None:
     pte = pte_at(m, mm_id, vpn)
     if pte is None or not pte.present or pte.pfn != pfn or pte.soft_dirty:
         return None   # the page is no longer mapped there (others judge that), or reported
+    skipped = m.oracle.softdirty_skipped.get(mm_id << 32 | vpn)
+    if skipped is not None and skipped._replace(young=pte.young, dirty=pte.dirty) == pte:
+        return None   # the PTE clear_refs left writable for a pin (pte_is_pinned), A/D aside
     mm = m.mms[mm_id]
     vma = mm.find_vma(vpn)
     if vma is None or vma.softdirty:

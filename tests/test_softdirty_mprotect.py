@@ -128,3 +128,34 @@ def test_do_swap_page_maps_writable_clean_only_without_soft_dirty_tracking():
 def _pte_soft_clean(r: Run):
     _store(r, ANON)
     return _pte(r, ANON)._replace(soft_dirty=False)
+
+
+def test_clear_refs_leaves_a_pinned_page_untracked_and_the_check_follows_it():
+    """clear_refs leaves a writable page of a COW mapping that may be pinned as it is
+    (pte_is_pinned): if that PTE was not soft-dirty (made writable while VM_SOFTDIRTY was set:
+    tracking off), stores land without a fault and pagemap reports the page clean. Mainline
+    accepts that (write-protecting it would let a fault copy it away from the pin), and the
+    check does not judge that PTE (Oracle.softdirty_skipped) until it changes: after
+    mprotect(PROT_READ) and back, the page is tracked again (the upgrade keeps it read-only,
+    the store faults and marks it)."""
+    r = Run(MAINLINE, default_world())
+    _store(r, ANON)
+    table, slot = r.m.pte_lookup(r.m.mms[MM], ANON)
+    table.ptes[slot] = table.ptes[slot]._replace(soft_dirty=False)   # tracking is off here
+    _op(r, "pin_user_pages", ANON, 1, 0)
+    _op(r, "clear_refs")
+    key = MM << 32 | ANON
+    assert r.m.oracle.softdirty_skipped[key] == table.ptes[slot]
+    assert table.ptes[slot].write and not table.ptes[slot].soft_dirty
+    assert not _store(r, ANON).startswith("fault") and r.violation is None
+    # the same PTE with another pfn is not the one clear_refs left: judged
+    other = table.ptes[slot]
+    r.m.oracle.softdirty_skipped[key] = other._replace(pfn=other.pfn + 1)
+    v = soft_dirty_accurate(r.m, [("store", 0, ANON, other.pfn, 9)])
+    assert v is not None and v.facts["va"] == ANON
+    r.m.oracle.softdirty_skipped[key] = other
+    _op(r, "mprotect", ANON, 1, PROT_READ)
+    _op(r, "mprotect", ANON, 1, PROT_RW)
+    assert not _pte(r, ANON).write
+    assert _store(r, ANON).startswith("fault") and r.violation is None
+    assert _pte(r, ANON).soft_dirty

@@ -144,6 +144,8 @@ class TaskMmu(KernelBase):
             return
         pinned = yield from self.pte_is_pinned(t, vpn, ptent)
         if pinned:
+            # (a fact for the checker: this PTE keeps its write bit and its soft-dirty bit)
+            m.events.append(("softdirty_skipped", t.mm.mm_id, vpn, ptent))
             return
         # under the PTL only the hardware changes the PTE meanwhile (A and D bits)
         old_pte = table.ptes[slot]
