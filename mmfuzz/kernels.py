@@ -7,6 +7,7 @@ import importlib
 from dataclasses import dataclass
 
 from .kernel import Mainline
+from .kernel.gup import folio_maybe_dma_pinned
 
 
 class KernelNameError(ValueError):
@@ -312,6 +313,30 @@ class MprotectSoftDirtyInverted(Mainline):
         return super().can_change_pte_writable(vma, vpn, pte._replace(soft_dirty=True))
 
 
+class ForkPinnedNoEarlyCow(Mainline):
+    """Mainline with 70e806e4e645 ("mm: Do early cow for pinned pages during fork() for ptes",
+    Peter Xu, 2020) reverted: fork shares a page the parent may have pinned, as it shares any
+    other. The fix "allows copy_pte_range() to do early cow if the pages were pinned on the
+    source mm" (page_maybe_dma_pinned); today that test is __folio_try_dup_anon_rmap's "If
+    this folio may have been pinned by the parent process, don't allow to duplicate the
+    mappings but instead require to e.g., copy the subpage immediately for the child so that
+    we'll always guarantee the pinned folio won't be randomly replaced in the future on
+    write faults". Without it the parent's next write fault finds the page shared (no
+    PG_anon_exclusive) and referenced by the pin, copies it, and the pin (an RDMA or
+    O_DIRECT buffer) keeps the page the child now owns."""
+
+    name = "bug:fork-pinned-no-early-cow"
+
+    def folio_try_dup_anon_rmap_pte_now(self, folio, src_vma):
+        """include/linux/rmap.h __folio_try_dup_anon_rmap as if folio_needs_cow_for_dma were
+        never true: ClearPageAnonExclusive and mapcount += 1, pinned or not."""
+        if folio.anon_exclusive and not src_vma.shared and folio_maybe_dma_pinned(folio):
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        folio.anon_exclusive = False
+        folio.mapcount += 1
+        return True
+
+
 class KsmMadvfreeClearrefs(Mainline):
     """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
     The fix changed two functions: KSM's write_protect_page learned to flush when
@@ -402,6 +427,11 @@ BUGS: list[Bug] = [
     Bug("mprotect-softdirty-inverted", "76aefad628aa",
         "mm/mprotect: fix soft-dirty check in can_change_pte_writable()",
         "soft-dirty-accurate", MprotectSoftDirtyInverted, 5),
+    # a R/W pin of an exclusive anon page, fork, the parent's write fault (cow.c's
+    # "R/W pin + fork" family)
+    Bug("fork-pinned-no-early-cow", "70e806e4e645",
+        "mm: Do early cow for pinned pages during fork() for ptes",
+        "gup-pin-coherent", ForkPinnedNoEarlyCow, 4),
 ]
 
 #: Catalogued bugs whose variant the model has but the search does not find from scratch:

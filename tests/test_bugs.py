@@ -46,7 +46,11 @@ HUNTS = [pytest.param("zap-rmap-before-flush", 1, 1963, 3000, marks=pytest.mark.
          # no race: a store, clear_refs 4, mprotect RO then RW of that page, a store; seeds 1-10
          # need 21,347 3,970 2,821 1,363 6,920 440 995 3,764 5,984 11,533 runs
          pytest.param("mprotect-softdirty-inverted", 6, 440, 1000, marks=pytest.mark.cost(2)),
-         pytest.param("mprotect-softdirty-inverted", 4, 1363, 3000, marks=pytest.mark.cost(6))]
+         pytest.param("mprotect-softdirty-inverted", 4, 1363, 3000, marks=pytest.mark.cost(6)),
+         # a R/W pin before fork, the parent's write fault: seeds 1-10 need 1,368 114 4,458
+         # 3,429 1,123 3,395 464 58 21,318 1,718 runs
+         ("fork-pinned-no-early-cow", 8, 58, 500),
+         pytest.param("fork-pinned-no-early-cow", 2, 114, 500, marks=pytest.mark.cost(2))]
 
 
 @pytest.mark.fuzz

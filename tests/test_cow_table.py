@@ -2,10 +2,12 @@
 
 Each row is one cow.c test translated step for step into a world and a program: the steps run
 one after another, each to completion (cow.c orders parent and child with pipes), and the
-verdict is the first property violated, or None. Expected verdicts are given for mainline and
+verdict is the first property violated, or None. Expected verdicts are given for mainline,
 for the two older reuse rules as catalogued (bug:cow-gup-wrong-direction: reuse by mapcount,
 before 09854ba94c6a; bug:cow-gup-wrong-direction-pagecount: reuse by
-page_count, 09854ba94c6a until PG_anon_exclusive). cow.c's own check becomes the property
+page_count, 09854ba94c6a until PG_anon_exclusive) and for fork without its early copy of a
+pinned page (bug:fork-pinned-no-early-cow, 70e806e4e645 reverted: only the iouring fork case,
+where the pin is taken before the fork, goes through it). cow.c's own check becomes the property
 that encodes it: "Leak from parent into child" / "from child into parent" is cow-isolation,
 "Longterm R/O pin is not reliable" / "R/W pin is not reliable" is gup-pin-coherent.
 
@@ -29,7 +31,8 @@ from mmfuzz.run import Run, default_world
 
 PARENT, DEVICE, CHILD = 0, 1, 2
 VA = 4
-KERNELS = ("mainline", "bug:cow-gup-wrong-direction", "bug:cow-gup-wrong-direction-pagecount")
+KERNELS = ("mainline", "bug:cow-gup-wrong-direction", "bug:cow-gup-wrong-direction-pagecount",
+           "bug:fork-pinned-no-early-cow")
 COW, PIN = "cow-isolation", "gup-pin-coherent"
 
 
@@ -51,45 +54,45 @@ def ro_pin(fast):
 CASES = [
     ("Basic COW after fork()",
      [fork(), ("store", PARENT), ("load", CHILD)],
-     (None, None, None)),
+     (None, None, None, None)),
     ("vmsplice() + unmap in child (CVE-2020-29374)",
      [fork(), ("op", CHILD, "vmsplice", VA), ("op", CHILD, "munmap", VA, 2),
       ("store", PARENT), ("op", DEVICE, "pin_read", 1)],
-     (None, COW, None)),
+     (None, COW, None, None)),
     ("vmsplice() before fork(), unmap in parent after fork()",
      [("op", PARENT, "vmsplice", VA), fork(), ("op", PARENT, "munmap", VA, 2),
       ("store", CHILD), ("op", DEVICE, "pin_read", 1)],
-     (None, COW, None)),
+     (None, COW, None, None)),
     ("vmsplice() + unmap in parent after fork()",
      [fork(), ("op", PARENT, "vmsplice", VA), ("op", PARENT, "munmap", VA, 2),
       ("store", CHILD), ("op", DEVICE, "pin_read", 1)],
-     (None, COW, None)),
+     (None, COW, None, None)),
     ("fork() with an iouring fixed buffer",
      [("op", PARENT, "pin_user_pages", VA, 1, 1), fork(), ("store", PARENT),
       ("op", DEVICE, "pin_read", 1), ("load", CHILD)],
-     (None, None, None)),
+     (None, None, None, PIN)),
     ("R/O GUP pin on R/O-mapped shared page",
      [fork(), ro_pin(0), ("store", PARENT), ("op", DEVICE, "pin_read", 1)],
-     (None, None, PIN)),
+     (None, None, PIN, None)),
     ("R/O GUP-fast pin on R/O-mapped shared page",
      [fork(), ro_pin(1), ("store", PARENT), ("op", DEVICE, "pin_read", 1)],
-     (None, None, PIN)),
+     (None, None, PIN, None)),
     ("R/O GUP pin on R/O-mapped previously-shared page",
      [fork(), ("op", CHILD, "exit"), ro_pin(0), ("store", PARENT),
       ("op", DEVICE, "pin_read", 1)],
-     (None, None, PIN)),
+     (None, None, PIN, None)),
     ("R/O GUP-fast pin on R/O-mapped previously-shared page",
      [fork(), ("op", CHILD, "exit"), ro_pin(1), ("store", PARENT),
       ("op", DEVICE, "pin_read", 1)],
-     (None, None, PIN)),
+     (None, None, PIN, None)),
     ("R/O GUP pin on R/O-mapped exclusive page",
      [("op", PARENT, "clear_refs"), ro_pin(0), ("store", PARENT),
       ("op", DEVICE, "pin_read", 1)],
-     (None, None, PIN)),
+     (None, None, PIN, None)),
     ("R/O GUP-fast pin on R/O-mapped exclusive page",
      [("op", PARENT, "clear_refs"), ro_pin(1), ("store", PARENT),
       ("op", DEVICE, "pin_read", 1)],
-     (None, None, PIN)),
+     (None, None, PIN, None)),
 ]
 
 
@@ -127,5 +130,5 @@ def test_cow_selftest_case(name, program, expected, kernel_index):
 
 
 def test_every_older_rule_fails_some_case_that_mainline_passes():
-    for i in (1, 2):
+    for i in range(1, len(KERNELS)):
         assert any(exp[i] is not None and exp[0] is None for _, _, exp in CASES)
