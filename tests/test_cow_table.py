@@ -15,11 +15,12 @@ The world: CPU0 and CPU1 run the parent (mm1), CPU2 is free for the child; the a
 va 4 is populated first (cow.c: memset(mem, 1, pagesize)). Devices (the gup_test pin reader,
 a pipe reader) run on CPU1 as kernel threads.
 
-Not translated: the mprotect() variants ("... with mprotect() optimization", "R/O-mapping a
-page registered as iouring fixed buffer": they need mprotect), swapped-out pages, THP and
-hugetlb. "R/O-mapped exclusive page" is reached with clear_refs alone (cow.c uses
-mprotect(PROT_READ); clear_softdirty(); mprotect(PROT_READ | PROT_WRITE), whose effect is the
-same: the page stays exclusive and mapped read-only).
+Not translated: the "... with mprotect() optimization" variants, "R/O-mapping a page
+registered as iouring fixed buffer", swapped-out pages, THP and hugetlb. "R/O-mapped exclusive
+page" is reached two ways: cow.c's own mprotect(PROT_READ); clear_softdirty();
+mprotect(PROT_READ | PROT_WRITE) (the upgrade leaves the page read-only because soft-dirty
+tracking wants its write fault: can_change_pte_writable), and clear_refs alone, whose effect
+is the same: the page stays exclusive and mapped read-only.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def world() -> dict:
 
 def fork():
     return ("op", PARENT, "fork", CHILD)
+
+
+def ro_map_with_mprotect():
+    """cow.c do_test_ro_pin: mprotect(PROT_READ); clear_softdirty(); mprotect(PROT_READ |
+    PROT_WRITE) ("Map anonymous page read-only" while keeping it exclusive)."""
+    return [("op", PARENT, "mprotect", VA, 1, 1), ("op", PARENT, "clear_refs"),
+            ("op", PARENT, "mprotect", VA, 1, 3)]
 
 
 def ro_pin(fast):
@@ -93,6 +101,12 @@ CASES = [
      [("op", PARENT, "clear_refs"), ro_pin(1), ("store", PARENT),
       ("op", DEVICE, "pin_read", 1)],
      (None, None, PIN, None)),
+    ("R/O GUP pin on R/O-mapped exclusive page (cow.c's mprotect sequence)",
+     [*ro_map_with_mprotect(), ro_pin(0), ("store", PARENT), ("op", DEVICE, "pin_read", 1)],
+     (None, None, PIN, None)),
+    ("R/O GUP-fast pin on R/O-mapped exclusive page (cow.c's mprotect sequence)",
+     [*ro_map_with_mprotect(), ro_pin(1), ("store", PARENT), ("op", DEVICE, "pin_read", 1)],
+     (None, None, PIN, None)),
 ]
 
 
@@ -132,3 +146,15 @@ def test_cow_selftest_case(name, program, expected, kernel_index):
 def test_every_older_rule_fails_some_case_that_mainline_passes():
     for i in range(1, len(KERNELS)):
         assert any(exp[i] is not None and exp[0] is None for _, _, exp in CASES)
+
+
+def test_the_mprotect_sequence_maps_the_page_read_only_and_exclusive():
+    """What the cow.c sequence is for: on mainline the page ends read-only and exclusive. With
+    76aefad628aa reverted (bug:mprotect-softdirty-inverted) the upgrade maps it writable, and
+    the "R/O-mapped" cases would test nothing."""
+    for kernel, writable in (("mainline", False), ("bug:mprotect-softdirty-inverted", True)):
+        _, r = run_case(kernel, ro_map_with_mprotect())
+        table, slot = r.m.pte_lookup(r.m.mms[1], VA)
+        pte = table.ptes[slot]
+        assert pte.write is writable, kernel
+        assert r.m.frames[pte.pfn].anon_exclusive
