@@ -7,7 +7,6 @@ import importlib
 from dataclasses import dataclass
 
 from .kernel import Mainline
-from .kernel.gup import folio_maybe_dma_pinned
 
 
 class KernelNameError(ValueError):
@@ -327,14 +326,13 @@ class ForkPinnedNoEarlyCow(Mainline):
 
     name = "bug:fork-pinned-no-early-cow"
 
-    def folio_try_dup_anon_rmap_pte_now(self, folio, src_vma):
-        """include/linux/rmap.h __folio_try_dup_anon_rmap as if folio_needs_cow_for_dma were
-        never true: ClearPageAnonExclusive and mapcount += 1, pinned or not."""
-        if folio.anon_exclusive and not src_vma.shared and folio_maybe_dma_pinned(folio):
+    def folio_needs_cow_for_dma(self, vma, folio):
+        """include/linux/mm.h folio_needs_cow_for_dma as if it did not exist: fork's
+        __folio_try_dup_anon_rmap never refuses a folio that may be pinned, and duplicates
+        it as any other."""
+        if super().folio_needs_cow_for_dma(vma, folio):
             self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
-        folio.anon_exclusive = False
-        folio.mapcount += 1
-        return True
+        return False
 
 
 class KsmMadvfreeClearrefs(Mainline):

@@ -61,17 +61,21 @@ class Rmap(KernelBase):
     def folio_try_dup_anon_rmap_pte_now(self, folio: Folio, src_vma: Vma) -> bool:
         """include/linux/rmap.h __folio_try_dup_anon_rmap (one PTE of a small folio, the
         parent's PTL held): "If this folio may have been pinned by the parent process, don't
-        allow to duplicate the mappings": a PG_anon_exclusive folio for which
-        folio_needs_cow_for_dma (a COW mapping and folio_maybe_dma_pinned: the refcount at
-        GUP_PIN_COUNTING_BIAS or more; MMF_HAS_PINNED is implied by it) fails with -EBUSY;
-        otherwise ClearPageAnonExclusive and mapcount += 1. Returns True on success."""
-        from .gup import folio_maybe_dma_pinned
+        allow to duplicate the mappings": a PG_anon_exclusive folio of a COW mapping for
+        which folio_needs_cow_for_dma fails with -EBUSY; otherwise ClearPageAnonExclusive
+        and mapcount += 1. Returns True on success."""
         if folio.anon_exclusive:
-            if not src_vma.shared and folio_maybe_dma_pinned(folio):
+            if not src_vma.shared and self.folio_needs_cow_for_dma(src_vma, folio):
                 return False
             folio.anon_exclusive = False
         folio.mapcount += 1
         return True
+
+    def folio_needs_cow_for_dma(self, vma: Vma, folio: Folio) -> bool:
+        """include/linux/mm.h folio_needs_cow_for_dma: false unless MMF_HAS_PINNED (left out:
+        folio_maybe_dma_pinned implies it), then folio_maybe_dma_pinned (the refcount at
+        GUP_PIN_COUNTING_BIAS or more)."""
+        return self.folio_maybe_dma_pinned(folio)
 
     def folio_dup_file_rmap_pte_now(self, folio: Folio) -> None:
         """include/linux/rmap.h folio_dup_file_rmap_pte: mapcount += 1."""
