@@ -45,11 +45,14 @@ def test_coalesce_keeps_an_order_that_the_failure_needs():
 @pytest.mark.cost(12)
 def test_the_cve_find_shrinks_to_its_diagram_and_still_fails_only_on_the_bug():
     bug = next(b for b in BUGS if b.slug == "cow-gup-wrong-direction")
-    found, _ = explore(bug.kernel, 1, runs_max=2000, actions_max=bug.actions_max)   # run 1,920
+    # seed 37, run 1,816 (seed 1's run 1,920 was the find until fork's copy of an anon PTE
+    # became two steps; seed 1 now first trips gup-pin-coherent, which the old reuse rule
+    # breaks as well)
+    found, _ = explore(bug.kernel, 37, runs_max=2000, actions_max=bug.actions_max)
     assert found is not None and found.prop == "cow-isolation"
     world, actions = shrink(bug.kernel, found.world, found.actions, found.prop)
-    assert len(actions) <= 55          # 77 before pins were renumbered
-    assert segments(actions) <= 7      # 17 before the reordering; the catalogue's diagram has 5
+    assert len(actions) <= 66          # seed 1's find: 55 (77 before pins were renumbered)
+    assert segments(actions) <= 9      # seed 1's: 7 (17 before the reordering); the diagram has 5
     assert fails_with(bug.kernel, world, actions, found.prop)
     assert not fails_with(Mainline, world, actions, found.prop)
     # one pin taken, and the read names it

@@ -317,8 +317,15 @@ class Memory(KernelBase):
         file folio gets folio_dup_file_rmap_pte. Then __copy_present_ptes: "If it's a COW
         mapping, write protect it both processes" (wrprotect_ptes on the parent's PTE, an
         atomic bit clear that keeps a D set by hardware), "If it's a shared mapping, mark it
-        clean in the child", pte_mkold, set_ptes in the child. One step: all of it is under
-        both PTLs. Returns (ret, prealloc)."""
+        clean in the child", pte_mkold, set_ptes in the child. All of it is under both PTLs,
+        so nothing that takes a PTL sees a step of it; for an anon folio it is two steps all
+        the same, because GUP-fast reads the parent's PTE without the PTL: between the
+        PG_anon_exclusive clear and the write-protect it sees a writable PTE of a page that
+        is no longer exclusive (the window of 57efa1fe5957, "there is a small race where
+        get_user_pages_fast(FOLL_PIN) can establish a FOLL_PIN at the same time
+        copy_present_page() is write protecting it", which mm->write_protect_seq closes).
+        A file folio or the zero page is one step (no lockless reader tells the halves
+        apart). Returns (ret, prealloc)."""
         m = self.m
         slot = vpn % m.ptrs_per_pte
         folio = None if pte.special else m.frames[pte.pfn]
@@ -330,7 +337,9 @@ class Memory(KernelBase):
                     folio.refcount -= 1  # folio_put: the PTE still holds its reference
                     return (yield from self.copy_present_page(t, dst_vma, src_vma, dst, vpn,
                                                               folio, prealloc))
-                note = f"folio_try_dup_anon_rmap_pte(pfn {folio.pfn}) -> mapcount {folio.mapcount}, shared"
+                yield (f"copy_present_ptes va {vpn:#x}: folio_get, folio_try_dup_anon_rmap_pte("
+                       f"pfn {folio.pfn}) -> mapcount {folio.mapcount}, shared")
+                note = "__copy_present_ptes"
             else:
                 self.folio_dup_file_rmap_pte_now(folio)
                 note = f"folio_dup_file_rmap_pte(pfn {folio.pfn}) -> mapcount {folio.mapcount}"
