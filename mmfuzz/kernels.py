@@ -335,6 +335,28 @@ class ForkPinnedNoEarlyCow(Mainline):
         return False
 
 
+class GupFastForkNoWriteProtectSeq(Mainline):
+    """Mainline with 57efa1fe5957 ("mm/gup: prevent gup_fast from racing with COW during
+    fork", Jason Gunthorpe, 2020) reverted: gup_fast reads no mm->write_protect_seq.
+    "There is a small race where get_user_pages_fast(FOLL_PIN) can establish a FOLL_PIN at
+    the same time copy_present_page() is write protecting it": fork finds the page not
+    pinned (today: __folio_try_dup_anon_rmap's folio_maybe_dma_pinned, which then clears
+    PG_anon_exclusive), GUP-fast reads the still-writable PTE, pins the page and finds the
+    PTE unchanged, fork write-protects it, "GUP now returns with a write protected page";
+    the parent's next write fault copies it away from the pin. The fix: "wrap
+    copy_p4d_range() with the write side of a seqcount and check the read side around
+    gup_pgd_range()". Only that test differs."""
+
+    name = "bug:gupfast-fork-no-write-protect-seq"
+
+    def gup_fast_checks_write_protect_seq(self, flags: int) -> bool:
+        """mm/gup.c gup_fast before 57efa1fe5957: no seqcount read and no retry; the fork
+        protocol's pin check (page_maybe_dma_pinned) was there already (70e806e4e645)."""
+        if super().gup_fast_checks_write_protect_seq(flags):
+            self.m.stats["bug_path_hits"] = self.m.stats.get("bug_path_hits", 0) + 1
+        return False
+
+
 class KsmMadvfreeClearrefs(Mainline):
     """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
     The fix changed two functions: KSM's write_protect_page learned to flush when
@@ -437,6 +459,12 @@ BUGS: list[Bug] = [
 #: SLUG` as the others are, so the numbers that keep each out stay reproducible. The
 #: property is the one the model flags on hand-written schedules (tests/test_deferred.py).
 UNFOUND: list[Bug] = [
+    # a FOLL_PIN GUP-fast in the parent between fork's PG_anon_exclusive clear and its
+    # write-protect of that PTE (the commit's diagram: GUP-fast's PTE read and grab, fork's
+    # pin check and write-protect), then the parent's write fault
+    Bug("gupfast-fork-no-write-protect-seq", "57efa1fe5957",
+        "mm/gup: prevent gup_fast from racing with COW during fork",
+        "gup-pin-coherent", GupFastForkNoWriteProtectSeq, 4, actions_max=400),
     Bug("ksm-madvfree-clearrefs", "b3a81d0841a9", "mm: fix KSM data corruption",
         "no-lost-write-after-madv-free", KsmMadvfreeClearrefs, 8),
 ]
@@ -708,6 +736,7 @@ _BY_NAME[TlbGeneration.name] = TlbGeneration
 # from calls whose flushes were done). bench/RESULTS-ksm-store-same.md has the numbers.
 _BY_NAME[KsmMadvfreeClearrefs.name] = KsmMadvfreeClearrefs
 _BY_NAME[ZapRmapInFlushRegion.name] = ZapRmapInFlushRegion
+_BY_NAME[GupFastForkNoWriteProtectSeq.name] = GupFastForkNoWriteProtectSeq
 _BY_NAME[ZapRmapInFlushRegionWithTlbGeneration.name] = ZapRmapInFlushRegionWithTlbGeneration
 _BY_NAME[ZapRmapBeforeFlushWithTlbGeneration.name] = ZapRmapBeforeFlushWithTlbGeneration
 

@@ -230,7 +230,8 @@ class Gup(KernelBase):
         mm = t.mm
         cpu = self.m.cpus[t.cpu]
         seq = 0
-        if flags & FOLL_PIN:
+        checks_fork = self.gup_fast_checks_write_protect_seq(flags)
+        if checks_fork:
             seq = mm.write_protect_seq
             yield f"gup_fast: raw_read_seqcount(mm{mm.mm_id}->write_protect_seq) = {seq}"
             if seq & 1:
@@ -242,12 +243,19 @@ class Gup(KernelBase):
         yield "gup_fast: local_irq_restore"
         if got is False:
             return False
-        if flags & FOLL_PIN and mm.write_protect_seq != seq:
+        if checks_fork and mm.write_protect_seq != seq:
             self.gup_put_folio_now(got, flags)
             yield (f"gup_fast: read_seqcount_retry(write_protect_seq) = {mm.write_protect_seq}: "
                    f"fork raced, gup_fast_unpin_user_pages(pfn {got.pfn})")
             return False
         return got
+
+    def gup_fast_checks_write_protect_seq(self, flags: int) -> bool:
+        """mm/gup.c gup_fast's "if (gup_flags & FOLL_PIN)" around its raw_read_seqcount and
+        read_seqcount_retry of mm->write_protect_seq (57efa1fe5957): only a pin is kept from
+        racing with fork's write-protect; a FOLL_GET reference may be taken on a page fork
+        shares."""
+        return bool(flags & FOLL_PIN)
 
     def gup_fast_pgd_range(self, t: Task, vpn: int, flags: int):
         """mm/gup.c gup_fast_pgd_range -> p4d -> pud -> gup_fast_pmd_range (the upper levels
