@@ -346,3 +346,26 @@ def test_mainline_runs_store_through_writable_clean_tlb_entries():
         assert v is None, v
         hw_set += run.m.stats.get("hw_dirty_set", 0)
     assert hw_set >= 5, hw_set
+
+
+def test_gup_fast_cannot_take_a_folio_reclaim_froze_and_removed():
+    """__remove_mapping(reclaimed=true) freezes the references at 0 and nothing unfreezes
+    them before free_it: a GUP-fast that read the PTE before try_to_unmap cleared it finds a
+    frozen folio, folio_ref_try_add fails, and it falls back. (The model once left the
+    folio at refcount 1 in that window: GUP-fast took it, reclaim freed it anyway and the
+    later put underflowed, a model failure the fuzzer reported on seed 9 of
+    gupfast-fork-no-write-protect-seq.)"""
+    r = new_run()
+    f0 = r.m.files[1].cache[0]
+    run_op(r, 2, "reclaim", 1, 0, 1)                     # young -> referenced, kept
+    run_op(r, 0, "writeback", 1)                         # clean (va 0 was stored to)
+    r.apply(["start", 1, "vmsplice", 0])                 # a FOLL_GET GUP-fast of file va 0
+    step_until(r, 1, "ptep_get_lockless va 0x0 = pfn")
+    r.apply(["start", 2, "reclaim", 1, 0, 1])            # unmap (flush batched), remove
+    step_until(r, 2, "__filemap_remove_folio")
+    assert f0.refcount == 0 and not f0.freed and f0.mapcount == 0   # frozen, not yet freed
+    st = r.apply(["step", 1])
+    assert "folio_ref_try_add_rcu fails" in st.text
+    r.drain()
+    assert f0.freed and r.violation is None and r.quiesce() is None
+    assert r.m.pins[1].folio is not f0

@@ -71,10 +71,21 @@ class Filemap(KernelBase):
         return (yield from self.remove_mapping(t, folio))
 
     def remove_mapping(self, t: Task, folio: Folio):
-        """mm/vmscan.c remove_mapping -> __remove_mapping (reclaimed=false): under i_lock and the i_pages lock,
-        folio_ref_freeze(folio, 1 + nr_pages); only after the freeze re-test PG_dirty (a GUP
-        user may have dirtied it and dropped its reference); then __filemap_remove_folio.
-        remove_mapping then unfreezes to the caller's single reference."""
+        """mm/vmscan.c remove_mapping: __remove_mapping(mapping, folio, false, NULL), then
+        "Unfreezing the refcount with 1 effectively drops the pagecache ref for us"
+        (folio_ref_unfreeze(folio, 1)), when the caller runs on."""
+        ok = yield from self.remove_mapping_frozen(t, folio)
+        if ok:
+            folio.refcount = 1   # folio_ref_unfreeze
+        return ok
+
+    def remove_mapping_frozen(self, t: Task, folio: Folio):
+        """mm/vmscan.c __remove_mapping for a page-cache folio (the kernel name, which Python
+        would mangle): under i_lock and the i_pages lock, folio_ref_freeze(folio, 1 +
+        nr_pages); only after the freeze re-test PG_dirty (a GUP user may have dirtied it and
+        dropped its reference); then __filemap_remove_folio. The references stay frozen at 0
+        (a lockless folio_try_get, GUP-fast's, fails): reclaim frees the folio from there
+        (free_it), remove_mapping unfreezes to the caller's one."""
         f = self.m.files[folio.mapping]
         if folio.refcount != 2:
             yield f"__remove_mapping(pfn {folio.pfn}): folio_ref_freeze failed (refcount {folio.refcount})"
@@ -84,7 +95,7 @@ class Filemap(KernelBase):
             return False
         del f.cache[folio.index]
         folio.mapping = None
-        folio.refcount = 1
+        folio.refcount = 0
         yield f"__remove_mapping: __filemap_remove_folio(file{f.file_id}[{folio.index}]) pfn {folio.pfn}"
         return True
 

@@ -162,7 +162,7 @@ class Vmscan(KernelBase):
         ok = yield from self.remove_mapping_reclaim(t, folio)
         if not ok:
             return (yield from self.keep_locked(t, folio, "__remove_mapping failed"))
-        folio.refcount = 0  # __remove_mapping leaves the references frozen at 0
+        assert folio.refcount == 0, "__remove_mapping leaves the references frozen at 0"
         self.folio_unlock_now(t, folio)
         yield f"shrink_folio_list: folio_unlock(pfn {folio.pfn}): free_it"
         return True
@@ -228,8 +228,10 @@ class Vmscan(KernelBase):
         folio_ref_freeze(folio, 1 + nr_pages) (the isolation and the cache's references), then
         "Must be careful with the order of the tests" -- PG_dirty is tested only after the
         freeze; swap cache: __delete_from_swap_cache, put_swap_folio; page cache:
-        __filemap_remove_folio (filemap.remove_mapping, which unfreezes to the caller's
-        reference). No mapping -> fail."""
+        __filemap_remove_folio (filemap.remove_mapping_frozen). Either way the references stay
+        frozen at 0 until free_it frees the folio (reclaimed=true: nothing unfreezes them), so
+        a GUP-fast that read the PTE before try_to_unmap cleared it cannot take the folio
+        (folio_ref_try_add fails on 0). No mapping -> fail."""
         if folio.swapcache:
             if folio.refcount != 2:
                 yield f"__remove_mapping(pfn {folio.pfn}): folio_ref_freeze failed (refcount {folio.refcount})"
@@ -240,9 +242,9 @@ class Vmscan(KernelBase):
             offset = folio.swap
             self.swap_cache_del_folio(folio)
             self.put_swap_folio(folio, offset)
-            folio.refcount = 1
+            folio.refcount = 0
             yield f"__remove_mapping: __delete_from_swap_cache(slot {offset}) pfn {folio.pfn}, put_swap_folio"
             return True
         if folio.mapping is None:
             return False
-        return (yield from self.remove_mapping(t, folio))
+        return (yield from self.remove_mapping_frozen(t, folio))
