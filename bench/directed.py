@@ -61,7 +61,11 @@ def reaching_ops(kernel_cls, runs: int = 300) -> list[str]:
     _run.Run._step_task, _run.Run._start_task = step_task, start_task
     try:
         for i in range(runs):
-            _explore.random_run(probe, random.Random(f"mmfuzz-probe:{i}"), None)
+            try:
+                _explore.random_run(probe, random.Random(f"mmfuzz-probe:{i}"), None)
+            except _run.ModelFailure as mf:   # a probe run the model failed: never a find
+                print(f"  probe run {i}: MODEL FAILURE (not a find): {mf.summary()}",
+                      file=sys.stderr)
     finally:
         _run.Run._step_task, _run.Run._start_task = step, start
     return [n for n, _ in hits.most_common() if n in _ops.names()]
@@ -101,15 +105,21 @@ def main(argv=None) -> int:
     reach = reaching_ops(kernel)
     _explore.swarm_ops = directed_ops(reach)
     print(f"{slug}: operations reaching {overridden(kernel)}: {reach}")
+    failed = False
     for seed in range(int(lo), int(hi) + 1):
-        found, stats = _explore.explore(kernel, seed, runs_max=int(cap))
+        try:
+            found, stats = _explore.explore(kernel, seed, runs_max=int(cap))
+        except _run.ModelFailure as mf:   # never a find (bench.runs saves them; this one prints)
+            print(f"  seed {seed}: MODEL FAILURE (not a find): {mf.summary()}", flush=True)
+            failed = True
+            continue
         if found:
             print(f"  seed {seed}: {found.prop} at run {found.runs:,} ({found.steps:,} steps)",
                   flush=True)
         else:
             print(f"  seed {seed}: none in {stats['runs']:,} ({stats['steps']:,} steps)",
                   flush=True)
-    return 0
+    return 3 if failed else 0
 
 
 if __name__ == "__main__":

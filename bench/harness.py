@@ -26,6 +26,7 @@ from mmfuzz import __version__  # noqa: E402
 from mmfuzz.explore import explore, shrink  # noqa: E402
 from mmfuzz.kernel import Mainline  # noqa: E402
 from mmfuzz.kernels import BUGS  # noqa: E402
+from mmfuzz.run import ModelFailure  # noqa: E402
 from mmfuzz.trace import segments  # noqa: E402
 from strategies.schedules import CHUNK_EXAMPLES  # noqa: E402
 
@@ -90,15 +91,23 @@ def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int | N
             return failure, stats.runs_total
         return _chunked(kernel, seed, budget, campaign)
     t0 = time.perf_counter()
-    if engine == "hybrid":
-        from mmfuzz.hybrid import explore_hybrid
-        found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max)
-    elif engine == "guided":
-        from mmfuzz.guided import explore_guided
-        found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max)
-    else:
-        found, stats = explore(kernel, seed, budget_s=budget, policy=engine,
-                               actions_max=actions_max)
+    try:
+        if engine == "hybrid":
+            from mmfuzz.hybrid import explore_hybrid
+            found, stats = explore_hybrid(kernel, seed, budget_s=budget, actions_max=actions_max)
+        elif engine == "guided":
+            from mmfuzz.guided import explore_guided
+            found, stats = explore_guided(kernel, seed, budget_s=budget, actions_max=actions_max)
+        else:
+            found, stats = explore(kernel, seed, budget_s=budget, policy=engine,
+                                   actions_max=actions_max)
+    except ModelFailure as mf:   # never a find: saved for `mmfuzz replay`, the bench exits 3
+        import tempfile
+        from mmfuzz.corpus import found_info, save_failure
+        path = save_failure(mf.info, kernel.name, tempfile.mkdtemp(prefix="mmfuzz-bench-failure-"),
+                            found_info(seed, f"bench/{engine}", runs=mf.info.get("runs")))
+        return {"found": False, "runs": mf.info.get("runs"), "t_first": None, "t_report": None,
+                "model_failure": mf.summary(), "failure_path": path, "seed": seed}
     if found is None:
         return {"found": False, "runs": stats["runs"], "t_first": None, "t_report": None}
     t1 = time.perf_counter()
@@ -269,6 +278,12 @@ def main(argv=None) -> int:
                          f"{fmt_pair(s.get('runs'))} | {fmt_pair(s.get('len'))} | "
                          f"{fmt_pair(s.get('segs'))} | {short}/{len(rows)} |")
     lines.append("")
+    failed = [(k, r) for k, rs in results.items() for r in rs if r.get("model_failure")]
+    for (slug, eng), r in failed:
+        lines.append(f"MODEL FAILURE (not a find) {slug}/{eng} seed {r['seed']}: {r['model_failure']}; "
+                     f"mmfuzz replay {r['failure_path']}")
+    if failed:
+        lines.append("")
     raw = {f"{k[0]}/{k[1]}": v for k, v in results.items()}
     if not a.skip_extras:
         fast = throughput_fast(10.0)
@@ -295,5 +310,5 @@ def main(argv=None) -> int:
     with open(a.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
-    return 0
+    return 3 if failed else 0   # as `mmfuzz fuzz`: the model (or a variant) failed
 

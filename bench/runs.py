@@ -26,6 +26,11 @@ violation of any property.
 ``--engine guided`` measures the coverage-guided schedule search (mmfuzz/guided.py) instead of
 the swarm explorer, mainline included; its runs and steps count every mutated run and every
 replayed prefix step. ``--out FILE`` writes the per-seed rows (runs and steps) as JSON.
+
+A run that raises in the model or the variant (a ModelFailure) ends its seed: it is never a
+find, it is saved under ``--failures DIR``/failures/ (default: a new temporary directory) for
+``mmfuzz replay``, printed with its exception, and the measurement exits 3 as ``mmfuzz fuzz``
+does.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from multiprocessing import get_context
 from mmfuzz import explore as _explore
 from mmfuzz import ops as _ops
 from mmfuzz.kernel import Mainline
+from mmfuzz.corpus import found_info, save_failure
 from mmfuzz.kernels import BUGS, UNFOUND, Bug, KernelNameError, resolve_kernel
+from mmfuzz.run import ModelFailure
 
 STEPS_PER_S = 100_000
 
@@ -184,22 +191,44 @@ def _bug(slug: str) -> Bug:
     return Bug(slug, "", "", None, resolve_kernel(slug), 0)
 
 
+def _failed(mf: ModelFailure, kernel_name: str, seed: int, engine: str, failures: str) -> dict:
+    """A run that raised in the model (or the variant): saved under ``failures``/failures/ for
+    `mmfuzz replay`, as `mmfuzz fuzz` saves one (exit status 3 there), and never a find."""
+    extra = {k: mf.info[k] for k in ("run", "runs") if mf.info.get(k) is not None}
+    path = save_failure(mf.info, kernel_name, failures, found_info(seed, f"bench.runs/{engine}",
+                                                                   **extra))
+    return {"summary": mf.summary(), "path": path, "runs": mf.info.get("runs"),
+            "steps": mf.info.get("steps")}
+
+
 def _one(job):
-    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine = job
+    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine, failures = job
     _apply_policy(policy, lengths, sw)
     bug = _bug(slug)
     amax = actions_max or bug.actions_max
     if lengths and engine == "swarm":
         amax = None   # each run draws from --run-lengths (explore.RUN_LENGTHS, set above)
     explore = _explorer(engine)
-    found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
-    row = {"slug": slug, "seed": seed,
-           "found": found is not None and bug.prop in (None, found.prop),
-           "prop": found.prop if found else None,
-           "runs": found.runs if found else stats["runs"],
-           "steps": found.steps if found else stats["steps"], "mainline": None}
+    row = {"slug": slug, "seed": seed, "found": False, "prop": None, "runs": 0, "steps": 0,
+           "mainline": None, "model_failure": None}
+    try:
+        found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
+    except ModelFailure as mf:
+        row["model_failure"] = _failed(mf, bug.kernel.name, seed, engine, failures)
+        row["runs"] = row["model_failure"]["runs"] or 0
+        row["steps"] = row["model_failure"]["steps"] or 0
+        return row
+    row.update({"found": found is not None and bug.prop in (None, found.prop),
+                "prop": found.prop if found else None,
+                "runs": found.runs if found else stats["runs"],
+                "steps": found.steps if found else stats["steps"]})
     if mainline:
-        clean, mstats = explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
+        try:
+            clean, mstats = explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
+        except ModelFailure as mf:
+            row["model_failure"] = _failed(mf, "mainline", seed, engine, failures)
+            row["mainline"] = "model failure"
+            return row
         row["mainline"] = None if clean is None else clean.prop
         row["mainline_steps"] = mstats["steps"]
     return row
@@ -213,8 +242,11 @@ def _progress(rows, n, out=None, argv=None):
         if out:
             done.append(r)
             _write(out, argv, done)
-        print(f"  [{i}/{n}] {r['slug']} seed {r['seed']}: "
-              f"{r['runs'] if r['found'] else '-'} runs", file=sys.stderr, flush=True)
+        what = f"{r['runs'] if r['found'] else '-'} runs"
+        if r.get("model_failure"):
+            what = (f"MODEL FAILURE (not a find): {r['model_failure']['summary']}; "
+                    f"mmfuzz replay {r['model_failure']['path']}")
+        print(f"  [{i}/{n}] {r['slug']} seed {r['seed']}: {what}", file=sys.stderr, flush=True)
         yield r
 
 
@@ -243,7 +275,9 @@ def summarize(rows, runs_max):
                     "per_seed_steps": {r["seed"]: r["steps"] for r in rs},
                     # a seed that stopped at another property's violation (not a miss at the cap)
                     "per_seed_other": {r["seed"]: f"{r['prop']}@{r['runs']}" for r in rs
-                                       if not r["found"] and r["prop"]}})
+                                       if not r["found"] and r["prop"]},
+                    "model_failures": {r["seed"]: r["model_failure"] for r in rs
+                                       if r.get("model_failure")}})
     return out
 
 
@@ -273,6 +307,9 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
                     help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
     ap.add_argument("--out", default=None, help="write the per-seed rows as JSON to this file")
+    ap.add_argument("--failures", default=None,
+                    help="save model failures under DIR/failures/ (default: a new temporary "
+                         "directory); a run that fails in the model is never a find")
     args = ap.parse_args(argv)
     slugs = [b.slug for b in BUGS] if args.bugs == "all" else args.bugs.split(",")
     known = [b.slug for b in BUGS + UNFOUND]   # all: BUGS; an UNFOUND one only by name
@@ -294,8 +331,11 @@ def main(argv=None) -> int:
         return 2
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
     sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
+    if args.failures is None:
+        import tempfile
+        args.failures = tempfile.mkdtemp(prefix="mmfuzz-bench-failures-")
     jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
-             args.engine) for s in slugs for seed in seeds]
+             args.engine, args.failures) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
@@ -321,7 +361,11 @@ def main(argv=None) -> int:
             print("    steps " + " ".join(f"{k}:{v}" for k, v in s["per_seed_steps"].items()))
             if s["per_seed_other"]:
                 print("    other " + " ".join(f"{k}:{v}" for k, v in s["per_seed_other"].items()))
-    return 0
+        for k, v in s["model_failures"].items():   # always shown: a measurement it spoiled
+            print(f"    MODEL FAILURE seed {k} (not a find): {v['summary']}; "
+                  f"mmfuzz replay {v['path']}")
+    # as `mmfuzz fuzz`: 3 when the model (or the variant) failed, whatever else was measured
+    return 3 if any(r.get("model_failure") for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -53,3 +53,36 @@ def test_the_guided_engine_is_measured_with_its_steps(capsys, tmp_path):
     rows = json.load(open(out_file))["rows"]
     assert [(r["seed"], r["runs"], r["steps"]) for r in rows] == [(1, 12, 1385), (4, 4, 386)]
     assert all(r["mainline"] is None and r["mainline_steps"] > 0 for r in rows)
+
+
+def test_a_model_failure_is_saved_reported_and_never_a_find(capsys, tmp_path):
+    """A run that raises in the model or the variant (here a synthetic variant that
+    dereferences a missing PTE table) ends that seed's measurement: it is saved for `mmfuzz
+    replay`, printed with the exception, never counted as found, and the measurement exits 3
+    as `mmfuzz fuzz` does. (bench.runs used to die with a traceback and lose every row.)"""
+    import json
+    import os
+    assert runs.main(["--bugs", "tests.variants:ZapNoPmdCheck", "--seeds", "1,2",
+                      "--runs-max", "300", "--failures", str(tmp_path)]) == 3
+    out = capsys.readouterr().out
+    assert " 0/2 " in out and out.count("MODEL FAILURE seed") == 2
+    assert "AttributeError: 'NoneType' object has no attribute 'ptl'" in out
+    saved = sorted(os.listdir(tmp_path / "failures"))
+    assert len(saved) == 2
+    data = json.load(open(tmp_path / "failures" / saved[0]))
+    assert data["kind"] == "mmfuzz-model-failure" and data["failure"]["type"] == "AttributeError"
+    assert data["found"]["engine"] == "bench.runs/swarm"
+
+
+def test_the_time_to_bug_bench_reports_a_model_failure_and_exits_3(tmp_path, capsys):
+    """python -m bench: a seed whose run raises in the model gets a row that did not find,
+    a MODEL FAILURE line with the saved file, and the bench exits 3 (it used to die with a
+    traceback). The failure comes at run 19 of seed 1 whatever the budget."""
+    from bench import harness
+    out = tmp_path / "results.md"
+    assert harness.main(["--seeds", "1", "--budget", "30", "--engines", "swarm",
+                         "--skip-extras", "--bugs", "tests.variants:ZapNoPmdCheck",
+                         "--out", str(out)]) == 3
+    text = out.read_text()
+    assert "| tests.variants:ZapNoPmdCheck (0) | swarm | 0/1 |" in text
+    assert "MODEL FAILURE (not a find) tests.variants:ZapNoPmdCheck/swarm seed 1: AttributeError" in text
