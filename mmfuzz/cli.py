@@ -18,7 +18,7 @@ import time
 from . import __version__
 from .corpus import (Counterexample, CorpusError, check, found_info, kernel_for, load,
                      load_failure, render_cx, replay, save, save_failure)
-from .kernels import BUGS, KernelNameError, bug_by_slug, resolve_kernel
+from .kernels import BUGS, UNFOUND, KernelNameError, bug_by_slug, resolve_kernel
 from .run import ModelError, ModelFailure, execute
 from .trace import segments
 
@@ -764,14 +764,20 @@ def cmd_ops(a) -> int:
 
 
 def cmd_bugs(a) -> int:
+    """The catalogue: the bugs the fuzzer finds from scratch (kernels.BUGS), then the variants
+    the model has but the search does not reach (kernels.UNFOUND), marked as such."""
     rows = [{"slug": b.slug, "kernel": f"bug:{b.slug}", "fix": b.fix, "property": b.prop,
-             "title": b.title} for b in BUGS]
+             "title": b.title, "found_from_scratch": found}
+            for bugs, found in ((BUGS, True), (UNFOUND, False)) for b in bugs]
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
         ws = max(len(r["slug"]) for r in rows)
         wp = max(len(r["property"]) for r in rows)
         for r in rows:
+            if r is next(x for x in rows if not x["found_from_scratch"]):
+                print("not found from scratch (the model has the race, random search does not "
+                      "reach it; `mmfuzz hunt --kernel bug:SLUG` fuzzes one anyway):")
             print(f"{r['slug']:{ws}}  {r['fix']:12}  {r['property']:{wp}}  {r['title']}")
     return EXIT_CLEAN
 

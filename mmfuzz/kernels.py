@@ -750,6 +750,10 @@ def bug_by_slug(slug: str) -> Bug:
     for b in BUGS:
         if b.slug == slug:
             return b
+    if any(b.slug == slug for b in UNFOUND):
+        raise KernelNameError(
+            f"bug {slug!r} is catalogued but not found from scratch (kernels.UNFOUND), so it "
+            f"has no hunt of its own; fuzz its kernel with `mmfuzz hunt --kernel bug:{slug}`")
     raise KernelNameError(
         f"unknown bug {slug!r}; `mmfuzz bugs` lists them: {', '.join(b.slug for b in BUGS)}")
 

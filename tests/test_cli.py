@@ -107,7 +107,19 @@ def test_bugs_lists_catalogue():
     rows = json.loads(r.stdout)
     assert {"slug": "zap-rmap-before-flush", "kernel": "bug:zap-rmap-before-flush",
             "fix": "5df397dec7c4", "property": "dirty-data-preserved",
-            "title": "mm: delay page_remove_rmap() until after the TLB has been flushed"} in rows
+            "title": "mm: delay page_remove_rmap() until after the TLB has been flushed",
+            "found_from_scratch": True} in rows
+    # the variants the search does not reach are listed too, marked as such
+    unfound = [r["slug"] for r in rows if not r["found_from_scratch"]]
+    assert "gupfast-fork-no-write-protect-seq" in unfound and "zap-rmap-before-flush" not in unfound
+
+
+def test_hunt_of_a_variant_the_search_does_not_reach_names_the_way_to_fuzz_it():
+    r = mmfuzz("hunt", "gupfast-fork-no-write-protect-seq", "--budget", "1")
+    assert r.returncode == 2
+    line = _one_line_error(r)
+    assert "not found from scratch" in line
+    assert "mmfuzz hunt --kernel bug:gupfast-fork-no-write-protect-seq" in line
 
 
 def test_fuzz_mainline_short_budget_is_clean():
