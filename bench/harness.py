@@ -103,11 +103,11 @@ def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int | N
                                    actions_max=actions_max)
     except ModelFailure as mf:   # never a find: saved for `mmfuzz replay`, the bench exits 3
         import tempfile
-        from mmfuzz.corpus import found_info, save_failure
-        path = save_failure(mf.info, kernel.name, tempfile.mkdtemp(prefix="mmfuzz-bench-failure-"),
-                            found_info(seed, f"bench/{engine}", runs=mf.info.get("runs")))
-        return {"found": False, "runs": mf.info.get("runs"), "t_first": None, "t_report": None,
-                "model_failure": mf.summary(), "failure_path": path, "seed": seed}
+        from bench.runs import save_model_failure
+        saved = save_model_failure(mf, kernel.name, seed, f"bench/{engine}",
+                                   tempfile.mkdtemp(prefix="mmfuzz-bench-failure-"))
+        return {"found": False, "runs": saved["runs"], "t_first": None, "t_report": None,
+                "model_failure": saved["summary"], "failure_path": saved["path"], "seed": seed}
     if found is None:
         return {"found": False, "runs": stats["runs"], "t_first": None, "t_report": None}
     t1 = time.perf_counter()

@@ -191,12 +191,14 @@ def _bug(slug: str) -> Bug:
     return Bug(slug, "", "", None, resolve_kernel(slug), 0)
 
 
-def _failed(mf: ModelFailure, kernel_name: str, seed: int, engine: str, failures: str) -> dict:
+def save_model_failure(mf: ModelFailure, kernel_name: str, seed: int, engine: str,
+                       failures: str) -> dict:
     """A run that raised in the model (or the variant): saved under ``failures``/failures/ for
-    `mmfuzz replay`, as `mmfuzz fuzz` saves one (exit status 3 there), and never a find."""
+    `mmfuzz replay`, as `mmfuzz fuzz` saves one (exit status 3 there), and never a find.
+    ``engine`` names the measuring tool and engine in the file's found record. Also used by
+    python -m bench (bench/harness.py)."""
     extra = {k: mf.info[k] for k in ("run", "runs") if mf.info.get(k) is not None}
-    path = save_failure(mf.info, kernel_name, failures, found_info(seed, f"bench.runs/{engine}",
-                                                                   **extra))
+    path = save_failure(mf.info, kernel_name, failures, found_info(seed, engine, **extra))
     return {"summary": mf.summary(), "path": path, "runs": mf.info.get("runs"),
             "steps": mf.info.get("steps")}
 
@@ -214,7 +216,8 @@ def _one(job):
     try:
         found, stats = explore(bug.kernel, seed, runs_max=runs_max, actions_max=amax)
     except ModelFailure as mf:
-        row["model_failure"] = _failed(mf, bug.kernel.name, seed, engine, failures)
+        row["model_failure"] = save_model_failure(mf, bug.kernel.name, seed,
+                                                  f"bench.runs/{engine}", failures)
         row["runs"] = row["model_failure"]["runs"] or 0
         row["steps"] = row["model_failure"]["steps"] or 0
         return row
@@ -226,7 +229,8 @@ def _one(job):
         try:
             clean, mstats = explore(Mainline, seed, runs_max=row["runs"], actions_max=amax)
         except ModelFailure as mf:
-            row["model_failure"] = _failed(mf, "mainline", seed, engine, failures)
+            row["model_failure"] = save_model_failure(mf, "mainline", seed,
+                                                      f"bench.runs/{engine}", failures)
             row["mainline"] = "model failure"
             return row
         row["mainline"] = None if clean is None else clean.prop

@@ -774,8 +774,9 @@ def cmd_bugs(a) -> int:
     else:
         ws = max(len(r["slug"]) for r in rows)
         wp = max(len(r["property"]) for r in rows)
+        first_unfound = next((r for r in rows if not r["found_from_scratch"]), None)
         for r in rows:
-            if r is next(x for x in rows if not x["found_from_scratch"]):
+            if r is first_unfound:
                 print("not found from scratch (the model has the race, random search does not "
                       "reach it; `mmfuzz hunt --kernel bug:SLUG` fuzzes one anyway):")
             print(f"{r['slug']:{ws}}  {r['fix']:12}  {r['property']:{wp}}  {r['title']}")

@@ -80,7 +80,6 @@ def test_a_pin_taken_before_fork_starts_is_copied_for_the_child_on_both_kernels(
         assert pte(r, 1, 4).pfn == r.m.pins[1].folio.pfn
 
 
-
 @pytest.mark.cost(15)
 def test_every_interleaving_of_the_three_calls_on_both_kernels():
     """The commit's three actors as programs (the parent's fork, a thread's
