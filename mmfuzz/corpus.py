@@ -74,6 +74,8 @@ WORLD_DEFAULTS = {
     "gather": {"local_max": 8, "batch_max": 510, "batch_count_max": 19},
     "prefault": [],
 }
+#: the flush models a file may name: x86 with world.tlb_flush "ipi" or "hypercall"
+FLUSH_MODELS = ("x86-ipi", "x86-hypercall")
 VMA_DEFAULTS = {"mm": 1, "file": None, "pgoff": 0, "shared": False, "writable": True}
 DEFAULT_VMAS = [
     {"mm": 1, "start": 0, "end": 4, "file": 1, "pgoff": 0, "shared": True, "writable": True},
@@ -122,7 +124,7 @@ class Counterexample:
             "format_version": format_version_for(self.schedule),
             "kind": KIND,
             "kernel": self.kernel,
-            "flush_model": "x86-ipi",
+            "flush_model": f"x86-{self.world.get('tlb_flush', 'ipi')}",
             "world": self.world,
             "calls": calls,
             "schedule": self.schedule,
@@ -331,9 +333,11 @@ def load(path: str) -> Counterexample:
     if type(kernel) is not str or not 0 < len(kernel) <= KERNEL_CHARS_MAX:
         raise _fail(path, "field 'kernel' must be a kernel name such as \"mainline\" or "
                     "\"bug:SLUG\"", "`mmfuzz bugs` lists the bug kernels")
-    if d.get("flush_model", "x86-ipi") != "x86-ipi":
-        raise _fail(path, f"flush_model {str(d['flush_model'])[:40]!r} is not modelled",
-                    "use \"x86-ipi\" (the only flush model so far) or leave it out")
+    flush_model = d.get("flush_model", "x86-ipi")
+    if flush_model not in FLUSH_MODELS:
+        raise _fail(path, f"flush_model {str(flush_model)[:40]!r} is not modelled",
+                    "use \"x86-ipi\" or \"x86-hypercall\" (world.tlb_flush says which) "
+                    "or leave it out")
     why = d["why"]
     if type(why) is not str or not why.strip() or len(why) > WHY_CHARS_MAX:
         raise _fail(path, f"field 'why' must be one sentence (1-{WHY_CHARS_MAX} characters) "
@@ -351,6 +355,10 @@ def load(path: str) -> Counterexample:
         validate_world(world)
     except ValueError as e:
         raise _fail(path, f"bad world: {e}", _EDIT_FIX + " (\"Limits\")") from None
+    if "flush_model" in d and flush_model != f"x86-{world.get('tlb_flush', 'ipi')}":
+        raise _fail(path, f"flush_model {flush_model!r} disagrees with world.tlb_flush "
+                    f"{world.get('tlb_flush', 'ipi')!r}", "make them agree (x86-ipi with "
+                    "\"ipi\" or none, x86-hypercall with \"hypercall\"), or leave flush_model out")
     schedule = d["schedule"]
     if type(schedule) is not list:
         raise _fail(path, "field 'schedule' must be a list of actions", _EDIT_FIX)

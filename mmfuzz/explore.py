@@ -10,6 +10,7 @@ any machine and in any process.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -94,9 +95,26 @@ def random_world(rng: random.Random) -> dict:
                 and not any(v["file"] == 1 for v in vmas[1:])):   # no other mapping of it
             vmas[0]["writable"] = False
             files[0] = dict(files[0], readonly=True)
-    return {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
-            "nframes": 64, "files": files, "vmas": vmas,
-            "gather": gather, "prefault": prefault}
+    world = {"ncpus": ncpus, "cpu_mm": cpu_mm, "ptrs_per_pte": ptrs, "npmds": npmds,
+             "nframes": 64, "files": files, "vmas": vmas,
+             "gather": gather, "prefault": prefault}
+    if world_fraction(world) < HYPERCALL_FLUSH_P:
+        world["tlb_flush"] = "hypercall"
+    return world
+
+
+#: the share of random worlds that run as a paravirt guest whose remote TLB flushes are
+#: hypercalls (model.Machine.tlb_flush): no flush waits for a CPU with IRQs off there, so
+#: what keeps a lockless walker (GUP-fast) safe is the RCU table free alone
+HYPERCALL_FLUSH_P = 0.25
+
+
+def world_fraction(world: dict) -> float:
+    """A number in [0, 1) that is a function of the world alone (sha256 of its canonical
+    JSON): a world property decided by it takes nothing from the run's random stream, so
+    every run draws its operations and schedule exactly as before that property existed."""
+    digest = hashlib.sha256(json.dumps(world, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
 def syscall_action(pick, world: dict, mm_id: int, cpu: int, op: str) -> list:

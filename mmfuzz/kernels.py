@@ -357,6 +357,36 @@ class GupFastForkNoWriteProtectSeq(Mainline):
         return False
 
 
+class GupFastPvFlushTableFree(Mainline):
+    """x86 before 9e52fc2b50de ("x86/mm: Enable RCU based page table freeing
+    (CONFIG_HAVE_RCU_TABLE_FREE=y)", Vitaly Kuznetsov, 2017, v4.14), run as a paravirt guest
+    whose remote TLB flushes are hypercalls (Xen PV did so for years; Hyper-V's PV flush was
+    coming). A PTE table was freed like any page, right after the TLB flush, and GUP-fast's
+    only protection was that "accessing the page table itself safely also relies on disabled
+    interrupts and TLB flush IPIs that don't happen with hypercalls, which was acknowledged
+    in commit 9e52fc2b50de" (Vlastimil Babka, stable backport of the GUP-fast fixes, 2018).
+    The fix (and mainline ever since, for every x86 world since v6.15: "on paravirt, with
+    MMU_GATHER_RCU_TABLE_FREE. This is done because some paravirt TLB flush implementations
+    handle the TLB flush in the hypervisor, and will do the flush even when the target CPU
+    has interrupts disabled", Rik van Riel, 2025) frees the tables after an RCU-sched grace
+    period. Only tlb_remove_table_free differs: it frees at once. In a world whose flushes
+    are IPIs it is as safe as mainline (the flush waits for the walker)."""
+
+    name = "bug:gupfast-pv-flush-table-free"
+
+    def tlb_remove_table_free(self, t, tables: list):
+        """Before 9e52fc2b50de: x86's ___pte_free_tlb put the table page in the mmu_gather's
+        page batch (tlb_remove_page), freed by tlb_batch_pages_flush after the flush with no
+        grace period (here freed where mainline calls call_rcu, also after the flush)."""
+        m = self.m
+        if any(c.irqs_off for c in m.cpus):
+            m.stats["bug_path_hits"] = m.stats.get("bug_path_hits", 0) + 1
+        while tables:
+            table = tables.pop(0)
+            m.free_pte_table(table)
+            yield f"tlb_table_flush: free PTE table {table.tid} (pfn {table.pfn}), no grace period"
+
+
 class KsmMadvfreeClearrefs(Mainline):
     """Mainline with b3a81d0841a9 ("mm: fix KSM data corruption", Minchan Kim, 2017) reverted.
     The fix changed two functions: KSM's write_protect_page learned to flush when
@@ -452,6 +482,11 @@ BUGS: list[Bug] = [
     Bug("fork-pinned-no-early-cow", "70e806e4e645",
         "mm: Do early cow for pinned pages during fork() for ptes",
         "gup-pin-coherent", ForkPinnedNoEarlyCow, 4),
+    # a GUP-fast reads the PMD (IRQs off) while munmap of the whole table clears it, flushes
+    # by hypercall (waiting for nobody) and frees the table; GUP-fast then reads its PTE
+    Bug("gupfast-pv-flush-table-free", "9e52fc2b50de",
+        "x86/mm: Enable RCU based page table freeing (CONFIG_HAVE_RCU_TABLE_FREE=y)",
+        "no-freed-page-table-walk", GupFastPvFlushTableFree, 4),
 ]
 
 #: Catalogued bugs whose variant the model has but the search does not find from scratch:

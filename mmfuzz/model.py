@@ -238,6 +238,9 @@ TLB_FLUSH_BATCH_FLUSHED_SHIFT = 16
 TLB_FLUSH_BATCH_PENDING_MASK = (1 << (TLB_FLUSH_BATCH_FLUSHED_SHIFT - 1)) - 1
 TLB_FLUSH_BATCH_PENDING_LARGE = TLB_FLUSH_BATCH_PENDING_MASK // 2
 
+#: the ways a world's flush_tlb_multi reaches remote CPUs (Machine.tlb_flush)
+TLB_FLUSH_MODES = ("ipi", "hypercall")
+
 
 class TlbflushUnmapBatch:
     """include/linux/mm_types_task.h struct tlbflush_unmap_batch (current->tlb_ubc): the
@@ -322,7 +325,8 @@ class FlushRequest:
 
 
 class Cpu:
-    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "ipi_queue", "reserved")
+    __slots__ = ("cpu_id", "mm_id", "tlb", "task", "irqs_off", "irq_section", "ipi_queue",
+                 "reserved")
 
     def __init__(self, cpu_id: int, mm_id: int):
         self.cpu_id = cpu_id
@@ -332,7 +336,28 @@ class Cpu:
         self.tlb: dict[int, TlbEntry] = {}    # (mm_id << 32 | vpn) -> entry
         self.task = None                      # the kernel operation in progress, if any
         self.irqs_off = False
+        # IRQs-off sections this CPU has entered (local_irq_save counts them): an RCU-sched
+        # grace period that began inside section k has ended for this CPU once it is out of
+        # section k (see RcuCallback)
+        self.irq_section = 0
         self.ipi_queue: list[FlushRequest] = []
+
+
+class RcuCallback:
+    """A call_rcu() of kernel/rcu/tree.c whose grace period has not ended: the page-table
+    pages of one tlb_remove_table_free (mm/mmu_gather.c tlb_remove_table_rcu frees them) and
+    the RCU-sched readers it waits for, (cpu id, IRQs-off section) of each CPU that had IRQs
+    disabled at the call ("We use the sched RCU variant, as that guarantees that IRQ/preempt
+    disabling holds off grace periods"). The callback runs at the first moment the grace
+    period allows (the adversarial choice for a lockless walker). Left out: other RCU readers
+    (no modelled walker of a table holds rcu_read_lock without also disabling IRQs or holding
+    the PTL), callback latency."""
+
+    __slots__ = ("readers", "tables")
+
+    def __init__(self, readers: list, tables: list):
+        self.readers = readers
+        self.tables = tables
 
 
 def tlb_key(mm_id: int, vpn: int) -> int:
@@ -347,6 +372,13 @@ class Machine:
         self.ptrs_per_pte: int = world["ptrs_per_pte"]
         self.npmds: int = world["npmds"]
         self.cpus = [Cpu(i, mm_id) for i, mm_id in enumerate(world["cpu_mm"])]
+        # how flush_tlb_multi reaches the other CPUs (TLB_FLUSH_MODES): "ipi", native x86 (a
+        # target flushes in its IPI handler, so a CPU with IRQs off holds the flusher up), or
+        # "hypercall", a paravirt guest's (Xen PV xen_flush_tlb_multi, Hyper-V
+        # hyperv_flush_tlb_multi: the hypervisor flushes every target vCPU, "even when the
+        # target CPU has interrupts disabled"; AMD INVLPGB broadcast behaves the same)
+        self.tlb_flush: str = world.get("tlb_flush", "ipi")
+        self.rcu_callbacks: list[RcuCallback] = []   # call_rcu()s still in their grace period
         self.mms: dict[int, Mm] = {}
         self.files: dict[int, FileObj] = {}
         # the ids of the files the world opened O_RDONLY, in world order: a constant of the

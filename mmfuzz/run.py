@@ -25,7 +25,7 @@ from properties import step_gate
 from .hw import deliver_ipi, evict, user_access
 from .kernel.base import Last, Task, Wait
 from . import ops
-from .model import FileObj, Machine, Mm, tlb_key
+from .model import TLB_FLUSH_MODES, FileObj, Machine, Mm, tlb_key
 
 #: After a step without events, check only the state properties whose inputs changed
 #: (properties/_gate.py): the same verdicts at the same steps, fewer calls. False: every
@@ -167,6 +167,9 @@ LIMITS = {
 
 _WORLD_KEYS = ("ncpus", "cpu_mm", "ptrs_per_pte", "npmds", "nframes", "files", "vmas", "gather",
                "prefault")
+#: fields a world may leave out: how remote TLB flushes are done (model.TLB_FLUSH_MODES;
+#: "ipi" when absent, as every world before it)
+_WORLD_OPTIONAL = ("tlb_flush",)
 _VMA_KEYS = ("mm", "start", "end", "file", "pgoff", "shared", "writable")
 
 
@@ -218,9 +221,12 @@ def validate_world(world: dict) -> None:
         if key not in world:
             raise ValueError(f"world lacks {key!r}")
     for key in world:
-        if key not in _WORLD_KEYS:
+        if key not in _WORLD_KEYS and key not in _WORLD_OPTIONAL:
             raise ValueError(f"world has an unknown field {_short(key)} (known: "
-                             f"{', '.join(_WORLD_KEYS)})")
+                             f"{', '.join(_WORLD_KEYS + _WORLD_OPTIONAL)})")
+    if "tlb_flush" in world and world["tlb_flush"] not in TLB_FLUSH_MODES:
+        raise ValueError(f"world.tlb_flush = {_short(world['tlb_flush'])} is not one of "
+                         f"{', '.join(TLB_FLUSH_MODES)}")
     ncpus = _int_in(world["ncpus"], *LIMITS["ncpus"], "world.ncpus")
     cpu_mm = world["cpu_mm"]
     if type(cpu_mm) is not list or len(cpu_mm) != ncpus:

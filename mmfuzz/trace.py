@@ -38,6 +38,8 @@ def initial_state(world: dict) -> list[str]:
     lines = []
     for cpu, vpn, write in world["prefault"]:
         lines.append(f"CPU{cpu} {'stored to' if write else 'loaded'} va {vpn:#x}")
+    if world.get("tlb_flush", "ipi") == "hypercall":
+        lines.append("paravirt guest: TLB flushes by hypercall (no IPIs)")
     return lines
 
 

@@ -102,6 +102,8 @@ CASES = [
      doc(expect=None, violation={"property": "dirty-data-preserved", "step": "15"}),
      "violation.step"),
     ("flush-model", doc(flush_model="arm64-tlbi"), "not modelled"),
+    ("flush-model-disagrees", doc(flush_model="x86-hypercall"), "disagrees with world.tlb_flush"),
+    ("tlb-flush-mode", world(tlb_flush="broadcast"), "is not one of ipi, hypercall"),
     ("found-not-object", doc(found="by hand"), "'found'"),
     # kernels (no import: see also test_file_never_imports)
     ("kernel-module", doc(kernel="this:X"), "never causes an import"),

@@ -302,24 +302,89 @@ def test_ro_pin_of_a_clear_refs_write_protected_exclusive_page_stays_coherent():
         assert r.violation is None
 
 
-def test_freeing_a_table_before_the_flush_is_a_freed_table_walk():
-    """GUP-fast holds the PMD's table with IRQs off while munmap frees it: mainline's flush
-    IPI waits for GUP-fast, so the table is freed after the walk; a kernel that frees before
-    flushing lets GUP-fast read a freed table."""
+def run_alone(r: Run, cpu: int, op: str, *args):
+    """Start ``op`` on ``cpu`` and step only that CPU until it returns (it must never block)."""
+    assert r.apply(["start", cpu, op, *args]) is not None
+    for _ in range(200):
+        if r.m.cpus[cpu].task is None:
+            return
+        assert r.apply(["step", cpu]) is not None, texts(r)[-3:]
+    raise AssertionError(f"{op} on CPU{cpu} did not return")
+
+
+def _gup_fast_against_table_free(kernel, flush: str) -> Run:
+    """GUP-fast (CPU0) reads the PMD of va 0x4's table with IRQs off; munmap (CPU1) of the
+    whole table then runs as far as it can (flush IPIs delivered where CPU2 takes them; CPU0
+    takes none while its IRQs are off); then everything drains."""
+    r = Run(kernel, dict(default_world(), tlb_flush=flush))
+    store(r, 0, 4)
+    drain_op(r, 1, "madvise_dontneed", 4, 2)  # the table stays, empty: munmap flushes
+    r.apply(["start", 0, "pin_user_pages", 4, 1, 1])   # only for the freed table
+    step_until(r, 0, "pmdp_get_lockless")
+    r.apply(["start", 1, "munmap", 4, 2])
+    for _ in range(200):                       # munmap as far as it can go
+        if r.m.cpus[1].task is None or r.apply(["step", 1]) is None:
+            if r.m.cpus[1].task is None or not r.apply(["ipi", 2]):
+                break
+    r.drain()
+    return r
+
+
+def test_a_table_gup_fast_may_hold_is_freed_only_after_its_walk():
+    """Who keeps a PTE table alive under GUP-fast (IRQs off, PMD read, PTE not yet): with IPI
+    flushes the flush itself waits for the walker, with hypercall flushes (a paravirt guest)
+    only mainline's RCU table free does. The kernel before 9e52fc2b50de freed tables right
+    after the flush: safe with IPIs, a freed-table walk with hypercalls. Freeing before the
+    flush (FreeTablesBeforeFlush, also without RCU) is a freed-table walk either way."""
+    from mmfuzz.kernels import GupFastPvFlushTableFree
     from .variants import FreeTablesBeforeFlush
-    for kernel, want in ((FreeTablesBeforeFlush, "no-freed-page-table-walk"), (Mainline, None)):
-        r = Run(kernel, default_world())
-        store(r, 0, 4)
-        drain_op(r, 1, "madvise_dontneed", 4, 2)  # the table stays, empty: munmap flushes
-        r.apply(["start", 0, "pin_user_pages", 4, 1, 1])   # only for the freed table
-        step_until(r, 0, "pmdp_get_lockless")
-        r.apply(["start", 1, "munmap", 4, 2])
-        for _ in range(200):                       # munmap as far as it can go
-            if r.m.cpus[1].task is None or r.apply(["step", 1]) is None:
-                if r.m.cpus[1].task is None or not r.apply(["ipi", 2]):
-                    break
-        r.drain()
-        assert (r.violation and r.violation.prop) == want, kernel
+    cases = [(Mainline, "ipi", None), (Mainline, "hypercall", None),
+             (GupFastPvFlushTableFree, "ipi", None),
+             (GupFastPvFlushTableFree, "hypercall", "no-freed-page-table-walk"),
+             (FreeTablesBeforeFlush, "ipi", "no-freed-page-table-walk")]
+    for kernel, flush, want in cases:
+        r = _gup_fast_against_table_free(kernel, flush)
+        assert (r.violation and r.violation.prop) == want, (kernel, flush)
+
+
+def test_mainline_frees_the_table_when_gup_fast_enables_irqs():
+    """With hypercall flushes munmap returns before GUP-fast has finished its walk (nothing
+    waits for the IRQs-off CPU); the table waits in call_rcu, and the step of GUP-fast that
+    ends its IRQs-off section ends the grace period and frees it."""
+    r = Run(Mainline, dict(default_world(), tlb_flush="hypercall"))
+    store(r, 0, 4)
+    drain_op(r, 1, "madvise_dontneed", 4, 2)
+    r.apply(["start", 0, "pin_user_pages", 4, 1, 1])
+    step_until(r, 0, "pmdp_get_lockless")
+    table = r.m.mms[MM].pmd[2]
+    run_alone(r, 1, "munmap", 4, 2)            # returns: no flush waited for CPU0
+    assert r.m.cpus[1].task is None and r.m.mms[MM].pmd[2] is None
+    assert not table.freed and len(r.m.rcu_callbacks) == 1
+    assert any("hypercall flush of CPU" in x for x in texts(r))
+    assert any("the grace period waits for CPU[0]" in x for x in texts(r))
+    step_until(r, 0, "local_irq_restore")
+    assert table.freed and not r.m.rcu_callbacks
+    assert "grace period over: tlb_remove_table_rcu: free PTE table" in texts(r)[-1]
+    r.drain()
+    assert r.violation is None
+
+
+def test_hypercall_flush_needs_no_ipi_and_waits_for_no_irqs_off_cpu():
+    """A paravirt flush_tlb_multi drops the remote TLB entries in the flusher's own step:
+    no IPI is queued, and a CPU with IRQs off (GUP-fast) does not hold the flusher up."""
+    r = Run(Mainline, dict(default_world(), tlb_flush="hypercall"))
+    store(r, 0, 4)
+    store(r, 2, 4)
+    assert tlb_key(MM, 4) in r.m.cpus[2].tlb
+    r.apply(["start", 2, "pin_user_pages", 0, 1, 1])
+    step_until(r, 2, "local_irq_save")
+    run_alone(r, 1, "madvise_dontneed", 4, 1)  # never blocked on CPU2
+    assert r.m.cpus[2].irqs_off and tlb_key(MM, 4) not in r.m.cpus[2].tlb
+    assert not any(c.ipi_queue for c in r.m.cpus)
+    flushes, ipis, interrupted = r.m.cost["madvise_dontneed"]   # the cost record (--cost)
+    assert flushes >= 1 and ipis == 0 and interrupted == 0
+    r.drain()
+    assert r.violation is None
 
 
 def test_a_pin_taken_while_madvise_discards_its_range_need_not_follow_the_address():

@@ -4,6 +4,7 @@ synthetic, not historic: the catalogued bugs live in mmfuzz.kernels. Also usable
 ``--kernel tests.variants:Name``, the way a developer prototypes a patch."""
 
 from mmfuzz.kernel import Mainline
+from mmfuzz.kernels import GupFastPvFlushTableFree
 
 
 class FreeBeforeFlush(Mainline):
@@ -198,10 +199,12 @@ class PageoutWithoutFlushDirty(Mainline):
         yield
 
 
-class FreeTablesBeforeFlush(Mainline):
-    """tlb_flush_mmu frees the queued page tables before the TLB flush, so nothing waits for
-    a CPU walking with IRQs off (GUP-fast): breaks "Architectures that use IPIs to flush TLBs
-    will then automagically DTRT" (trips no-freed-page-table-walk)."""
+class FreeTablesBeforeFlush(GupFastPvFlushTableFree):
+    """The tables freed without a grace period (as before 9e52fc2b50de) and, worse, before
+    the TLB flush, so that even an IPI flush waits for no CPU walking with IRQs off
+    (GUP-fast): breaks "Architectures that use IPIs to flush TLBs will then automagically
+    DTRT" (trips no-freed-page-table-walk in a world whose flushes are IPIs). On mainline's
+    RCU table free the order would not matter to a software walker."""
 
     def tlb_flush_mmu(self, t, tlb):
         yield from self.tlb_table_flush(t, tlb)

@@ -64,6 +64,31 @@ class KernelBase:
     def __init__(self, machine: Machine):
         self.m = machine
 
+    # --- IRQs off: include/linux/irqflags.h ---------------------------------------------
+    def local_irq_save(self, t: Task) -> None:
+        """local_irq_save on the task's CPU: flush IPIs to it wait (Run.ipi_cpus), and an
+        RCU-sched grace period cannot end while it lasts (the caller yields the step)."""
+        cpu = self.m.cpus[t.cpu]
+        cpu.irqs_off = True
+        cpu.irq_section += 1
+
+    def local_irq_restore(self, t: Task) -> str:
+        """local_irq_restore on the task's CPU; every call_rcu (RcuCallback) that waited for no
+        other reader than this section runs its callback now. Returns a note of what the
+        callbacks freed for the caller's step label ("" if nothing)."""
+        m = self.m
+        cpu = m.cpus[t.cpu]
+        cpu.irqs_off = False
+        if not m.rcu_callbacks:
+            return ""
+        notes = []
+        for cb in list(m.rcu_callbacks):
+            if all(not m.cpus[c].irqs_off or m.cpus[c].irq_section != sec
+                   for c, sec in cb.readers):
+                m.rcu_callbacks.remove(cb)
+                notes.append(self.tlb_remove_table_rcu(cb))
+        return f" (grace period over: {'; '.join(notes)})" if notes else ""
+
     # --- spinlocks (PTL, page_table_lock) -------------------------------------------------
     def spin_lock(self, t: Task, lock: SpinLock, label: str):
         """include/linux/spinlock.h spin_lock (PTL, page_table_lock): spins; IRQs stay on."""

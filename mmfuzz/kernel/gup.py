@@ -228,7 +228,6 @@ class Gup(KernelBase):
         copy_page_range(), in this case always fail GUP-fast" (unpin what was pinned).
         Returns the folio taken (None is the zero page, never taken here) or False."""
         mm = t.mm
-        cpu = self.m.cpus[t.cpu]
         seq = 0
         checks_fork = self.gup_fast_checks_write_protect_seq(flags)
         if checks_fork:
@@ -236,11 +235,11 @@ class Gup(KernelBase):
             yield f"gup_fast: raw_read_seqcount(mm{mm.mm_id}->write_protect_seq) = {seq}"
             if seq & 1:
                 return False
-        cpu.irqs_off = True
+        self.local_irq_save(t)
         yield "gup_fast: local_irq_save"
         got = yield from self.gup_fast_pgd_range(t, vpn, flags)
-        cpu.irqs_off = False
-        yield "gup_fast: local_irq_restore"
+        freed = self.local_irq_restore(t)
+        yield "gup_fast: local_irq_restore" + freed
         if got is False:
             return False
         if checks_fork and mm.write_protect_seq != seq:

@@ -11,7 +11,7 @@ allocation failure, the page_size/vma_exec/vma_huge/vma_pfn flags, mmu notifiers
 
 from __future__ import annotations
 
-from ..model import Folio, Mm, PteTable
+from ..model import Folio, Mm, PteTable, RcuCallback
 from .base import KernelBase, Task
 
 
@@ -104,8 +104,8 @@ class MmuGatherOps(KernelBase):
 
     def pte_free_tlb(self, tlb: MmuGather, table: PteTable, vpn: int) -> None:
         """include/asm-generic/tlb.h pte_free_tlb: range, freed_tables = cleared_pmds = 1, then
-        queue the table page (x86 __pte_free_tlb). Whether the page goes to the normal batch
-        (6.12 bare metal) or the RCU table batch (6.14+), it is freed only after the flush."""
+        queue the table page (x86 ___pte_free_tlb -> tlb_remove_ptdesc -> tlb_remove_table):
+        freed after the flush and an RCU-sched grace period (tlb_table_flush)."""
         tlb.adjust_range(vpn, vpn + 1)
         tlb.freed_tables = True
         tlb.cleared_pmds = True
@@ -140,12 +140,47 @@ class MmuGatherOps(KernelBase):
         tlb.delayed_rmap = False
 
     def tlb_table_flush(self, t: Task, tlb: MmuGather):
-        """mm/mmu_gather.c tlb_table_flush / tlb_remove_table_free: free the queued table pages
-        (after the flush that tlb_flush_mmu did first)."""
-        while tlb.tables:
-            table = tlb.tables.pop(0)
+        """mm/mmu_gather.c tlb_table_flush: tlb_table_invalidate (its tlb_flush_mmu_tlbonly is
+        the flush tlb_flush_mmu did just before, so it finds nothing left to flush), then
+        tlb_remove_table_free of the batch. x86 selects MMU_GATHER_RCU_TABLE_FREE
+        unconditionally since Rik van Riel's "x86/mm: make MMU_GATHER_RCU_TABLE_FREE
+        unconditional" (v6.15; before it, only paravirt guests did: "on bare metal, by
+        blocking IRQs, which block TLB flush IPIs - on paravirt, with
+        MMU_GATHER_RCU_TABLE_FREE"), and ___pte_free_tlb queues every PTE table with
+        tlb_remove_table. Left out: the GFP_NOWAIT batch allocation failing
+        (tlb_remove_table_one), MAX_TABLE_BATCH (one batch per flush)."""
+        if tlb.tables:
+            tables, tlb.tables = tlb.tables, []
+            yield from self.tlb_remove_table_free(t, tables)
+
+    def tlb_remove_table_free(self, t: Task, tables: list):
+        """mm/mmu_gather.c tlb_remove_table_free (CONFIG_MMU_GATHER_RCU_TABLE_FREE):
+        call_rcu(&batch->rcu, tlb_remove_table_rcu). "We use the sched RCU variant, as that
+        guarantees that IRQ/preempt disabling holds off grace periods": the tables are freed
+        once every CPU that has IRQs disabled now has enabled them (rcu_irqs_enabled), at once
+        if none has. One step per table, as __tlb_remove_table_free frees them."""
+        m = self.m
+        readers = [(c.cpu_id, c.irq_section) for c in m.cpus if c.irqs_off]
+        if not readers:
+            while tables:
+                table = tables.pop(0)
+                m.free_pte_table(table)
+                yield (f"tlb_table_flush: call_rcu, no CPU has IRQs off: free PTE table "
+                       f"{table.tid} (pfn {table.pfn})")
+            return
+        m.rcu_callbacks.append(RcuCallback(readers, tables))
+        yield (f"tlb_table_flush: call_rcu(tlb_remove_table_rcu) for PTE table"
+               f"{'s' if len(tables) > 1 else ''} {', '.join(str(x.tid) for x in tables)}: "
+               f"the grace period waits for CPU{[c for c, _ in readers]} (IRQs off)")
+
+    def tlb_remove_table_rcu(self, cb) -> str:
+        """mm/mmu_gather.c tlb_remove_table_rcu -> __tlb_remove_table_free: free the pages of
+        a batch whose grace period has ended. Runs inside the step that ended it (RCU's
+        softirq, at the earliest); returns what it freed, for that step's label."""
+        for table in cb.tables:
             self.m.free_pte_table(table)
-            yield f"tlb_table_flush: free PTE table {table.tid} (pfn {table.pfn})"
+        return (f"tlb_remove_table_rcu: free PTE table"
+                f"{'s' if len(cb.tables) > 1 else ''} {', '.join(str(x.tid) for x in cb.tables)}")
 
     def tlb_batch_pages_flush(self, t: Task, tlb: MmuGather):
         """mm/mmu_gather.c tlb_batch_pages_flush: free_pages_and_swap_cache on every batch from

@@ -1,5 +1,8 @@
 """x86 TLB shootdown by IPI: arch/x86/mm/tlb.c, arch/x86/include/asm/tlb.h.
 
+A world may run as a paravirt guest whose remote flushes are hypercalls
+(Machine.tlb_flush "hypercall": flush_tlb_multi_hypercall), which wait for no CPU.
+
 Left out: lazy-TLB CPUs and tlb_gen catch-up at switch_mm (every CPU keeps its one user mm
 loaded; mm_cpumask changes only when fork places a child on a CPU and when exit takes the
 CPU's process away), the 33-stride full-flush ceiling (a range flush and a full
@@ -40,6 +43,13 @@ class TlbFlushX86(KernelBase):
         m = self.m
         mm.tlb_gen += 1
         gen = mm.tlb_gen
+        if m.tlb_flush == "hypercall":
+            yield from self.flush_tlb_multi_hypercall(
+                t, mm.mm_id, start, end, full,
+                f"flush_tlb_mm_range(mm{mm.mm_id}, {'all' if full else f'[{start:#x}-{end:#x})'})",
+                mm.cpumask)
+            self.tlb_flush_completed(mm, gen, start, end, full)
+            return
         requests = []
         targets = []
         for cpu_id in mm.cpumask:
@@ -59,6 +69,28 @@ class TlbFlushX86(KernelBase):
             yield Wait(lambda: all(req not in cpu.ipi_queue for cpu, req in requests),
                        "waits for flush IPIs")
         self.tlb_flush_completed(mm, gen, start, end, full)
+
+    def flush_tlb_multi_hypercall(self, t: Task, mm_id, start: int, end: int, full: bool,
+                                  label: str, cpus: list):
+        """A paravirt guest's flush_tlb_multi (arch/x86/include/asm/paravirt.h: the
+        pv_ops.mmu.flush_tlb_multi hook), as arch/x86/xen/mmu_pv.c xen_flush_tlb_multi and
+        arch/x86/hyperv/mmu.c hyperv_flush_tlb_multi do it: one hypercall, and the hypervisor
+        flushes every target vCPU without running guest code there, "even when the target
+        CPU has interrupts disabled" (Rik van Riel, "x86/mm: make MMU_GATHER_RCU_TABLE_FREE
+        unconditional", 2025). Here: the local and every remote TLB of ``cpus`` dropped in
+        one step, no IPI and nothing to wait for (``mm_id`` None: each target's loaded mm, as
+        arch_tlbbatch_flush's info->mm NULL). Left out: the hypercall's own cost and KVM's
+        preempted-vCPU deferral (kvm_flush_tlb_multi)."""
+        m = self.m
+        remote = []
+        for cpu_id in cpus:
+            cpu = m.cpus[cpu_id]
+            flush_cpu_tlb(cpu, cpu.mm_id if mm_id is None else mm_id, start, end, full)
+            if cpu_id != t.cpu:
+                remote.append(cpu_id)
+        note_flush(m, t, [])
+        yield (f"{label}: hypercall flush of CPU{remote}" if remote
+               else f"{label}: local only")
 
     # --- hooks for TLB-generation schemes (mainline: nothing) -------------------------------
     def pte_table_flush_deferred(self, mm: Mm, table) -> None:
@@ -122,6 +154,11 @@ class TlbFlushX86(KernelBase):
         at once, the others by IPI, waiting for every one) or locally only; then
         cpumask_clear. With info->mm NULL each target flushes the mm it has loaded."""
         m = self.m
+        if m.tlb_flush == "hypercall":
+            cpus, batch.cpumask = batch.cpumask, []
+            yield from self.flush_tlb_multi_hypercall(t, None, 0, 0, True,
+                                                      "arch_tlbbatch_flush", cpus)
+            return
         requests = []
         for cpu_id in batch.cpumask:
             cpu = m.cpus[cpu_id]
