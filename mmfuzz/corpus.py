@@ -76,6 +76,13 @@ WORLD_DEFAULTS = {
 }
 #: the flush models a file may name: x86 with world.tlb_flush "ipi" or "hypercall"
 FLUSH_MODELS = ("x86-ipi", "x86-hypercall")
+
+
+def flush_model_of(world: dict) -> str:
+    """The file's flush_model for ``world``: x86 with its tlb_flush ("ipi" when absent)."""
+    return f"x86-{world.get('tlb_flush', 'ipi')}"
+
+
 VMA_DEFAULTS = {"mm": 1, "file": None, "pgoff": 0, "shared": False, "writable": True}
 DEFAULT_VMAS = [
     {"mm": 1, "start": 0, "end": 4, "file": 1, "pgoff": 0, "shared": True, "writable": True},
@@ -124,7 +131,7 @@ class Counterexample:
             "format_version": format_version_for(self.schedule),
             "kind": KIND,
             "kernel": self.kernel,
-            "flush_model": f"x86-{self.world.get('tlb_flush', 'ipi')}",
+            "flush_model": flush_model_of(self.world),
             "world": self.world,
             "calls": calls,
             "schedule": self.schedule,
@@ -355,7 +362,7 @@ def load(path: str) -> Counterexample:
         validate_world(world)
     except ValueError as e:
         raise _fail(path, f"bad world: {e}", _EDIT_FIX + " (\"Limits\")") from None
-    if "flush_model" in d and flush_model != f"x86-{world.get('tlb_flush', 'ipi')}":
+    if "flush_model" in d and flush_model != flush_model_of(world):
         raise _fail(path, f"flush_model {flush_model!r} disagrees with world.tlb_flush "
                     f"{world.get('tlb_flush', 'ipi')!r}", "make them agree (x86-ipi with "
                     "\"ipi\" or none, x86-hypercall with \"hypercall\"), or leave flush_model out")

@@ -381,10 +381,7 @@ class GupFastPvFlushTableFree(Mainline):
         m = self.m
         if any(c.irqs_off for c in m.cpus):
             m.stats["bug_path_hits"] = m.stats.get("bug_path_hits", 0) + 1
-        while tables:
-            table = tables.pop(0)
-            m.free_pte_table(table)
-            yield f"tlb_table_flush: free PTE table {table.tid} (pfn {table.pfn}), no grace period"
+        yield from self.free_tables_now(t, tables, "", ", no grace period")
 
 
 class KsmMadvfreeClearrefs(Mainline):

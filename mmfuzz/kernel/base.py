@@ -58,8 +58,6 @@ class KernelBase:
 
     #: name shown in traces and corpus files; set by the registry
     name = "mainline"
-    #: flush model: "x86-ipi" is the only one modelled so far
-    flush_model = "x86-ipi"
 
     def __init__(self, machine: Machine):
         self.m = machine

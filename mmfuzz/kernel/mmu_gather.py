@@ -162,16 +162,20 @@ class MmuGatherOps(KernelBase):
         m = self.m
         readers = [(c.cpu_id, c.irq_section) for c in m.cpus if c.irqs_off]
         if not readers:
-            while tables:
-                table = tables.pop(0)
-                m.free_pte_table(table)
-                yield (f"tlb_table_flush: call_rcu, no CPU has IRQs off: free PTE table "
-                       f"{table.tid} (pfn {table.pfn})")
+            yield from self.free_tables_now(t, tables, "call_rcu, no CPU has IRQs off: ")
             return
         m.rcu_callbacks.append(RcuCallback(readers, tables))
         yield (f"tlb_table_flush: call_rcu(tlb_remove_table_rcu) for PTE table"
                f"{'s' if len(tables) > 1 else ''} {', '.join(str(x.tid) for x in tables)}: "
                f"the grace period waits for CPU{[c for c, _ in readers]} (IRQs off)")
+
+    def free_tables_now(self, t: Task, tables: list, why: str, after: str = ""):
+        """Free ``tables`` in order, one step each (as __tlb_remove_table_free frees a
+        batch), labelled "tlb_table_flush: {why}free PTE table N (pfn P){after}"."""
+        while tables:
+            table = tables.pop(0)
+            self.m.free_pte_table(table)
+            yield f"tlb_table_flush: {why}free PTE table {table.tid} (pfn {table.pfn}){after}"
 
     def tlb_remove_table_rcu(self, cb) -> str:
         """mm/mmu_gather.c tlb_remove_table_rcu -> __tlb_remove_table_free: free the pages of

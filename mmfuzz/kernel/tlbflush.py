@@ -43,10 +43,10 @@ class TlbFlushX86(KernelBase):
         m = self.m
         mm.tlb_gen += 1
         gen = mm.tlb_gen
+        what = "all" if full else f"[{start:#x}-{end:#x})"
         if m.tlb_flush == "hypercall":
             yield from self.flush_tlb_multi_hypercall(
-                t, mm.mm_id, start, end, full,
-                f"flush_tlb_mm_range(mm{mm.mm_id}, {'all' if full else f'[{start:#x}-{end:#x})'})",
+                t, mm.mm_id, start, end, full, f"flush_tlb_mm_range(mm{mm.mm_id}, {what})",
                 mm.cpumask)
             self.tlb_flush_completed(mm, gen, start, end, full)
             return
@@ -62,7 +62,6 @@ class TlbFlushX86(KernelBase):
             requests.append((cpu, req))
             targets.append(cpu_id)
         note_flush(m, t, targets)
-        what = "all" if full else f"[{start:#x}-{end:#x})"
         yield f"flush_tlb_mm_range(mm{mm.mm_id}, {what}): IPI to CPU{targets}" if targets \
             else f"flush_tlb_mm_range(mm{mm.mm_id}, {what}): local only"
         if requests:
