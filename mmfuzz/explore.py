@@ -44,7 +44,8 @@ def random_world(rng: random.Random) -> dict:
     first, 2 or 4 PTEs per table, an mmu_gather of GATHERS, and a few prefaulted pages.
     Biased to small, some worlds add (each a field of the world, so the corpus records it): a
     second VMA of the same file in the first process, at another pgoff (its file range
-    overlaps the first VMA's), and a second file mapped shared by the first process."""
+    overlaps the first VMA's), and a second file mapped shared by the first process. Above the
+    mappings one PTE table's worth of address space stays free."""
     ncpus = rng.choice((2, 3, 3))
     two_mm = ncpus == 3 and rng.random() < 0.25
     cpu_mm = [1, 1, 2] if two_mm else [1] * ncpus
@@ -75,7 +76,9 @@ def random_world(rng: random.Random) -> dict:
         vmas.append({"mm": 1, "start": end, "end": end + n2, "file": 2, "pgoff": 0,
                      "shared": True, "writable": True})
         end += n2
-    npmds = (end + ptrs - 1) // ptrs
+    # one PTE table's worth of address space above the mappings, free (where mremap moves a
+    # range to; nothing else is drawn there)
+    npmds = (end + ptrs - 1) // ptrs + 1
     prefault = []
     for _ in range(rng.choice((1, 2, 2, 3, 4))):
         cpu = rng.randrange(ncpus)

@@ -170,7 +170,8 @@ def _pages_of(world: dict, mm_id: int, lo: int, hi: int) -> set:
 def footprint(world: dict, action: list) -> set | None:
     """The pages a program action may touch, read from its arguments as the operation
     registry declares them (mmfuzz.ops): an access its page; VmaRange and VmaPage their pages,
-    FilePage its file page, FileId every page of the file. None (any page) for an operation
+    MremapRange its source VMAs' and destination's pages, FilePage its file page, FileRange
+    its file pages, FileId every page of the file. None (any page) for an operation
     with no page argument (clear_refs, reclaim, ksmd, fork, exit, mmap, the pins) and for a
     CPU whose process is not the world's (a forked child's)."""
     cpu = action[1]
@@ -194,6 +195,18 @@ def footprint(world: dict, action: list) -> set | None:
                     if v["mm"] == mm_id and v["start"] < hi and lo < v["end"]:
                         lo, hi = min(lo, v["start"]), max(hi, v["end"])
             out |= _pages_of(world, mm_id, lo, hi)
+        elif isinstance(arg, _ops.MremapRange):
+            if not mm_id:
+                return None
+            # the source range's VMAs (the move splits them) and the destination's pages
+            lo, hi = vals[0], vals[0] + vals[1]
+            for v in world["vmas"]:
+                if v["mm"] == mm_id and v["start"] < hi and lo < v["end"]:
+                    lo, hi = min(lo, v["start"]), max(hi, v["end"])
+            out |= _pages_of(world, mm_id, lo, hi)
+            out |= _pages_of(world, mm_id, vals[2], vals[2] + vals[1])
+        elif isinstance(arg, _ops.FileRange):
+            out |= {("file", vals[0], i) for i in range(vals[1], vals[1] + vals[2])}
         elif isinstance(arg, _ops.FilePage):
             out.add(("file", vals[0], vals[1]))
         elif isinstance(arg, _ops.FileId):

@@ -283,7 +283,8 @@ class SwapInfo:
 class FileObj:
     """An inode: its page cache (index -> folio), i_mmap (VMAs that map it) and its disk."""
 
-    __slots__ = ("file_id", "npages", "cache", "i_mmap", "i_mmap_rwsem", "disk")
+    __slots__ = ("file_id", "npages", "cache", "i_mmap", "i_mmap_rwsem", "invalidate_lock",
+                 "disk")
 
     def __init__(self, file_id: int, npages: int):
         self.file_id = file_id
@@ -291,6 +292,9 @@ class FileObj:
         self.cache: dict[int, Folio] = {}
         self.i_mmap: list[Vma] = []
         self.i_mmap_rwsem = RwSem(f"i_mmap_rwsem(file{file_id})")
+        # mapping->invalidate_lock: page-cache insertion (the fault's miss path) takes it
+        # shared, hole punching exclusive
+        self.invalidate_lock = RwSem(f"invalidate_lock(file{file_id})")
         self.disk = [0] * npages
 
 

@@ -241,6 +241,70 @@ class FilePage(Arg):
         return "file, index: a page of one of the world's files"
 
 
+class FileRange(Arg):
+    """``file, index, npages``: a range of pages of one of the world's files."""
+
+    names = ("file", "index", "npages")
+
+    def draw(self, pick, ctx):
+        fid, index = FilePage().draw(pick, ctx)
+        npages = next(f["npages"] for f in ctx.world["files"] if f["id"] == fid)
+        return [fid, index, pick(range(1, npages - index + 1), "npages")]
+
+    def check(self, values, world):
+        fid, index, npages = values
+        bad = FilePage().check([fid, index], world)
+        if bad:
+            return bad
+        size = next(f["npages"] for f in world["files"] if f["id"] == fid)
+        if not (_is_int(npages) and 1 <= npages <= size - index):
+            return f"npages must be 1-{size - index} (the range must end inside file {fid})"
+        return None
+
+    def describe(self):
+        return "file, index, npages: a page range of one of the world's files"
+
+
+class MremapRange(Arg):
+    """``start, npages, new_start``: a page range inside one of the caller's MAP_SHARED file
+    VMAs of the world and a destination for it in address space the world leaves free in the
+    caller (when there is none, the source itself: -EINVAL) (only shared file VMAs: an anon folio's rmap index is its address here, vm_pgoff of an
+    anonymous VMA is not modelled, so anon pages cannot move)."""
+
+    names = ("start", "npages", "new_start")
+
+    def draw(self, pick, ctx):
+        vmas = [v for _, v in _own_vmas(ctx) if v["file"] is not None and v.get("shared")]
+        if not vmas:
+            vmas = [v for _, v in _own_vmas(ctx)]   # the kernel refuses it (-EINVAL here)
+        lo, hi = pick([(v["start"], v["end"]) for v in vmas], "vma")
+        start = pick(range(lo, hi), "start")
+        npages = pick(range(1, hi - start + 1), "npages")
+        limit = _pages(ctx.world)
+        # destinations the world leaves free in this process (a moved range lands in free
+        # address space, as mremap without MREMAP_FIXED would put it): the VMA tree may hold
+        # more by then, and MREMAP_FIXED unmaps whatever is there
+        used = [(v["start"], v["end"]) for _, v in _own_vmas(ctx)]
+        dests = [d for d in range(0, limit - npages + 1)
+                 if all(d + npages <= lo or d >= hi for lo, hi in used)]
+        if not dests:
+            return [start, npages, start]   # no room: an overlapping move, -EINVAL
+        return [start, npages, pick(dests, "new_start")]
+
+    def check(self, values, world):
+        start, npages, new_start = values
+        bad = VmaRange().check([start, npages], world)
+        if bad:
+            return bad
+        if not (_is_int(new_start) and 0 <= new_start <= _pages(world) - npages):
+            return f"the destination {new_start}+{npages} must lie inside the page table"
+        return None
+
+    def describe(self):
+        return ("start, npages, new_start: a range of one of the caller's shared file VMAs and "
+                "where MREMAP_FIXED moves it")
+
+
 class ChildCpu(Arg):
     """``child_cpu``: a CPU of the world that starts without a process (cpu_mm 0), where a fork
     places its child. The run refuses the fork while a process runs there or another fork is

@@ -11,7 +11,8 @@ What it records:
   behalf), and when: versions stored into page-cache folios are public (any process that maps
   the file may see them) and are not recorded;
 - the fork tree: child mm -> (parent mm, clock when fork returned);
-- every discard of a user range (munmap, MADV_DONTNEED, exit) with its start and end, and
+- every discard of a user range (munmap, MADV_DONTNEED, exit, mremap) with its start and end,
+  the folios hole punching took out of a file, and
   when the GUP call that took each pin (or that writes through its own reference, as
   /proc/pid/mem does) started: a pin whose range was discarded while it existed no longer
   has to follow that address, and a store through it may land in a page no longer mapped;
@@ -23,12 +24,14 @@ What it records:
 
 from __future__ import annotations
 
-#: operations that discard the contents of a user range: name -> how to read (start, end)
-#: from the task's arguments (None: the whole address space)
+#: operations that discard the contents of user ranges: name -> how to read the ranges
+#: ((start, end), ...) from the task's arguments (None: the whole address space). mremap
+#: with MREMAP_FIXED unmaps its destination, and its source no longer maps the pages
 DISCARDING_OPS = {
-    "munmap": lambda args: (args[0], args[0] + args[1]),
-    "madvise_dontneed": lambda args: (args[0], args[0] + args[1]),
+    "munmap": lambda args: ((args[0], args[0] + args[1]),),
+    "madvise_dontneed": lambda args: ((args[0], args[0] + args[1]),),
     "exit": lambda args: None,
+    "mremap": lambda args: ((args[0], args[0] + args[1]), (args[2], args[2] + args[1])),
 }
 
 #: operations that take a GUP reference and hand it over as a pin (t.result = pin id)
@@ -41,7 +44,7 @@ GUP_WRITER_OPS = ("proc_mem_write",)
 
 class Oracle:
     __slots__ = ("writer", "parent", "discards", "gup_started", "pin_since", "anon_expected",
-                 "setup_written", "softdirty_skipped")
+                 "setup_written", "softdirty_skipped", "truncated")
 
     def __init__(self):
         self.writer: dict[int, tuple[int, int]] = {}   # version -> (mm_id, clock)
@@ -58,6 +61,9 @@ class Oracle:
         # (mm << 32 | vpn) -> the PTE clear_refs(SOFT_DIRTY) last left as it was because the
         # page may be pinned (fs/proc/task_mmu.c pte_is_pinned): its writes are not tracked
         self.softdirty_skipped: dict[int, object] = {}
+        # uids of the folios hole punching took out of the page cache: a pin on one no
+        # longer refers to the file page it was taken on (the user discarded the range)
+        self.truncated: dict[int, bool] = {}
 
     # ------------------------------------------------------------------ notes -------
     def setup_done(self, m) -> None:
@@ -75,7 +81,9 @@ class Oracle:
         """Take notes from the facts the last step emitted."""
         for ev in events:
             kind = ev[0]
-            if kind == "softdirty_skipped":
+            if kind == "truncated":
+                self.truncated[ev[1]] = True
+            elif kind == "softdirty_skipped":
                 _, mm_id, vpn, pte = ev
                 self.softdirty_skipped[mm_id << 32 | vpn] = pte
             elif kind == "store":
@@ -203,14 +211,17 @@ class Oracle:
 
     def pin_detached(self, m, pin) -> bool:
         """Did the user discard the mapping the pin was taken at while the pin existed (from
-        the start of the GUP call that took it)?"""
+        the start of the GUP call that took it)? Or did hole punching take its page out of
+        the file?"""
+        if pin.folio is not None and self.truncated and pin.folio.uid in self.truncated:
+            return True
         return self.discarded_since(pin.mm_id, pin.vpn, self.pin_since.get(pin.pin_id, 0))
 
     def discarded_since(self, mm_id: int, vpn: int, since: int) -> bool:
         """Did a discard of ``vpn`` in ``mm_id`` run (in part) at or after clock ``since``:
         may a GUP reference taken from then on hold a page the page tables no longer map?"""
-        for d_mm, rng, _start, end in self.discards.values():
-            if (d_mm == mm_id and (rng is None or rng[0] <= vpn < rng[1])
+        for d_mm, ranges, _start, end in self.discards.values():
+            if (d_mm == mm_id and (ranges is None or any(a <= vpn < b for a, b in ranges))
                     and (end is None or end >= since)):
                 return True
         return False

@@ -308,9 +308,9 @@ class OpsMachine(RuleBasedStateMachine):
     points from a generator seeded by the example, so a replay of the example is the same),
     then the stateful exhaust (mmfuzz/exhaust.py) under a small state budget and preemption
     bound. Deliberately no scheduling rule: the schedule is the search's job, not
-    Hypothesis's. Measured (seed 2, 60 examples): with the PCT runs
-    bug:madv-parallel-flush-miss is found at machine run 86, without them (the search alone)
-    not within the 87 runs; pinned in tests/test_hybrid.py."""
+    Hypothesis's. Measured (seed 11, 60 examples): with the PCT runs
+    bug:madv-parallel-flush-miss is found at machine run 67, without them (the search alone)
+    not within the 72 runs; pinned in tests/test_hybrid.py."""
 
     kernel_cls = Mainline
     last_failure: dict | None = None

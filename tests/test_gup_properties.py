@@ -100,7 +100,7 @@ def test_gup_pin_coherent_ignores_cleared_ptes_detached_pins_and_plain_reference
     r.m.pins[1] = Pin(1, a, 1, 4, FOLL_GET)               # a FOLL_GET reference need not follow
     assert gup_pin_coherent(r.m, []) is None
     r.m.pins[1] = Pin(1, a, 1, 4, PIN_RW)
-    r.m.oracle.discards[99] = [1, (4, 5), 3, None]        # the user is unmapping the range
+    r.m.oracle.discards[99] = [1, ((4, 5),), 3, None]     # the user is unmapping the range
     assert gup_pin_coherent(r.m, []) is None
 
 
@@ -120,7 +120,7 @@ def test_gup_pin_coherent_quiescent_flags_a_pinned_page_whose_pte_is_gone():
     r.m.pins[1] = Pin(1, a, 1, 4, FOLL_GET)                 # a plain reference need not follow
     assert gup_pin_coherent_quiescent(r.m) is None
     r.m.pins[1] = Pin(1, a, 1, 4, PIN_RW)
-    r.m.oracle.discards[99] = [1, (4, 5), 3, 7]             # the user discarded the range
+    r.m.oracle.discards[99] = [1, ((4, 5),), 3, 7]          # the user discarded the range
     assert gup_pin_coherent_quiescent(r.m) is None
 
 

@@ -73,8 +73,8 @@ def test_event_only_properties_ignore_the_state(kernel, monkeypatch):
 @pytest.mark.cost(8)
 @pytest.mark.parametrize("kernel,seed,runs,policy", [
     (Mainline, 1, 150, "swarm"), (Mainline, 2, 60, "pct"), (Mainline, 3, 30, "uniform"),
-    (FreeBeforeFlush, 1, 40, "swarm"), (MprotectNoFlush, 1, 60, "swarm"),
-    ("bug:madv-parallel-flush-miss", 8, 60, "swarm"),
+    (FreeBeforeFlush, 1, 40, "swarm"), (MprotectNoFlush, 4, 60, "swarm"),
+    ("bug:madv-parallel-flush-miss", 5, 60, "swarm"),
     ("bug:clear-refs-softdirty-no-flush", 4, 40, "swarm")])
 def test_fast_checks_give_the_runs_of_the_plain_definition(kernel, seed, runs, policy,
                                                            monkeypatch):
@@ -88,13 +88,13 @@ def test_fast_checks_give_the_runs_of_the_plain_definition(kernel, seed, runs, p
 @pytest.mark.cost(4)
 @pytest.mark.parametrize("slug,seed,budget", [("madv-parallel-flush-miss", 8, 100),
                                               ("clear-refs-softdirty-no-flush", 1, 100),
-                                              ("dirty-cow", 3, 100),
+                                              ("dirty-cow", 7, 800),
                                               ("cow-gup-wrong-direction-pagecount", 2, 100),
                                               ("madvfree-reclaim-vs-dio", 2, 100),
-                                              ("zap-rmap-before-flush", 1, 2000)])
+                                              ("zap-rmap-before-flush", 7, 600)])
 def test_fast_checks_find_what_the_plain_definition_finds(slug, seed, budget, monkeypatch):
     bug = bug_by_slug(slug)
-    amax = 200 if slug == "madvfree-reclaim-vs-dio" else bug.actions_max   # its run 42
+    amax = bug.actions_max
     fast, _ = ex.explore(bug.kernel, seed, runs_max=budget, actions_max=amax)
     _reference(monkeypatch)
     ref, _ = ex.explore(bug.kernel, seed, runs_max=budget, actions_max=amax)

@@ -188,7 +188,7 @@ def test_violation_at_quiescence_counts_quiescence_apart(tmp_path, capsys):
     [path] = list(tmp_path.rglob("*.json"))
     data = json.load(open(path))
     n = int(summary.split("shrunk to ")[1].split(" action")[0])
-    assert n == len(data["schedule"]) and n <= 10
+    assert n == len(data["schedule"]) and n <= 13   # a reclaim and its 12 steps (10 before mremap and hole punching)
     run, outcome = execute(_kernel("tests.variants:LeakRmap"), data["world"], data["schedule"],
                            strict=True)
     assert outcome.phase == "quiescence" and run.quiesce_from == n

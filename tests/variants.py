@@ -49,7 +49,7 @@ class DelayRmapNoForceFlush(Mainline):
         m = self.m
         old = table.ptes[slot]
         table.ptes[slot] = None
-        m.revoke(t.mm.mm_id, vpn)
+        m.revoke(tlb.mm.mm_id, vpn)
         delay_rmap = False
         dirty_note = ""
         if not folio.anon:
@@ -104,7 +104,7 @@ class ZapNoPmdCheck(Mainline):
             addr = yield from self.zap_pte_range(t, tlb, vma, addr, nxt)
 
     def zap_pte_range(self, t, tlb, vma, addr, end):
-        table = t.mm.pmd[addr // self.m.ptrs_per_pte]
+        table = tlb.mm.pmd[addr // self.m.ptrs_per_pte]
         if table is None:   # mainline returns here; this variant locks the PTL of nothing
             yield from self.spin_lock(t, table.ptl, f"zap_pte_range: pte_offset_map_lock va {addr:#x}")
         return (yield from super().zap_pte_range(t, tlb, vma, addr, end))

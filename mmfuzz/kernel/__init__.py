@@ -20,11 +20,13 @@ from .vmscan import Vmscan  # isort: skip
 from .mprotect import Mprotect  # isort: skip
 from .mapping_dirty_helpers import MappingDirtyHelpers  # isort: skip
 from .ksm import Ksm  # isort: skip
+from .truncate import Truncate  # isort: skip
+from .mremap import Mremap  # isort: skip
 
 
 class Mainline(Memory, MmuGatherOps, Rmap, Filemap, PageWriteback, Madvise, VmaOps, TaskMmu,
                ForkOps, Gup, TlbFlushX86, Swap, Vmscan, Mprotect, MappingDirtyHelpers, Ksm,
-               KernelBase):
+               Truncate, Mremap, KernelBase):
     """Mainline (v6.12 baseline) with every catalogued fix in."""
 
     name = "mainline"

@@ -3,7 +3,7 @@
 
 The filesystem is a generic block filesystem whose ->page_mkwrite is filemap_page_mkwrite,
 so shared writable mappings are write-notify: read faults install read-only PTEs and the
-first store takes a write-protect fault. Left out: readahead, invalidate_lock, i_size checks,
+first store takes a write-protect fault. Left out: readahead, i_size checks,
 private data (buffer heads), shadow entries (the swap cache is mmfuzz/kernel/swap.py).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..model import Folio, Vma
 from ..ops import FilePage, operation
-from .base import KernelBase, Last, Task
+from .base import KernelBase, Last, Task, Wait
 
 
 class Filemap(KernelBase):
@@ -24,6 +24,16 @@ class Filemap(KernelBase):
         while True:
             folio = f.cache.get(index)
             if folio is None:
+                # "See comment in filemap_create_folio() why we need invalidate_lock":
+                # filemap_invalidate_lock_shared before the folio is created, dropped once it
+                # is read. Taken within the step that adds the folio: the lock's only writer
+                # (hole punching) is excluded just the same, and readers do not exclude
+                # each other, so no interleaving is lost by not yielding in between.
+                inv = f.invalidate_lock
+                if inv.writer is not None:
+                    yield Wait(lambda: inv.writer is None, f"sleeps on {inv.name} (read)")
+                    continue   # the punch may have changed the cache: look again
+                inv.readers.append(t.tid)
                 folio = m.alloc_folio()  # the allocation reference becomes the fault's ref
                 folio.mapping = f.file_id
                 folio.index = index
@@ -35,6 +45,7 @@ class Filemap(KernelBase):
                 yield f"filemap_fault: filemap_add_folio(file{f.file_id}[{index}]) pfn {folio.pfn}, locked"
                 folio.data = f.disk[index]
                 folio.uptodate = True
+                inv.readers.remove(t.tid)   # filemap_invalidate_unlock_shared
                 yield f"filemap_read_folio: pfn {folio.pfn} <- disk v{folio.data}"
                 return folio
             folio.refcount += 1

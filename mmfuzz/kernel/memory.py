@@ -26,10 +26,15 @@ RETRY = "VM_FAULT_RETRY"
 
 class Memory(KernelBase):
     # ------------------------------------------------------------------ zap -----------
-    def zap_page_range_single(self, t: Task, vma: Vma, start: int, end: int):
-        """mm/memory.c zap_page_range_single (v6.12): one mmu_gather for this VMA:
-        tlb_gather_mmu, unmap_single_vma, tlb_finish_mmu."""
-        tlb = yield from self.tlb_gather_mmu(t, t.mm)
+    def zap_page_range_single(self, t: Task, vma: Vma, start: int, end: int,
+                              even_cows: bool = True):
+        """mm/memory.c zap_page_range_single (v6.12): one mmu_gather for this VMA's mm:
+        tlb_gather_mmu, unmap_single_vma, tlb_finish_mmu. ``even_cows`` False is a struct
+        zap_details with even_cows 0 (unmap_mapping_range's: "only unmap the page-cache
+        pages, keep the private COWed ones"); the gather carries it to zap_present_ptes and
+        zap_nonpresent_ptes, where mainline passes details down every zap_* level."""
+        tlb = yield from self.tlb_gather_mmu(t, self.m.mms[vma.mm_id])
+        tlb.even_cows = even_cows
         yield from self.unmap_single_vma(t, tlb, vma, start, end)
         yield from self.tlb_finish_mmu(t, tlb)
 
@@ -54,7 +59,7 @@ class Memory(KernelBase):
         addr = start
         while addr < end:
             nxt = min((addr // p + 1) * p, end)
-            if t.mm.pmd[addr // p] is None:  # pmd_none_or_trans_huge_or_clear_bad
+            if tlb.mm.pmd[addr // p] is None:  # pmd_none_or_trans_huge_or_clear_bad
                 addr = nxt
                 continue
             addr = yield from self.zap_pte_range(t, tlb, vma, addr, nxt)
@@ -67,7 +72,7 @@ class Memory(KernelBase):
         dropping ptl": tlb_flush_mmu_tlbonly, then tlb_flush_rmaps; unlock; then, still if
         force_flush, tlb_flush_mmu frees the batched pages."""
         m = self.m
-        mm = t.mm
+        mm = tlb.mm
         pmd_index = addr // m.ptrs_per_pte
         table = mm.pmd[pmd_index]
         if table is None:  # pte_offset_map_lock failed: nothing to zap here
@@ -86,7 +91,8 @@ class Memory(KernelBase):
                 addr += 1
                 continue
             if not ptent.present:
-                yield from self.zap_nonpresent_ptes(t, table, slot, addr)
+                if tlb.even_cows:   # should_zap_cows: a swap entry is a private anon page
+                    yield from self.zap_nonpresent_ptes(t, table, slot, addr)
                 addr += 1
                 continue
             force_flush, force_break = yield from self.zap_present_ptes(
@@ -110,7 +116,7 @@ class Memory(KernelBase):
         ptent = table.ptes[slot]
         yield from self.free_swap_and_cache(t, ptent)
         table.ptes[slot] = None
-        t.observed[tlb_key(t.mm.mm_id, vpn)] = self.m.clock
+        t.observed[tlb_key(table.mm_id, vpn)] = self.m.clock
         yield f"zap_nonpresent_ptes: free_swap_and_cache(slot {ptent.offset}), pte_clear va {vpn:#x}"
 
     def zap_present_ptes(self, t: Task, tlb: MmuGather, vma: Vma, table: PteTable, slot: int,
@@ -122,12 +128,14 @@ class Memory(KernelBase):
         ptent = table.ptes[slot]
         if ptent.special:
             table.ptes[slot] = None  # ptep_get_and_clear_full
-            m.revoke(t.mm.mm_id, vpn)
-            self.pte_table_flush_deferred(t.mm, table)
+            m.revoke(tlb.mm.mm_id, vpn)
+            self.pte_table_flush_deferred(tlb.mm, table)
             self.tlb_remove_tlb_entry(tlb, vpn)
             yield f"zap_present_ptes: ptep_get_and_clear_full va {vpn:#x} (zero page)"
             return force_flush, False
         folio = m.frames[ptent.pfn]
+        if folio.anon and not tlb.even_cows:
+            return force_flush, False   # should_zap_folio: "only zap non-anon folios"
         return (yield from self.zap_present_folio_ptes(t, tlb, vma, folio, table, slot, vpn,
                                                        force_flush))
 
@@ -148,8 +156,8 @@ class Memory(KernelBase):
         m = self.m
         old = table.ptes[slot]
         table.ptes[slot] = None
-        m.revoke(t.mm.mm_id, vpn)
-        self.pte_table_flush_deferred(t.mm, table)
+        m.revoke(tlb.mm.mm_id, vpn)
+        self.pte_table_flush_deferred(tlb.mm, table)
         delay_rmap = False
         dirty_note = ""
         if not folio.anon:

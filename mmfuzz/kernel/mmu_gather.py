@@ -18,7 +18,7 @@ from .base import KernelBase, Task
 class MmuGather:
     __slots__ = ("mm", "fullmm", "start", "end", "freed_tables", "cleared_ptes",
                  "cleared_pmds", "delayed_rmap", "batches", "active", "batch_count",
-                 "tables", "local_max", "batch_max", "batch_count_max")
+                 "tables", "local_max", "batch_max", "batch_count_max", "even_cows")
 
     def __init__(self, mm: Mm, fullmm: bool, gather_cfg: dict):
         self.mm = mm
@@ -31,6 +31,7 @@ class MmuGather:
         self.active = 0
         self.batch_count = 0
         self.tables: list[PteTable] = []
+        self.even_cows = True   # zap_details.even_cows (zap_page_range_single sets it)
         self.reset_range()
 
     def reset_range(self) -> None:

@@ -31,11 +31,23 @@ class VmaOps(KernelBase):
         mm = t.mm
         end = start + npages
         yield from self.down_write(t, mm.mmap_lock, f"munmap({start:#x}+{npages}): mmap_write_lock")
-        vmas = [v for v in mm.vmas if v.start < end and start < v.end]
-        if not vmas:
+        if not (yield from self.do_vmi_munmap(t, start, end, unlock=True)):
             yield from self.up_write(t, mm.mmap_lock, "munmap: nothing mapped, mmap_write_unlock", last=True)
             m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, {}))
             return
+        yield from self.up_read(t, mm.mmap_lock, "munmap: remove_vma, mmap_read_unlock, return", last=True)
+        m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
+
+    def do_vmi_munmap(self, t: Task, start: int, end: int, unlock: bool):
+        """mm/vma.c do_vmi_munmap -> do_vmi_align_munmap, mmap_lock held for write: split the
+        edge VMAs, write-lock and detach the VMAs in the range; with ``unlock`` downgrade to a
+        read lock (vms_complete_munmap_vmas: the caller ends holding it for read), else keep
+        the write lock (mremap's unmaps, unlock=false); then zap, free_pgtables and
+        tlb_finish_mmu. Returns False if nothing was mapped there."""
+        mm = t.mm
+        vmas = [v for v in mm.vmas if v.start < end and start < v.end]
+        if not vmas:
+            return False
         # vms_gather_munmap_vmas: split the edge VMAs (__split_vma, which write-locks the
         # VMA it splits), then vma_start_write and detach each VMA in the range
         for cut in (start, end):
@@ -53,14 +65,14 @@ class VmaOps(KernelBase):
             vma.detached = True  # vma_mark_detached
             mm.vmas.remove(vma)
         yield f"vms_gather_munmap_vmas + vma_iter_clear_gfp: detach {', '.join(v.describe() for v in vmas)}"
-        yield from self.downgrade_write(t, mm.mmap_lock, "vms_complete_munmap_vmas: mmap_write_downgrade")
+        if unlock:
+            yield from self.downgrade_write(t, mm.mmap_lock, "vms_complete_munmap_vmas: mmap_write_downgrade")
         # vms_clear_ptes
         tlb = yield from self.tlb_gather_mmu(t, mm)
         yield from self.unmap_vmas(t, tlb, vmas, start, end)
         yield from self.free_pgtables(t, tlb, vmas)
         yield from self.tlb_finish_mmu(t, tlb)
-        yield from self.up_read(t, mm.mmap_lock, "munmap: remove_vma, mmap_read_unlock, return", last=True)
-        m.events.append(("unmap_returned", mm.mm_id, start, end, t.tid, dict(t.observed)))
+        return True
 
     def split_vma(self, t: Task, vma: Vma, cut: int, new_below: bool):
         """mm/vma.c __split_vma: both VMAs are write-locked (vma_start_write), then the new VMA
