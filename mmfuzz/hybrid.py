@@ -167,6 +167,17 @@ def _pages_of(world: dict, mm_id: int, lo: int, hi: int) -> set:
     return out
 
 
+def _vma_hull(world: dict, mm_id: int, lo: int, hi: int) -> tuple[int, int]:
+    """[lo, hi) widened to the world VMAs of ``mm_id`` it overlaps. An operation that changes
+    VMAs (munmap, mprotect, mremap) splits the VMAs its range lies in (mm/vma.c __split_vma): a
+    fault anywhere in them reads the VMA it changed, so it may touch every page of those VMAs,
+    not only its range's."""
+    for v in world["vmas"]:
+        if v["mm"] == mm_id and v["start"] < hi and lo < v["end"]:
+            lo, hi = min(lo, v["start"]), max(hi, v["end"])
+    return lo, hi
+
+
 def footprint(world: dict, action: list) -> set | None:
     """The pages a program action may touch, read from its arguments as the operation
     registry declares them (mmfuzz.ops): an access its page; VmaRange and VmaPage their pages,
@@ -188,22 +199,13 @@ def footprint(world: dict, action: list) -> set | None:
                 return None
             lo, hi = vals[0], vals[0] + (vals[1] if len(vals) > 1 else 1)
             if "vma" in op.writes:
-                # an operation that changes VMAs (munmap, mprotect) splits the VMAs its range
-                # lies in (mm/vma.c __split_vma): a fault anywhere in them reads the VMA it
-                # changed, so it may touch every page of those VMAs, not only its range's
-                for v in world["vmas"]:
-                    if v["mm"] == mm_id and v["start"] < hi and lo < v["end"]:
-                        lo, hi = min(lo, v["start"]), max(hi, v["end"])
+                lo, hi = _vma_hull(world, mm_id, lo, hi)
             out |= _pages_of(world, mm_id, lo, hi)
         elif isinstance(arg, _ops.MremapRange):
             if not mm_id:
                 return None
             # the source range's VMAs (the move splits them) and the destination's pages
-            lo, hi = vals[0], vals[0] + vals[1]
-            for v in world["vmas"]:
-                if v["mm"] == mm_id and v["start"] < hi and lo < v["end"]:
-                    lo, hi = min(lo, v["start"]), max(hi, v["end"])
-            out |= _pages_of(world, mm_id, lo, hi)
+            out |= _pages_of(world, mm_id, *_vma_hull(world, mm_id, vals[0], vals[0] + vals[1]))
             out |= _pages_of(world, mm_id, vals[2], vals[2] + vals[1])
         elif isinstance(arg, _ops.FileRange):
             out |= {("file", vals[0], i) for i in range(vals[1], vals[1] + vals[2])}

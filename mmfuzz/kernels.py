@@ -181,17 +181,8 @@ class WpReuseMapcount(Mainline):
         self.folio_put_now(folio)
         reuse = self.wp_can_reuse_anon_folio(t, folio, vma)
         self.folio_unlock_now(t, folio)
-        if reuse:
-            folio.anon_exclusive = True   # as mainline's do_wp_page marks a reused folio
-            if unshare:
-                yield from self.spin_unlock(t, table.ptl, f"do_wp_page: unshare: pfn {folio.pfn} reused, unlock")
-                return 0
-            yield from self.wp_page_reuse(t, vma, table, slot, vpn, orig)
-            return 0
-        folio.refcount += 1
-        yield from self.spin_unlock(t, table.ptl, f"do_wp_page: copy needed: folio_get(pfn "
-                                                  f"{folio.pfn}) -> refcount {folio.refcount}, pte_unmap_unlock")
-        return (yield from self.wp_page_copy(t, vma, vpn, orig, folio, unshare, vma_lock))
+        return (yield from self.wp_reuse_or_copy(t, vma, table, slot, vpn, orig, folio, reuse,
+                                                 unshare, vma_lock))
 
 
 class WpReusePageCount(Mainline):
@@ -457,24 +448,18 @@ class MremapFlushTooLate(Mainline):
         """mm/mremap.c move_page_tables before eb66ae030829: the loop of today's, with
         "bool need_flush = false" passed to every move_ptes, then "if (need_flush)
         flush_tlb_range(vma, old_end-len, old_addr);"."""
-        p = self.m.ptrs_per_pte
+        m = self.m
         mm = t.mm
-        old_start, old_end = old_addr, old_addr + length
         need_flush = False
-        while old_addr < old_end:
-            extent = min((old_addr // p + 1) * p, old_end) - old_addr
-            extent = min(extent, (new_addr // p + 1) * p - new_addr)
-            if mm.pmd[old_addr // p] is not None:
-                yield from self.pte_alloc(t, new_addr, mm)
-                if (yield from self.move_ptes(t, vma, new_vma, old_addr, new_addr, extent)):
+        for old, new, extent in self.move_extents(old_addr, new_addr, length):
+            if mm.pmd[old // m.ptrs_per_pte] is not None:
+                yield from self.pte_alloc(t, new, mm)
+                if (yield from self.move_ptes(t, vma, new_vma, old, new, extent)):
                     need_flush = True
-            old_addr += extent
-            new_addr += extent
         if need_flush:
-            m = self.m
             if any(c.tlb for c in m.cpus):
                 m.stats["bug_path_hits"] = m.stats.get("bug_path_hits", 0) + 1
-            yield from self.flush_tlb_mm_range(t, mm, old_start, old_end, False, False)
+            yield from self.flush_tlb_mm_range(t, mm, old_addr, old_addr + length, False, False)
 
     def move_ptes(self, t, vma, new_vma, old_addr, new_addr, extent):
         """mm/mremap.c move_ptes after 5d1904204c99, before eb66ae030829: "if

@@ -286,7 +286,7 @@ class MremapRange(Arg):
         # more by then, and MREMAP_FIXED unmaps whatever is there
         used = [(v["start"], v["end"]) for _, v in _own_vmas(ctx)]
         dests = [d for d in range(0, limit - npages + 1)
-                 if all(d + npages <= lo or d >= hi for lo, hi in used)]
+                 if all(d + npages <= a or d >= b for a, b in used)]
         if not dests:
             return [start, npages, start]   # no room: an overlapping move, -EINVAL
         return [start, npages, pick(dests, "new_start")]

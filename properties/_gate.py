@@ -35,7 +35,8 @@ What every step without events leaves alone needs no part either:
 - a TLB entry is filled only by hw.user_access, which emits a load or store event; an entry
   dropped (a flush, an eviction) cannot make a translation stale;
 - ``m.expected`` is written only by hw.user_access's store into a page-cache folio, which
-  emits its store event.
+  emits its store event, and by hole punching (mmfuzz/kernel/truncate.py), whose steps that
+  write it emit "truncated" and "punched".
 
 A property may also name a guard (properties.STATE_GUARDS): a Machine attribute such that
 the property returns None whenever it is empty (gup-pin-coherent judges only pins). It then

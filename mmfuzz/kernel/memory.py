@@ -715,7 +715,17 @@ class Memory(KernelBase):
         if vma.shared:
             yield from self.wp_page_shared(t, vma, table, slot, vpn, orig, folio)
             return 0
-        if folio is not None and folio.anon and self.wp_can_reuse_anon_folio(t, folio, vma):
+        reuse = folio is not None and folio.anon and self.wp_can_reuse_anon_folio(t, folio, vma)
+        return (yield from self.wp_reuse_or_copy(t, vma, table, slot, vpn, orig, folio, reuse,
+                                                 unshare, vma_lock))
+
+    def wp_reuse_or_copy(self, t: Task, vma: Vma, table: PteTable, slot: int, vpn: int,
+                         orig: Pte, folio: Folio | None, reuse: bool, unshare: bool,
+                         vma_lock: bool):
+        """mm/memory.c do_wp_page after its reuse decision (PTL held): a reused folio is marked exclusive,
+        then an unshare fault is done (unlock) and a write fault reuses it (wp_page_reuse);
+        otherwise folio_get, pte_unmap_unlock, wp_page_copy."""
+        if reuse:
             folio.anon_exclusive = True  # SetPageAnonExclusive (a no-op if it was set)
             if unshare:
                 yield from self.spin_unlock(t, table.ptl, f"do_wp_page: unshare: pfn {folio.pfn} is exclusive, nothing to do, unlock")

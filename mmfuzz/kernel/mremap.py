@@ -105,21 +105,28 @@ class Mremap(KernelBase):
         yield from self.up_write(t, f.i_mmap_rwsem, f"copy_vma: {new.describe()} linked, unlock")
         return new
 
-    def move_page_tables(self, t: Task, vma: Vma, new_vma: Vma, old_addr: int, new_addr: int,
-                         length: int):
-        """mm/mremap.c move_page_tables: per extent (up to the next PMD boundary of either
-        address): skip an old range with no PTE table, pte_alloc the new one, move_ptes."""
+    def move_extents(self, old_addr: int, new_addr: int, length: int):
+        """mm/mremap.c move_page_tables' loop over get_extent(NORMAL_PMD): (old, new, extent)
+        per piece, each ending at the next PMD boundary of either address."""
         p = self.m.ptrs_per_pte
-        mm = t.mm
         old_end = old_addr + length
         while old_addr < old_end:
             extent = min((old_addr // p + 1) * p, old_end) - old_addr
             extent = min(extent, (new_addr // p + 1) * p - new_addr)
-            if mm.pmd[old_addr // p] is not None:    # get_old_pmd
-                yield from self.pte_alloc(t, new_addr, mm)
-                yield from self.move_ptes(t, vma, new_vma, old_addr, new_addr, extent)
+            yield old_addr, new_addr, extent
             old_addr += extent
             new_addr += extent
+
+    def move_page_tables(self, t: Task, vma: Vma, new_vma: Vma, old_addr: int, new_addr: int,
+                         length: int):
+        """mm/mremap.c move_page_tables: per extent, skip an old range with no PTE table
+        (get_old_pmd), pte_alloc the new one, move_ptes."""
+        mm = t.mm
+        p = self.m.ptrs_per_pte
+        for old, new, extent in self.move_extents(old_addr, new_addr, length):
+            if mm.pmd[old // p] is not None:
+                yield from self.pte_alloc(t, new, mm)
+                yield from self.move_ptes(t, vma, new_vma, old, new, extent)
 
     def move_ptes(self, t: Task, vma: Vma, new_vma: Vma, old_addr: int, new_addr: int,
                   extent: int):
