@@ -144,13 +144,20 @@ CANDIDATES = {
 _SWARM_INIT = _explore.SwarmPolicy.__init__
 
 
-def _apply_policy(name, lengths=None, start_weights=None):
-    if start_weights:
+def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None):
+    if start_weights or slow_cpu:
         init = _SWARM_INIT
 
         def __init__(self, rng, world):
             init(self, rng, world)
-            self.kind_weight["start"] = rng.choice(start_weights)
+            if start_weights:
+                self.kind_weight["start"] = rng.choice(start_weights)
+            if slow_cpu:
+                share, factor = slow_cpu
+                if rng.random() < share:
+                    speed = [1.0] * world["ncpus"]
+                    speed[rng.randrange(world["ncpus"])] = factor
+                    self.cpu_speed = speed
         _explore.SwarmPolicy.__init__ = __init__
     if name is not None:
         _explore.swarm_ops = CANDIDATES[name]
@@ -204,8 +211,8 @@ def save_model_failure(mf: ModelFailure, kernel_name: str, seed: int, engine: st
 
 
 def _one(job):
-    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, engine, failures = job
-    _apply_policy(policy, lengths, sw)
+    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, engine, failures = job
+    _apply_policy(policy, lengths, sw, slow)
     bug = _bug(slug)
     amax = actions_max or bug.actions_max
     if lengths and engine == "swarm":
@@ -307,6 +314,9 @@ def main(argv=None) -> int:
                     help="each run draws its length from these (e.g. 60,120,240), for every bug")
     ap.add_argument("--start-weights", default=None,
                     help="each swarm run draws its syscall-start weight from these (default 0.5,1,2)")
+    ap.add_argument("--slow-cpu", default=None,
+                    help="SHARE,FACTOR: in that share of swarm runs one CPU (drawn) steps at "
+                         "FACTOR times the others' weight (default: none)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
     ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
                     help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
@@ -335,11 +345,20 @@ def main(argv=None) -> int:
         return 2
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
     sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
+    slow = None
+    if args.slow_cpu:
+        try:
+            share, factor = (float(x) for x in args.slow_cpu.split(","))
+        except ValueError:
+            print(f"bench.runs: bad --slow-cpu {args.slow_cpu!r}; use SHARE,FACTOR, e.g. "
+                  "0.3,0.05", file=sys.stderr)
+            return 2
+        slow = (share, factor)
     if args.failures is None:
         import tempfile
         args.failures = tempfile.mkdtemp(prefix="mmfuzz-bench-failures-")
     jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
-             args.engine, args.failures) for s in slugs for seed in seeds]
+             slow, args.engine, args.failures) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
@@ -349,7 +368,7 @@ def main(argv=None) -> int:
             rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
             _explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__ = saved
-    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):

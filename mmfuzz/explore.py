@@ -254,6 +254,10 @@ class SwarmPolicy:
     none changes the kernel."""
 
     name = "swarm"
+    #: a per-CPU step-weight factor (a CPU slowed as by vCPU preemption or an interrupt
+    #: storm, so a window one of its tasks holds open lasts many steps of the others), or None:
+    #: the default draws none (bench.runs --slow-cpu measures it)
+    cpu_speed: list | None = None
 
     def __init__(self, rng: random.Random, world: dict):
         self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
@@ -282,6 +286,9 @@ class SwarmPolicy:
             weights = [w * hold if cpus[cpu].task.locks else w for cpu in runnable]
         else:
             weights = [w] * len(runnable)
+        speed = self.cpu_speed
+        if speed is not None:
+            weights = [x * speed[cpu] for x, cpu in zip(weights, runnable)]
         if ipis:
             weights += [kw["ipi"]] * len(ipis)
         kinds = []

@@ -577,6 +577,16 @@ BUGS: list[Bug] = [
     Bug("fork-pinned-no-early-cow", "70e806e4e645",
         "mm: Do early cow for pinned pages during fork() for ptes",
         "gup-pin-coherent", ForkPinnedNoEarlyCow, 4),
+    # CVE-2020-29374: fork, the child's vmsplice of a page it shares, the child's munmap or
+    # its own COW (either leaves the page mapped once), the parent's store, which reuses the
+    # page the pipe still references (cow-isolation judges a held reference as read, since
+    # the pipe may be read at any time). Seeds 1-10 within 20,000 runs of 400 actions: 719
+    # 3,903 11,217 10,623 7,646 3,773 9,466 10,732 11,747 11,308 (2026-12-02). Before the
+    # variant's artifacts were fixed (2026-12-02) most finds were gup-pin-coherent through
+    # them (a trylock failure copied; reuse_swap_page's swap count was missing)
+    Bug("cow-gup-wrong-direction", "09854ba94c6a", "mm: do_wp_page() simplification "
+        "(CVE-2020-29374: reuse by mapcount, no GUP unsharing)",
+        "cow-isolation", CowGupWrongDirection, 5, actions_max=400),
     # a GUP-fast reads the PMD (IRQs off) while munmap of the whole table clears it, flushes
     # by hypercall (waiting for nobody) and frees the table; GUP-fast then reads its PTE
     Bug("gupfast-pv-flush-table-free", "9e52fc2b50de",
@@ -589,17 +599,6 @@ BUGS: list[Bug] = [
 #: SLUG` as the others are, so the numbers that keep each out stay reproducible. The
 #: property is the one the model flags on hand-written schedules (tests/test_deferred.py).
 UNFOUND: list[Bug] = [
-    # fork, the child's vmsplice and munmap, the parent's store, a pipe read (5 operations, 4
-    # of them enabled together in few swarm runs): none of seeds 1-5 and 12-16 within 3,000
-    # runs of 400 actions. The finds measured before 2026-12-02 were mostly this variant's
-    # own artifacts: it copied when the page lock's trylock failed (v5.8 slept for the lock
-    # and reused) and left reuse_swap_page's swap count out, so it broke pins (gup-pin-
-    # coherent) and COWed swap-cache pages the history never did. The saved counterexample
-    # (corpus/violations/cow-gup-wrong-direction/, the vmsplice path) still replays, and
-    # tests/test_cow_table.py gives cow.c's vmsplice cases their verdict under this rule.
-    Bug("cow-gup-wrong-direction", "09854ba94c6a", "mm: do_wp_page() simplification "
-        "(CVE-2020-29374: reuse by mapcount, no GUP unsharing)",
-        "cow-isolation", CowGupWrongDirection, 5, actions_max=400),
     # a load fills the old address, mremap moves the clean PTE and drops its PTLs with the
     # flush still to come, a hole punch zaps the new PTE, flushes the new address and frees
     # the page while the old address still translates to it; the punch (about 15 steps)

@@ -28,7 +28,9 @@ def cow_isolation(m, events) -> Violation | None:
     neither through its own mapping nor through a reference it took with GUP (cow.c
     "vmsplice() + unmap in child": "This is CVE-2020-29374 reported by Jann Horn"). A
     process may see its own stores, its ancestors' stores made before the fork that
-    separated them returned, and any store into a page-cache page."""
+    separated them returned, and any store into a page-cache page. A reference the process
+    holds is observable whenever it is held (the pipe may be read at any time), so a
+    referenced page holding a version its holder may not see is the violation, read or not."""
     oracle = m.oracle
     for ev in events:
         kind = ev[0]
@@ -42,12 +44,29 @@ def cow_isolation(m, events) -> Violation | None:
             continue
         if oracle.may_observe(reader, data):
             continue
-        writer, when = oracle.writer_of(data)
-        return Violation(NAME_COW, f"mm{reader} observes v{data}, stored by mm{writer} after "
-                         f"they were separated by fork: {how} -> pfn {pfn}",
-                         {"reader": reader, "writer": writer, "version": data, "pfn": pfn,
-                          "va": vpn, "stored_at": when})
+        return _cow_violation(oracle, reader, data, how, pfn, vpn)
+    if not events:
+        return None
+    # A held reference is readable at any moment (a pipe read, a device's DMA: pin_read has
+    # no precondition), so a referenced page that holds a version its holder may not see is
+    # already observable. Folio data changes only by a step with a store event, and a new
+    # reference comes with a "gup_take" event, so checking after steps with events suffices.
+    for pin in m.pins.values():
+        folio = pin.folio
+        if folio is None or oracle.may_observe(pin.mm_id, folio.data):
+            continue
+        return _cow_violation(oracle, pin.mm_id, folio.data,
+                              f"a read through pin {pin.pin_id} (taken at va {pin.vpn:#x}) "
+                              "would return it", folio.pfn, pin.vpn)
     return None
+
+
+def _cow_violation(oracle, reader, data, how, pfn, vpn) -> Violation:
+    writer, when = oracle.writer_of(data)
+    return Violation(NAME_COW, f"mm{reader} observes v{data}, stored by mm{writer} after "
+                     f"they were separated by fork: {how} -> pfn {pfn}",
+                     {"reader": reader, "writer": writer, "version": data, "pfn": pfn,
+                      "va": vpn, "stored_at": when})
 
 
 def _held_pins(m):

@@ -39,8 +39,10 @@ HUNTS = [# seeds 1-10: - - 2,905 7,786 - - 518 - - -
          # dirty-cow seeds 1-10: - 11,459 6,727 - - 2,763 737 - 7,785 -
          pytest.param("dirty-cow", 7, 737, 2000, marks=pytest.mark.cost(8)),
          pytest.param("dirty-cow", 6, 2763, 4000, marks=pytest.mark.cost(25)),
-         # (the CVE, cow-gup-wrong-direction, is in kernels.UNFOUND since its variant's
-         # artifacts were fixed: no seed of 1-5, 12-16 within 3,000 runs)
+         # the CVE: fork, the child's vmsplice, its munmap or its own COW, the parent's store
+         # (cow-isolation judges the pipe's reference as read). Seeds 1-10: 719 3,903 11,217
+         # 10,623 7,646 3,773 9,466 10,732 11,747 11,308
+         pytest.param("cow-gup-wrong-direction", 1, 719, 1500, marks=pytest.mark.cost(6)),
          # MADV_FREE, a R/W GUP-fast pin (the O_DIRECT read's) and reclaim's lazyfree discard,
          # in runs of 120 or 240 actions; seen at quiescence by gup-pin-coherent (the pinned
          # page lost its PTE). Seeds 1-10: 9,691 42 - 391 9,340 2,239 8,047 11,474 3,161 9,713

@@ -59,6 +59,28 @@ def test_cow_isolation_flags_a_parents_store_after_fork_seen_by_the_child():
     assert v.prop == "cow-isolation" and v.facts["writer"] == 1 and v.facts["reader"] == 2
 
 
+def test_cow_isolation_flags_a_held_reference_to_the_other_processs_store_unread():
+    # the pipe may be read at any time, so the page it references holding a version its
+    # holder may not see is the violation at the step that put it there, before any read
+    r = Run(Mainline, two_mm_world())
+    fault(r, 0, 4, 1)
+    folio = r.m.frames[r.m.mms[1].pmd[2].ptes[0].pfn]
+    o = r.m.oracle
+    o.forked(1, 2, 10)
+    o.writer[50] = (1, 12)                 # the parent's store after the fork
+    o.writer[40] = (1, 8)                  # ... and one before it
+    r.m.pins[1] = Pin(1, folio, 2, 4, FOLL_GET)   # the child's vmsplice reference
+    folio.data = 40
+    assert cow_isolation(r.m, [("store", 0, 4, folio.pfn, 40)]) is None
+    folio.data = 50
+    assert cow_isolation(r.m, []) is None         # only a step with events changes data
+    v = cow_isolation(r.m, [("store", 0, 4, folio.pfn, 50)])
+    assert v.prop == "cow-isolation" and v.facts == {
+        "reader": 2, "writer": 1, "version": 50, "pfn": folio.pfn, "va": 4, "stored_at": 12}
+    r.m.pins[1] = Pin(1, folio, 1, 4, FOLL_GET)   # the parent's own reference: its store
+    assert cow_isolation(r.m, [("store", 0, 4, folio.pfn, 50)]) is None
+
+
 def test_oracle_records_only_stores_into_anon_folios():
     r = Run(Mainline, default_world())
     fault(r, 0, 4, 1)                      # anon

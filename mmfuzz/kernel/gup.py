@@ -348,6 +348,9 @@ class Gup(KernelBase):
         m.next_pin += 1
         m.pins[pin.pin_id] = pin
         t.result = pin.pin_id
+        # checker's note: the holder may read the page from now on (cow-isolation)
+        m.events.append(("gup_take", pin.mm_id, vpn, m.zero_pfn if folio is None else folio.pfn,
+                         pin.pin_id))
         what = "zero page" if folio is None else f"pfn {folio.pfn}"
         yield Last(f"{label}: pin {pin.pin_id} = {what} ({foll_str(flags)})")
 
