@@ -577,10 +577,11 @@ BUGS: list[Bug] = [
     Bug("fork-pinned-no-early-cow", "70e806e4e645",
         "mm: Do early cow for pinned pages during fork() for ptes",
         "gup-pin-coherent", ForkPinnedNoEarlyCow, 4),
-    # CVE-2020-29374: fork, the child's vmsplice of a page it shares, the child's munmap or
-    # its own COW (either leaves the page mapped once), the parent's store, which reuses the
-    # page the pipe still references (cow-isolation judges a held reference as read, since
-    # the pipe may be read at any time). Seeds 1-10 within 20,000 runs of 400 actions: 719
+    # CVE-2020-29374: fork, one process's vmsplice of the page both share, something that
+    # leaves that page mapped once (cow.c: the vmsplicer's munmap; in the finds seen so far
+    # the vmsplicer's own write fault, which copies), the other process's store, which
+    # reuses the page the pipe still references (cow-isolation judges a held reference as
+    # read, since the pipe may be read at any time). Seeds 1-10 within 20,000 runs of 400 actions: 719
     # 3,903 11,217 10,623 7,646 3,773 9,466 10,732 11,747 11,308 (2026-12-02). Before the
     # variant's artifacts were fixed (2026-12-02) most finds were gup-pin-coherent through
     # them (a trylock failure copied; reuse_swap_page's swap count was missing)

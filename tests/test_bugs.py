@@ -39,7 +39,7 @@ HUNTS = [# seeds 1-10: - - 2,905 7,786 - - 518 - - -
          # dirty-cow seeds 1-10: - 11,459 6,727 - - 2,763 737 - 7,785 -
          pytest.param("dirty-cow", 7, 737, 2000, marks=pytest.mark.cost(8)),
          pytest.param("dirty-cow", 6, 2763, 4000, marks=pytest.mark.cost(25)),
-         # the CVE: fork, the child's vmsplice, its munmap or its own COW, the parent's store
+         # the CVE: fork, one process's vmsplice, its own COW (or munmap), the other's store
          # (cow-isolation judges the pipe's reference as read). Seeds 1-10: 719 3,903 11,217
          # 10,623 7,646 3,773 9,466 10,732 11,747 11,308
          pytest.param("cow-gup-wrong-direction", 1, 719, 1500, marks=pytest.mark.cost(6)),
