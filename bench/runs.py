@@ -144,7 +144,12 @@ CANDIDATES = {
 _SWARM_INIT = _explore.SwarmPolicy.__init__
 
 
-def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None):
+#: SwarmPolicy's hot-page knob as the module defines it (the default a job without --hot uses)
+_HOT_DEFAULT = (_explore.SwarmPolicy.hot_share, _explore.SwarmPolicy.hot_p)
+
+
+def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None, hot=None):
+    _explore.SwarmPolicy.hot_share, _explore.SwarmPolicy.hot_p = hot or _HOT_DEFAULT
     if start_weights or slow_cpu:
         init = _SWARM_INIT
 
@@ -211,8 +216,9 @@ def save_model_failure(mf: ModelFailure, kernel_name: str, seed: int, engine: st
 
 
 def _one(job):
-    slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, engine, failures = job
-    _apply_policy(policy, lengths, sw, slow)
+    (slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, hot, engine,
+     failures) = job
+    _apply_policy(policy, lengths, sw, slow, hot)
     bug = _bug(slug)
     amax = actions_max or bug.actions_max
     if lengths and engine == "swarm":
@@ -317,6 +323,10 @@ def main(argv=None) -> int:
     ap.add_argument("--slow-cpu", default=None,
                     help="SHARE,FACTOR: in that share of swarm runs one CPU (drawn) steps at "
                          "FACTOR times the others' weight (default: none)")
+    ap.add_argument("--hot", default=None,
+                    help="SHARE,P: in that share of swarm runs one page is hot and each page "
+                         "draw aims at it with probability P (default: SwarmPolicy's "
+                         f"{_HOT_DEFAULT[0]},{_HOT_DEFAULT[1]}; 0,0 for none)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
     ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
                     help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
@@ -354,11 +364,20 @@ def main(argv=None) -> int:
                   "0.3,0.05", file=sys.stderr)
             return 2
         slow = (share, factor)
+    hot = None
+    if args.hot:
+        try:
+            share, p = (float(x) for x in args.hot.split(","))
+        except ValueError:
+            print(f"bench.runs: bad --hot {args.hot!r}; use SHARE,P, e.g. 0.8,0.7",
+                  file=sys.stderr)
+            return 2
+        hot = (share, p)
     if args.failures is None:
         import tempfile
         args.failures = tempfile.mkdtemp(prefix="mmfuzz-bench-failures-")
     jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
-             slow, args.engine, args.failures) for s in slugs for seed in seeds]
+             slow, hot, args.engine, args.failures) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
@@ -368,7 +387,7 @@ def main(argv=None) -> int:
             rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
             _explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__ = saved
-    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, hot page {args.hot or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):

@@ -146,23 +146,67 @@ def access_kind(r: float, store_bias: float) -> int:
     return 0
 
 
+def hot_page(rng: random.Random, world: dict) -> tuple:
+    """One page of the first process's VMAs in ``world`` (a VMA, then a page of it, uniformly):
+    ``(va, file_page)``, file_page the (file id, index) it maps or None for an anon VMA."""
+    vma = rng.choice([v for v in world["vmas"] if v["mm"] == 1])
+    va = rng.randrange(vma["start"], vma["end"])
+    if vma["file"] is None:
+        return va, None
+    return va, (vma["file"], va - vma["start"] + vma["pgoff"])
+
+
+def hot_pick(rng: random.Random, hot: tuple, p: float):
+    """A ``pick(options, label)`` (mmfuzz.ops) that aims at the page ``hot`` (hot_page's
+    pair): where the options hold it (the VMA around its VA, its VA as a start, its file and
+    index), it is picked with probability ``p``, else uniformly. A draw is taken only where
+    the hot page is an option."""
+    va, fpage = hot
+
+    def pick(options, label):
+        if label == "vma" and options and isinstance(options[0], tuple):
+            for o in options:
+                if o[0] <= va < o[1]:
+                    if rng.random() < p:
+                        return o
+                    break
+        elif label == "start":
+            if va in options and rng.random() < p:
+                return va
+        elif fpage is not None and label in ("file", "index"):
+            want = fpage[0] if label == "file" else fpage[1]
+            if want in options and rng.random() < p:
+                return want
+        return rng.choice(options)
+    return pick
+
+
+def _uniform_pick(rng: random.Random):
+    return lambda options, label: rng.choice(options)
+
+
 def _random_program_action(rng: random.Random, run: Run, world: dict, cpu: int, ops,
-                           store_bias: float):
+                           store_bias: float, hot: tuple | None = None, hot_p: float = 0.0):
     """A syscall start or a user access for ``cpu``, with arguments drawn in its own VMAs (a
     forked child's are its parent's). A CPU without a process can only start a kernel thread
-    (None if none of ``ops`` is one)."""
+    (None if none of ``ops`` is one). ``hot``: a hot_page the draws aim at with
+    probability ``hot_p`` where it is an option (hot_pick)."""
+    pick = _uniform_pick(rng) if hot is None else hot_pick(rng, hot, hot_p)
     if run.m.cpus[cpu].mm_id == 0:
         kthread_ops = [op for op in (ops or ()) if _ops.get(op).context == "kthread"]
         if not kthread_ops:
             return None
-        return syscall_action(lambda options, label: rng.choice(options), world, None, cpu,
-                              rng.choice(kthread_ops))
+        return syscall_action(pick, world, None, cpu, rng.choice(kthread_ops))
     mm_id = run.process_origin(cpu)
     if ops is None:
-        lo, hi = rng.choice([(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id])
+        own = [(v["start"], v["end"]) for v in world["vmas"] if v["mm"] == mm_id]
+        if hot is not None:
+            va = hot[0]
+            if any(lo <= va < hi for lo, hi in own) and rng.random() < hot_p:
+                return ["access", cpu, va, access_kind(rng.random(), store_bias)]
+        lo, hi = rng.choice(own)
         return ["access", cpu, rng.randrange(lo, hi), access_kind(rng.random(), store_bias)]
-    return syscall_action(lambda options, label: rng.choice(options), world, mm_id, cpu,
-                          rng.choice(ops))
+    return syscall_action(pick, world, mm_id, cpu, rng.choice(ops))
 
 
 #: Swarm testing switches each operation on with its declared share (mmfuzz.ops, 0.7 by
@@ -258,6 +302,14 @@ class SwarmPolicy:
     #: storm, so a window one of its tasks holds open lasts many steps of the others), or None:
     #: the default draws none (bench.runs --slow-cpu measures it)
     cpu_speed: list | None = None
+    #: swarm over the argument domain: in this share of runs one page of the world is hot
+    #: (hot_page), and each user access, and each page, VMA, file and index an operation
+    #: draws, aims at it with probability hot_p where it is an option. A race is one page
+    #: seen from several sides (a zap, a writeback and a store of one page; a fork, a
+    #: vmsplice and two write faults of one anon page); with uniform draws over 4-10 pages
+    #: the sides meet on one page rarely. Measured in bench/RESULTS-runs.md ("A hot page").
+    hot_share: float = 0.8
+    hot_p: float = 0.7
 
     def __init__(self, rng: random.Random, world: dict):
         self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice((0.5, 1, 3)),
@@ -270,6 +322,8 @@ class SwarmPolicy:
         self.world = world
         # without an enabled kernel-thread operation, a CPU with no process has nothing to start
         self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
+        # drawn last, so that every knob above is drawn as before it existed
+        self.hot = hot_page(rng, world) if rng.random() < self.hot_share else None
 
     def pick(self, rng: random.Random, run: Run):
         m = run.m
@@ -332,7 +386,8 @@ class SwarmPolicy:
                 return ["access", cpu, rng.choice(cached) & 0xffffffff,
                         access_kind(rng.random(), self.store_bias)]
         return _random_program_action(rng, run, self.world, cpu,
-                                      None if kind == "access" else self.ops, self.store_bias)
+                                      None if kind == "access" else self.ops, self.store_bias,
+                                      self.hot, self.hot_p)
 
 
 class UniformPolicy:

@@ -16,54 +16,67 @@ from mmfuzz.run import execute
 # within 55,000 runs, now needs 1,963 (seed 1), 7,786 (4) and 11,887 (6) runs; the
 # nested flush miss 17-75 runs on seeds 1-6 (60 actions: 145-792); the pagecount COW 20-94
 # (51-944). The catalogue's other bugs under two seeds each, a quick one and a slower one.
-# Runs to find, per seed, with the two file/VMA-lifecycle operations (mremap, hole punching)
-# in the registry and one free PTE table above every world's mappings (2026-12-02; python -m
-# bench.runs --seeds 1-10 --runs-max 12000 --per-seed, "-": another property first or none
-# within 12,000). The pins are the seeds that find soonest.
-HUNTS = [# seeds 1-10: - - 2,905 7,786 - - 518 - - -
-         pytest.param("zap-rmap-before-flush", 7, 518, 1000, marks=pytest.mark.cost(3)),
-         pytest.param("zap-rmap-before-flush", 3, 2905, 4000, marks=pytest.mark.cost(12)),
-         # seeds 1-10: 458 118 115 52 339 220 139 23 3 33
-         ("madv-parallel-flush-miss", 8, 23, 2000),
-         ("madv-parallel-flush-miss", 2, 118, 2000),
-         # seeds 1-10: 20 7 2 2 23 3 9 1 6 2
+# Runs to find, per seed, once the swarm draws its page arguments around a hot page
+# (explore.hot_pick, SwarmPolicy.hot_share and hot_p; 2026-12-03; python -m bench.runs
+# --seeds 1-10 --runs-max 15000 --per-seed, "-": another property first or none within
+# 15,000). The pins are the seeds that find soonest; the lists in parentheses are the ones
+# before the hot page (2026-12-02, within 12,000 runs), with mremap, hole punching and one
+# free PTE table above every world's mappings.
+HUNTS = [# seeds 1-10: 3,022 4,333 - - 14,434 - 12,295 12,323 5,793 1,968; of seeds 11-50
+         # (cap 1,200) 12, 19, 28 and 39 find it: 437, 77, 1,132, 642
+         # (before: - - 2,905 7,786 - - 518 - - -)
+         pytest.param("zap-rmap-before-flush", 19, 77, 500, marks=pytest.mark.cost(1)),
+         pytest.param("zap-rmap-before-flush", 12, 437, 1000, marks=pytest.mark.cost(3)),
+         # seeds 1-10: 35 40 100 76 17 26 58 18 3 285 (before: 458 118 115 52 339 220 139 23 3 33)
+         ("madv-parallel-flush-miss", 9, 3, 500),
+         ("madv-parallel-flush-miss", 5, 17, 500),
+         # seeds 1-10: 2 7 17 2 14 3 9 1 6 5 (before: 20 7 2 2 23 3 9 1 6 2)
          ("clear-refs-softdirty-no-flush", 4, 2, 100),
-         ("clear-refs-softdirty-no-flush", 1, 20, 100),
+         ("clear-refs-softdirty-no-flush", 3, 17, 100),
          # the COW/GUP family: the page_count rule's wrong COW needs a store, clear_refs, a R/O
          # pin and a store; Dirty COW a FOLL_FORCE write racing MADV_DONTNEED in a world with a
          # read-only file; the CVE a fork, the child's vmsplice and munmap, the parent's store
          # and a pipe read (runs of Bug.actions_max = 200 and 400 actions for those two).
-         # pagecount seeds 1-10: 185 45 82 63 342 111 4 64 131 105
+         # pagecount seeds 1-10: 185 8 9 148 185 43 20 16 104 249
+         # (before: 185 45 82 63 342 111 4 64 131 105)
+         ("cow-gup-wrong-direction-pagecount", 2, 8, 500),
          ("cow-gup-wrong-direction-pagecount", 1, 185, 2000),
-         ("cow-gup-wrong-direction-pagecount", 5, 342, 2000),
-         # dirty-cow seeds 1-10: - 11,459 6,727 - - 2,763 737 - 7,785 -
-         pytest.param("dirty-cow", 7, 737, 2000, marks=pytest.mark.cost(8)),
-         pytest.param("dirty-cow", 6, 2763, 4000, marks=pytest.mark.cost(25)),
+         # dirty-cow seeds 1-10: - 1,284 - 9,477 - 2,763 515 1,220 994 1,673 (seed 5: dirty-
+         # data-preserved first, at 3,004) (before: - 11,459 6,727 - - 2,763 737 - 7,785 -)
+         pytest.param("dirty-cow", 7, 515, 1000, marks=pytest.mark.cost(6)),
+         pytest.param("dirty-cow", 9, 994, 2000, marks=pytest.mark.cost(10)),
          # the CVE: fork, one process's vmsplice, its own COW (or munmap), the other's store
-         # (cow-isolation judges the pipe's reference as read). Seeds 1-10: 719 3,903 11,217
-         # 10,623 7,646 3,773 9,466 10,732 11,747 11,308
-         pytest.param("cow-gup-wrong-direction", 1, 719, 1500, marks=pytest.mark.cost(6)),
+         # (cow-isolation judges the pipe's reference as read). Seeds 1-10: 5,745 3,250 1,687
+         # 1,130 120 6,902 5,535 6,337 14,753 8,949 (before: 719 3,903 11,217 10,623 7,646
+         # 3,773 9,466 10,732 11,747 11,308)
+         pytest.param("cow-gup-wrong-direction", 5, 120, 500, marks=pytest.mark.cost(1)),
+         pytest.param("cow-gup-wrong-direction", 4, 1130, 2000, marks=pytest.mark.cost(10)),
          # MADV_FREE, a R/W GUP-fast pin (the O_DIRECT read's) and reclaim's lazyfree discard,
          # in runs of 120 or 240 actions; seen at quiescence by gup-pin-coherent (the pinned
-         # page lost its PTE). Seeds 1-10: 9,691 42 - 391 9,340 2,239 8,047 11,474 3,161 9,713
-         pytest.param("madvfree-reclaim-vs-dio", 2, 42, 500, marks=pytest.mark.cost(1)),
-         pytest.param("madvfree-reclaim-vs-dio", 4, 391, 1000, marks=pytest.mark.cost(4)),
+         # page lost its PTE). Seeds 1-10: 2,385 12,105 3,304 1,014 4,415 433 2,831 695 111
+         # 3,569 (before: 9,691 42 - 391 9,340 2,239 8,047 11,474 3,161 9,713)
+         pytest.param("madvfree-reclaim-vs-dio", 9, 111, 500, marks=pytest.mark.cost(1)),
+         pytest.param("madvfree-reclaim-vs-dio", 6, 433, 1000, marks=pytest.mark.cost(4)),
          # reclaim's batched flush met by a munmap / MADV_DONTNEED that finds the PTE already
-         # cleared: seeds 1-10: 1,968 1,732 1,438 - 3,232 908 209 2,779 1,524 5,259
-         pytest.param("reclaim-batched-flush-miss", 7, 209, 1000, marks=pytest.mark.cost(2)),
-         pytest.param("reclaim-batched-flush-miss", 6, 908, 1500, marks=pytest.mark.cost(5)),
+         # cleared: seeds 1-10: 2,520 1,732 5,438 541 187 1,251 2,879 5,945 2,735 1,655
+         # (before: 1,968 1,732 1,438 - 3,232 908 209 2,779 1,524 5,259)
+         pytest.param("reclaim-batched-flush-miss", 5, 187, 500, marks=pytest.mark.cost(2)),
+         pytest.param("reclaim-batched-flush-miss", 4, 541, 1000, marks=pytest.mark.cost(3)),
          # no race: a store, clear_refs 4, mprotect RO then RW of that page, a store; seeds 1-10:
-         # 1,222 6,611 3,221 9,074 7,031 3,463 - 10,194 1,292 1,164
-         pytest.param("mprotect-softdirty-inverted", 10, 1164, 2000, marks=pytest.mark.cost(5)),
-         pytest.param("mprotect-softdirty-inverted", 1, 1222, 2000, marks=pytest.mark.cost(5)),
-         # a R/W pin before fork, the parent's write fault: seeds 1-10: 1,368 179 3,617 3,429
-         # 1,091 3,395 1,942 415 11,476 7,565
+         # 322 1,792 948 6,688 11,359 4 436 277 5,924 2,960
+         # (before: 1,222 6,611 3,221 9,074 7,031 3,463 - 10,194 1,292 1,164)
+         pytest.param("mprotect-softdirty-inverted", 6, 4, 100, marks=pytest.mark.cost(1)),
+         pytest.param("mprotect-softdirty-inverted", 8, 277, 1000, marks=pytest.mark.cost(2)),
+         # a R/W pin before fork, the parent's write fault: seeds 1-10: 1,368 179 3,135 3,429
+         # 1,284 668 1,942 477 6,019 8,949
+         # (before: 1,368 179 3,617 3,429 1,091 3,395 1,942 415 11,476 7,565)
          pytest.param("fork-pinned-no-early-cow", 2, 179, 500, marks=pytest.mark.cost(2)),
-         pytest.param("fork-pinned-no-early-cow", 8, 415, 1000, marks=pytest.mark.cost(3)),
+         pytest.param("fork-pinned-no-early-cow", 8, 477, 1000, marks=pytest.mark.cost(3)),
          # a GUP-fast between its PMD and PTE reads while munmap frees that table in a world
-         # whose flushes are hypercalls (a quarter of them): none of seeds 1-10 within 12,000
-         # runs, none of 12-14 within 5,000; seed 15 needs 3,399
-         pytest.param("gupfast-pv-flush-table-free", 15, 3399, 4000, marks=pytest.mark.cost(16))]
+         # whose flushes are hypercalls (a quarter of them): of seeds 1-10 only seed 9 within
+         # 15,000 runs (5,621); of seeds 11-36 only seed 32 within 4,000 (960) (before: none
+         # of seeds 1-10 within 12,000, none of 12-14 within 5,000, seed 15 at 3,399)
+         pytest.param("gupfast-pv-flush-table-free", 32, 960, 1500, marks=pytest.mark.cost(5))]
 
 
 @pytest.mark.fuzz
@@ -83,9 +96,9 @@ def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget)
 @pytest.mark.cost(70)
 def test_buggy_path_runs_and_shrunk_trace_shows_rmap_before_flush():
     bug = resolve_kernel("bug:zap-rmap-before-flush")
-    found, _ = explore(bug, 7, runs_max=1000)   # seed 7 finds it at run 518 (HUNTS)
-    world, schedule = shrink(bug, found.world, found.actions, found.prop)
-    assert len(schedule) <= 41   # a 240-action run: the race over two pages of one zap (17 with 60)
+    found, _ = explore(bug, 19, runs_max=500)   # seed 19 finds it at run 77 (seed 7 at run 518
+    world, schedule = shrink(bug, found.world, found.actions, found.prop)   # before the hot page)
+    assert len(schedule) <= 22   # the race over two pages of one zap (41 from seed 7's run 518)
     run, out = execute(bug, world, schedule, strict=True)
     assert out.violation.prop == "dirty-data-preserved"
     assert run.m.stats["bug_path_hits"] >= 1
@@ -123,7 +136,7 @@ def test_catalogue_is_consistent():
 @pytest.mark.fuzz
 def test_dio_race_shrinks_to_reclaim_discarding_a_pinned_lazyfree_folio():
     bug = resolve_kernel("bug:madvfree-reclaim-vs-dio")
-    found, _ = explore(bug, 2, runs_max=500)   # run 42 (HUNTS)
+    found, _ = explore(bug, 9, runs_max=500)   # run 111 (HUNTS; seed 2, run 42 before the hot page)
     world, schedule = shrink(bug, found.world, found.actions, found.prop)
     run, out = execute(bug, world, schedule, strict=True)
     assert out.violation.prop == "gup-pin-coherent"

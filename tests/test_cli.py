@@ -20,8 +20,9 @@ def mmfuzz(*args, cwd=ROOT):
 def hunted(tmp_path_factory):
     """`mmfuzz hunt` from scratch, with a deterministic run budget, saving to a temp dir."""
     d = tmp_path_factory.mktemp("cx")
-    # seed 7 finds the race at run 518 (tests/test_bugs.py)
-    r = mmfuzz("hunt", "zap-rmap-before-flush", "--seed", "7", "--examples", "1000",
+    # seed 19 finds the race at run 77 (tests/test_bugs.py; seed 7 at run 518 before the
+    # swarm's hot page)
+    r = mmfuzz("hunt", "zap-rmap-before-flush", "--seed", "19", "--examples", "500",
                "--save", str(d), "--quiet")
     files = sorted(str(p) for p in d.rglob("*.json"))
     return r, files, d
@@ -41,7 +42,7 @@ def test_hunt_finds_saves_and_prints_rmap_before_flush(hunted):
     data = json.load(open(files[0]))
     assert data["format_version"] == 1 and data["kernel"] == "bug:zap-rmap-before-flush"
     assert data["violation"]["property"] == "dirty-data-preserved"
-    assert data["found"]["seed"] == 7 and data["schedule"]
+    assert data["found"]["seed"] == 19 and data["schedule"]
 
 
 def test_replay_round_trip(hunted):

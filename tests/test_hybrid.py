@@ -1,7 +1,7 @@
 """The hybrid engine (mmfuzz/hybrid.py): deterministic per seed, finds a bug, keeps mainline
 clean on the same runs; the synthetic rare-interleaving variant is found by exhaust on its
 scenario, by the hybrid's point search of an overlapping pair, and by the hybrid under seed 1
-in 6611 runs, where swarm makes 80,000 without finding it. Counts are pinned, never times."""
+in 8835 runs, where swarm makes 80,000 without finding it. Counts are pinned, never times."""
 
 import random
 
@@ -28,14 +28,15 @@ def test_scenarios_are_deterministic_and_well_formed():
 
 def test_hybrid_finds_a_bug_and_mainline_stays_clean():
     """Every hybrid run is first the swarm run of its index, so the hybrid needs no more runs
-    than swarm for what swarm finds (clear-refs-softdirty-no-flush, seeds 1-5: 2, 7, 12, 1,
-    42 runs for both; 2, 7, 2, 12, 25 before mremap and fallocate_punch_hole were registered
-    and every world got a free PTE table above its mappings); a run searches a scenario only
+    than swarm for what swarm finds (clear-refs-softdirty-no-flush, seeds 1-5: 2, 7, 2, 2,
+    23 runs for both; 2, 7, 12, 1, 42 before the swarm's hot page, 2026-12-03; 2, 7, 2, 12, 25
+    before mremap and fallocate_punch_hole were registered and every world got a free PTE
+    table above its mappings); a run searches a scenario only
     when two of its operations may touch one page (OVERLAP_ONLY), so some runs do and some do
     not."""
     from mmfuzz.explore import explore
     bug = bug_by_slug("clear-refs-softdirty-no-flush")
-    for seed, runs in ((1, 2), (2, 7), (3, 12), (4, 1), (5, 42)):
+    for seed, runs in ((1, 2), (2, 7), (3, 2), (4, 2), (5, 23)):
         found, stats = explore_hybrid(bug.kernel, seed, runs_max=100)
         swarm, _ = explore(bug.kernel, seed, runs_max=100, actions_max=60)   # hybrid's runs
         assert found is not None and found.prop == bug.prop and found.runs <= swarm.runs == runs
@@ -89,17 +90,17 @@ def _ops_machine_finds(slug, seed, examples, first_run_max):
 
 
 def test_a_scenario_run_that_makes_the_model_fail_is_a_model_failure_that_replays():
-    """Run 41 of seed 1 (148 before mremap and fallocate_punch_hole were registered and every
-    world got a free PTE table): its swarm run is clean, the search of its scenario raises the
+    """Run 55 of seed 1 (41 before the swarm's hot page, 2026-12-03; 148 before mremap and
+    fallocate_punch_hole were registered and every world got a free PTE table): its swarm run is clean, the search of its scenario raises the
     variant's assertion as a ModelFailure (never a find), with a schedule that replays to it
     strictly."""
     from mmfuzz.explore import random_run
     from mmfuzz.hybrid import hybrid_run
     from mmfuzz.run import ModelFailure
     from tests.variants import DoubleRmapRemove
-    random_run(DoubleRmapRemove, random.Random("mmfuzz:1:41"))   # the swarm run: no failure
+    random_run(DoubleRmapRemove, random.Random("mmfuzz:1:55"))   # the swarm run: no failure
     with pytest.raises(ModelFailure) as mf:
-        hybrid_run(DoubleRmapRemove, random.Random("mmfuzz:1:41"), 41)
+        hybrid_run(DoubleRmapRemove, random.Random("mmfuzz:1:55"), 55)
     with pytest.raises(ModelFailure) as again:
         execute(DoubleRmapRemove, mf.value.world, mf.value.schedule, strict=True)
     assert again.value.type == mf.value.type == "AssertionError"
@@ -165,54 +166,57 @@ def test_ops_machine_pct_runs_find_what_the_search_alone_misses():
 
 
 def test_synthetic_deep_window_found_by_a_hybrid_scenario():
-    """Hybrid run 5111 of seed 6 on VmaLockRecheckMapped: its swarm run (75 actions) misses the
-    race; of the operations it had in flight, mprotect(0, 4, PROT_READ) on CPU0 and
-    mprotect(2, 2, PROT_READ | PROT_WRITE) on CPU1 may touch one page, and the point search of
-    that pair, from the state the run had reached before the first of them (its first two
-    actions replayed: CPU2's store to page 0 and one step of it, its fault still in flight),
-    finds the race in its first try (accounting): the downgrade, then the whole upgrade inside
-    the fault's window. Mainline is clean on every try of the same pair from the same state,
-    and on the found schedule.
-    It was hybrid run 516 of seed 1 (95-action swarm run, mprotect(2, 2, PROT_READ) on CPU2 and
-    mprotect(3, 1, PROT_READ | PROT_WRITE) on CPU1, CPU0's store replayed, fourth try) before
-    mremap and fallocate_punch_hole were registered and every world got a free PTE table;
-    seed 1's hybrid runs 0-59,999 now find the race only with a single upgrade and a store
-    (runs 6610 and 19227) or in a random scenario (run 17295), and none of seeds 2-5's runs
-    0-19,999 finds it with two mprotects either, so the pair is taken from seed 6."""
+    """Hybrid run 6757 of seed 5 on VmaLockRecheckMapped: its swarm run (86 actions) misses the
+    race; of the operations it had in flight, mprotect(1, 1, PROT_READ | PROT_WRITE) on CPU0
+    and a store to page 0 on CPU1 may touch one page (the upgrade's footprint is the VMA it
+    splits, which holds page 0), and the point search of that pair, from the state the run had reached before
+    the first of them (its first 14 actions replayed: stores and loads of CPU0 and CPU1 and
+    their steps), finds the race in its sixth try (accounting): the upgrade inside the store's
+    fault window. Mainline is clean on every try of the same pair from the same state, and on
+    the found schedule.
+    It was hybrid run 5111 of seed 6 (75-action swarm run, mprotect(0, 4, PROT_READ) on CPU0
+    and mprotect(2, 2, PROT_READ | PROT_WRITE) on CPU1, found in the first try) before the
+    swarm's hot page moved every swarm run (2026-12-03); seeds 1-5 and 7-10's hybrid runs
+    0-14,999 find the race with a swarm run's pair only as a store and a single upgrade
+    (seed 5: run 6757; seed 9: runs 3510, 5676 and 9565), the other finds in a random scenario.
+    Before that it was hybrid run 516 of seed 1 (95-action swarm run, mprotect(2, 2,
+    PROT_READ) on CPU2 and mprotect(3, 1, PROT_READ | PROT_WRITE) on CPU1, CPU0's store
+    replayed, fourth try) before mremap and fallocate_punch_hole were registered and every
+    world got a free PTE table."""
     from mmfuzz.explore import random_run
     from mmfuzz.hybrid import hybrid_run, overlapping_pair, point_search, scenario_from_run
-    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:6:5111"), 5111)
+    out = hybrid_run(VmaLockRecheckMapped, random.Random("mmfuzz:5:6757"), 6757)
     assert out.kind == "scenarios" and out.prop == "accounting"
-    assert out.steps == 121 and len(out.actions) == 38   # 75 of the swarm run, 46 searching
+    assert out.steps == 293 and len(out.actions) == 44   # 86 of the swarm run, 207 searching
     _, replay = execute(VmaLockRecheckMapped, out.world, out.actions, strict=True)
     assert replay.violation is not None and replay.violation.prop == out.prop
     _, clean_replay = execute(Mainline, out.world, out.actions)
     assert clean_replay.violation is None
-    rng = random.Random("mmfuzz:6:5111")
+    rng = random.Random("mmfuzz:5:6757")
     _, run, v = random_run(VmaLockRecheckMapped, rng)
     positions: dict = {}
     world, programs = scenario_from_run(run, rng, positions=positions)
     chosen: list = []
     pair = overlapping_pair(world, programs, rng, chosen)
-    assert v is None and len(run.trace) == 75
-    assert pair == {0: [["start", 0, "mprotect", 0, 4, 1]],
-                    1: [["start", 1, "mprotect", 2, 2, 3]], 2: [], 3: []}
+    assert v is None and len(run.trace) == 86
+    assert pair == {0: [["start", 0, "mprotect", 1, 1, 3]], 1: [["access", 1, 0, 1]]}
     prefix = tuple(run.actions[:min(positions[c][i] for c, i in chosen)])
-    assert len(prefix) == 2 and prefix[0][:2] == ["access", 2] and prefix[1] == ["step", 2]
-    found, steps, tries = point_search(VmaLockRecheckMapped, world, pair, rng, 2 * 75, prefix)
-    assert found is not None and (steps, tries) == (46, 1)
+    assert len(prefix) == 14 and prefix[0] == ["access", 1, 1, 1] and prefix[-1] == ["step", 0]
+    found, steps, tries = point_search(VmaLockRecheckMapped, world, pair, rng, 2 * 86, prefix)
+    assert found is not None and (steps, tries) == (207, 6)
     clean, steps, tries = point_search(Mainline, world, pair, random.Random(0), 10 ** 9, prefix)
-    assert clean is None and tries == 43   # every schedule of the pair with one preemption
+    assert clean is None and tries == 15   # every schedule of the pair with one preemption
 
 
 def test_bfs_search_mode_still_finds_a_bug_in_a_scenario():
     """SEARCH "bfs" (the stateful exhaust under STATES_MAX, every operation of the scenario,
-    from the world's initial state): run 35 of seed 1 finds clear-refs-softdirty-no-flush in
-    its scenario, not in its swarm run (run 120 before mremap and fallocate_punch_hole were
-    registered and every world got a free PTE table)."""
+    from the world's initial state): run 159 of seed 1 finds clear-refs-softdirty-no-flush in
+    its scenario, not in its swarm run (run 35 before the swarm's hot page, 2026-12-03; run
+    120 before mremap and fallocate_punch_hole were registered and every world got a free PTE
+    table)."""
     from mmfuzz.hybrid import hybrid_run
     bug = bug_by_slug("clear-refs-softdirty-no-flush")
-    out = hybrid_run(bug.kernel, random.Random("mmfuzz:1:35"), 35, search="bfs",
+    out = hybrid_run(bug.kernel, random.Random("mmfuzz:1:159"), 159, search="bfs",
                      overlap_only=False)
     assert out.kind == "scenarios" and out.prop == bug.prop
     _, replay = execute(bug.kernel, out.world, out.actions)
@@ -250,12 +254,15 @@ def test_footprints_and_overlapping_pairs():
 
 
 @pytest.mark.fuzz
-@pytest.mark.cost(60)
-def test_synthetic_found_by_hybrid_in_a_tenth_of_swarms_runs_and_mainline_clean():
-    """Under seed 1 the hybrid finds VmaLockRecheckMapped at run 6611 in 1,477,268 model steps,
-    search included (run 6610's pair: a store and a single mprotect upgrade); swarm at 60 actions
-    does not find it within 80,000 runs, 9,180,941 steps (test_synthetic_deep_window_is_rare_
-    for_swarm); mainline is clean on the same 6611 hybrid runs.
+@pytest.mark.cost(80)
+def test_synthetic_found_by_hybrid_in_a_ninth_of_swarms_runs_and_mainline_clean():
+    """Under seed 1 the hybrid finds VmaLockRecheckMapped at run 8835 in 2,145,389 model steps,
+    search included (run 8834's scenario is a random one, not a pair of its swarm run; 4,824 of
+    the 8,835 runs searched a scenario); swarm at 60 actions does not find it within 80,000
+    runs (test_synthetic_deep_window_is_rare_for_swarm; 9,180,941 steps before the swarm's hot
+    page, not re-measured); mainline is clean on the same 8835 hybrid runs.
+    Run 6611 in 1,477,268 steps (run 6610's pair: a store and a single mprotect upgrade) before
+    the swarm's hot page moved every swarm run (2026-12-03).
     Before mremap and fallocate_punch_hole were registered and every world got a free PTE
     table above its mappings it was run 517 in 118,208 steps (swarm then: 36,200 runs at its
     drawn lengths, 42,593 at 60 actions, about 8.9 million steps; bench/RESULTS-hybrid.md):
@@ -263,8 +270,8 @@ def test_synthetic_found_by_hybrid_in_a_tenth_of_swarms_runs_and_mainline_clean(
     window), 118,208 once a quarter of the worlds flushed by hypercall.
     It was run 710 (157,713 steps) before the point search tried lock-free preemption points
     first and VMA-changing operations got the footprint of the VMAs they split."""
-    found, stats = explore_hybrid(VmaLockRecheckMapped, 1, runs_max=6620)
+    found, stats = explore_hybrid(VmaLockRecheckMapped, 1, runs_max=8840)
     assert found is not None and found.prop == "accounting"
-    assert found.runs == 6611 and found.steps == 1477268
-    clean, st = explore_hybrid(Mainline, 1, runs_max=6611)
-    assert clean is None and st["runs"] == 6611
+    assert found.runs == 8835 and found.steps == 2145389 and stats["scenarios"] == 4824
+    clean, st = explore_hybrid(Mainline, 1, runs_max=8835)
+    assert clean is None and st["runs"] == 8835

@@ -73,8 +73,10 @@ def test_event_only_properties_ignore_the_state(kernel, monkeypatch):
 @pytest.mark.cost(8)
 @pytest.mark.parametrize("kernel,seed,runs,policy", [
     (Mainline, 1, 150, "swarm"), (Mainline, 2, 60, "pct"), (Mainline, 3, 30, "uniform"),
-    (FreeBeforeFlush, 1, 40, "swarm"), (MprotectNoFlush, 4, 60, "swarm"),
-    ("bug:madv-parallel-flush-miss", 5, 60, "swarm"),
+    # MprotectNoFlush seed 3 finds at run 46, madv-parallel-flush-miss seed 2 at run 5 (seeds
+    # 4 and 5 before the swarm's hot page; they find nothing in 60 runs since, 2026-12-03)
+    (FreeBeforeFlush, 1, 40, "swarm"), (MprotectNoFlush, 3, 60, "swarm"),
+    ("bug:madv-parallel-flush-miss", 2, 60, "swarm"),
     ("bug:clear-refs-softdirty-no-flush", 4, 40, "swarm")])
 def test_fast_checks_give_the_runs_of_the_plain_definition(kernel, seed, runs, policy,
                                                            monkeypatch):
@@ -90,8 +92,11 @@ def test_fast_checks_give_the_runs_of_the_plain_definition(kernel, seed, runs, p
                                               ("clear-refs-softdirty-no-flush", 1, 100),
                                               ("dirty-cow", 7, 800),
                                               ("cow-gup-wrong-direction-pagecount", 2, 100),
-                                              ("madvfree-reclaim-vs-dio", 2, 100),
-                                              ("zap-rmap-before-flush", 7, 600)])
+                                              # run 80 (was seed 2, run 42, before the
+                                              # swarm's hot page, 2026-12-03)
+                                              ("madvfree-reclaim-vs-dio", 26, 100),
+                                              # run 77 (was seed 7, run 518, budget 600)
+                                              ("zap-rmap-before-flush", 19, 100)])
 def test_fast_checks_find_what_the_plain_definition_finds(slug, seed, budget, monkeypatch):
     bug = bug_by_slug(slug)
     amax = bug.actions_max
