@@ -89,3 +89,25 @@ def test_the_time_to_bug_bench_reports_a_model_failure_and_exits_3(tmp_path, cap
     text = out.read_text()
     assert "| tests.variants:ZapNoPmdCheck (0) | swarm | 0/1 |" in text
     assert "MODEL FAILURE (not a find) tests.variants:ZapNoPmdCheck/swarm seed 1: AttributeError" in text
+
+
+def test_the_time_to_bug_bench_counts_only_the_bugs_own_property():
+    """python -m bench counted any violation on a bug's kernel as its find: dirty-cow's seed 5
+    shows dirty-data-preserved first (run 3,004; bench/RESULTS-runs.md, "A hot page") and
+    was a find in the 2026-12-03 table. Now it is not, as bench.runs and tests/test_bugs.py
+    count; the property is kept as ``other``. A kernel by name counts any violation."""
+    from bench import harness
+    from mmfuzz.kernels import bug_by_slug
+    bug = bug_by_slug("dirty-cow")
+    row = {"found": True, "runs": 3004, "t_first": 9.0, "t_report": 9.5, "len": 20, "segs": 3,
+           "len_raw": 200, "prop": "dirty-data-preserved"}
+    judged = harness.judged(bug, row)
+    assert judged["found"] is False and judged["other"] == "dirty-data-preserved"
+    assert judged["runs"] == 3004 and harness.summarize([judged], 60)["found"] == "0/1"
+    own = dict(row, prop=bug.prop)
+    assert harness.judged(bug, own) is own
+    variant = harness._bug("tests.variants:FreeBeforeFlush")
+    assert harness.judged(variant, row) is row
+    # a real seed: the bench's row carries the property it found
+    r = harness.one_seed(bug_by_slug("clear-refs-softdirty-no-flush").kernel, "swarm", 4, 30)
+    assert r["found"] and r["prop"] == "soft-dirty-accurate" and r["runs"] == 2
