@@ -215,6 +215,18 @@ def save_model_failure(mf: ModelFailure, kernel_name: str, seed: int, engine: st
             "steps": mf.info.get("steps")}
 
 
+def _float_pair(value: str | None, option: str, form: str, example: str):
+    """An option's "A,B" as two floats, None when the option is not given; a ValueError
+    whose text is the one-line message (with the form and an example) otherwise."""
+    if not value:
+        return None
+    try:
+        a, b = (float(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"bad {option} {value!r}; use {form}, e.g. {example}") from None
+    return (a, b)
+
+
 def _one(job):
     (slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, hot, engine,
      failures) = job
@@ -355,24 +367,12 @@ def main(argv=None) -> int:
         return 2
     lengths = tuple(int(x) for x in args.run_lengths.split(",")) if args.run_lengths else None
     sw = tuple(float(x) for x in args.start_weights.split(",")) if args.start_weights else None
-    slow = None
-    if args.slow_cpu:
-        try:
-            share, factor = (float(x) for x in args.slow_cpu.split(","))
-        except ValueError:
-            print(f"bench.runs: bad --slow-cpu {args.slow_cpu!r}; use SHARE,FACTOR, e.g. "
-                  "0.3,0.05", file=sys.stderr)
-            return 2
-        slow = (share, factor)
-    hot = None
-    if args.hot:
-        try:
-            share, p = (float(x) for x in args.hot.split(","))
-        except ValueError:
-            print(f"bench.runs: bad --hot {args.hot!r}; use SHARE,P, e.g. 0.8,0.7",
-                  file=sys.stderr)
-            return 2
-        hot = (share, p)
+    try:
+        slow = _float_pair(args.slow_cpu, "--slow-cpu", "SHARE,FACTOR", "0.3,0.05")
+        hot = _float_pair(args.hot, "--hot", "SHARE,P", "0.8,0.7")
+    except ValueError as e:
+        print(f"bench.runs: {e}", file=sys.stderr)
+        return 2
     if args.failures is None:
         import tempfile
         args.failures = tempfile.mkdtemp(prefix="mmfuzz-bench-failures-")

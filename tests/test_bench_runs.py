@@ -29,6 +29,11 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert "unknown bug 'no-such-bug'" in err and "bad --seeds 'one'" in err
     assert "not a subclass" in err and len(err.strip().splitlines()) == 3
+    assert runs.main(["--slow-cpu", "0.3"]) == 2
+    assert runs.main(["--hot", "hot"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bench.runs: bad --slow-cpu '0.3'; use SHARE,FACTOR, e.g. 0.3,0.05",
+                   "bench.runs: bad --hot 'hot'; use SHARE,P, e.g. 0.8,0.7"]
 
 
 @pytest.mark.cost(80)
