@@ -556,8 +556,9 @@ class Run:
 
     @staticmethod
     def _check_released(t: Task) -> None:
-        if t.locks != 0:
-            raise ModelError(f"{t.name}{t.args} returned holding {t.locks} lock(s)")
+        if t.locks != 0 or t.spins != 0:
+            raise ModelError(f"{t.name}{t.args} returned holding {t.locks} lock(s), "
+                             f"{t.spins} spinlock(s)")
 
     def enabled(self, action: list) -> bool:
         kind = action[0]

@@ -1,5 +1,6 @@
-"""A race the model finds on mainline's own code, listed as known-open (mmfuzz.kernels.
-KNOWN_OPEN), never hidden: reclaim-unlock-before-batched-flush.
+"""Races the model finds on mainline's own code, listed as known-open (mmfuzz.kernels.
+KNOWN_OPEN), never hidden: reclaim-unlock-before-batched-flush and pte-cleaner-zap-early-rmap
+(the second is at the end of this file).
 
 The schedule (tests/data/reclaim-unlock-before-batched-flush.json, found by the fast explorer
 under bug:cow-gup-wrong-direction seed 4 and shrunk on mainline to 70 actions), as columns:
@@ -32,14 +33,15 @@ import os
 import pytest
 
 from mmfuzz.kernel import Mainline
-from mmfuzz.kernels import KNOWN_OPEN, ReclaimFlushDirtyBeforeUnlock, known_open_race
+from mmfuzz.kernels import (KNOWN_OPEN, ReclaimFlushDirtyBeforeUnlock, ZapDelaysRmapWhileFlushNested,
+                            ZapRmapBeforeFlush, known_open_race)
 from mmfuzz.run import execute
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "reclaim-unlock-before-batched-flush.json")
 
 
-def _case():
-    with open(DATA, encoding="utf-8") as fh:
+def _case(path=DATA):
+    with open(path, encoding="utf-8") as fh:
         d = json.load(fh)
     return d["world"], d["schedule"]
 
@@ -68,3 +70,69 @@ def test_the_race_is_listed_and_named_by_its_candidate_fix():
     assert known_open_race(Mainline, world, run.actions[: out.step + 1], out.violation) == \
         "reclaim-unlock-before-batched-flush"
     assert "reclaim-unlock-before-batched-flush" in [k.slug for k in KNOWN_OPEN]
+
+
+# ------------------------------------------------------------ pte-cleaner-zap-early-rmap
+# Found by the swarm explorer once its late IPIs got later (explore.IPI_WEIGHTS, seed 5 run
+# 1,588, with a hole punch as the zap); written here with MADV_DONTNEED, whose zap keeps the
+# file's data (a punch discards the page soon after, so its lost store is lost by request)
+# and shrunk on mainline to 27 actions:
+#
+#     CPU0 (user, then writeback)   CPU1 (MADV_DONTNEED)        CPU2 (PTE cleaner)
+#     load va 0x1: TLB fill W+D
+#       (CPU2's store left the PTE W+D)
+#     writeback: folio_lock
+#                                                               inc_tlb_flush_pending
+#                                                               clean_record_pte: PTE W,
+#                                                                 clean; flush deferred
+#                                   zap: PTE clean, so no
+#                                     delayed rmap, no forced
+#                                     flush; rmap gone
+#     folio_mkclean: folio_mapped()
+#       = 0; clean, write v1
+#     store v2 va 0x1 [TLB hit W+D]  <-- lands in a clean, unmapped folio: never written
+#
+# mm/memory.c zap_present_folio_ptes delays the rmap and forces the flush under the PTL only
+# for a dirty PTE (5df397dec7c4); mm/mapping_dirty_helpers.c clean_record_pte leaves a clean
+# PTE behind a TLB entry that is still writable and dirty until wp_clean_post_vma flushes.
+# The same gap as Yu Zhao's Example 1 ("!pte_dirty() ... [true, no flush]"), reached through
+# the zap instead of page_vma_mkclean_one. The candidate fix of ours
+# (kernels.ZapDelaysRmapWhileFlushNested) also delays while mm_tlb_flush_nested(mm).
+
+CLEANER = os.path.join(os.path.dirname(__file__), "data", "pte-cleaner-zap-early-rmap.json")
+
+
+@pytest.mark.xfail(strict=True, reason="known-open race of mainline (model): a zap removes the "
+                   "rmap of a clean file PTE while a PTE cleaner's flush is owed; writeback cleans "
+                   "the folio while a CPU still stores through the stale writable, dirty entry")
+def test_mainline_loses_no_store_when_a_zap_meets_a_pte_cleaners_deferred_flush():
+    world, schedule = _case(CLEANER)
+    assert execute(Mainline, world, schedule, strict=True)[1].violation is None
+
+
+def test_the_cleaner_zap_race_is_listed_and_named_by_its_candidate_fix():
+    world, schedule = _case(CLEANER)
+    run, out = execute(Mainline, world, schedule, strict=True)
+    assert out.violation is not None and out.violation.prop == "dirty-data-preserved"
+    texts = [s.text for s in run.trace]
+    for shown in ("pte_mkclean (W, clean)", "folio_mapped() = 0", "TLB hit WD"):
+        assert any(shown in t for t in texts), shown
+    fixed = type("Fixed", (ZapDelaysRmapWhileFlushNested, Mainline), {})
+    assert execute(fixed, world, schedule)[1].violation is None
+    slug = known_open_race(Mainline, world, run.actions[: out.step + 1], out.violation)
+    assert slug == "pte-cleaner-zap-early-rmap" and slug in [k.slug for k in KNOWN_OPEN]
+
+
+def test_a_variant_that_rewrites_the_zap_does_not_turn_the_race_into_its_find():
+    """ZapRmapBeforeFlush overrides zap_present_folio_ptes, so the candidate fix does not
+    compose with it and the variant still fails with it mixed in; mainline fails the same way
+    on the same schedule and mainline with the fix is clean, so the violation is the
+    known-open race, not evidence of the variant's own bug (zap-rmap-before-flush)."""
+    world, schedule = _case(CLEANER)
+    run, out = execute(ZapRmapBeforeFlush, world, schedule, strict=True)
+    assert out.violation is not None and out.violation.prop == "dirty-data-preserved"
+    _, with_fix = execute(type("V", (ZapDelaysRmapWhileFlushNested, ZapRmapBeforeFlush), {}),
+                          world, schedule)
+    assert with_fix.violation is not None
+    assert known_open_race(ZapRmapBeforeFlush, world, run.actions[: out.step + 1],
+                           out.violation) == "pte-cleaner-zap-early-rmap"

@@ -139,6 +139,13 @@ class Memory(KernelBase):
         return (yield from self.zap_present_folio_ptes(t, tlb, vma, folio, table, slot, vpn,
                                                        force_flush))
 
+    def zap_file_pte_dirty_for_flush(self, tlb: MmuGather, pte) -> bool:
+        """The test behind zap_present_folio_ptes' delayed rmap and forced flush for a file
+        folio: mm/memory.c "if (pte_dirty(ptent)) { folio_mark_dirty(folio); if
+        (tlb_delay_rmap(tlb)) { delay_rmap = true; *force_flush = true; } }". A hook so that
+        a candidate fix (kernels.ZapDelaysRmapWhileFlushNested) can widen it."""
+        return pte.dirty
+
     def zap_present_folio_ptes(self, t: Task, tlb: MmuGather, vma: Vma, folio: Folio,
                                table: PteTable, slot: int, vpn: int, force_flush: bool):
         """mm/memory.c zap_present_folio_ptes (PTL held). Returns (force_flush, force_break).
@@ -164,9 +171,9 @@ class Memory(KernelBase):
             if old.dirty:
                 self.folio_mark_dirty_now(folio)
                 dirty_note = " dirty -> folio_mark_dirty"
-                if self.tlb_delay_rmap(tlb):
-                    delay_rmap = True
-                    force_flush = True
+            if self.zap_file_pte_dirty_for_flush(tlb, old) and self.tlb_delay_rmap(tlb):
+                delay_rmap = True
+                force_flush = True
         self.tlb_remove_tlb_entry(tlb, vpn)
         kind = "anon" if folio.anon else "file"
         yield (f"zap_present_folio_ptes: get_and_clear_full_ptes va {vpn:#x} pfn {folio.pfn} "
@@ -403,11 +410,13 @@ class Memory(KernelBase):
                 yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
             lock.owner = t.tid
             t.locks += 1
+            t.spins += 1
             if mm.pmd[idx] is table:
                 yield f"{who}: pte_offset_map_lock va {vpn:#x}: {lock.name}"
                 return table
             lock.owner = None
             t.locks -= 1
+            t.spins -= 1
             yield (f"{who}: pte_offset_map_lock va {vpn:#x}: !pmd_same after spin_lock, "
                    "unlock, again")
 
