@@ -146,10 +146,13 @@ _SWARM_INIT = _explore.SwarmPolicy.__init__
 
 #: SwarmPolicy's hot-page knob as the module defines it (the default a job without --hot uses)
 _HOT_DEFAULT = (_explore.SwarmPolicy.hot_share, _explore.SwarmPolicy.hot_p)
+#: the swarm's IPI weights as the module defines them (a job without --ipi-weights uses these)
+_IPI_DEFAULT = _explore.IPI_WEIGHTS
 
 
-def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None, hot=None):
+def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None, hot=None, ipi=None):
     _explore.SwarmPolicy.hot_share, _explore.SwarmPolicy.hot_p = hot or _HOT_DEFAULT
+    _explore.IPI_WEIGHTS = ipi or _IPI_DEFAULT
     if start_weights or slow_cpu:
         init = _SWARM_INIT
 
@@ -227,10 +230,24 @@ def _float_pair(value: str | None, option: str, form: str, example: str):
     return (a, b)
 
 
+def _ipi_weights(value: str | None):
+    """--ipi-weights "A,B,C" as three floats (the swarm draws one per run), None when not
+    given; a ValueError with the one-line message otherwise."""
+    if not value:
+        return None
+    try:
+        w = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        w = ()
+    if len(w) != 3 or min(w) <= 0:
+        raise ValueError(f"bad --ipi-weights {value!r}; use three positive weights, e.g. 0.1,1,3")
+    return w
+
+
 def _one(job):
-    (slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, hot, engine,
+    (slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, hot, ipi, engine,
      failures) = job
-    _apply_policy(policy, lengths, sw, slow, hot)
+    _apply_policy(policy, lengths, sw, slow, hot, ipi)
     bug = _bug(slug)
     amax = actions_max or bug.actions_max
     if lengths and engine == "swarm":
@@ -339,6 +356,9 @@ def main(argv=None) -> int:
                     help="SHARE,P: in that share of swarm runs one page is hot and each page "
                          "draw aims at it with probability P (default: SwarmPolicy's "
                          f"{_HOT_DEFAULT[0]},{_HOT_DEFAULT[1]}; 0,0 for none)")
+    ap.add_argument("--ipi-weights", default=None,
+                    help="A,B,C: the weights a swarm run draws for a pending flush IPI "
+                         "(default explore.IPI_WEIGHTS; 0.5,1,3 before 2026-12-03)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
     ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
                     help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
@@ -370,6 +390,7 @@ def main(argv=None) -> int:
     try:
         slow = _float_pair(args.slow_cpu, "--slow-cpu", "SHARE,FACTOR", "0.3,0.05")
         hot = _float_pair(args.hot, "--hot", "SHARE,P", "0.8,0.7")
+        ipi = _ipi_weights(args.ipi_weights)
     except ValueError as e:
         print(f"bench.runs: {e}", file=sys.stderr)
         return 2
@@ -377,17 +398,19 @@ def main(argv=None) -> int:
         import tempfile
         args.failures = tempfile.mkdtemp(prefix="mmfuzz-bench-failures-")
     jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
-             slow, hot, args.engine, args.failures) for s in slugs for seed in seeds]
+             slow, hot, ipi, args.engine, args.failures) for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
     else:
-        saved = (_explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__)
+        saved = (_explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__,
+                 _explore.IPI_WEIGHTS)
         try:
             rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
-            _explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__ = saved
-    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, hot page {args.hot or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+            (_explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__,
+             _explore.IPI_WEIGHTS) = saved
+    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, hot page {args.hot or 'default'}, IPI weights {args.ipi_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):

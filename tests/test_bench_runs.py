@@ -34,6 +34,23 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bench.runs: bad --slow-cpu '0.3'; use SHARE,FACTOR, e.g. 0.3,0.05",
                    "bench.runs: bad --hot 'hot'; use SHARE,P, e.g. 0.8,0.7"]
+    assert runs.main(["--ipi-weights", "0.1,1"]) == 2
+    assert runs.main(["--ipi-weights", "0,1,3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bench.runs: bad --ipi-weights '0.1,1'; use three positive weights, e.g. 0.1,1,3",
+                   "bench.runs: bad --ipi-weights '0,1,3'; use three positive weights, e.g. 0.1,1,3"]
+
+
+def test_the_ipi_weights_option_measures_the_old_draw_and_restores_the_default(capsys):
+    """zap-rmap-before-flush seed 1: 3,022 runs with the IPI weights before 2026-12-03
+    (0.5, 1, 3), 64 with today's; the option patches the measurement only."""
+    assert runs.main(["--bugs", "zap-rmap-before-flush", "--seeds", "1", "--runs-max", "100",
+                      "--per-seed", "--ipi-weights", "0.5,1,3"]) == 0
+    assert explore.IPI_WEIGHTS == (0.1, 1, 3)
+    assert " 0/1 " in capsys.readouterr().out
+    assert runs.main(["--bugs", "zap-rmap-before-flush", "--seeds", "1", "--runs-max", "100",
+                      "--per-seed"]) == 0
+    assert "1:64" in capsys.readouterr().out
 
 
 @pytest.mark.cost(80)
@@ -59,7 +76,7 @@ def test_the_guided_engine_is_measured_with_its_steps(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "engine guided" in out and "3:19 7:16" in out and "clean" in out
     rows = json.load(open(out_file))["rows"]
-    assert [(r["seed"], r["runs"], r["steps"]) for r in rows] == [(3, 19, 2282), (7, 16, 2118)]
+    assert [(r["seed"], r["runs"], r["steps"]) for r in rows] == [(3, 19, 2293), (7, 16, 2113)]
     assert all(r["mainline"] is None and r["mainline_steps"] > 0 for r in rows)
 
 

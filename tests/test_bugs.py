@@ -22,12 +22,15 @@ from mmfuzz.run import execute
 # 15,000). The pins are the seeds that find soonest; the lists in parentheses are the ones
 # before the hot page (2026-12-02, within 12,000 runs), with mremap, hole punching and one
 # free PTE table above every world's mappings.
-HUNTS = [# seeds 1-10: 3,022 4,333 - - 14,434 - 12,295 12,323 5,793 1,968; of seeds 11-50
-         # (cap 1,200) 12, 19, 28 and 39 find it: 437, 77, 1,132, 642
-         # (before: - - 2,905 7,786 - - 518 - - -)
+HUNTS = [# seeds 1-10: 64 928 3,079 701 - 5,807 12,295 8,428 48 1,968 with the swarm's lowest
+         # IPI weight 0.1 (explore.IPI_WEIGHTS, 2026-12-03; seed 5's run 1,588 is the known-open
+         # race pte-cleaner-zap-early-rmap, set aside); with 0.5 before it: 3,022 4,333 - -
+         # 14,434 - 12,295 12,323 5,793 1,968, and of seeds 11-50 (cap 1,200) 12, 19, 28 and
+         # 39 found it: 437, 77, 1,132, 642 (before the hot page: - - 2,905 7,786 - - 518 - - -)
          pytest.param("zap-rmap-before-flush", 19, 77, 500, marks=pytest.mark.cost(1)),
          pytest.param("zap-rmap-before-flush", 12, 437, 1000, marks=pytest.mark.cost(3)),
-         # seeds 1-10: 35 40 100 76 17 26 58 18 3 285 (before: 458 118 115 52 339 220 139 23 3 33)
+         # seeds 1-10: 35 6 100 52 17 159 54 23 3 200 (IPI weight 0.1; with 0.5: 35 40 100 76 17
+         # 26 58 18 3 285; before the hot page: 458 118 115 52 339 220 139 23 3 33)
          ("madv-parallel-flush-miss", 9, 3, 500),
          ("madv-parallel-flush-miss", 5, 17, 500),
          # seeds 1-10: 2 7 17 2 14 3 9 1 6 5 (before: 20 7 2 2 23 3 9 1 6 2)
@@ -37,8 +40,8 @@ HUNTS = [# seeds 1-10: 3,022 4,333 - - 14,434 - 12,295 12,323 5,793 1,968; of se
          # pin and a store; Dirty COW a FOLL_FORCE write racing MADV_DONTNEED in a world with a
          # read-only file; the CVE a fork, the child's vmsplice and munmap, the parent's store
          # and a pipe read (runs of Bug.actions_max = 200 and 400 actions for those two).
-         # pagecount seeds 1-10: 185 8 9 148 185 43 20 16 104 249
-         # (before: 185 45 82 63 342 111 4 64 131 105)
+         # pagecount seeds 1-10: 185 8 9 148 360 43 20 16 104 249 (seed 5: 185 with IPI weight
+         # 0.5) (before the hot page: 185 45 82 63 342 111 4 64 131 105)
          ("cow-gup-wrong-direction-pagecount", 2, 8, 500),
          ("cow-gup-wrong-direction-pagecount", 1, 185, 2000),
          # dirty-cow seeds 1-10: - 1,284 - 9,477 - 2,763 515 1,220 994 1,673 (seed 5: dirty-
@@ -47,25 +50,28 @@ HUNTS = [# seeds 1-10: 3,022 4,333 - - 14,434 - 12,295 12,323 5,793 1,968; of se
          pytest.param("dirty-cow", 9, 994, 2000, marks=pytest.mark.cost(10)),
          # the CVE: fork, one process's vmsplice, its own COW (or munmap), the other's store
          # (cow-isolation judges the pipe's reference as read). Seeds 1-10: 5,745 3,250 1,687
-         # 1,130 120 6,902 5,535 6,337 14,753 8,949 (before: 719 3,903 11,217 10,623 7,646
+         # 1,130 120 6,902 5,535 4,314 (6,337 with IPI weight 0.5) 14,753 8,949 (before: 719 3,903 11,217 10,623 7,646
          # 3,773 9,466 10,732 11,747 11,308)
          pytest.param("cow-gup-wrong-direction", 5, 120, 500, marks=pytest.mark.cost(1)),
          pytest.param("cow-gup-wrong-direction", 4, 1130, 2000, marks=pytest.mark.cost(10)),
          # MADV_FREE, a R/W GUP-fast pin (the O_DIRECT read's) and reclaim's lazyfree discard,
          # in runs of 120 or 240 actions; seen at quiescence by gup-pin-coherent (the pinned
          # page lost its PTE). Seeds 1-10: 2,385 12,105 3,304 1,014 4,415 433 2,831 695 111
-         # 3,569 (before: 9,691 42 - 391 9,340 2,239 8,047 11,474 3,161 9,713)
+         # 10,629 (3,569 with IPI weight 0.5) (before the hot page: 9,691 42 - 391 9,340 2,239
+         # 8,047 11,474 3,161 9,713)
          pytest.param("madvfree-reclaim-vs-dio", 9, 111, 500, marks=pytest.mark.cost(1)),
          pytest.param("madvfree-reclaim-vs-dio", 6, 433, 1000, marks=pytest.mark.cost(4)),
          # reclaim's batched flush met by a munmap / MADV_DONTNEED that finds the PTE already
-         # cleared: seeds 1-10: 2,520 1,732 5,438 541 187 1,251 2,879 5,945 2,735 1,655
-         # (before: 1,968 1,732 1,438 - 3,232 908 209 2,779 1,524 5,259)
+         # cleared: seeds 1-10: 6,078 1,732 5,438 541 187 2,543 1,641 5,945 2,735 1,655 (with
+         # IPI weight 0.5: 2,520 1,732 5,438 541 187 1,251 2,879 5,945 2,735 1,655) (before
+         # the hot page: 1,968 1,732 1,438 - 3,232 908 209 2,779 1,524 5,259)
          pytest.param("reclaim-batched-flush-miss", 5, 187, 500, marks=pytest.mark.cost(2)),
          pytest.param("reclaim-batched-flush-miss", 4, 541, 1000, marks=pytest.mark.cost(3)),
          # no race: a store, clear_refs 4, mprotect RO then RW of that page, a store; seeds 1-10:
-         # 322 1,792 948 6,688 11,359 4 436 277 5,924 2,960
-         # (before: 1,222 6,611 3,221 9,074 7,031 3,463 - 10,194 1,292 1,164)
-         pytest.param("mprotect-softdirty-inverted", 6, 4, 100, marks=pytest.mark.cost(1)),
+         # 322 1,792 948 6,688 6,641 1,468 436 277 5,924 2,960 (with IPI weight 0.5: 322 1,792
+         # 948 6,688 11,359 4 436 277 5,924 2,960, seed 6 pinned at 4)
+         # (before the hot page: 1,222 6,611 3,221 9,074 7,031 3,463 - 10,194 1,292 1,164)
+         pytest.param("mprotect-softdirty-inverted", 1, 322, 500, marks=pytest.mark.cost(1)),
          pytest.param("mprotect-softdirty-inverted", 8, 277, 1000, marks=pytest.mark.cost(2)),
          # a R/W pin before fork, the parent's write fault: seeds 1-10: 1,368 179 3,135 3,429
          # 1,284 668 1,942 477 6,019 8,949

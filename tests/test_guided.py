@@ -39,7 +39,8 @@ def test_finds_a_catalogued_bug_from_scratch_and_mainline_stays_clean():
     schedule replays strictly from the world alone (the replayed prefix is part of it);
     mainline under the same seeds and budgets is clean."""
     bug = bug_by_slug("clear-refs-softdirty-no-flush")
-    for seed, runs, steps in ((7, 16, 2118), (3, 19, 2282)):
+    for seed, runs, steps in ((7, 16, 2113), (3, 19, 2293)):   # 2118, 2282 steps before the
+                                                              # lowest IPI weight was 0.1
         found, stats = explore_guided(bug.kernel, seed, runs_max=200)
         assert found is not None and found.prop == bug.prop
         assert (found.runs, found.steps, stats["found_by"]) == (runs, steps, "mutated")
