@@ -148,11 +148,14 @@ _SWARM_INIT = _explore.SwarmPolicy.__init__
 _HOT_DEFAULT = (_explore.SwarmPolicy.hot_share, _explore.SwarmPolicy.hot_p)
 #: the swarm's IPI weights as the module defines them (a job without --ipi-weights uses these)
 _IPI_DEFAULT = _explore.IPI_WEIGHTS
+_PV_HOLD_DEFAULT = _explore.SwarmPolicy.pv_irqs_off_hold
 
 
-def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None, hot=None, ipi=None):
+def _apply_policy(name, lengths=None, start_weights=None, slow_cpu=None, hot=None, ipi=None,
+                  pv_hold=None):
     _explore.SwarmPolicy.hot_share, _explore.SwarmPolicy.hot_p = hot or _HOT_DEFAULT
     _explore.IPI_WEIGHTS = ipi or _IPI_DEFAULT
+    _explore.SwarmPolicy.pv_irqs_off_hold = _PV_HOLD_DEFAULT if pv_hold is None else pv_hold
     if start_weights or slow_cpu:
         init = _SWARM_INIT
 
@@ -245,9 +248,9 @@ def _ipi_weights(value: str | None):
 
 
 def _one(job):
-    (slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, hot, ipi, engine,
-     failures) = job
-    _apply_policy(policy, lengths, sw, slow, hot, ipi)
+    (slug, seed, runs_max, mainline, policy, actions_max, lengths, sw, slow, hot, ipi, pv_hold,
+     engine, failures) = job
+    _apply_policy(policy, lengths, sw, slow, hot, ipi, pv_hold)
     bug = _bug(slug)
     amax = actions_max or bug.actions_max
     if lengths and engine == "swarm":
@@ -359,6 +362,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ipi-weights", default=None,
                     help="A,B,C: the weights a swarm run draws for a pending flush IPI "
                          "(default explore.IPI_WEIGHTS; 0.5,1,3 before 2026-12-03)")
+    ap.add_argument("--pv-irqs-off-hold", type=float, default=None,
+                    help="the step-weight factor of a CPU with IRQs off in a paravirt world "
+                         "(default SwarmPolicy.pv_irqs_off_hold; 1: none, as before 2026-12-03)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
     ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
                     help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
@@ -391,6 +397,9 @@ def main(argv=None) -> int:
         slow = _float_pair(args.slow_cpu, "--slow-cpu", "SHARE,FACTOR", "0.3,0.05")
         hot = _float_pair(args.hot, "--hot", "SHARE,P", "0.8,0.7")
         ipi = _ipi_weights(args.ipi_weights)
+        if args.pv_irqs_off_hold is not None and not 0 < args.pv_irqs_off_hold <= 1:
+            raise ValueError(f"bad --pv-irqs-off-hold {args.pv_irqs_off_hold!r}; use a factor "
+                             "in (0, 1], e.g. 1 for none")
     except ValueError as e:
         print(f"bench.runs: {e}", file=sys.stderr)
         return 2
@@ -398,19 +407,20 @@ def main(argv=None) -> int:
         import tempfile
         args.failures = tempfile.mkdtemp(prefix="mmfuzz-bench-failures-")
     jobs = [(s, seed, args.runs_max, args.mainline, args.ops_policy, args.actions_max, lengths, sw,
-             slow, hot, ipi, args.engine, args.failures) for s in slugs for seed in seeds]
+             slow, hot, ipi, args.pv_irqs_off_hold, args.engine, args.failures)
+            for s in slugs for seed in seeds]
     if args.jobs > 1:
         with get_context("fork").Pool(args.jobs) as pool:
             rows = list(_progress(pool.imap(_one, jobs, chunksize=1), len(jobs), args.out, argv))
     else:
         saved = (_explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__,
-                 _explore.IPI_WEIGHTS)
+                 _explore.IPI_WEIGHTS, _explore.SwarmPolicy.pv_irqs_off_hold)
         try:
             rows = list(_progress(map(_one, jobs), len(jobs), args.out, argv))
         finally:   # the candidates patch this process only for the measurement
             (_explore.swarm_ops, _explore.RUN_LENGTHS, _explore.SwarmPolicy.__init__,
-             _explore.IPI_WEIGHTS) = saved
-    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, hot page {args.hot or 'default'}, IPI weights {args.ipi_weights or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
+             _explore.IPI_WEIGHTS, _explore.SwarmPolicy.pv_irqs_off_hold) = saved
+    print(f"engine {args.engine}, policy {args.ops_policy or 'default'}, run lengths {args.run_lengths or 'Bug.actions_max'}, start weights {args.start_weights or 'default'}, slow CPU {args.slow_cpu or 'none'}, hot page {args.hot or 'default'}, IPI weights {args.ipi_weights or 'default'}, pv IRQs-off hold {args.pv_irqs_off_hold or 'default'}, seeds {args.seeds}, runs-max {args.runs_max:,}")
     print(f"{'bug':36} {'found':>6} {'median':>9} {'max':>9} {'med s':>6} {'max s':>6} "
           f"{'steps':>11}" + ("  mainline" if args.mainline else ""))
     for s in summarize(rows, args.runs_max):

@@ -319,6 +319,13 @@ class SwarmPolicy:
     #: the sides meet on one page rarely. Measured in bench/RESULTS-runs.md ("A hot page").
     hot_share: float = 0.8
     hot_p: float = 0.7
+    #: in a paravirt world (remote flushes by hypercall, HYPERCALL_FLUSH_P of them) the host
+    #: may deschedule a vCPU while its guest has IRQs off, and no flush waits for it: a CPU
+    #: with IRQs off (GUP-fast's local_irq_save section) steps at this factor of its weight
+    #: there. A native CPU's IRQs-off section is as short as its code; a descheduled vCPU's is
+    #: not, which is the window 9e52fc2b50de closed (bench/RESULTS-runs.md, "A descheduled
+    #: vCPU"). Weights only: no run's random stream moves.
+    pv_irqs_off_hold: float = 0.05
 
     def __init__(self, rng: random.Random, world: dict):
         self.kind_weight = {"step": rng.choice((4, 8, 16)), "ipi": rng.choice(IPI_WEIGHTS),
@@ -331,6 +338,7 @@ class SwarmPolicy:
         self.world = world
         # without an enabled kernel-thread operation, a CPU with no process has nothing to start
         self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
+        self.pv = world.get("tlb_flush") == "hypercall" and self.pv_irqs_off_hold != 1.0
         # drawn last, so that every knob above is drawn as before it existed
         self.hot = hot_page(rng, world) if rng.random() < self.hot_share else None
 
@@ -352,6 +360,10 @@ class SwarmPolicy:
         speed = self.cpu_speed
         if speed is not None:
             weights = [x * speed[cpu] for x, cpu in zip(weights, runnable)]
+        if self.pv:
+            cpus = m.cpus
+            hold = self.pv_irqs_off_hold
+            weights = [x * hold if cpus[cpu].irqs_off else x for x, cpu in zip(weights, runnable)]
         if ipis:
             weights += [kw["ipi"]] * len(ipis)
         kinds = []
