@@ -293,8 +293,9 @@ def swarm_ops_focused(rng: random.Random, q: float = 0.5, more: float = 0.5,
 #: lowest makes IPIs late, as on a host that deschedules the target vCPU: the flusher waits
 #: and its window stays open (a zap waiting under its PTL for the ack, while writeback and a
 #: store through the stale entry run). It was 0.5 until 2026-12-03; 0.1 (the same draw, so
-#: only the runs that drew the lowest changed) found zap-rmap-before-flush on seeds 1-10
-#: within 12,300 runs against 7 of 10 within 15,000 (bench/RESULTS-runs.md, "Late IPIs").
+#: only the runs that drew the lowest changed) found zap-rmap-before-flush on 9 of seeds 1-10
+#: within 15,000 runs (median 2,523.5) against 7 (median 12,309) (bench/RESULTS-runs.md,
+#: "Late IPIs").
 IPI_WEIGHTS = (0.1, 1, 3)
 
 

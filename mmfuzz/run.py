@@ -556,9 +556,8 @@ class Run:
 
     @staticmethod
     def _check_released(t: Task) -> None:
-        if t.locks != 0 or t.spins != 0:
-            raise ModelError(f"{t.name}{t.args} returned holding {t.locks} lock(s), "
-                             f"{t.spins} spinlock(s)")
+        if t.locks != 0:
+            raise ModelError(f"{t.name}{t.args} returned holding {t.locks} lock(s)")
 
     def enabled(self, action: list) -> bool:
         kind = action[0]

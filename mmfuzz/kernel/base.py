@@ -33,7 +33,7 @@ class Task:
     """A kernel operation in progress on one CPU (a syscall, a fault, a kernel thread)."""
 
     __slots__ = ("tid", "cpu", "name", "args", "gen", "wait", "mm", "result", "steps",
-                 "observed", "locks", "spins", "tlb_ubc")
+                 "observed", "locks", "tlb_ubc")
 
     def __init__(self, tid, cpu, name, args, mm):
         self.tid = tid
@@ -50,8 +50,6 @@ class Task:
         self.observed = {}
         self.locks = 0           # exclusive locks held now (spinlocks, rwsems for write,
                                  # folio locks); a downgrade to read drops it
-        self.spins = 0           # spinlocks held now (PTL, page_table_lock): while any is
-                                 # held the task cannot be preempted (preempt_disable)
         self.tlb_ubc = None      # current->tlb_ubc (model.TlbflushUnmapBatch), made on first use
 
 
@@ -97,7 +95,6 @@ class KernelBase:
         assert lock.owner is None, lock.name
         lock.owner = t.tid
         t.locks += 1
-        t.spins += 1
         yield label
 
     def spin_lock_and(self, t: Task, lock: SpinLock, check: Callable[[], bool],
@@ -108,7 +105,6 @@ class KernelBase:
             yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
         lock.owner = t.tid
         t.locks += 1
-        t.spins += 1
         ok = check()
         yield label(ok)
         return ok
@@ -118,7 +114,6 @@ class KernelBase:
         assert lock.owner == t.tid, f"{lock.name} released by a task that does not hold it"
         lock.owner = None
         t.locks -= 1
-        t.spins -= 1
         yield label
 
     # --- rw semaphores (mmap_lock, i_mmap_rwsem) -----------------------------------------

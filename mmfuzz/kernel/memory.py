@@ -410,13 +410,11 @@ class Memory(KernelBase):
                 yield Wait(lambda: lock.owner is None, f"spins on {lock.name}")
             lock.owner = t.tid
             t.locks += 1
-            t.spins += 1
             if mm.pmd[idx] is table:
                 yield f"{who}: pte_offset_map_lock va {vpn:#x}: {lock.name}"
                 return table
             lock.owner = None
             t.locks -= 1
-            t.spins -= 1
             yield (f"{who}: pte_offset_map_lock va {vpn:#x}: !pmd_same after spin_lock, "
                    "unlock, again")
 
