@@ -16,7 +16,9 @@ Declaring an operation
     device: any CPU, ``t.mm`` is the CPU's mm if it has one, else None); ``doc`` is one line of
     what it models (``mmfuzz ops`` prints it); ``swarm`` is the share of swarm-testing runs
     that switch the operation on (lower for an operation that ends or takes over much of a run,
-    such as fork and exit, so that it does not crowd out the others). The method is found by name on the kernel
+    such as exit, so that it does not crowd out the others). A swarm run switches on only
+    operations that can start in its world (``Operation.possible``: a fork needs a CPU with no
+    process for its child). The method is found by name on the kernel
     class, so a variant that overrides it needs no decorator.
     Mistakes are caught when the class body runs (a duplicate name, an argument that is not an
     Arg, a bad context), with a message saying what to write instead.
@@ -118,6 +120,11 @@ class Arg:
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def possible(self, world: dict) -> bool:
+        """Can a start action of ``world`` ever be enabled with these values? (False: every
+        draw is refused by the run, so a swarm run does not switch the operation on.)"""
+        return True
 
 
 def _own_vmas(ctx: Ctx) -> list[tuple[int, dict]]:
@@ -327,6 +334,9 @@ class ChildCpu(Arg):
     def describe(self):
         return "child_cpu: a CPU with no process, where the child runs"
 
+    def possible(self, world):
+        return 0 in world["cpu_mm"]
+
 
 class Choice(Arg):
     """One named value out of a fixed tuple (e.g. a clear_refs type, a FOLL_* flag set)."""
@@ -374,6 +384,11 @@ class Operation:
         for a in self.args:
             out.extend(a.draw(pick, ctx))
         return out
+
+    def possible(self, world: dict) -> bool:
+        """Can this operation start at all in ``world`` (every argument has a value there that
+        the run can enable)? A fork cannot in a world without a CPU for its child."""
+        return all(a.possible(world) for a in self.args)
 
     def check(self, values: list, world: dict) -> str | None:
         """None if ``values`` fit this operation in ``world``, else what is wrong."""

@@ -77,7 +77,7 @@ def test_the_guided_engine_is_measured_with_its_steps(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "engine guided" in out and "3:19 7:16" in out and "clean" in out
     rows = json.load(open(out_file))["rows"]
-    assert [(r["seed"], r["runs"], r["steps"]) for r in rows] == [(3, 19, 2293), (7, 16, 2113)]
+    assert [(r["seed"], r["runs"], r["steps"]) for r in rows] == [(3, 19, 2355), (7, 16, 2103)]
     assert all(r["mainline"] is None and r["mainline_steps"] > 0 for r in rows)
 
 

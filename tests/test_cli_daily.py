@@ -163,7 +163,7 @@ def test_docs_variants_walkthrough_is_what_the_tool_prints(tmp_path):
                "--seed", "0", "--coverage", "--quiet", "--save", str(tmp_path))
     assert r.returncode == 1, r.stderr
     line = _summary(r)[0]
-    assert "accounting after 39 runs; shrunk to 17 actions + 37 quiescence actions" in line
+    assert "accounting after 67 runs; shrunk to 3 actions + 58 quiescence actions" in line
     assert line.split("; saved")[0] in doc
     over = next(ln for ln in r.stdout.splitlines() if "DelayRmapNoForceFlush.zap_present" in ln)
     assert over.strip() in doc

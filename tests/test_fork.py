@@ -285,3 +285,26 @@ def test_fuzzer_finds_the_fork_without_anon_vma_clone_and_leaves_mainline_clean(
     assert found is not None and found.prop == "accounting" and found.runs <= 158
     clean, stats = explore(Mainline, 1, runs_max=found.runs)
     assert clean is None and stats["runs"] == found.runs
+
+
+def test_a_swarm_run_switches_fork_on_only_where_a_child_can_run():
+    """ops.Operation.possible: a world whose every CPU runs a process has no CPU for a fork's
+    child (the run refuses every fork there, an action wasted), so no swarm run of it switches
+    fork on; a world with such a CPU does, at fork's declared share."""
+    import random as _random
+    from mmfuzz import ops as _ops
+    from mmfuzz.explore import SwarmPolicy, random_world
+    fork = _ops.get("fork")
+    without = with_ = 0
+    for i in range(3000):
+        rng = _random.Random(f"possible:{i}")
+        world = random_world(rng)
+        pol = SwarmPolicy(rng, world)
+        if 0 in world["cpu_mm"]:
+            assert fork.possible(world)
+            with_ += "fork" in pol.ops
+        else:
+            assert not fork.possible(world)
+            assert "fork" not in pol.ops
+            without += 1
+    assert without > 1000 and with_ > 100

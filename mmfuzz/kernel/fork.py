@@ -27,7 +27,6 @@ class ForkOps(KernelBase):
     # wrprotect_ptes of a writable COW PTE; copy_nonpresent_pte: swap_duplicate
     @operation("fork", ChildCpu(),
                doc="fork: dup_mmap (COW write-protect, anon folio sharing) and a child process on an idle CPU",
-               swarm=0.35,
                writes=("vma", "i_mmap", "pte.write:anon", "mm.write_protect_seq",
                        "folio.mapcount:anon", "folio.mapcount:file", "folio.refcount",
                        "PG_anon_exclusive", "swap"),
