@@ -12,7 +12,7 @@ from .anon import (no_lost_write_after_madv_free_quiescent,
                    no_store_leak_into_unwritten_anon_quiescent)
 from .dirty import dirty_data_preserved, dirty_data_preserved_quiescent
 from .gup import (cow_isolation, gup_pin_coherent, gup_pin_coherent_quiescent,
-                  no_write_to_readonly_file)
+                  no_write_through_private_mapping, no_write_to_readonly_file)
 from .pgtable import no_freed_page_table_walk
 from .softdirty import soft_dirty_accurate
 from .tlb import (no_stale_translation_after_return, no_stale_translation_quiescent,
@@ -22,6 +22,7 @@ from .vma import pte_within_vma_protection_quiescent
 STEP_PROPERTIES = (
     no_use_after_free_via_tlb,
     no_write_to_readonly_file,   # before dirty-data-preserved: the more specific of the two
+    no_write_through_private_mapping,   # the same property's event half, also before it
     dirty_data_preserved,
     no_stale_translation_after_return,
     soft_dirty_accurate,
@@ -36,6 +37,7 @@ STEP_PROPERTIES = (
 #: Run.apply checks only STATE_STEP_PROPERTIES after such a step. A property added here must
 #: return None for ``events == []`` whatever the state (tests/test_speed.py checks it).
 EVENT_STEP_PROPERTIES = (
+    no_write_through_private_mapping,
     no_stale_translation_after_return,
     soft_dirty_accurate,
     no_freed_page_table_walk,

@@ -128,6 +128,36 @@ def no_write_to_readonly_file(m, events) -> Violation | None:
     return None
 
 
+def no_write_through_private_mapping(m, events) -> Violation | None:
+    """no-write-to-readonly-file, its other half: a process may only read a file through a
+    private mapping, whatever the file's open mode. mmap(2) MAP_PRIVATE: "Updates to the
+    mapping are not visible to other processes mapping the same file, and are not carried
+    through to the underlying file"; a FOLL_FORCE | FOLL_WRITE reference of a private file
+    page is taken only after the write fault broke COW (mm/gup.c can_follow_write_pte: only
+    "an exclusive anonymous page"), so /proc/PID/mem's copy_to_user_page never lands in a
+    page-cache folio (Dirty COW, CVE-2016-5195, did: the page cache of a file opened
+    read-write changes with no store to the file, and is not even dirty). Reads the step's
+    events only ("gup_store": a write through a GUP reference taken by its own operation,
+    which refuses shared mappings)."""
+    for ev in events:
+        if ev[0] != "gup_store":
+            continue
+        _, mm_id, vpn, pfn, version, _tid = ev
+        frame = m.frames[pfn]
+        mapping = getattr(frame, "mapping", None)
+        if mapping is None or m.files[mapping].cache.get(frame.index) is not frame:
+            continue
+        mm = m.mms.get(mm_id)
+        vma = mm.find_vma(vpn) if mm is not None else None
+        if vma is None or vma.shared:
+            continue
+        return Violation(NAME_ROFILE, f"a FOLL_FORCE write through mm{mm_id}'s private mapping "
+                         f"va {vpn:#x} stored v{version} into file{mapping}[{frame.index}] (pfn "
+                         f"{pfn}) in the page cache", {"file": mapping, "index": frame.index,
+                                                      "pfn": pfn, "data": version, "va": vpn})
+    return None
+
+
 def gup_pin_coherent_quiescent(m) -> Violation | None:
     """gup-pin-coherent, its eventual half: when every operation has finished, a pin the user
     has not detached still refers to the page a user access at its address would reach. A

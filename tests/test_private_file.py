@@ -3,6 +3,8 @@ and the hardware's dirty-bit rule for writable, clean PTEs (hw.py)."""
 
 from __future__ import annotations
 
+import os
+
 from mmfuzz.kernels import resolve_kernel
 from mmfuzz.model import TlbEntry, tlb_key
 from mmfuzz.run import Run, default_world
@@ -123,3 +125,31 @@ def test_a_store_through_a_writable_clean_tlb_entry_faults_if_the_pte_went_away(
     assert isinstance(r.m.cpus[0].tlb[tlb_key(1, 4)], TlbEntry)
     st = r.apply(["access", 0, 4, 1])
     assert st.op == "fault" and "page fault" in st.text
+
+
+DIRTY_COW_RW = os.path.join(os.path.dirname(__file__), "data", "dirty-cow-private-rw-file.json")
+
+
+def test_dirty_cow_through_a_private_mapping_of_a_read_write_file_is_the_same_property():
+    """Dirty COW writes the page cache through any private mapping, not only one of a file
+    opened read-only: here file1 is opened read-write, mapped MAP_PRIVATE and mprotected
+    read-only; the FOLL_FORCE write's COW is lost to MADV_DONTNEED, the retry's read fault
+    maps the page-cache folio and the pre-19be0eaffa3a FOLL_WRITE games let
+    copy_to_user_page store into it. no-write-to-readonly-file names it (its event half,
+    properties.gup.no_write_through_private_mapping), ahead of dirty-data-preserved, which saw
+    the same step as a clean folio newer than the disk (before, the bench counted seed 5 as
+    "another property first"); mainline breaks COW again and stays clean."""
+    import json
+    from mmfuzz.kernel import Mainline
+    from mmfuzz.kernels import resolve_kernel
+    from mmfuzz.run import execute
+    case = json.load(open(DIRTY_COW_RW))
+    world, schedule = case["world"], case["schedule"]
+    assert not any(f.get("readonly") for f in world["files"])
+    assert world["vmas"][0]["file"] == 1 and not world["vmas"][0]["shared"]
+    run, out = execute(resolve_kernel("bug:dirty-cow"), world, schedule, strict=True)
+    v = out.violation
+    assert v is not None and v.prop == "no-write-to-readonly-file"
+    assert "private mapping" in v.why and v.facts["file"] == 1
+    assert "copy_to_user_page" in run.trace[out.step].text
+    assert execute(Mainline, world, schedule)[1].violation is None

@@ -454,6 +454,30 @@ def test_accounting_quiescent_pin_with_reference_is_fine():
     assert accounting_quiescent(r.m) is None
 
 
+def test_a_forced_write_into_the_page_cache_through_a_private_mapping_is_flagged():
+    """no-write-to-readonly-file's event half (no_write_through_private_mapping): a
+    "gup_store" (proc_mem_write's copy_to_user_page) into a page-cache folio through a
+    MAP_PRIVATE file VMA, whatever the file's open mode; the same store into an anon folio
+    (the COW copy mainline makes), or through a shared VMA, is not."""
+    from properties.gup import no_write_through_private_mapping
+    w = default_world()
+    w["vmas"][0] = dict(w["vmas"][0], shared=False)
+    w["prefault"] = []                            # (a write prefault would COW the page)
+    r = Run(MAINLINE, w)
+    fault_in(r, 0, 0, False)                      # a read fault maps the page-cache folio
+    pfn = r.m.mms[MM].pmd[0].ptes[0].pfn
+    assert r.m.frames[pfn].mapping == 1
+    v = no_write_through_private_mapping(r.m, [("gup_store", MM, 0, pfn, 9, 1)])
+    assert v is not None and v.prop == "no-write-to-readonly-file" and v.facts["pfn"] == pfn
+    assert no_write_through_private_mapping(r.m, []) is None
+    anon = r.m.alloc_folio()
+    assert no_write_through_private_mapping(r.m, [("gup_store", MM, 0, anon.pfn, 9, 1)]) is None
+    shared = Run(MAINLINE, default_world())
+    fault_in(shared, 0, 0, False)
+    spfn = shared.m.mms[MM].pmd[0].ptes[0].pfn
+    assert no_write_through_private_mapping(shared.m, [("gup_store", MM, 0, spfn, 9, 1)]) is None
+
+
 # ======================================================================================
 # coverage: every exported property has a bad-state test above
 # ======================================================================================
@@ -465,10 +489,11 @@ def test_every_property_is_covered():
               no_store_leak_into_unwritten_anon_quiescent}
     # the COW/GUP properties and no-freed-page-table-walk: bad states in tests/test_gup_properties.py
     from properties.gup import (cow_isolation, gup_pin_coherent, gup_pin_coherent_quiescent,
-                                no_write_to_readonly_file)
+                                no_write_through_private_mapping, no_write_to_readonly_file)
     from properties.pgtable import no_freed_page_table_walk
     tested |= {cow_isolation, gup_pin_coherent, gup_pin_coherent_quiescent,
-               no_write_to_readonly_file, no_freed_page_table_walk}
+               no_write_to_readonly_file, no_write_through_private_mapping,
+               no_freed_page_table_walk}
     from properties.vma import pte_within_vma_protection_quiescent
     tested |= {pte_within_vma_protection_quiescent}
     assert set(properties.STEP_PROPERTIES) | set(properties.QUIESCENT_PROPERTIES) == tested
