@@ -106,7 +106,7 @@ def user_access(m: Machine, cpu_id: int, vpn: int, write) -> tuple[str, str]:
             frame.data = value
     events = m.events
     if isinstance(frame, Folio) and frame.uid == entry.uid:
-        if frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame:
+        if m.in_page_cache(frame):
             m.expected[(frame.mapping, frame.index)] = value
         elif not frame.anon:
             events.append(("store_lost", cpu_id, vpn, entry.pfn, value,

@@ -430,13 +430,16 @@ class Machine:
         self.frames[pfn] = folio
         return folio
 
+    def in_page_cache(self, folio: Folio) -> bool:
+        """Is ``folio`` the page-cache folio of its file at its index (not an anon folio, not
+        one removed from the cache since)?"""
+        return folio.mapping is not None and self.files[folio.mapping].cache.get(folio.index) is folio
+
     def free_folio(self, folio: Folio) -> None:
         folio.freed = True
         self.frames[folio.pfn] = None
         self.free_pfns.append(folio.pfn)  # LIFO: a freed frame is the next one reused
-        cached = (folio.mapping is not None
-                  and self.files[folio.mapping].cache.get(folio.index) is folio) \
-            or self.swap.cache.get(folio.swap) is folio
+        cached = self.in_page_cache(folio) or self.swap.cache.get(folio.swap) is folio
         self.events.append(("free", folio.pfn, folio.uid, folio.mapcount, cached))
 
     def alloc_pte_table(self, mm_id: int, pmd_index: int) -> PteTable:

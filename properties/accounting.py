@@ -117,8 +117,7 @@ def accounting_quiescent(m) -> Violation | None:
                                          f"{vpn:#x}, but its index {frame.index:#x} sends rmap "
                                          "elsewhere", {"pfn": frame.pfn, "mm": mm_id, "va": vpn,
                                                        "index": frame.index})
-            cached = (frame.mapping is not None and m.files[frame.mapping].cache.get(frame.index) is frame) \
-                or sw.cache.get(frame.swap) is frame
+            cached = m.in_page_cache(frame) or sw.cache.get(frame.swap) is frame
             want_ref = len(ptes) + (1 if cached else 0) + gup_references(m, frame)
             if frame.mapcount != len(ptes) or frame.refcount != want_ref:
                 return Violation(NAME, f"pfn {frame.pfn}: mapcount {frame.mapcount}, refcount "

@@ -15,6 +15,7 @@ discarding their range) is the checker's, in mmfuzz/oracle.py.
 from __future__ import annotations
 
 from mmfuzz.kernel.gup import FOLL_PIN
+from mmfuzz.model import Folio
 
 from ._core import Violation, pte_at
 
@@ -144,9 +145,9 @@ def no_write_through_private_mapping(m, events) -> Violation | None:
             continue
         _, mm_id, vpn, pfn, version, _tid = ev
         frame = m.frames[pfn]
-        mapping = getattr(frame, "mapping", None)
-        if mapping is None or m.files[mapping].cache.get(frame.index) is not frame:
+        if not isinstance(frame, Folio) or not m.in_page_cache(frame):
             continue
+        mapping = frame.mapping
         mm = m.mms.get(mm_id)
         vma = mm.find_vma(vpn) if mm is not None else None
         if vma is None or vma.shared:
