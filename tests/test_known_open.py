@@ -136,3 +136,66 @@ def test_a_variant_that_rewrites_the_zap_does_not_turn_the_race_into_its_find():
     assert with_fix.violation is not None
     assert known_open_race(ZapRmapBeforeFlush, world, run.actions[: out.step + 1],
                            out.violation) == "pte-cleaner-zap-early-rmap"
+
+
+# ------------------------------------- the same race through soft-dirty-accurate (2026-12-04)
+# Found by the directed search under bug:cow-gup-wrong-direction seed 8 and shrunk on mainline
+# to 104 actions: reclaim unmaps file1[0] (dirty, flush batched) and activates it, unlocking it
+# before try_to_unmap_flush; CPU1's vmsplice faults the page in again (a clean PTE, not
+# soft-dirty) and CPU1 stores through the stale writable, dirty entry it kept: the store sets
+# no soft-dirty bit anywhere. The race is the one above, seen through another property.
+SOFTDIRTY = os.path.join(os.path.dirname(__file__), "data",
+                         "reclaim-unlock-before-batched-flush-softdirty.json")
+
+
+def test_the_reclaim_race_also_shows_as_a_missed_soft_dirty_bit():
+    world, schedule = _case(SOFTDIRTY)
+    run, out = execute(Mainline, world, schedule, strict=True)
+    assert out.violation is not None and out.violation.prop == "soft-dirty-accurate"
+    texts = [s.text for s in run.trace]
+    unlock = next(i for i, t in enumerate(texts) if "activate: keep_locked, folio_unlock" in t)
+    refault = next(i for i, t in enumerate(texts) if "set_pte_range: folio_add_file_rmap_ptes(pfn 3)" in t
+                   and i > unlock)
+    assert "TLB hit WD" in texts[-1] and refault < len(texts) - 1
+    _, fixed = execute(_WithCandidateFix, world, schedule)
+    assert fixed.violation is None
+    race = next(k for k in KNOWN_OPEN if k.slug == "reclaim-unlock-before-batched-flush")
+    assert race.props == ("dirty-data-preserved", "soft-dirty-accurate")
+    assert known_open_race(Mainline, world, run.actions[: out.step + 1], out.violation) == race.slug
+
+
+# A variant whose change drops a step cannot be asked "does mainline fail the same way on this
+# schedule": bug:gupfast-fork-no-write-protect-seq skips gup_fast's seqcount read, so on
+# mainline every later action of its schedule lands one step earlier. Its violation of a
+# property that is not its own (dirty-data-preserved, where its catalogued one is
+# gup-pin-coherent) is set aside when the race's fix closes it on the variant.
+VARIANT_MEETS_RACE = os.path.join(os.path.dirname(__file__), "data",
+                                  "gupfast-fork-variant-meets-reclaim-unlock.json")
+
+
+def test_a_variant_meeting_the_race_through_another_property_is_not_its_find():
+    from mmfuzz.kernels import resolve_kernel
+    variant = resolve_kernel("bug:gupfast-fork-no-write-protect-seq")
+    world, schedule = _case(VARIANT_MEETS_RACE)
+    run, out = execute(variant, world, schedule, strict=True)
+    assert out.violation is not None and out.violation.prop == "dirty-data-preserved"
+    assert any("activate: keep_locked, folio_unlock" in s.text for s in run.trace)
+    _, on_mainline = execute(Mainline, world, schedule)
+    assert on_mainline.violation is None          # the replay moved: no same-schedule answer
+    _, fixed = execute(type("V", (ReclaimFlushDirtyBeforeUnlock, variant), {}), world, schedule)
+    assert fixed.violation is None                # the reclaim race's fix closes it
+    # set aside, and named by the fix that closes it on the variant itself: mainline with a
+    # fix is not asked here (mainline does not reach the violation on this schedule, so any
+    # fix would look as if it closed it)
+    assert known_open_race(variant, world, run.actions[: out.step + 1], out.violation) == \
+        "reclaim-unlock-before-batched-flush"
+
+
+def test_a_variant_s_own_property_still_needs_mainline_to_fail_the_same_way():
+    """zap-rmap-before-flush's catalogued property is dirty-data-preserved, the known races'
+    own: for it the strict rule stands (tests/test_bugs.py's finds stay finds)."""
+    from mmfuzz.kernels import _off_catalogue, resolve_kernel
+    zap = resolve_kernel("bug:zap-rmap-before-flush")
+    assert not _off_catalogue(zap, "dirty-data-preserved")
+    assert _off_catalogue(zap, "soft-dirty-accurate")
+    assert not _off_catalogue(Mainline, "dirty-data-preserved")
