@@ -197,6 +197,8 @@ def _explorer(engine):
     if engine == "hybrid":   # mmfuzz/hybrid.py; its steps count every search action too
         from mmfuzz.hybrid import explore_hybrid
         return explore_hybrid
+    if engine == "directed":   # swarm directed at the variant's diff (explore.DirectedPolicy)
+        return lambda k, seed, **kw: _explore.explore(k, seed, policy="directed", **kw)
     return _explore.explore
 
 
@@ -253,7 +255,7 @@ def _one(job):
     _apply_policy(policy, lengths, sw, slow, hot, ipi, pv_hold)
     bug = _bug(slug)
     amax = actions_max or bug.actions_max
-    if lengths and engine == "swarm":
+    if lengths and engine in ("swarm", "directed"):
         amax = None   # each run draws from --run-lengths (explore.RUN_LENGTHS, set above)
     explore = _explorer(engine)
     row = {"slug": slug, "seed": seed, "found": False, "prop": None, "runs": 0, "steps": 0,
@@ -366,8 +368,10 @@ def main(argv=None) -> int:
                     help="the step-weight factor of a CPU with IRQs off in a paravirt world "
                          "(default SwarmPolicy.pv_irqs_off_hold; 1: none, as before 2026-12-03)")
     ap.add_argument("--per-seed", action="store_true", help="also print runs (and steps) per seed")
-    ap.add_argument("--engine", default="swarm", choices=("swarm", "hybrid", "guided"),
-                    help="swarm (the fast explorer, default), hybrid (mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
+    ap.add_argument("--engine", default="swarm", choices=("swarm", "directed", "hybrid", "guided"),
+                    help="swarm (the fast explorer, default), directed (swarm directed at the "
+                         "variant's diff, hunt's default: explore.DirectedPolicy), hybrid "
+                         "(mmfuzz/hybrid.py) or guided (mmfuzz/guided.py)")
     ap.add_argument("--out", default=None, help="write the per-seed rows as JSON to this file")
     ap.add_argument("--failures", default=None,
                     help="save model failures under DIR/failures/ (default: a new temporary "

@@ -27,8 +27,11 @@ EXIT_BROKEN_PIPE = 141
 
 #: The engine of `fuzz` and `hunt` when neither --fast nor --hypothesis is given: "fast" (the
 #: plain-Python explorer), "guided" (the fast explorer's coverage-guided schedule search,
-#: mmfuzz/guided.py; --strategy guided) or "hypothesis". The fast explorer with swarm is the fastest engine
-#: on every catalogued bug (bench/RESULTS.md). The one place to change the default.
+#: mmfuzz/guided.py; --strategy guided) or "hypothesis". The fast explorer is the fastest engine
+#: on every catalogued bug (bench/RESULTS.md). The one place to change the default. Its
+#: strategy, when --strategy is not given, is "directed" for a kernel whose changed functions
+#: some operation reaches (mmfuzz/directed.py: every catalogued bug, a user's variant) and
+#: "swarm" otherwise (mainline, where the two are the same runs).
 DEFAULT_ENGINE = "fast"
 
 
@@ -107,12 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fast (--fast), hypothesis (--hypothesis) or guided: the fast "
                          "explorer's coverage-guided schedule search (a corpus of runs that "
                          "reached new interleavings, continued from a replayed prefix)")
-        q.add_argument("--strategy", choices=("swarm", "pct", "uniform", "rules", "hybrid",
-                                              "guided"),
-                       default="swarm",
-                       help="scheduling strategy: swarm (default), pct or uniform, with either "
-                       "engine; rules = Hypothesis's rule-based state machine (implies "
-                       "--hypothesis)")
+        q.add_argument("--strategy", choices=("swarm", "directed", "pct", "uniform", "rules",
+                                              "hybrid", "guided"),
+                       default=None,
+                       help="scheduling strategy: swarm, pct or uniform, with either engine; "
+                       "directed (the fast engine's default for a kernel variant whose changed "
+                       "functions some operation reaches, else swarm): swarm that switches on "
+                       "an operation reaching the variant's diff in every run "
+                       "(mmfuzz/directed.py); rules = Hypothesis's rule-based state machine "
+                       "(implies --hypothesis)")
         q.add_argument("--quiet", action="store_true", help="no progress line")
         q.add_argument("--cost", nargs="?", const="", metavar="KERNEL",
                        help="print TLB flushes, flush IPIs and CPUs interrupted per operation; "
@@ -432,6 +438,9 @@ def report_model_failure(mf: ModelFailure, kname: str, engine: str, seed, save_d
 
 def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     kcls = resolve_kernel(kname)
+    explicit = a.strategy is not None
+    if not explicit:
+        a.strategy = "swarm"
     chosen = choose_engine(a)
     if chosen == "guided":
         if a.strategy not in ("swarm", "guided"):
@@ -448,6 +457,13 @@ def cmd_fuzz(kname: str, a, hunting: bool) -> int:
     if fast and a.strategy == "rules":
         raise UsageError("--strategy rules is Hypothesis's rule-based machine, not a fast-mode "
                          "strategy; drop --fast or pick swarm, pct or uniform")
+    if not fast and a.strategy == "directed":
+        raise UsageError("--strategy directed is a fast-mode strategy (swarm directed at the "
+                         "variant's diff); drop --hypothesis or pick swarm")
+    if not explicit and chosen == "fast":
+        from .directed import focus_ops
+        if focus_ops(kcls):   # a variant whose diff some operation reaches: aim at it
+            a.strategy = "directed"
     engine = f"explore/{a.strategy}" if fast else f"hypothesis/{a.strategy}"
     budget = a.budget if a.budget is not None else (120.0 if hunting else 30.0)
     workers = a.workers or os.cpu_count() or 1

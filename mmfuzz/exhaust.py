@@ -312,7 +312,7 @@ SKIP_FIELDS = {Machine: frozenset(("world", "events", "stats")),
 #: the checker's notes the key leaves out or holds reduced (module docstring, "Checker's
 #: notes"): the cost record (write-only), and the clocks of revoked translations and of what
 #: each task observed, which the key holds as _observed_relation
-NOTES_SKIP = {Machine: frozenset(("cost", "cost_cpus", "revoked_at")),
+NOTES_SKIP = {Machine: frozenset(("cost", "cost_cpus", "revoked_at", "anon_shared_at")),
               Task: frozenset(("observed",))}
 #: False: key the notes in full (the finer key the tests compare the search against; clear
 #: _FIELDS and _REDUCERS after changing it)

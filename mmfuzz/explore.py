@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import cost
 from . import ops as _ops
 from .hw import STORE_SAME
+from .model import Folio
 from .kernels import known_open_race
 from .run import Divergence, ModelError, ModelFailure, Run, execute
 
@@ -426,6 +427,93 @@ class SwarmPolicy:
                                       self.hot, self.hot_p)
 
 
+def writable_shared_anon(m) -> tuple | None:
+    """(mm id, vpn) of a present, writable PTE that maps an anon folio which is not
+    PG_anon_exclusive (nor a KSM folio), or None. Outside a critical section mainline never
+    leaves one ("every mapped anon page is either exclusive ... or shared", and a shared one
+    is mapped read-only): it exists while fork is between folio_try_dup_anon_rmap_pte and its
+    write-protect of the parent's PTE, the window a lockless GUP-fast can see."""
+    frames = m.frames
+    ppt = m.ptrs_per_pte
+    for mm_id in sorted(m.mms):
+        for pi, table in enumerate(m.mms[mm_id].pmd):
+            if table is None:
+                continue
+            for slot, pte in enumerate(table.ptes):
+                if pte is not None and pte.present and pte.write and not pte.special:
+                    f = frames[pte.pfn]
+                    if isinstance(f, Folio) and f.anon and not f.anon_exclusive and not f.ksm:
+                        return mm_id, pi * ppt + slot
+    return None
+
+
+class DirectedPolicy(SwarmPolicy):
+    """Swarm testing directed at a kernel variant's diff (mmfuzz.directed): every run switches
+    on one of the operations whose code reaches a function the variant changes (``focus``,
+    drawn after every swarm knob), and a task that has just left a page in a transient state a
+    lockless reader can see (writable_shared_anon: a step of it cleared PG_anon_exclusive
+    while the PTE is still writable) steps at ``window_hold`` of its weight until the state
+    is gone, while the run's hot page moves to that page (the other CPUs' operations and
+    accesses aim at it). With no focus (mainline, or a change no operation reaches) it is
+    exactly SwarmPolicy: the same draws, the same runs. Measured in bench/RESULTS-runs.md
+    ("Directed at the diff")."""
+
+    name = "directed"
+    window_hold: float = 0.05
+
+    def __init__(self, rng: random.Random, world: dict, focus: tuple = ()):
+        super().__init__(rng, world)
+        self.focus = tuple(op for op in focus if _ops.get(op).possible(world))
+        self.held: dict = {}
+        self._last = None
+        if self.focus:
+            f = rng.choice(self.focus)
+            if f not in self.ops:
+                self.ops = tuple(n for n in _ops.names() if n in self.ops or n == f)
+                self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
+
+    def pick(self, rng: random.Random, run: Run):
+        held = self.held
+        if held:
+            m = run.m
+            for cpu in [c for c, t in held.items() if m.cpus[c].task is not t]:
+                del held[cpu]
+            if held and writable_shared_anon(m) is None:
+                held.clear()
+            if held:
+                base = self.cpu_speed
+                hold = self.window_hold
+                self.cpu_speed = [(base[c] if base else 1.0) * (hold if c in held else 1.0)
+                                  for c in range(len(m.cpus))]
+                try:
+                    action = super().pick(rng, run)
+                finally:
+                    self.cpu_speed = base
+                self._last = action
+                return action
+        action = super().pick(rng, run)
+        self._last = action
+        return action
+
+    def after(self, run: Run, step) -> None:
+        a = self._last
+        m = run.m
+        if not self.focus or a is None or a[0] != "step" or m.anon_shared_at != m.clock:
+            return
+        t = m.cpus[a[1]].task
+        page = writable_shared_anon(m) if t is not None else None
+        if page is None:
+            return
+        self.held[a[1]] = t
+        mm_id, vpn = page
+        if m.mms[mm_id].origin == 1:   # hot pages are the first process's (hot_page)
+            for v in self.world["vmas"]:
+                if v["mm"] == 1 and v["start"] <= vpn < v["end"]:
+                    self.hot = (vpn, None if v["file"] is None
+                                else (v["file"], vpn - v["start"] + v["pgoff"]))
+                    break
+
+
 class UniformPolicy:
     """Uniform choice among every concrete enabled action (the baseline)."""
 
@@ -605,7 +693,11 @@ def random_run(kernel_cls, rng: random.Random, actions_max: int | None = 60,
     fast explorer, explore(), does by default; the hybrid and guided engines, and tests that
     build single runs, give 60)."""
     world = random_world(rng)
-    pol = POLICIES[policy](rng, world)
+    if policy == "directed":
+        from .directed import focus_ops
+        pol = DirectedPolicy(rng, world, focus_ops(kernel_cls))
+    else:
+        pol = POLICIES[policy](rng, world)
     if actions_max is None:
         actions_max = rng.choice(RUN_LENGTHS)
     run, v = run_policy(kernel_cls, world, pol, rng, actions_max)

@@ -593,6 +593,15 @@ BUGS: list[Bug] = [
     Bug("gupfast-pv-flush-table-free", "9e52fc2b50de",
         "x86/mm: Enable RCU based page table freeing (CONFIG_HAVE_RCU_TABLE_FREE=y)",
         "no-freed-page-table-walk", GupFastPvFlushTableFree, 4),
+    # a FOLL_PIN GUP-fast in the parent between fork's PG_anon_exclusive clear and its
+    # write-protect of that PTE (the commit's diagram: GUP-fast's PTE read and grab, fork's
+    # pin check and write-protect), then the parent's write fault. The swarm found it on 1
+    # of seeds 1-10 within 20,000 runs (it was in UNFOUND until 2026-12-04); hunt's directed
+    # search (explore.DirectedPolicy: pin_user_pages or vmsplice switched on in every run,
+    # fork held in its window) on 10 of 10 within 15,000, median 1,986 (bench/RESULTS-runs.md)
+    Bug("gupfast-fork-no-write-protect-seq", "57efa1fe5957",
+        "mm/gup: prevent gup_fast from racing with COW during fork",
+        "gup-pin-coherent", GupFastForkNoWriteProtectSeq, 4, actions_max=400),
 ]
 
 #: Catalogued bugs whose variant the model has but the search does not find from scratch:
@@ -604,17 +613,13 @@ UNFOUND: list[Bug] = [
     # flush still to come, a hole punch zaps the new PTE, flushes the new address and frees
     # the page while the old address still translates to it; the punch (about 15 steps)
     # must run whole inside mremap's one-step window (tests/test_mremap_punch.py); none of
-    # seeds 1-2 within 8,000 swarm runs, 8,000 PCT runs or 4,000 hybrid runs
+    # seeds 1-2 within 8,000 swarm runs, 8,000 PCT runs or 4,000 hybrid runs; none of seeds
+    # 1-4 within 6,000 directed runs (2026-12-04: mremap switched on in every run)
     Bug("mremap-flush-too-late", "eb66ae030829",
         "mremap: properly flush TLB before releasing the page (CVE-2018-18281)",
         "no-use-after-free-via-TLB", MremapFlushTooLate, 4),
-    # a FOLL_PIN GUP-fast in the parent between fork's PG_anon_exclusive clear and its
-    # write-protect of that PTE (the commit's diagram: GUP-fast's PTE read and grab, fork's
-    # pin check and write-protect), then the parent's write fault; 1 of 10 seeds within
-    # 20,000 runs (bench/RESULTS-runs.md)
-    Bug("gupfast-fork-no-write-protect-seq", "57efa1fe5957",
-        "mm/gup: prevent gup_fast from racing with COW during fork",
-        "gup-pin-coherent", GupFastForkNoWriteProtectSeq, 4, actions_max=400),
+    # ten ordered events over three or four tasks (bench/RESULTS-runs.md); none of seeds 1-4
+    # within 6,000 directed runs (2026-12-04: clear_refs or ksmd switched on in every run)
     Bug("ksm-madvfree-clearrefs", "b3a81d0841a9", "mm: fix KSM data corruption",
         "no-lost-write-after-madv-free", KsmMadvfreeClearrefs, 8),
 ]

@@ -403,6 +403,10 @@ class Machine:
         # (mm, vpn) -> clock of the last change that revoked a translation (PTE cleared or
         # write-protected); used by no-stale-translation-after-return.
         self.revoked_at: dict[int, int] = {}
+        # clock of the last step that cleared an anon folio's PG_anon_exclusive (fork, KSM,
+        # swap-out): read by the directed search's window hold (explore.DirectedPolicy), never
+        # by a kernel function or a property
+        self.anon_shared_at = -1
         self.events: list[tuple] = []  # facts emitted by the current step, for properties
         self.swap = SwapInfo(world.get("swap_slots", 4))
         # GUP references still held by their users (pin id -> Pin), in creation order.

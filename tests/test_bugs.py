@@ -110,12 +110,20 @@ HUNTS = [# now: 64 928 - 10,135 - 7,665 4,286 3,947 48 1,968; seeds 11-30: 3,547
 @pytest.mark.fuzz
 @pytest.mark.parametrize("slug,seed,needed,budget", HUNTS)
 def test_buggy_kernel_is_found_and_mainline_is_clean(slug, seed, needed, budget):
+    check_hunt(slug, seed, needed, budget)
+
+
+def check_hunt(slug, seed, needed, budget, policy="swarm"):
+    """bug:slug is found with seed ``seed`` under ``policy`` within ``needed`` runs (of at most
+    ``budget``), through its catalogued property, and mainline is clean on as many runs."""
     bug = next(b for b in BUGS if b.slug == slug)
-    found, _ = explore(bug.kernel, seed, runs_max=budget, actions_max=bug.actions_max)
-    assert found is not None, f"bug:{slug} not found in {budget} runs (seed {seed})"
+    found, _ = explore(bug.kernel, seed, runs_max=budget, actions_max=bug.actions_max,
+                       policy=policy)
+    assert found is not None, f"bug:{slug} not found in {budget} {policy} runs (seed {seed})"
     assert found.prop == bug.prop
     assert found.runs <= needed, f"search got worse: {found.runs} runs, was {needed}"
-    clean, stats = explore(Mainline, seed, runs_max=found.runs, actions_max=bug.actions_max)
+    clean, stats = explore(Mainline, seed, runs_max=found.runs, actions_max=bug.actions_max,
+                           policy=policy)
     assert clean is None, f"mainline flagged: {clean and clean.prop}"
     assert stats["runs"] == found.runs
 

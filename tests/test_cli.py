@@ -20,9 +20,10 @@ def mmfuzz(*args, cwd=ROOT):
 def hunted(tmp_path_factory):
     """`mmfuzz hunt` from scratch, with a deterministic run budget, saving to a temp dir."""
     d = tmp_path_factory.mktemp("cx")
-    # seed 19 finds the race at run 77 (tests/test_bugs.py; seed 7 at run 518 before the
-    # swarm's hot page)
-    r = mmfuzz("hunt", "zap-rmap-before-flush", "--seed", "19", "--examples", "500",
+    # hunt's default for a variant is the directed search (explore.DirectedPolicy): seed 30
+    # finds the race at run 225 (tests/test_directed.py; with swarm, seed 19 at run 77,
+    # tests/test_bugs.py)
+    r = mmfuzz("hunt", "zap-rmap-before-flush", "--seed", "30", "--examples", "500",
                "--save", str(d), "--quiet")
     files = sorted(str(p) for p in d.rglob("*.json"))
     return r, files, d
@@ -42,7 +43,8 @@ def test_hunt_finds_saves_and_prints_rmap_before_flush(hunted):
     data = json.load(open(files[0]))
     assert data["format_version"] == 1 and data["kernel"] == "bug:zap-rmap-before-flush"
     assert data["violation"]["property"] == "dirty-data-preserved"
-    assert data["found"]["seed"] == 19 and data["schedule"]
+    assert data["found"]["seed"] == 30 and data["schedule"]
+    assert "engine=explore/directed" in r.stderr
 
 
 def test_replay_round_trip(hunted):
@@ -112,15 +114,16 @@ def test_bugs_lists_catalogue():
             "found_from_scratch": True} in rows
     # the variants the search does not reach are listed too, marked as such
     unfound = [r["slug"] for r in rows if not r["found_from_scratch"]]
-    assert "gupfast-fork-no-write-protect-seq" in unfound and "zap-rmap-before-flush" not in unfound
+    assert "ksm-madvfree-clearrefs" in unfound and "zap-rmap-before-flush" not in unfound
+    assert "gupfast-fork-no-write-protect-seq" not in unfound
 
 
 def test_hunt_of_a_variant_the_search_does_not_reach_names_the_way_to_fuzz_it():
-    r = mmfuzz("hunt", "gupfast-fork-no-write-protect-seq", "--budget", "1")
+    r = mmfuzz("hunt", "ksm-madvfree-clearrefs", "--budget", "1")
     assert r.returncode == 2
     line = _one_line_error(r)
     assert "not found from scratch" in line
-    assert "mmfuzz hunt --kernel bug:gupfast-fork-no-write-protect-seq" in line
+    assert "mmfuzz hunt --kernel bug:ksm-madvfree-clearrefs" in line
 
 
 def test_fuzz_mainline_short_budget_is_clean():

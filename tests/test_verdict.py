@@ -211,7 +211,19 @@ def test_hunt_takes_a_users_variant(tmp_path, capsys):
                              "--save", str(tmp_path))
     assert status == cli.EXIT_VIOLATION, out + err
     assert "VIOLATION no-use-after-free-via-TLB" in out
-    assert "engine=explore/swarm" in out
+    # a user's variant is a diff too: the default fast strategy is directed at it
+    assert "engine=explore/directed" in out
+    status, out, err = _main(capsys, "hunt", "--kernel", "tests.variants:FreeBeforeFlush",
+                             "--examples", "3000", "--seed", "1", "--quiet", "--strategy",
+                             "swarm", "--save", str(tmp_path))
+    assert status == cli.EXIT_VIOLATION and "engine=explore/swarm" in out
+
+
+def test_directed_is_a_fast_mode_strategy(capsys):
+    status, out, err = _main(capsys, "hunt", "zap-rmap-before-flush", "--hypothesis",
+                             "--strategy", "directed", "--budget", "1")
+    assert status == cli.EXIT_BAD_INPUT
+    assert "--strategy directed is a fast-mode strategy" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv", [["hunt"], ["hunt", "zap-rmap-before-flush", "--kernel",

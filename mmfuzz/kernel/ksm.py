@@ -197,6 +197,7 @@ class Ksm(KernelBase):
                                         "set_pte_at(orig), unlock")
             return None
         folio.anon_exclusive = False              # folio_try_share_anon_rmap_pte
+        m.anon_shared_at = m.clock
         if entry.dirty:
             self.folio_mark_dirty_now(folio)
         entry = entry._replace(write=False, dirty=False)

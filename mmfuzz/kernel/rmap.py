@@ -68,6 +68,7 @@ class Rmap(KernelBase):
             if not src_vma.shared and self.folio_needs_cow_for_dma(src_vma, folio):
                 return False
             folio.anon_exclusive = False
+            self.m.anon_shared_at = self.m.clock
         folio.mapcount += 1
         return True
 
@@ -395,6 +396,7 @@ class Rmap(KernelBase):
         if self.folio_maybe_dma_pinned(folio):
             return True
         folio.anon_exclusive = False
+        self.m.anon_shared_at = self.m.clock
         return False
 
     def try_to_unmap(self, t: Task, folio: Folio, flags: int):
