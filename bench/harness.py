@@ -1,6 +1,6 @@
 """The mmfuzz benchmark: time-to-bug and throughput, written to bench/RESULTS.md.
 
-    python -m bench [--seeds 10] [--budget 60] [--engines swarm,pct,uniform,hyp-swarm,...]
+    python -m bench [--seeds 10] [--budget 60] [--engines directed,swarm,pct,uniform,hyp-swarm,...]
 
 For every catalogued bug and every engine: time to first failure, time to the shrunk report,
 examples (runs) to bug, and the shrunk schedule length, as median and max over the seeds, each
@@ -66,7 +66,8 @@ def _chunked(kernel, seed: int, budget: float, campaign) -> dict:
 
 
 def one_seed(kernel, engine: str, seed: int, budget: float, actions_max: int | None = None) -> dict:
-    """``engine``: swarm, pct, uniform (the fast explorer), hybrid (mmfuzz/hybrid.py),
+    """``engine``: directed (hunt's default for a variant), swarm, pct, uniform (the fast
+    explorer's strategies), hybrid (mmfuzz/hybrid.py),
     guided (mmfuzz/guided.py), hyp-swarm, hyp-pct, hyp-uniform
     (the same policies as Hypothesis strategies), hyp-rules (the rule-based machine) or
     hyp-ops (strategies.machine.OpsMachine: operations as rules, each example's mix run under
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per seed and engine")
     ap.add_argument("--engines",
-                    default="swarm,hybrid,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules,"
+                    default="directed,swarm,hybrid,pct,uniform,hyp-swarm,hyp-pct,hyp-uniform,hyp-rules,"
                     "hyp-ops")
     ap.add_argument("--bugs", default=",".join(b.slug for b in BUGS),
                     help="catalogued slugs, or kernel names such as "

@@ -134,3 +134,12 @@ def test_the_time_to_bug_bench_counts_only_the_bugs_own_property():
     # a real seed: the bench's row carries the property it found
     r = harness.one_seed(bug_by_slug("clear-refs-softdirty-no-flush").kernel, "swarm", 4, 30)
     assert r["found"] and r["prop"] == "soft-dirty-accurate" and r["runs"] == 2
+
+
+def test_the_directed_engine_is_measured_as_hunt_runs_it(capsys):
+    """--engine directed: the runs of explore(..., policy="directed"), hunt's default for a
+    variant (tests/test_directed.py pins madv-parallel-flush-miss seed 9 at 3 runs)."""
+    assert runs.main(["--bugs", "madv-parallel-flush-miss", "--seeds", "9", "--runs-max", "100",
+                      "--engine", "directed", "--per-seed"]) == 0
+    out = capsys.readouterr().out
+    assert "engine directed" in out and "    9:3\n" in out
