@@ -598,10 +598,13 @@ BUGS: list[Bug] = [
     # pin check and write-protect), then the parent's write fault. The swarm found it on 1
     # of seeds 1-10 within 20,000 runs (it was in UNFOUND until 2026-12-04); hunt's directed
     # search (explore.DirectedPolicy: pin_user_pages or vmsplice switched on in every run,
-    # fork held in its window) on 10 of 10 within 15,000, median 1,986 (bench/RESULTS-runs.md)
+    # fork held in its window) on 10 of 10 within 15,000, median 1,986 with runs of 400
+    # actions (the CVE's length), 2,283.5 with 200 in fewer model steps (7.1 M against 8.5 M
+    # over the ten seeds; the finds come early in a run), 2,780 with the default 120 or 240
+    # (8.7 M) (bench/RESULTS-runs.md)
     Bug("gupfast-fork-no-write-protect-seq", "57efa1fe5957",
         "mm/gup: prevent gup_fast from racing with COW during fork",
-        "gup-pin-coherent", GupFastForkNoWriteProtectSeq, 4, actions_max=400),
+        "gup-pin-coherent", GupFastForkNoWriteProtectSeq, 4, actions_max=200),
 ]
 
 #: Catalogued bugs whose variant the model has but the search does not find from scratch:
