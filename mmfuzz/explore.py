@@ -162,10 +162,21 @@ def hot_page(rng: random.Random, world: dict) -> tuple:
     """One page of the first process's VMAs in ``world`` (a VMA, then a page of it, uniformly):
     ``(va, file_page)``, file_page the (file id, index) it maps or None for an anon VMA."""
     vma = rng.choice([v for v in world["vmas"] if v["mm"] == 1])
-    va = rng.randrange(vma["start"], vma["end"])
+    return vma_page(vma, rng.randrange(vma["start"], vma["end"]))
+
+
+def vma_page(vma: dict, va: int) -> tuple:
+    """``(va, file_page)`` for ``va`` inside world VMA ``vma``: file_page the (file id, index)
+    it maps, None for an anon VMA (the form of hot_page)."""
     if vma["file"] is None:
         return va, None
     return va, (vma["file"], va - vma["start"] + vma["pgoff"])
+
+
+def only_process_ops(ops) -> bool:
+    """Are all of ``ops`` process operations (no kernel thread, so a CPU without a process
+    has nothing to start)?"""
+    return all(_ops.get(op).context == "process" for op in ops)
 
 
 def hot_pick(rng: random.Random, hot: tuple, p: float):
@@ -353,7 +364,7 @@ class SwarmPolicy:
         self.tlb_hit = rng.choice((0.0, 0.5))          # share of accesses aimed at cached VAs
         self.world = world
         # without an enabled kernel-thread operation, a CPU with no process has nothing to start
-        self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
+        self.process_only = only_process_ops(self.ops)
         self.pv = world.get("tlb_flush") == "hypercall" and self.pv_irqs_off_hold != 1.0
         # drawn last, so that every knob above is drawn as before it existed
         self.hot = hot_page(rng, world) if rng.random() < self.hot_share else None
@@ -470,7 +481,7 @@ class DirectedPolicy(SwarmPolicy):
             f = rng.choice(self.focus)
             if f not in self.ops:
                 self.ops = tuple(n for n in _ops.names() if n in self.ops or n == f)
-                self.process_only = all(_ops.get(op).context == "process" for op in self.ops)
+                self.process_only = only_process_ops(self.ops)
 
     def pick(self, rng: random.Random, run: Run):
         held = self.held
@@ -480,18 +491,17 @@ class DirectedPolicy(SwarmPolicy):
                 del held[cpu]
             if held and writable_shared_anon(m) is None:
                 held.clear()
-            if held:
-                base = self.cpu_speed
-                hold = self.window_hold
-                self.cpu_speed = [(base[c] if base else 1.0) * (hold if c in held else 1.0)
-                                  for c in range(len(m.cpus))]
-                try:
-                    action = super().pick(rng, run)
-                finally:
-                    self.cpu_speed = base
-                self._last = action
-                return action
-        action = super().pick(rng, run)
+        if held:
+            base = self.cpu_speed
+            hold = self.window_hold
+            self.cpu_speed = [(base[c] if base else 1.0) * (hold if c in held else 1.0)
+                              for c in range(len(run.m.cpus))]
+            try:
+                action = super().pick(rng, run)
+            finally:
+                self.cpu_speed = base
+        else:
+            action = super().pick(rng, run)
         self._last = action
         return action
 
@@ -509,8 +519,7 @@ class DirectedPolicy(SwarmPolicy):
         if m.mms[mm_id].origin == 1:   # hot pages are the first process's (hot_page)
             for v in self.world["vmas"]:
                 if v["mm"] == 1 and v["start"] <= vpn < v["end"]:
-                    self.hot = (vpn, None if v["file"] is None
-                                else (v["file"], vpn - v["start"] + v["pgoff"]))
+                    self.hot = vma_page(v, vpn)
                     break
 
 

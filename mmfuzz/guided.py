@@ -50,7 +50,7 @@ import re
 
 from . import ops as _ops
 from .explore import (FIXED_RUN_LENGTH, Found, RunOutcome, SwarmPolicy, explore_runs,
-                      random_world, run_policy)
+                      only_process_ops, random_world, run_policy)
 from .kernel.base import Last
 from .run import Divergence, ModelFailure, Run
 
@@ -197,7 +197,7 @@ class Guided:
             if others:
                 pol = copy.copy(pol)
                 pol.ops = pol.ops + (rng.choice(others),)
-                pol.process_only = all(_ops.get(op).context == "process" for op in pol.ops)
+                pol.process_only = only_process_ops(pol.ops)
         self.last_parent = e
         return e.world, pol, e.schedule[:cut]
 
