@@ -622,7 +622,10 @@ UNFOUND: list[Bug] = [
         "mremap: properly flush TLB before releasing the page (CVE-2018-18281)",
         "no-use-after-free-via-TLB", MremapFlushTooLate, 4),
     # ten ordered events over three or four tasks (bench/RESULTS-runs.md); none of seeds 1-4
-    # within 6,000 directed runs (2026-12-04: clear_refs or ksmd switched on in every run)
+    # within 6,000 directed runs (2026-12-04: clear_refs or ksmd switched on in every run);
+    # the stale entry ksmd must meet is common, the two pages identical at that moment almost
+    # never (prefault stores write fresh versions), and the find then needs a store that
+    # changes the page ("a stage census", bench/RESULTS-runs.md)
     Bug("ksm-madvfree-clearrefs", "b3a81d0841a9", "mm: fix KSM data corruption",
         "no-lost-write-after-madv-free", KsmMadvfreeClearrefs, 8),
 ]
