@@ -40,3 +40,19 @@ def test_plugin_replays_every_corpus_file_in_our_own_run(request):
         assert f"{rel}::replay[{kernel}]" in ids
         if kernel != "mainline":
             assert f"{rel}::replay[mainline]" in ids
+
+
+def test_every_catalogued_bug_has_a_counterexample_in_the_corpus():
+    """Each catalogued bug (kernels.BUGS: found from scratch; kernels.UNFOUND: shown on a
+    hand-written schedule) keeps a counterexample under violations/SLUG/ on its own kernel,
+    so every corpus replay runs its race. gupfast-fork-no-write-protect-seq went a day
+    without one after it joined BUGS. Every violations/ directory also names a catalogued
+    bug."""
+    from mmfuzz.kernels import BUGS, UNFOUND
+    slugs = {b.slug: b for b in BUGS + UNFOUND}
+    dirs = {os.path.basename(os.path.dirname(p)) for p in FILES if "/violations/" in p}
+    for slug, bug in slugs.items():
+        mine = [p for p in FILES if f"/violations/{slug}/" in p]
+        assert mine, f"corpus/violations/{slug}/ holds no counterexample"
+        assert all(load(p).kernel == bug.kernel.name for p in mine), slug
+    assert dirs <= set(slugs), sorted(dirs - set(slugs))
