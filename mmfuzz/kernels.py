@@ -625,7 +625,10 @@ UNFOUND: list[Bug] = [
     # within 6,000 directed runs (2026-12-04: clear_refs or ksmd switched on in every run);
     # the stale entry ksmd must meet is common, the two pages identical at that moment almost
     # never (prefault stores write fresh versions), and the find then needs a store that
-    # changes the page ("a stage census", bench/RESULTS-runs.md)
+    # changes the page ("a stage census", bench/RESULTS-runs.md); a probe's per-task
+    # stale-TLB hold found it through no-stale-translation-after-return (MADV_FREE's
+    # tlb_finish_mmu no longer sees clear_refs' flush as nested) with only madvise_free,
+    # clear_refs and ksmd on (1 in 4,000 runs), in the full mix in none of 4 x 8,000
     Bug("ksm-madvfree-clearrefs", "b3a81d0841a9", "mm: fix KSM data corruption",
         "no-lost-write-after-madv-free", KsmMadvfreeClearrefs, 8),
 ]
