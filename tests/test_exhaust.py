@@ -16,7 +16,6 @@ from mmfuzz.pytest_plugin import corpus_files
 from mmfuzz.run import execute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# violation files only: a pass file (corpus/passes/) has no bug for exhaust to find
 
 
 def _slug(path) -> str:
@@ -37,6 +36,7 @@ def _too_large(path) -> bool:
     return f"{_slug(path)}/{os.path.basename(path)}" in TOO_LARGE
 
 
+# violation files only: a pass file (corpus/passes/) has no bug for exhaust to find
 FILES = [p for p in corpus_files(os.path.join(ROOT, "corpus", "violations"))
          if not _too_large(p)]
 BUGGY = [p for p in FILES if load(p).kernel.startswith("bug:")]
